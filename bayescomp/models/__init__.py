@@ -1,0 +1,19 @@
+"""Models. ``REGISTRY`` maps the names used in ``conf/model/*.yaml`` to model classes."""
+
+from bayescomp.errors import unknown_name_error
+from bayescomp.models.lenet import LeNet5, LeNet300
+
+REGISTRY = {
+    "lenet300": LeNet300,
+    "lenet5": LeNet5,
+}
+
+
+def get(name: str):
+    """Return the model class registered as ``name`` (ConfigError listing names otherwise)."""
+    if name not in REGISTRY:
+        raise unknown_name_error("model", name, REGISTRY)
+    return REGISTRY[name]
+
+
+__all__ = ["REGISTRY", "get", "LeNet300", "LeNet5"]

@@ -1,0 +1,89 @@
+"""LeNet-300-100 and LeNet-5-Caffe, written once for every method.
+
+Both take a :class:`bayescomp.nn.LayerFactory` and ask it for each layer by name, so the dense
+baseline and every variational method share this code.
+
+* LeNet-300-100 (LeCun et al. 1998): 784-300-100-10, ReLU; 266,200 weights.
+* LeNet-5-Caffe, as used by Molchanov et al. (2017) and Louizos et al. (2017): conv 20@5x5
+  (valid) → ReLU → max-pool 2 → conv 50@5x5 → ReLU → max-pool 2 → fc 800→500 → ReLU → fc 500→10;
+  430,500 weights. (The original Caffe prototxt has no ReLU after the convs; the Bayesian
+  compression codes all put one there, methods.md §1.)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bayescomp.nn.factory import LayerFactory
+
+
+def _max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool, stride 2, NHWC (odd trailing rows/columns dropped, as VALID pooling does).
+
+    Written as a reshape and a max rather than ``reduce_window``: on XLA:CPU the gradient of
+    ``reduce_window`` max (select-and-scatter) made a LeNet-5 training step twice as slow
+    (measured 94 ms vs 46 ms for the two pooled convs at batch 100; benchmarks/train_speed.py).
+    """
+    n, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2, :]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class LeNet300(nnx.Module):
+    """LeNet-300-100.
+
+    Args:
+        layers: The method's layer factory.
+        rngs: Random streams for initialisation.
+        input_shape: ``(h, w, c)`` of one example.
+        num_classes: Number of outputs.
+    """
+
+    layer_names = ("fc1", "fc2", "fc3")
+
+    def __init__(self, layers: LayerFactory, *, rngs: nnx.Rngs,
+                 input_shape=(28, 28, 1), num_classes: int = 10):
+        in_features = int(jnp.prod(jnp.array(input_shape)))
+        self.fc1 = layers.dense("fc1", in_features, 300, rngs=rngs)
+        self.fc2 = layers.dense("fc2", 300, 100, rngs=rngs)
+        self.fc3 = layers.dense("fc3", 100, num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """Logits ``(batch, num_classes)`` for images ``(batch, h, w, c)``."""
+        x = x.reshape(x.shape[0], -1)
+        x = jax.nn.relu(self.fc1(x, rngs=rngs))
+        x = jax.nn.relu(self.fc2(x, rngs=rngs))
+        return self.fc3(x, rngs=rngs)
+
+
+class LeNet5(nnx.Module):
+    """LeNet-5-Caffe (20-50-800-500).
+
+    Args:
+        layers: The method's layer factory.
+        rngs: Random streams for initialisation.
+        input_shape: ``(h, w, c)`` of one example (28x28x1 gives the 800-wide fc1).
+        num_classes: Number of outputs.
+    """
+
+    layer_names = ("conv1", "conv2", "fc1", "fc2")
+
+    def __init__(self, layers: LayerFactory, *, rngs: nnx.Rngs,
+                 input_shape=(28, 28, 1), num_classes: int = 10):
+        height, width, channels = input_shape
+        self.conv1 = layers.conv("conv1", channels, 20, (5, 5), rngs=rngs)
+        self.conv2 = layers.conv("conv2", 20, 50, (5, 5), rngs=rngs)
+        # Two valid 5x5 convs and two 2x2 pools: 28 -> 24 -> 12 -> 8 -> 4.
+        self.feature_hw = (((height - 4) // 2 - 4) // 2, ((width - 4) // 2 - 4) // 2)
+        self.fc1 = layers.dense("fc1", 50 * self.feature_hw[0] * self.feature_hw[1], 500, rngs=rngs)
+        self.fc2 = layers.dense("fc2", 500, num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """Logits ``(batch, num_classes)`` for images ``(batch, h, w, c)``."""
+        x = _max_pool_2x2(jax.nn.relu(self.conv1(x, rngs=rngs)))
+        x = _max_pool_2x2(jax.nn.relu(self.conv2(x, rngs=rngs)))
+        x = x.reshape(x.shape[0], -1)  # NHWC flatten: channel is the fastest-varying index
+        x = jax.nn.relu(self.fc1(x, rngs=rngs))
+        return self.fc2(x, rngs=rngs)

@@ -1,0 +1,89 @@
+"""Layer factories: how a method hands its layers to a model.
+
+A model is written once and asks a :class:`LayerFactory` for each layer by name
+(``layers.dense("fc1", 784, 300, rngs=rngs)``). The factory, built from the method's config,
+decides the posterior, the prior and the pruning threshold, so ``model=lenet5 method=svd`` and
+``model=lenet5 method=dense`` share the model code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+from flax import nnx
+
+from bayescomp import posteriors, priors
+from bayescomp.errors import ConfigError
+from bayescomp.nn.conv import VariationalConv
+from bayescomp.nn.dense import VariationalDense
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerFactory:
+    """Builds the variational layers of one method.
+
+    Args:
+        posterior: Posterior registry key (``bayescomp.posteriors.REGISTRY``).
+        prior: Prior registry key (``bayescomp.priors.REGISTRY``).
+        prior_kwargs: Prior hyperparameters.
+        posterior_kwargs: Posterior initialisation options.
+        threshold: Default pruning threshold on log α (``None``: never prune).
+        layer_thresholds: Per-layer overrides, by layer name.
+    """
+
+    posterior: str = "delta"
+    prior: str = "flat"
+    prior_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    posterior_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    threshold: float | None = None
+    layer_thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    def _common(self, name: str) -> dict:
+        return dict(
+            posterior_cls=posteriors.get(self.posterior),
+            prior=priors.get(self.prior, **dict(self.prior_kwargs)),
+            posterior_kwargs=dict(self.posterior_kwargs),
+            prune_threshold=self.layer_thresholds.get(name, self.threshold),
+        )
+
+    def dense(self, name: str, in_features: int, out_features: int, *, rngs: nnx.Rngs):
+        """A :class:`VariationalDense` layer named ``name`` (the name selects its threshold)."""
+        return VariationalDense(in_features, out_features, rngs=rngs, **self._common(name))
+
+    def conv(self, name: str, in_features: int, out_features: int, kernel_size: Sequence[int],
+             *, rngs: nnx.Rngs, padding: str = "VALID"):
+        """A :class:`VariationalConv` layer named ``name``."""
+        return VariationalConv(in_features, out_features, kernel_size, rngs=rngs,
+                               padding=padding, **self._common(name))
+
+    def check_layer_names(self, layer_names: Sequence[str]) -> None:
+        """Raise ConfigError if a per-layer threshold names a layer the model does not have."""
+        unknown = sorted(set(self.layer_thresholds) - set(layer_names))
+        if unknown:
+            raise ConfigError(
+                f"per-layer thresholds name unknown layers {unknown}; this model's layers are "
+                f"{list(layer_names)}"
+            )
+
+
+def from_config(method_cfg: Mapping[str, Any]) -> LayerFactory:
+    """Build a :class:`LayerFactory` from a ``conf/method/*.yaml`` mapping."""
+    prune = dict(method_cfg.get("prune") or {})
+    prior_cfg = dict(method_cfg.get("prior") or {"name": "flat"})
+    prior_name = prior_cfg.pop("name")
+    for key in ("log_alpha_clip",):  # YAML lists -> tuples (priors are frozen, hashable)
+        if key in prior_cfg and prior_cfg[key] is not None:
+            prior_cfg[key] = tuple(prior_cfg[key])
+    posterior_kwargs = dict(method_cfg.get("posterior_init") or {})
+    for key, value in list(posterior_kwargs.items()):
+        if isinstance(value, (list, tuple)):
+            posterior_kwargs[key] = tuple(value)
+    return LayerFactory(
+        posterior=method_cfg.get("posterior", "delta"),
+        prior=prior_name,
+        prior_kwargs=prior_cfg,
+        posterior_kwargs=posterior_kwargs,
+        threshold=prune.get("threshold"),
+        layer_thresholds=dict(prune.get("per_layer") or {}),
+    )

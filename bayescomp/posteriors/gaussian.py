@@ -1,0 +1,77 @@
+r"""Fully factorised Gaussian posterior over weights (sparse variational dropout).
+
+.. math::
+
+    q(w_{ij}) = \mathcal{N}(\theta_{ij}, \sigma^2_{ij}), \qquad
+    \log\alpha_{ij} = \log\sigma^2_{ij} - \log\theta^2_{ij},
+
+the additive reparameterisation of Molchanov, Ashukha & Vetrov (2017), "Variational Dropout
+Sparsifies Deep Neural Networks", §4.4: the optimised parameters are ``(θ, log σ²)``, which keeps
+gradient variance low for large α.
+
+As in the authors' code (methods.md §2.1), ``log α`` is clipped to ``log_alpha_clip`` (default
+[-8, 8]) wherever it is used, and the variance entering the local reparameterization trick is
+``exp(clip(log α)) · θ²``; clipping therefore caps σ² at e⁸θ².
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bayescomp.nn.variables import PosteriorLogVar, PosteriorMean
+from bayescomp.posteriors.base import VARIANCE_EPS, Contraction, Posterior
+
+#: Added to θ² inside log α = log σ² − log(θ² + ε) so a weight at exactly 0 has a finite log α.
+THETA_SQ_EPS = 1e-8
+
+
+class FactorizedGaussian(Posterior):
+    """Per-weight Gaussian posterior with local reparameterization.
+
+    Args:
+        kernel_shape: ``(in, out)`` or ``(kh, kw, in, out)``.
+        group_axis: Unused (no groups).
+        rngs: Random streams; ``rngs.params`` initialises θ.
+        log_var_init: Initial log σ² for every weight (reference: −10).
+        log_alpha_clip: Range ``log α`` is clipped to in the forward variance (reference: [−8, 8]).
+    """
+
+    def __init__(
+        self,
+        kernel_shape: tuple[int, ...],
+        *,
+        group_axis: int = -1,
+        rngs: nnx.Rngs,
+        log_var_init: float = -10.0,
+        log_alpha_clip: tuple[float, float] = (-8.0, 8.0),
+    ):
+        del group_axis
+        init = nnx.initializers.lecun_normal()
+        self.theta = PosteriorMean(init(rngs.params(), kernel_shape, jnp.float32))
+        self.log_sigma2 = PosteriorLogVar(jnp.full(kernel_shape, log_var_init, jnp.float32))
+        self.log_alpha_clip = tuple(float(v) for v in log_alpha_clip)
+
+    def raw_log_alpha(self) -> jax.Array:
+        """Unclipped log α = log σ² − log(θ² + 1e-8), kernel-shaped."""
+        theta = self.theta[...]
+        return self.log_sigma2[...] - jnp.log(theta * theta + THETA_SQ_EPS)
+
+    def log_alpha(self) -> jax.Array:
+        """log α clipped to ``log_alpha_clip``, kernel-shaped."""
+        return jnp.clip(self.raw_log_alpha(), *self.log_alpha_clip)
+
+    def mean(self) -> jax.Array:
+        return self.theta[...]
+
+    def variance(self) -> jax.Array:
+        """σ² as used by the model: exp(clip(log α)) · θ² (methods.md §2.1)."""
+        theta = self.theta[...]
+        return jnp.exp(self.log_alpha()) * theta * theta
+
+    def sample_preactivation(self, x, contract: Contraction, bias, key) -> jax.Array:
+        mean = contract(x, self.theta[...]) + bias  # (batch, ..., out)
+        var = contract(x * x, self.variance())
+        noise = jax.random.normal(key, mean.shape, mean.dtype)
+        return mean + jnp.sqrt(var + VARIANCE_EPS) * noise

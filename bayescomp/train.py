@@ -1,0 +1,369 @@
+"""Training and evaluation of one run: ``train_and_evaluate(cfg, workdir) -> metrics``.
+
+No Hydra here (``bayescomp.run`` is the command-line entry), so tests call this directly.
+
+Speed by design (profile: ``benchmarks/train_speed.py``):
+
+* the whole dataset sits in device arrays; each epoch draws one permutation and a jitted
+  ``lax.scan`` runs ``chunk_steps`` optimisation steps per call, gathering batches by index
+  inside the jit (no per-example Python, one dispatch per chunk);
+* the step is a pure function of ``(params, opt_state)``: the model is rebuilt from its
+  ``GraphDef`` inside the trace (``nnx.merge``), so nothing retraces across chunks or epochs
+  (the KL weight enters as a traced scalar);
+* evaluation is a jitted scan over fixed-size test batches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pathlib
+import subprocess
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from omegaconf import DictConfig, OmegaConf
+
+from bayescomp import data as data_lib
+from bayescomp import models
+from bayescomp import nn as bnn
+from bayescomp import objectives, pruning
+from bayescomp.checkpointing import Checkpointer
+from bayescomp.errors import ConfigError, TrainingDivergedError
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def build_model(cfg: DictConfig, input_shape, num_classes: int, seed: int) -> nnx.Module:
+    """Instantiate ``cfg.model`` with the layers of ``cfg.method``."""
+    factory = bnn.from_config(OmegaConf.to_container(cfg.method, resolve=True))
+    model_cls = models.get(cfg.model.name)
+    model = model_cls(factory, rngs=nnx.Rngs(params=seed), input_shape=tuple(input_shape),
+                      num_classes=num_classes)
+    factory.check_layer_names(model_cls.layer_names)
+    return model
+
+
+def build_optimizer(cfg: DictConfig, total_steps: int) -> optax.GradientTransformation:
+    """Adam with the configured learning-rate schedule (``conf/optimizer``)."""
+    opt = cfg.optimizer
+    if opt.name != "adam":
+        raise ConfigError(f"unknown optimizer {opt.name!r}; known optimizers: adam")
+    schedule = objectives.learning_rate_schedule(
+        opt.lr, opt.schedule, total_steps, decay_start=opt.get("decay_start", 0.0))
+    return optax.adam(schedule, b1=opt.b1, b2=opt.b2)
+
+
+def make_train_chunk(graphdef, optimizer, n_train: int, batch_size: int) -> Callable:
+    """Return a jitted function running a chunk of optimisation steps.
+
+    The returned ``train_chunk(params, opt_state, x_all, y_all, batch_index, key, kl_weight)``
+    runs one step per entry of ``batch_index`` (``(steps, batch)`` int32, rows of a permutation)
+    and returns ``(params, opt_state, sums)`` where ``sums`` holds the summed loss, NLL, KL and
+    number of correct training predictions over the chunk.
+    """
+
+    def loss_fn(params, x, y, key, beta):
+        model = nnx.merge(graphdef, params)
+        logits = model(x, rngs=nnx.Rngs(noise=key))
+        nll = objectives.mean_nll(logits, y)
+        kl = objectives.total_kl(model)
+        loss = nll + beta * kl / n_train
+        correct = jnp.sum(jnp.argmax(logits, -1) == y)
+        return loss, (nll, kl, correct)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    @jax.jit
+    def train_chunk(params, opt_state, x_all, y_all, batch_index, key, beta):
+        def step(carry, inputs):
+            params, opt_state = carry
+            idx, step_key = inputs
+            (loss, (nll, kl, correct)), grads = grad_fn(
+                params, x_all[idx], y_all[idx], step_key, beta)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            return (params, opt_state), jnp.stack(
+                [loss, nll, kl, correct.astype(jnp.float32)])
+
+        keys = jax.random.split(key, batch_index.shape[0])
+        (params, opt_state), per_step = jax.lax.scan(step, (params, opt_state), (batch_index, keys))
+        return params, opt_state, per_step.sum(0)
+
+    return train_chunk
+
+
+def make_evaluate(graphdef, batch_size: int) -> Callable:
+    """Return a jitted ``count_correct(params, x, y) -> int`` over fixed-size batches.
+
+    ``x`` is padded to a multiple of ``batch_size``; padded rows carry label −1 and never count.
+    """
+
+    @jax.jit
+    def count_correct(params, x_batches, y_batches):
+        model = nnx.merge(graphdef, params)
+
+        def body(total, batch):
+            xb, yb = batch
+            return total + jnp.sum(jnp.argmax(model(xb), -1) == yb), None
+
+        total, _ = jax.lax.scan(body, jnp.zeros((), jnp.int32), (x_batches, y_batches))
+        return total
+
+    def evaluate_error(params, x, y) -> float:
+        n = x.shape[0]
+        n_batches = math.ceil(n / batch_size)
+        pad = n_batches * batch_size - n
+        xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+        yp = jnp.concatenate([y, -jnp.ones((pad,), y.dtype)]) if pad else y
+        correct = count_correct(params, xp.reshape(n_batches, batch_size, *x.shape[1:]),
+                                yp.reshape(n_batches, batch_size))
+        return 100.0 * (1.0 - float(correct) / n)
+
+    return evaluate_error
+
+
+def git_commit() -> str:
+    """The git commit of the bayescomp source tree, with ``-dirty`` if it has local changes."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _chunk_steps(steps_per_epoch: int, requested: int) -> int:
+    """Largest divisor of ``steps_per_epoch`` not above ``requested``: equal chunks, one trace."""
+    requested = max(1, min(requested, steps_per_epoch))
+    for size in range(requested, 0, -1):
+        if steps_per_epoch % size == 0:
+            return size
+    return 1
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Train ``cfg.model`` with ``cfg.method`` on ``cfg.data``, prune, evaluate, write metrics.
+
+    Rerunning with the same ``workdir`` resumes from the last epoch checkpoint.
+
+    Args:
+        cfg: The composed configuration (see ``conf/config.yaml``).
+        workdir: Output directory: checkpoints, TensorBoard events, ``metrics.json``.
+
+    Returns:
+        The metrics dictionary also written to ``workdir/metrics.json``.
+
+    Raises:
+        BayescompError: Bad configuration, missing data, or a diverged run.
+    """
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    trainer = cfg.trainer
+    seed = int(cfg.seed)
+
+    dataset = data_lib.load_dataset(
+        cfg.data.name, data_dir=cfg.data.get("dir"), tfds_data_dir=cfg.data.get("tfds_data_dir"),
+        download=cfg.data.get("download", True), preprocess=cfg.data.get("preprocess", "reference"),
+        seed=seed)
+    log.info("dataset %s from %s: %d train / %d test", dataset.name, dataset.source,
+             len(dataset.y_train), len(dataset.y_test))
+
+    model = build_model(cfg, dataset.x_train.shape[1:], dataset.num_classes, seed)
+    batch_size = int(trainer.batch_size)
+    n_train = int(dataset.x_train.shape[0])
+    steps_per_epoch = n_train // batch_size  # the remainder of each permutation is dropped
+    if steps_per_epoch < 1:
+        raise ConfigError(f"trainer.batch_size={batch_size} exceeds the {n_train} training examples")
+    epochs = int(trainer.epochs)
+    chunk = _chunk_steps(steps_per_epoch, int(trainer.chunk_steps))
+    optimizer = build_optimizer(cfg, epochs * steps_per_epoch)
+
+    train_graphdef, params = nnx.split(nnx.view(model, deterministic=False, pruned=False))
+    mean_graphdef, _ = nnx.split(nnx.view(model, deterministic=True, pruned=False))
+    pruned_graphdef, _ = nnx.split(nnx.view(model, deterministic=True, pruned=True))
+    opt_state = optimizer.init(params)
+    key = jax.random.key(seed)
+
+    train_chunk = make_train_chunk(train_graphdef, optimizer, n_train, batch_size)
+    eval_batch = int(trainer.eval_batch_size)
+    error_mean = make_evaluate(mean_graphdef, eval_batch)
+    error_pruned = make_evaluate(pruned_graphdef, eval_batch)
+
+    x_train = jnp.asarray(dataset.x_train)
+    y_train = jnp.asarray(dataset.y_train)
+    x_test = jnp.asarray(dataset.x_test)
+    y_test = jnp.asarray(dataset.y_test)
+
+    # Resume.
+    checkpointer = Checkpointer(workdir / "checkpoints")
+    history: list[dict] = []
+    start_epoch = 0
+    train_seconds = 0.0
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        (params, opt_state, key_data), meta = checkpointer.restore(
+            latest, (params, opt_state, jax.random.key_data(key)))
+        key = jax.random.wrap_key_data(jnp.asarray(key_data))
+        history = meta["history"]
+        start_epoch = int(meta["epoch"]) + 1
+        train_seconds = float(meta["train_seconds"])
+        log.info("resuming from %s at epoch %d", checkpointer.directory, start_epoch)
+
+    writer = _summary_writer(workdir, trainer)
+    progress = _progress_bar(trainer, epochs, start_epoch, steps_per_epoch)
+    kl_start, kl_end = trainer.kl_warmup.start_epoch, trainer.kl_warmup.end_epoch
+
+    for epoch in range(start_epoch, epochs):
+        beta = objectives.kl_weight(epoch, kl_start, kl_end)
+        key, perm_key, epoch_key = jax.random.split(key, 3)
+        perm = jax.random.permutation(perm_key, n_train)[: steps_per_epoch * batch_size]
+        batch_index = perm.reshape(steps_per_epoch, batch_size)
+        sums = np.zeros(4)
+        epoch_start = time.perf_counter()
+        for c, chunk_key in enumerate(jax.random.split(epoch_key, steps_per_epoch // chunk)):
+            params, opt_state, chunk_sums = train_chunk(
+                params, opt_state, x_train, y_train, batch_index[c * chunk:(c + 1) * chunk],
+                chunk_key, jnp.float32(beta))
+            chunk_sums = np.asarray(chunk_sums)  # blocks: timing and NaN checks are per chunk
+            if not np.all(np.isfinite(chunk_sums)):
+                checkpointer.wait()
+                raise TrainingDivergedError(
+                    f"the loss became {chunk_sums[0]} in epoch {epoch} (steps {c * chunk}-"
+                    f"{(c + 1) * chunk - 1}); the checkpoint of the last good epoch in "
+                    f"{checkpointer.directory} is kept. Lower optimizer.lr, lengthen "
+                    "trainer.kl_warmup, or check the data, then rerun.")
+            sums += chunk_sums
+            done = (c + 1) * chunk
+            if progress is not None:
+                progress.update(chunk)
+                progress.set_postfix(epoch=epoch, loss=f"{sums[0] / done:.4f}",
+                                     kl=f"{sums[2] / done:.4g}",
+                                     acc=f"{sums[3] / (done * batch_size):.4f}")
+        epoch_seconds = time.perf_counter() - epoch_start
+        train_seconds += epoch_seconds
+
+        test_error = error_mean(params, x_test, y_test)
+        record = dict(epoch=epoch, loss=sums[0] / steps_per_epoch, nll=sums[1] / steps_per_epoch,
+                      kl=sums[2] / steps_per_epoch, kl_weight=beta,
+                      train_accuracy=sums[3] / (steps_per_epoch * batch_size),
+                      test_error=test_error, seconds=epoch_seconds)
+        if (epoch + 1) % int(trainer.pruned_eval_every) == 0 or epoch + 1 == epochs:
+            record["pruned_test_error"] = error_pruned(params, x_test, y_test)
+        history.append({k: float(v) for k, v in record.items()})
+        _log_epoch(writer, model, params, record)
+        checkpointer.save(epoch, (params, opt_state, jax.random.key_data(key)),
+                          dict(epoch=epoch, history=history, train_seconds=train_seconds))
+    if progress is not None:
+        progress.close()
+    checkpointer.wait()
+    checkpointer.close()
+
+    # Final evaluation of the posterior-mean and the pruned network.
+    nnx.update(model, params)
+    metrics = _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test,
+                             y_test, history, train_seconds, steps_per_epoch, batch_size)
+    if writer is not None:
+        writer.close()
+    write_metrics(workdir, metrics)
+    return metrics
+
+
+def _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test, y_test,
+                   history, train_seconds, steps_per_epoch, batch_size) -> dict[str, Any]:
+    weights_total, weights_kept, total_per_layer, kept_per_layer = pruning.kept_weight_counts(model)
+    trained_epochs = len(history)
+    epoch_times = [h["seconds"] for h in history]
+    seconds_per_epoch = float(np.median(epoch_times[1:] if len(epoch_times) > 1 else epoch_times)) \
+        if epoch_times else float("nan")
+    return {
+        "experiment": cfg.get("experiment_name") or "custom",
+        "model": cfg.model.name,
+        "method": cfg.method.name,
+        "dataset": dataset.name,
+        "data_source": dataset.source,
+        "seed": int(cfg.seed),
+        "epochs": trained_epochs,
+        "test_error": error_mean(params, x_test, y_test),
+        "pruned_test_error": error_pruned(params, x_test, y_test),
+        "weights_total": weights_total,
+        "weights_kept": weights_kept,
+        "percent_kept": 100.0 * weights_kept / weights_total,
+        "compression_sparsity": weights_total / max(weights_kept, 1),
+        "layers": [name for name, _ in objectives.variational_layers(model)],
+        "total_per_layer": total_per_layer,
+        "kept_per_layer": kept_per_layer,
+        # Median over epochs of the training time of one epoch (excluding the first, which
+        # includes compilation); evaluation and checkpointing are not included.
+        "seconds_per_epoch": seconds_per_epoch,
+        "images_per_second": steps_per_epoch * batch_size / seconds_per_epoch,
+        "train_seconds": train_seconds,
+        "git_commit": git_commit(),
+        "jax_backend": jax.default_backend(),
+        "history": history,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def write_metrics(workdir: pathlib.Path, metrics: dict) -> None:
+    """Write ``metrics.json`` atomically (a crash never leaves a half-written file)."""
+    path = pathlib.Path(workdir) / "metrics.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Logging
+
+
+def _summary_writer(workdir: pathlib.Path, trainer):
+    if not trainer.get("tensorboard", True):
+        return None
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(str(workdir / "tensorboard"))
+
+
+def _progress_bar(trainer, epochs, start_epoch, steps_per_epoch):
+    if not trainer.get("progress_bar", True):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=(epochs - start_epoch) * steps_per_epoch, unit="step",
+                dynamic_ncols=True, mininterval=1.0)
+
+
+def _log_epoch(writer, model, params, record: dict) -> None:
+    log.info("epoch %d: %s", record["epoch"], ", ".join(
+        f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+    if writer is None:
+        return
+    epoch = int(record["epoch"])
+    for k, v in record.items():
+        if k != "epoch":
+            writer.add_scalar(f"epoch/{k}", float(v), epoch)
+    nnx.update(model, params)
+    for name, layer in objectives.variational_layers(model):
+        log_alpha = layer.log_alpha()
+        if log_alpha is not None:
+            writer.add_histogram(f"log_alpha/{name}", np.asarray(log_alpha).ravel(), epoch)
+    writer.flush()

@@ -1,0 +1,55 @@
+"""The real Fashion-MNIST files of Debian's package dataset-fashion-mnist.
+
+Skipped when the files are absent, except under CI (env CI set), which installs the package.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from bayescomp.data import idx, load_dataset
+
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.fixture(scope="module")
+def idx_paths():
+    paths, reason = idx.find_idx_files(DEBIAN_DIR, idx.MNIST_IDX_FILES)
+    if paths is None:
+        message = (f"Fashion-MNIST not in {DEBIAN_DIR} ({reason}); "
+                   "apt-get install dataset-fashion-mnist")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return paths
+
+
+def test_idx_files_hold_the_published_splits(idx_paths):
+    x_train, y_train = idx.read_idx_split(idx_paths.train_images, idx_paths.train_labels)
+    x_test, y_test = idx.read_idx_split(idx_paths.test_images, idx_paths.test_labels)
+
+    assert x_train.shape == (60000, 28, 28, 1) and x_test.shape == (10000, 28, 28, 1)
+    assert x_train.dtype == x_test.dtype == np.uint8
+    assert y_train.dtype == y_test.dtype == np.int32
+    # Fashion-MNIST is exactly balanced: 6000 train and 1000 test images per class.
+    np.testing.assert_array_equal(np.bincount(y_train, minlength=10), np.full(10, 6000))
+    np.testing.assert_array_equal(np.bincount(y_test, minlength=10), np.full(10, 1000))
+    assert x_train.min() == 0 and x_train.max() == 255
+
+
+def test_load_dataset_finds_debian_files_and_preprocesses(idx_paths):
+    data = load_dataset("fashion_mnist", download=False)
+
+    assert data.source == DEBIAN_DIR
+    assert data.name == "fashion_mnist" and data.num_classes == 10
+    assert data.x_train.shape == (60000, 28, 28, 1) and data.x_test.shape == (10000, 28, 28, 1)
+    assert data.x_train.dtype == data.x_test.dtype == np.float32
+    assert data.y_train.dtype == data.y_test.dtype == np.int32
+    # "reference": the mean training image is subtracted, so each pixel averages to 0.
+    np.testing.assert_allclose(data.x_train.mean(axis=0, dtype=np.float64), 0.0, atol=1e-6)
+    # The test split is shifted by the same (training) mean, so it does not average to 0.
+    raw_test, _ = idx.read_idx_split(idx_paths.test_images, idx_paths.test_labels)
+    raw_train, _ = idx.read_idx_split(idx_paths.train_images, idx_paths.train_labels)
+    mean_image = raw_train.mean(axis=0, dtype=np.float64) / 255.0
+    np.testing.assert_allclose(data.x_test, raw_test / 255.0 - mean_image, atol=1e-6)

@@ -36,6 +36,8 @@ from bayescomp import models
 from bayescomp import nn as bnn
 from bayescomp import objectives, pruning
 from bayescomp.checkpointing import Checkpointer
+from bayescomp.compression import quantize as quantize_lib
+from bayescomp.compression.report import compression_report
 from bayescomp.errors import ConfigError, TrainingDivergedError
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,14 @@ def build_optimizer(cfg: DictConfig, total_steps: int) -> optax.GradientTransfor
     schedule = objectives.learning_rate_schedule(
         opt.lr, opt.schedule, total_steps, decay_start=opt.get("decay_start", 0.0))
     return optax.adam(schedule, b1=opt.b1, b2=opt.b2)
+
+
+def _project(graphdef, params):
+    """Apply every posterior's ``project()`` (e.g. BC's variance clipping) to ``params``."""
+    model = nnx.merge(graphdef, params)
+    for _, layer in objectives.variational_layers(model):
+        layer.posterior.project()
+    return nnx.state(model)
 
 
 def make_train_chunk(graphdef, optimizer, n_train: int, batch_size: int) -> Callable:
@@ -93,7 +103,7 @@ def make_train_chunk(graphdef, optimizer, n_train: int, batch_size: int) -> Call
             (loss, (nll, kl, correct)), grads = grad_fn(
                 params, x_all[idx], y_all[idx], step_key, beta)
             updates, opt_state = optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
+            params = _project(graphdef, optax.apply_updates(params, updates))
             return (params, opt_state), jnp.stack(
                 [loss, nll, kl, correct.astype(jnp.float32)])
 
@@ -280,7 +290,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
     # Final evaluation of the posterior-mean and the pruned network.
     nnx.update(model, params)
     metrics = _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test,
-                             y_test, history, train_seconds, steps_per_epoch, batch_size)
+                             y_test, history, train_seconds, steps_per_epoch, batch_size, workdir)
     if writer is not None:
         writer.close()
     write_metrics(workdir, metrics)
@@ -288,8 +298,24 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
 
 
 def _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test, y_test,
-                   history, train_seconds, steps_per_epoch, batch_size) -> dict[str, Any]:
-    weights_total, weights_kept, total_per_layer, kept_per_layer = pruning.kept_weight_counts(model)
+                   history, train_seconds, steps_per_epoch, batch_size,
+                   workdir: pathlib.Path) -> dict[str, Any]:
+    masks = pruning.propagated_masks(model)
+    weights_total, weights_kept, total_per_layer, kept_per_layer = pruning.kept_weight_counts(masks)
+    pruning.save_log_alpha_histograms(model, workdir / "plots")
+
+    # The compressed network: kept posterior means rounded to the posterior-derived bits.
+    quantized = quantize_lib.quantize(model, masks)
+    model_cls = models.get(cfg.model.name)
+    quantized_model = quantize_lib.point_model(
+        model_cls, quantized.kernels, quantized.biases, input_shape=dataset.x_train.shape[1:],
+        num_classes=dataset.num_classes)
+    q_graphdef, q_params = nnx.split(nnx.view(quantized_model, deterministic=True))
+    quantized_error = make_evaluate(q_graphdef, int(cfg.trainer.eval_batch_size))(
+        q_params, x_test, y_test)
+    report = compression_report(quantized.masks, quantized.precision.bits_per_layer,
+                                quantized.precision.exponent_bits, weights=quantized.kernels)
+    report_dict = report.to_dict()
     trained_epochs = len(history)
     epoch_times = [h["seconds"] for h in history]
     seconds_per_epoch = float(np.median(epoch_times[1:] if len(epoch_times) > 1 else epoch_times)) \
@@ -311,6 +337,14 @@ def _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test
         "layers": [name for name, _ in objectives.variational_layers(model)],
         "total_per_layer": total_per_layer,
         "kept_per_layer": kept_per_layer,
+        "architecture": report_dict["architecture"],
+        "architecture_string": report_dict["architecture_string"],
+        "bits_per_layer": report_dict["bits_per_layer"],
+        "exponent_bits": report_dict["exponent_bits"],
+        "quantized_test_error": quantized_error,
+        "compression": report_dict["compression"],
+        "compression_details": {k: v for k, v in report_dict.items() if k not in (
+            "compression", "architecture", "bits_per_layer", "exponent_bits")},
         # Median over epochs of the training time of one epoch (excluding the first, which
         # includes compilation); evaluation and checkpointing are not included.
         "seconds_per_epoch": seconds_per_epoch,

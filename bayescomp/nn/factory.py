@@ -30,6 +30,8 @@ class LayerFactory:
         posterior_kwargs: Posterior initialisation options.
         threshold: Default pruning threshold on log α (``None``: never prune).
         layer_thresholds: Per-layer overrides, by layer name.
+        layer_posterior_kwargs: Per-layer posterior options merged over ``posterior_kwargs``,
+            by layer name (e.g. ``{"fc1": {"max_weight_var": 0.04}}``).
     """
 
     posterior: str = "delta"
@@ -38,12 +40,15 @@ class LayerFactory:
     posterior_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     threshold: float | None = None
     layer_thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    layer_posterior_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(
+        default_factory=dict)
 
     def _common(self, name: str) -> dict:
         return dict(
             posterior_cls=posteriors.get(self.posterior),
             prior=priors.get(self.prior, **dict(self.prior_kwargs)),
-            posterior_kwargs=dict(self.posterior_kwargs),
+            posterior_kwargs={**self.posterior_kwargs,
+                              **dict(self.layer_posterior_kwargs.get(name, {}))},
             prune_threshold=self.layer_thresholds.get(name, self.threshold),
         )
 
@@ -59,10 +64,11 @@ class LayerFactory:
 
     def check_layer_names(self, layer_names: Sequence[str]) -> None:
         """Raise ConfigError if a per-layer threshold names a layer the model does not have."""
-        unknown = sorted(set(self.layer_thresholds) - set(layer_names))
+        unknown = sorted((set(self.layer_thresholds) | set(self.layer_posterior_kwargs))
+                         - set(layer_names))
         if unknown:
             raise ConfigError(
-                f"per-layer thresholds name unknown layers {unknown}; this model's layers are "
+                f"per-layer settings (prune.per_layer, posterior_per_layer) name unknown layers {unknown}; this model's layers are "
                 f"{list(layer_names)}"
             )
 
@@ -86,4 +92,6 @@ def from_config(method_cfg: Mapping[str, Any]) -> LayerFactory:
         posterior_kwargs=posterior_kwargs,
         threshold=prune.get("threshold"),
         layer_thresholds=dict(prune.get("per_layer") or {}),
+        layer_posterior_kwargs={name: dict(kwargs or {}) for name, kwargs in
+                                dict(method_cfg.get("posterior_per_layer") or {}).items()},
     )

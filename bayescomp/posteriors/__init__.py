@@ -4,10 +4,12 @@ from bayescomp.errors import unknown_name_error
 from bayescomp.posteriors.base import Posterior
 from bayescomp.posteriors.delta import Delta
 from bayescomp.posteriors.gaussian import FactorizedGaussian
+from bayescomp.posteriors.group_normal import GroupNormal
 
 REGISTRY: dict[str, type[Posterior]] = {
     "delta": Delta,
     "gaussian": FactorizedGaussian,
+    "group_normal": GroupNormal,
 }
 
 
@@ -18,4 +20,4 @@ def get(name: str) -> type[Posterior]:
     return REGISTRY[name]
 
 
-__all__ = ["REGISTRY", "get", "Posterior", "Delta", "FactorizedGaussian"]
+__all__ = ["REGISTRY", "get", "Posterior", "Delta", "FactorizedGaussian", "GroupNormal"]

@@ -72,6 +72,9 @@ class Posterior(nnx.Module, abc.ABC):
             return jnp.ones((), jnp.float32)
         return (log_alpha < threshold).astype(jnp.float32)
 
+    def project(self) -> None:
+        """Project the parameters back onto their feasible set after an optimiser step (no-op)."""
+
     @abc.abstractmethod
     def sample_preactivation(
         self, x: jax.Array, contract: Contraction, bias: jax.Array, key: jax.Array

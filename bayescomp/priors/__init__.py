@@ -7,11 +7,13 @@ from bayescomp.errors import ConfigError, unknown_name_error
 from bayescomp.priors.base import Prior, kl_divergence, register_kl
 from bayescomp.priors.flat import Flat
 from bayescomp.priors.gaussian import Gaussian
+from bayescomp.priors.group_nj import GroupNormalJeffreys
 from bayescomp.priors.log_uniform import LogUniform
 
 REGISTRY: dict[str, type[Prior]] = {
     "flat": Flat,
     "gaussian": Gaussian,
+    "group_nj": GroupNormalJeffreys,
     "log_uniform": LogUniform,
 }
 
@@ -35,4 +37,4 @@ def names() -> list[str]:
 
 
 __all__ = ["REGISTRY", "get", "names", "Prior", "kl_divergence", "register_kl", "Flat",
-           "Gaussian", "LogUniform"]
+           "Gaussian", "GroupNormalJeffreys", "LogUniform"]

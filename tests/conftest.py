@@ -59,13 +59,13 @@ TWO_STEPS = ("+debug=smoke", "trainer.batch_size=256", "trainer.chunk_steps=2",
              "trainer.eval_batch_size=256")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def compose():
     """``compose(overrides)``: the composed config, see :func:`_compose`."""
     return _compose
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def smoke_cfg():
     """``smoke_cfg(experiment, *overrides)``: a 2-step synthetic config of ``experiment``."""
 

@@ -4,11 +4,13 @@ from bayescomp.errors import unknown_name_error
 from bayescomp.posteriors.base import Posterior
 from bayescomp.posteriors.delta import Delta
 from bayescomp.posteriors.gaussian import FactorizedGaussian
+from bayescomp.posteriors.group_lognormal import GroupLogNormal
 from bayescomp.posteriors.group_normal import GroupNormal
 
 REGISTRY: dict[str, type[Posterior]] = {
     "delta": Delta,
     "gaussian": FactorizedGaussian,
+    "group_lognormal": GroupLogNormal,
     "group_normal": GroupNormal,
 }
 

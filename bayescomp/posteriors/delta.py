@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bayescomp.nn.variables import PointWeight
+from bayescomp.posteriors.variables import PointWeight
 from bayescomp.posteriors.base import Contraction, Posterior
 
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bayescomp.nn.variables import PosteriorLogVar, PosteriorMean
+from bayescomp.posteriors.variables import PosteriorLogVar, PosteriorMean
 from bayescomp.posteriors.base import VARIANCE_EPS, Contraction, Posterior
 
 #: Added to θ² inside log α = log σ² − log(θ² + ε) so a weight at exactly 0 has a finite log α.

@@ -7,16 +7,18 @@ into a Gamma and an inverse-Gamma factor,
 
 .. math::
 
-    s^2 = s_a s_b,\quad s_a \sim \mathrm{Gamma}(\tfrac12, \tau_0^2),\ s_b \sim \mathrm{IG}(\tfrac12, 1);
-    \qquad \tilde z_g^2 = a_g b_g,\quad a_g \sim \mathrm{Gamma}(\tfrac12, 1),\ b_g \sim \mathrm{IG}(\tfrac12, 1).
+    s^2 = s_a s_b,\quad s_a \sim \mathrm{Gamma}(\tfrac12, \tau_0^2),\
+    s_b \sim \mathrm{IG}(\tfrac12, 1);\qquad
+    \tilde z_g^2 = a_g b_g,\quad a_g \sim \mathrm{Gamma}(\tfrac12, 1),\
+    b_g \sim \mathrm{IG}(\tfrac12, 1).
 
 (The paper calls a_g, b_g α̃_g, β̃_g; they are named ``a`` / ``b`` here so that nothing but the
 dropout rate is called alpha. Why the Gamma scale is τ0² and not τ0: see the prior's module.)
 
 **Posterior.** Every factor gets a log-normal q: log s_a ~ N(μ_sa, σ²_sa), log s_b ~ N(μ_sb, σ²_sb)
-(one each per layer, :class:`~bayescomp.nn.variables.GlobalScaleParam`), log a_g ~ N(μ_ag, σ²_ag),
-log b_g ~ N(μ_bg, σ²_bg) (per group, :class:`~bayescomp.nn.variables.GroupMean` /
-:class:`~bayescomp.nn.variables.GroupLogVar`). Then
+(one each per layer, :class:`~bayescomp.posteriors.variables.GlobalScaleParam`), log a_g ~ N(μ_ag, σ²_ag),
+log b_g ~ N(μ_bg, σ²_bg) (per group, :class:`~bayescomp.posteriors.variables.GroupMean` /
+:class:`~bayescomp.posteriors.variables.GroupLogVar`). Then
 
 .. math::
 
@@ -42,17 +44,17 @@ and W given z is the Gaussian of :class:`GroupScaledGaussian` (local reparameter
 log-normal at the median of its prior factor would make z ≈ τ0 and the network output ≈ bias;
 instead the log-means are chosen so that m_g = 0 (z ≈ 1, like GNJ's z ~ N(1, 0.01²)):
 
-* μ_sa = log τ0² (the median scale of s_a's prior; s_a has a light, Gamma, upper tail),
+* μ_sa = log τ0² (the scale of s_a's prior; s_a has a light, Gamma, upper tail),
 * μ_sb = −log τ0² (s_b has the heavy inverse-Gamma upper tail, so this is where the size of s
   goes: s² = s_a s_b ≈ 1),
 * μ_a = μ_b = 0 (+ N(0, 0.01²) jitter per group).
 
-This puts the compensation for the tiny τ0 into the *global* s_b, not into every group's b_g:
-the brief of this module suggested μ_sb = 0, μ_b = −log τ0², which gives the same z but costs
-KL(q(b_g) || IG(½, 1)) ≈ ½·|log τ0²| ≈ 11.5 nats *per group* (≈ 9,000 nats on LeNet-300's fc1)
-instead of ≈ 11.5 nats once per layer, and it starts far from where the posterior goes: a weight
-scale s·z̃ ≫ τ0 is cheapest under the prior when s, not every z̃_g, is large (half-Cauchy tail
-penalty ≈ 2 log(ratio) per scale that has to be large). Either choice gives m_g = 0 at init.
+This puts the compensation for the tiny τ0 into the *global* s_b. The alternative, μ_sb = 0 and
+μ_b = −log τ0² in every group, gives the same z but costs ≈ ½·|log τ0²| − 1 ≈ 10.5 extra nats of
+KL(q(b_g) || IG(½, 1)) *per group* (≈ 8,200 nats on LeNet-300's fc1) instead of once per layer,
+and it starts far from where the posterior goes: a weight scale s·z̃ ≫ τ0 is cheapest under the
+prior when s, not every z̃_g, is large (the half-Cauchy tail costs ≈ 2 log(ratio) nats per scale
+that has to exceed its prior scale by that ratio).
 
 All log σ² of the four scale factors start at ``scale_log_var_init`` (default −9, the reference
 value of GNJ's z log-variance and of W's; third-party GHS codes use −9 or −6), the per-group ones
@@ -68,7 +70,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bayescomp.nn.variables import GlobalScaleParam, GroupLogVar, GroupMean
+from bayescomp.posteriors.variables import GlobalScaleParam, GroupLogVar, GroupMean
 from bayescomp.posteriors.group_scaled import GroupScaledGaussian
 
 

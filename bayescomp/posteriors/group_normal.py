@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bayescomp.nn.variables import GroupLogVar, GroupMean
+from bayescomp.posteriors.variables import GroupLogVar, GroupMean
 from bayescomp.posteriors.group_scaled import GroupScaledGaussian
 
 

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bayescomp.nn.variables import PosteriorLogVar, PosteriorMean
+from bayescomp.posteriors.variables import PosteriorLogVar, PosteriorMean
 from bayescomp.posteriors.base import VARIANCE_EPS, Contraction, Posterior
 
 

@@ -8,11 +8,13 @@ from bayescomp.priors.base import Prior, kl_divergence, register_kl
 from bayescomp.priors.flat import Flat
 from bayescomp.priors.gaussian import Gaussian
 from bayescomp.priors.group_nj import GroupNormalJeffreys
+from bayescomp.priors.horseshoe import GroupHorseshoe
 from bayescomp.priors.log_uniform import LogUniform
 
 REGISTRY: dict[str, type[Prior]] = {
     "flat": Flat,
     "gaussian": Gaussian,
+    "group_horseshoe": GroupHorseshoe,
     "group_nj": GroupNormalJeffreys,
     "log_uniform": LogUniform,
 }

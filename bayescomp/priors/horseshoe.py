@@ -11,8 +11,10 @@ with the half-Cauchys written as Gamma × inverse-Gamma products (non-centred):
 
 .. math::
 
-    s^2 = s_a s_b,\ s_a \sim \mathrm{Gamma}(\tfrac12, \text{scale } \tau_0^2),\ s_b \sim \mathrm{IG}(\tfrac12, 1);
-    \qquad \tilde z_g^2 = a_g b_g,\ a_g \sim \mathrm{Gamma}(\tfrac12, 1),\ b_g \sim \mathrm{IG}(\tfrac12, 1).
+    s^2 = s_a s_b,\ s_a \sim \mathrm{Gamma}(\tfrac12, \text{scale } \tau_0^2),\
+    s_b \sim \mathrm{IG}(\tfrac12, 1);\qquad
+    \tilde z_g^2 = a_g b_g,\ a_g \sim \mathrm{Gamma}(\tfrac12, 1),\
+    b_g \sim \mathrm{IG}(\tfrac12, 1).
 
 **Decision: the Gamma scale of s_a is τ0², not τ0.** Write s_a = τ0² g with g ~ Gamma(½, 1), and
 s_b = 1/h with h ~ Gamma(½, 1). Gamma(½, 1) is the law of χ²₁/2 = N²/2, so
@@ -33,8 +35,10 @@ way,
 
 .. math::
 
-    \mathrm{KL} = \mathrm{KL}(q(s_a)\,\|\,\mathrm G(\tfrac12, \tau_0^2)) + \mathrm{KL}(q(s_b)\,\|\,\mathrm{IG}(\tfrac12, 1))
-      + \sum_g \big[\mathrm{KL}(q(a_g)\,\|\,\mathrm G(\tfrac12, 1)) + \mathrm{KL}(q(b_g)\,\|\,\mathrm{IG}(\tfrac12, 1))\big]
+    \mathrm{KL} = \mathrm{KL}(q(s_a)\,\|\,\mathrm G(\tfrac12, \tau_0^2))
+      + \mathrm{KL}(q(s_b)\,\|\,\mathrm{IG}(\tfrac12, 1))
+      + \sum_g \big[\mathrm{KL}(q(a_g)\,\|\,\mathrm G(\tfrac12, 1))
+      + \mathrm{KL}(q(b_g)\,\|\,\mathrm{IG}(\tfrac12, 1))\big]
       + \sum_{ij} \tfrac12\big(-\log\sigma^2_{ij} + \sigma^2_{ij} + \mu^2_{ij} - 1\big),
 
 the last term exact because KL(N(zμ, z²σ²) || N(0, z²)) does not depend on z (as for GNJ). All
@@ -62,8 +66,9 @@ plus E[y] for the Jacobian of x = e^y).
   for k = ½, β = 1: e^{σ²/2−μ} − ½(−μ + log σ² + 1 + log 2).
 
 Compared with the re-implementations' s_a term ``−log τ0 + e^{μ+σ²/2}/τ0 − ½(μ + log σ² + 1 +
-log 2)`` (methods.md §3.2), the exact one has ½ log θ instead of −log τ0 and θ = τ0²: the
-gradients differ through θ only.
+log 2)`` (methods.md §3.2): its constant −log τ0 is not the exact ½ log θ for any θ (irrelevant to
+gradients, but it makes their reported KL wrong by a constant), and its θ = τ0 instead of τ0²
+changes the gradients (the prior it optimises towards is C⁺(0, √τ0)).
 
 **Numerics (float32).** With θ = τ0² = 1e-10 and μ_sa ≈ log 1e-10 ≈ −23, E[x]/θ is computed as
 ``exp(μ + σ²/2 − log θ)`` with log θ taken in float64 when θ is a Python number, so neither a

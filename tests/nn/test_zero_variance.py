@@ -24,7 +24,7 @@ from bayescomp.priors import Flat, LogUniform
 ROUNDING = dict(rtol=1e-6, atol=1e-6)
 
 # The LRT adds sqrt(var + 1e-8)·ε: with var ≈ 0 the noise has standard deviation 1e-4 per
-# output. Over the ≤ 200 outputs compared, |ε| < 6 except with probability ~4e-7, so 6e-4.
+# output. Over the ≤ 540 outputs compared, |ε| < 6 except with probability ~1e-6, so 6e-4.
 LRT_FLOOR = 6e-4
 
 DENSE_IN, DENSE_OUT = 7, 4

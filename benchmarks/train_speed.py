@@ -1,0 +1,130 @@
+"""Speed of the jitted training step, per experiment, on random data of the right shape.
+
+Builds each experiment's model and optimizer through the library (Hydra compose of
+``conf/config.yaml`` + ``+experiment=NAME``, then ``bayescomp.train.build_model``,
+``build_optimizer`` and ``make_train_chunk``), so what is timed is exactly the step a run uses:
+one jitted ``lax.scan`` over ``--steps`` optimisation steps per call. No dataset is needed.
+
+For each experiment it prints the images per second (median over ``--repeats`` timed calls after
+one warm-up call that compiles), the projected seconds per Fashion-MNIST epoch (60,000 images),
+and the ratio of each variational step's time to the dense step of the same model.
+
+Usage::
+
+    python benchmarks/train_speed.py                       # the four LeNet experiments
+    python benchmarks/train_speed.py --experiments lenet5_svd lenet5_dense --steps 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import resource
+import statistics
+import sys
+import time
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without `pip install -e .`
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from bayescomp import train  # noqa: E402
+
+DEFAULT_EXPERIMENTS = ["lenet300_dense", "lenet300_svd", "lenet5_dense", "lenet5_svd"]
+FASHION_MNIST_TRAIN = 60_000
+INPUT_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiments", nargs="+", default=DEFAULT_EXPERIMENTS,
+                        help="conf/experiment names (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=50,
+                        help="optimisation steps per timed jitted call (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=100,
+                        help="training batch size (default: %(default)s, the recipe's)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed calls per experiment; the median is reported "
+                             "(default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def compose_experiment(name: str):
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=[f"+experiment={name}"])
+
+
+def time_experiment(name: str, steps: int, batch_size: int, repeats: int) -> dict:
+    """Compile once, then time ``repeats`` calls of ``steps`` steps each."""
+    cfg = compose_experiment(name)
+    model = train.build_model(cfg, INPUT_SHAPE, NUM_CLASSES, seed=0)
+    optimizer = train.build_optimizer(cfg, total_steps=(repeats + 1) * steps)
+    graphdef, params = nnx.split(nnx.view(model, deterministic=False, pruned=False))
+    opt_state = optimizer.init(params)
+    # The KL is divided by the size of the real training set, as in a Fashion-MNIST run.
+    train_chunk = train.make_train_chunk(graphdef, optimizer, FASHION_MNIST_TRAIN, batch_size)
+
+    key = jax.random.key(0)
+    n = steps * batch_size  # every image is used once per call
+    x = jax.random.normal(jax.random.fold_in(key, 1), (n, *INPUT_SHAPE), jnp.float32)
+    y = jax.random.randint(jax.random.fold_in(key, 2), (n,), 0, NUM_CLASSES, jnp.int32)
+    beta = jnp.float32(1.0)
+
+    def call(i, params, opt_state):
+        index = jax.random.permutation(jax.random.fold_in(key, 100 + i), n).reshape(
+            steps, batch_size)
+        index = jax.block_until_ready(index)
+        start = time.perf_counter()
+        params, opt_state, sums = train_chunk(params, opt_state, x, y, index,
+                                              jax.random.fold_in(key, 1000 + i), beta)
+        jax.block_until_ready((params, opt_state, sums))
+        return time.perf_counter() - start, params, opt_state
+
+    compile_seconds, params, opt_state = call(0, params, opt_state)  # warm-up: traces, compiles
+    times = []
+    for i in range(1, repeats + 1):
+        seconds, params, opt_state = call(i, params, opt_state)
+        times.append(seconds)
+    assert train_chunk._cache_size() == 1, "the train step was compiled more than once"
+    step_seconds = statistics.median(times) / steps
+    return dict(experiment=name, model=cfg.model.name, method=cfg.method.name,
+                compile_seconds=compile_seconds, step_seconds=step_seconds,
+                images_per_second=batch_size / step_seconds)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
+          f"{os.cpu_count()} CPUs; batch {args.batch_size}, {args.steps} steps per call, "
+          f"median of {args.repeats} calls", flush=True)
+    rows = []
+    for name in args.experiments:
+        rows.append(time_experiment(name, args.steps, args.batch_size, args.repeats))
+        print(f"  {name}: done", file=sys.stderr, flush=True)
+
+    dense_step = {r["model"]: r["step_seconds"] for r in rows if r["method"] == "dense"}
+    steps_per_epoch = FASHION_MNIST_TRAIN / args.batch_size
+    header = (f"{'experiment':<18} {'ms/step':>9} {'images/s':>10} {'s/epoch (FMNIST)':>17} "
+              f"{'vs dense':>9} {'compile s':>10}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        dense = dense_step.get(r["model"])
+        ratio = "-" if dense is None else f"{r['step_seconds'] / dense:.2f}x"
+        print(f"{r['experiment']:<18} {1e3 * r['step_seconds']:>9.2f} "
+              f"{r['images_per_second']:>10.0f} {steps_per_epoch * r['step_seconds']:>17.1f} "
+              f"{ratio:>9} {r['compile_seconds']:>10.1f}")
+    # ru_maxrss is in KiB on Linux (bytes on macOS).
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20
+    print(f"peak resident memory: {maxrss * scale:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Mistakes on the command line end with one clear message and touch nothing already written.
+
+Runs ``python -m bayescomp.run`` in a subprocess, as a user would, with ``hydra.run.dir`` in
+``tmp_path``. User errors (``BayescompError``) exit with status 2 and print one line
+``error: ...`` on stderr without a traceback; Hydra's own errors (an unknown config group
+option) exit non-zero and list the available options.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from bayescomp import data, priors
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXPERIMENTS = sorted(p.stem for p in (REPO_ROOT / "conf" / "experiment").glob("*.yaml"))
+# Exactly 2 steps on the synthetic data (512 images / batch 256), no progress bar.
+SMOKE = ["+debug=smoke", "trainer.batch_size=256", "trainer.chunk_steps=2",
+         "trainer.eval_batch_size=256"]
+
+
+def run_cli(run_dir: pathlib.Path, *overrides: str, timeout: float = 300):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep)
+    env["JAX_PLATFORMS"] = "cpu"
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "bayescomp.run", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _snapshot(directory: pathlib.Path, exclude=(".hydra", "run.log")) -> dict[str, str]:
+    """{relative path: sha256} of the files under ``directory``, except Hydra's own records
+    (``.hydra/`` and ``run.log`` are rewritten by Hydra on every launch)."""
+    out = {}
+    for p in sorted(directory.rglob("*")):
+        rel = p.relative_to(directory)
+        if p.is_file() and rel.parts[0] not in exclude:
+            out[str(rel)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _existing_run_dir(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A run directory that already holds a metrics.json, which a failing run must not touch."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"sentinel": True}) + "\n")
+    return run_dir
+
+
+def _assert_one_line_error(result, starts_with: str) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(starts_with), lines[0]
+    return lines[0]
+
+
+def test_unknown_experiment_lists_the_available_ones(tmp_path):
+    run_dir = _existing_run_dir(tmp_path)
+    before = _snapshot(run_dir)
+    result = run_cli(run_dir, "+experiment=no_such_experiment")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "no_such_experiment" in output
+    assert "Available options" in output
+    for name in EXPERIMENTS:
+        assert name in output, name
+    assert _snapshot(run_dir) == before
+
+
+def test_unknown_model_lists_the_available_ones(tmp_path):
+    result = run_cli(tmp_path / "run", "+experiment=lenet300_dense", "model=no_such_model")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "no_such_model" in output and "lenet300" in output and "lenet5" in output
+
+
+def test_unknown_dataset(tmp_path):
+    run_dir = _existing_run_dir(tmp_path)
+    before = _snapshot(run_dir)
+    result = run_cli(run_dir, "+experiment=lenet300_dense", *SMOKE, "data.name=foo")
+    line = _assert_one_line_error(result, "error: unknown dataset 'foo'; known datasets: ")
+    assert line.endswith(", ".join(data.names())), line
+    assert _snapshot(run_dir) == before
+
+
+def test_unknown_prior(tmp_path):
+    run_dir = _existing_run_dir(tmp_path)
+    before = _snapshot(run_dir)
+    result = run_cli(run_dir, "+experiment=lenet300_svd", *SMOKE, "method.prior.name=foo")
+    line = _assert_one_line_error(result, "error: unknown prior 'foo'; known priors: ")
+    assert line.endswith(", ".join(priors.names())), line
+    assert _snapshot(run_dir) == before
+
+
+def test_missing_data_dir_names_the_path(tmp_path):
+    run_dir = _existing_run_dir(tmp_path)
+    before = _snapshot(run_dir)
+    missing = tmp_path / "nonexistent"
+    result = run_cli(run_dir, "+experiment=lenet300_dense", "data=fashion_mnist",
+                     f"data.dir={missing}")
+    line = _assert_one_line_error(result, "error: ")
+    assert str(missing) in line
+    assert _snapshot(run_dir) == before
+
+
+def test_checkpoint_of_another_configuration(tmp_path):
+    run_dir = tmp_path / "run"
+    first = run_cli(run_dir, "+experiment=lenet300_dense", *SMOKE)
+    assert first.returncode == 0, first.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["model"] == "lenet300" and metrics["epochs"] == 1
+    before = _snapshot(run_dir)
+    assert any(name.startswith("checkpoints/") for name in before)
+
+    result = run_cli(run_dir, "+experiment=lenet300_dense", *SMOKE, "model=lenet5")
+    line = _assert_one_line_error(result, "error: ")
+    assert "different configuration" in line
+    assert "hydra.run.dir" in line  # says what to do
+    assert _snapshot(run_dir) == before

@@ -1,0 +1,118 @@
+"""Every experiment composes and trains two steps; configs and registries agree.
+
+Experiments are found on disk, so a new ``conf/experiment/*.yaml`` is covered without editing
+this file (lightning-hydra-template ``test_configs.py``).
+"""
+
+import json
+import math
+import pathlib
+
+import pytest
+from omegaconf import OmegaConf
+
+from bayescomp import data, models, posteriors, priors
+from bayescomp.train import train_and_evaluate
+
+CONF_DIR = pathlib.Path(__file__).resolve().parent.parent / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+REQUIRED_KEYS = {
+    "experiment", "model", "method", "dataset", "seed", "epochs", "test_error",
+    "pruned_test_error", "weights_total", "weights_kept", "kept_per_layer", "seconds_per_epoch",
+    "train_seconds", "git_commit",
+}
+
+# Kernel weights (no biases) of each model on 28x28x1 inputs with 10 classes.
+WEIGHTS_TOTAL = {"lenet300": 784 * 300 + 300 * 100 + 100 * 10,  # 266,200
+                 "lenet5": 5 * 5 * 20 + 5 * 5 * 20 * 50 + 800 * 500 + 500 * 10}  # 430,500
+
+
+def test_experiments_exist():
+    assert EXPERIMENTS, f"no experiments in {CONF_DIR / 'experiment'}"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes(experiment, compose):
+    cfg = compose([f"+experiment={experiment}"])
+    # Experiments name their runs after their file, and pick registered components.
+    assert cfg.experiment_name == experiment
+    assert cfg.model.name in models.REGISTRY
+    assert cfg.method.posterior in posteriors.REGISTRY
+    assert cfg.method.prior.name in priors.REGISTRY
+    assert cfg.data.name in data.REGISTRY
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # no dangling ${...}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_trains_two_steps(experiment, smoke_cfg, tmp_path):
+    cfg = smoke_cfg(experiment)
+    assert cfg.data.name == "synthetic" and cfg.trainer.epochs == 1
+    metrics = train_and_evaluate(cfg, tmp_path)
+
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert REQUIRED_KEYS <= set(written), REQUIRED_KEYS - set(written)
+    assert written == json.loads(json.dumps(metrics))  # the file is what was returned
+
+    assert written["experiment"] == experiment
+    assert written["model"] == cfg.model.name
+    assert written["method"] == cfg.method.name
+    assert written["dataset"] == "synthetic"
+    assert written["seed"] == 0
+    assert written["epochs"] == 1
+    assert len(written["history"]) == 1
+    for key in ("test_error", "pruned_test_error"):
+        assert 0.0 <= written[key] <= 100.0
+    assert written["weights_total"] == WEIGHTS_TOTAL[cfg.model.name]
+    assert written["weights_total"] == sum(written["total_per_layer"])
+    assert 0 <= written["weights_kept"] <= written["weights_total"]
+    assert written["weights_kept"] == sum(written["kept_per_layer"])
+    assert len(written["kept_per_layer"]) == len(models.get(cfg.model.name).layer_names)
+    if cfg.method.prune.threshold is None:  # a method that never prunes keeps everything
+        assert written["weights_kept"] == written["weights_total"]
+    assert math.isfinite(written["seconds_per_epoch"]) and written["seconds_per_epoch"] > 0
+    assert written["train_seconds"] >= written["seconds_per_epoch"]
+    assert isinstance(written["git_commit"], str) and written["git_commit"]
+    assert math.isfinite(written["history"][0]["loss"])
+    # 2 steps: the checkpoint of the only epoch exists.
+    assert (tmp_path / "checkpoints" / "0").is_dir()
+
+
+@pytest.mark.parametrize(
+    "group, registry",
+    [("model", models.REGISTRY), ("data", data.REGISTRY)],
+    ids=["model", "data"],
+)
+def test_group_names_are_registry_keys(group, registry):
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        cfg = OmegaConf.load(path)
+        assert cfg.name in registry, f"{path}: name {cfg.name!r} is not in {sorted(registry)}"
+        assert cfg.name == path.stem, f"{path}: name {cfg.name!r} differs from the file name"
+
+
+def test_method_components_are_registry_keys():
+    methods = sorted((CONF_DIR / "method").glob("*.yaml"))
+    assert methods
+    for path in methods:
+        cfg = OmegaConf.load(path)
+        assert cfg.name == path.stem, path
+        assert cfg.prior.name in priors.REGISTRY, (path, cfg.prior.name, priors.names())
+        assert cfg.posterior in posteriors.REGISTRY, (path, cfg.posterior)
+
+
+def test_every_registered_model_and_dataset_has_a_config():
+    # The reverse direction: no registry entry without its option file (no orphans).
+    assert set(models.REGISTRY) == {p.stem for p in (CONF_DIR / "model").glob("*.yaml")}
+    assert set(data.REGISTRY) == {p.stem for p in (CONF_DIR / "data").glob("*.yaml")}
+
+
+def test_every_prior_used_by_a_method_builds_its_layers():
+    # A method's prior and posterior must have a registered KL: build one tiny layer each.
+    from flax import nnx
+
+    from bayescomp.nn import from_config
+
+    for path in sorted((CONF_DIR / "method").glob("*.yaml")):
+        factory = from_config(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+        layer = factory.dense("fc1", 3, 2, rngs=nnx.Rngs(params=0))
+        assert float(layer.kl()) == float(layer.kl())  # finite and computable

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Full LeNet runs on Fashion-MNIST, one after the other (two at once on 2 cores are no faster).
-# Each run writes results/fashion_mnist/<experiment>/seed<seed>/ (metrics.json, run.log, the
-# resolved config in .hydra/); rerunning this script resumes unfinished runs from their
-# checkpoints and re-evaluates finished ones.
-# Usage: bash experiments/fashion_mnist/run_lenet.sh [EXPERIMENT ...] (default: all below)
+#
+# Each run trains in $BAYESCOMP_RUNS/fashion_mnist/<experiment>/seed<seed>/ (default
+# ~/bayescomp-runs, outside the repository, so its per-epoch checkpoints survive a fresh checkout
+# of the work tree) and, once finished, its metrics.json, run.log, resolved config (.hydra/) and
+# log-alpha plots are copied to results/fashion_mnist/<experiment>/seed<seed>/. Rerunning this
+# script resumes unfinished runs from their checkpoints and re-evaluates finished ones.
+#
+# Usage: [SEEDS="0 1 2"] bash experiments/fashion_mnist/run_lenet.sh [EXPERIMENT ...]
 set -uo pipefail  # one failed run does not stop the others
 cd "$(dirname "$0")/../.."
+runs_root=${BAYESCOMP_RUNS:-$HOME/bayescomp-runs}
 experiments=("$@")
 if [ ${#experiments[@]} -eq 0 ]; then
   experiments=(lenet300_dense lenet300_svd lenet300_gnj lenet5_dense lenet300_ghs lenet5_svd
@@ -14,9 +19,16 @@ fi
 seeds=${SEEDS:-0}
 for experiment in "${experiments[@]}"; do
   for seed in $seeds; do
-    python -m bayescomp.run +experiment="$experiment" data=fashion_mnist seed="$seed" \
-      trainer.progress_bar=false \
-      hydra.run.dir="results/fashion_mnist/$experiment/seed$seed" \
-      || echo "run $experiment seed $seed failed (exit $?)" >&2
+    run_dir="$runs_root/fashion_mnist/$experiment/seed$seed"
+    published="results/fashion_mnist/$experiment/seed$seed"
+    if python -m bayescomp.run +experiment="$experiment" data=fashion_mnist seed="$seed" \
+        trainer.progress_bar=false hydra.run.dir="$run_dir"; then
+      mkdir -p "$published"
+      cp "$run_dir/metrics.json" "$run_dir/run.log" "$published/"
+      rm -rf "$published/.hydra" "$published/plots"
+      cp -r "$run_dir/.hydra" "$run_dir/plots" "$published/"
+    else
+      echo "run $experiment seed $seed failed (exit $?); see $run_dir/run.log" >&2
+    fi
   done
 done

@@ -13,7 +13,6 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
 
 from bayescomp import data, priors
 

@@ -5,7 +5,8 @@ derivation of Eqs. 13-14)
 
 .. math::
 
-    \mathrm{KL}(\alpha) = C - \tfrac12\log\alpha + \mathbb E_\varepsilon \log|1 + \sqrt\alpha\,\varepsilon| .
+    \mathrm{KL}(\alpha) = C - \tfrac12\log\alpha
+        + \mathbb E_\varepsilon \log|1 + \sqrt\alpha\,\varepsilon| .
 
 The prior is improper, so C is arbitrary; differences KL(α1) − KL(α2) do not depend on it. The
 expectation is computed here with ``scipy.integrate.quad``, independently of the library, with

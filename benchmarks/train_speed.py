@@ -2,8 +2,9 @@
 
 Builds each experiment's model and optimizer through the library (Hydra compose of
 ``conf/config.yaml`` + ``+experiment=NAME``, then ``bayescomp.train.build_model``,
-``build_optimizer`` and ``make_train_chunk``), so what is timed is exactly the step a run uses:
-one jitted ``lax.scan`` over ``--steps`` optimisation steps per call. No dataset is needed.
+``build_optimizer``, ``choose_loop`` and ``make_train_chunk``), so what is timed is exactly the
+step a run uses: ``--steps`` optimisation steps per call, as one jitted ``lax.scan`` or as a jitted
+step in a Python loop (``trainer.loop``). No dataset is needed.
 
 For each experiment it prints the images per second (median over ``--repeats`` timed calls after
 one warm-up call that compiles), the projected seconds per Fashion-MNIST epoch (60,000 images),
@@ -13,12 +14,11 @@ Usage::
 
     python benchmarks/train_speed.py                       # the four LeNet experiments
     python benchmarks/train_speed.py --experiments lenet5_svd lenet5_dense --steps 100
-    python benchmarks/train_speed.py --plain-step   # also time one step jitted without scan
+    python benchmarks/train_speed.py --loop scan   # force one loop kind (default: auto, as runs)
 
-``--plain-step`` adds the time of the same step (same model, loss, optimizer) jitted on its own
-and called from Python once per step, i.e. without the ``lax.scan`` of ``make_train_chunk``:
-on XLA:CPU the gradient convolutions of LeNet-5 run many times slower inside a loop body
-(jax-ml/jax#12868), and this column shows how much.
+``--loop auto`` (the default) uses the run's own choice: a Python loop of jitted steps for conv
+models on CPU, where XLA runs convolution gradients inside a loop body an order of magnitude
+slower (jax-ml/jax#12868), and ``lax.scan`` otherwise. ``--loop scan`` shows that cost.
 """
 
 from __future__ import annotations
@@ -36,11 +36,10 @@ sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without `pip install -
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from bayescomp import objectives, train  # noqa: E402
+from bayescomp import train  # noqa: E402
 
 DEFAULT_EXPERIMENTS = ["lenet300_dense", "lenet300_svd", "lenet5_dense", "lenet5_svd"]
 FASHION_MNIST_TRAIN = 60_000
@@ -59,8 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed calls per experiment; the median is reported "
                              "(default: %(default)s)")
-    parser.add_argument("--plain-step", action="store_true",
-                        help="also time the same step jitted alone, without lax.scan")
+    parser.add_argument("--loop", choices=["auto", "scan", "python"], default="auto",
+                        help="trainer.loop to time (default: %(default)s, as a run chooses)")
     return parser.parse_args(argv)
 
 
@@ -69,25 +68,8 @@ def compose_experiment(name: str):
         return compose("config", overrides=[f"+experiment={name}"])
 
 
-def make_plain_step(graphdef, optimizer, n_train: int):
-    """The step of ``make_train_chunk`` (same loss and update) jitted alone, without scan."""
-
-    def loss_fn(params, x, y, key, beta):
-        model = nnx.merge(graphdef, params)
-        logits = model(x, rngs=nnx.Rngs(noise=key))
-        return objectives.mean_nll(logits, y) + beta * objectives.total_kl(model) / n_train
-
-    @jax.jit
-    def step(params, opt_state, x_all, y_all, idx, key, beta):
-        loss, grads = jax.value_and_grad(loss_fn)(params, x_all[idx], y_all[idx], key, beta)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return step
-
-
 def time_experiment(name: str, steps: int, batch_size: int, repeats: int,
-                    plain_step: bool = False) -> dict:
+                    loop: str = "auto") -> dict:
     """Compile once, then time ``repeats`` calls of ``steps`` steps each."""
     cfg = compose_experiment(name)
     model = train.build_model(cfg, INPUT_SHAPE, NUM_CLASSES, seed=0)
@@ -95,7 +77,9 @@ def time_experiment(name: str, steps: int, batch_size: int, repeats: int,
     graphdef, params = nnx.split(nnx.view(model, deterministic=False, pruned=False))
     opt_state = optimizer.init(params)
     # The KL is divided by the size of the real training set, as in a Fashion-MNIST run.
-    train_chunk = train.make_train_chunk(graphdef, optimizer, FASHION_MNIST_TRAIN, batch_size)
+    loop = train.choose_loop(model, loop)
+    train_chunk = train.make_train_chunk(graphdef, optimizer, FASHION_MNIST_TRAIN, batch_size,
+                                         loop)
 
     key = jax.random.key(0)
     n = steps * batch_size  # every image is used once per call
@@ -118,26 +102,12 @@ def time_experiment(name: str, steps: int, batch_size: int, repeats: int,
     for i in range(1, repeats + 1):
         seconds, params, opt_state = call(i, params, opt_state)
         times.append(seconds)
-    assert train_chunk._cache_size() == 1, "the train step was compiled more than once"
+    compiled = train_chunk if loop == "scan" else train_chunk.jitted_step
+    assert compiled._cache_size() == 1, "the train step was compiled more than once"
     step_seconds = statistics.median(times) / steps
-    result = dict(experiment=name, model=cfg.model.name, method=cfg.method.name,
-                  compile_seconds=compile_seconds, step_seconds=step_seconds,
-                  images_per_second=batch_size / step_seconds, plain_step_seconds=None)
-
-    if plain_step:
-        step = make_plain_step(graphdef, optimizer, FASHION_MNIST_TRAIN)
-        index = jax.random.permutation(jax.random.fold_in(key, 7), n).reshape(steps, batch_size)
-        jax.block_until_ready(step(params, opt_state, x, y, index[0], key, beta))  # compile
-        plain = []
-        for i in range(repeats):
-            start = time.perf_counter()
-            for s in range(steps):
-                params, opt_state, loss = step(params, opt_state, x, y, index[s],
-                                               jax.random.fold_in(key, 5000 + s), beta)
-            jax.block_until_ready((params, opt_state, loss))
-            plain.append(time.perf_counter() - start)
-        result["plain_step_seconds"] = statistics.median(plain) / steps
-    return result
+    return dict(experiment=name, model=cfg.model.name, method=cfg.method.name, loop=loop,
+                compile_seconds=compile_seconds, step_seconds=step_seconds,
+                images_per_second=batch_size / step_seconds)
 
 
 def main(argv=None) -> None:
@@ -148,14 +118,13 @@ def main(argv=None) -> None:
     rows = []
     for name in args.experiments:
         rows.append(time_experiment(name, args.steps, args.batch_size, args.repeats,
-                                    args.plain_step))
+                                    args.loop))
         print(f"  {name}: done", file=sys.stderr, flush=True)
 
     dense_step = {r["model"]: r["step_seconds"] for r in rows if r["method"] == "dense"}
     steps_per_epoch = FASHION_MNIST_TRAIN / args.batch_size
     header = (f"{'experiment':<18} {'ms/step':>9} {'images/s':>10} {'s/epoch (FMNIST)':>17} "
-              f"{'vs dense':>9} {'compile s':>10}"
-              + (f" {'no-scan ms/step':>16}" if args.plain_step else ""))
+              f"{'vs dense':>9} {'compile s':>10} {'loop':>7}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -163,8 +132,7 @@ def main(argv=None) -> None:
         ratio = "-" if dense is None else f"{r['step_seconds'] / dense:.2f}x"
         print(f"{r['experiment']:<18} {1e3 * r['step_seconds']:>9.2f} "
               f"{r['images_per_second']:>10.0f} {steps_per_epoch * r['step_seconds']:>17.1f} "
-              f"{ratio:>9} {r['compile_seconds']:>10.1f}"
-              + (f" {1e3 * r['plain_step_seconds']:>16.2f}" if args.plain_step else ""))
+              f"{ratio:>9} {r['compile_seconds']:>10.1f} {r['loop']:>7}")
     # ru_maxrss is in KiB on Linux (bytes on macOS).
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20

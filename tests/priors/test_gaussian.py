@@ -14,8 +14,6 @@ import scipy.integrate
 import scipy.stats
 from flax import nnx
 
-# bayescomp.nn first: importing bayescomp.posteriors on its own fails with a circular import.
-from bayescomp import nn as _nn  # noqa: F401
 from bayescomp.posteriors import FactorizedGaussian
 from bayescomp.priors import Gaussian, kl_divergence
 from bayescomp.priors.gaussian import kl_normal_zero_mean

@@ -21,9 +21,6 @@ import pytest
 import scipy.integrate
 from flax import nnx
 
-# bayescomp.nn first: importing bayescomp.posteriors on its own fails with a circular import
-# (posteriors/delta.py -> nn/variables.py -> nn/__init__ -> layer -> priors -> posteriors).
-from bayescomp import nn as _nn  # noqa: F401
 from bayescomp.posteriors import FactorizedGaussian
 from bayescomp.priors import LogUniform, kl_divergence
 from bayescomp.priors.log_uniform import kl_log_uniform, neg_kl_log_uniform_approx

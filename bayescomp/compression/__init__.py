@@ -1,6 +1,10 @@
-"""Compression accounting: the columns of the Bayesian Compression tables.
+"""Compression: the accounting of the Bayesian Compression tables and the real ``.bcz`` file.
 
-See :mod:`bayescomp.compression.report`. Bit widths come from :mod:`bayescomp.bit_precision`.
+* :mod:`bayescomp.compression.report`: the Table 1 columns (bit widths come from
+  :mod:`bayescomp.bit_precision`).
+* :mod:`bayescomp.compression.quantize`: the pruned, rounded network that is evaluated.
+* :mod:`bayescomp.compression.codec`: writes and reads ``.bcz`` files (``save``, ``load``); the
+  format is described in ``bayescomp/compression/README.md``.
 """
 
 from bayescomp.compression.report import (

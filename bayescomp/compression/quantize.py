@@ -56,7 +56,10 @@ def quantize(model: nnx.Module, masks: dict[str, np.ndarray]) -> QuantizedNetwor
     precision = bit_precision(means, variances, mask_list)
     kernels, biases = [], []
     for (name, layer), mean, mask, bits in zip(layers, means, mask_list, precision.bits_per_layer):
-        kernels.append((np.asarray(round_to_bits(mean, bits)) * mask).astype(np.float32))
+        # np.where, not a product: a removed weight is +0.0 exactly (never -0.0), so the kernels
+        # survive a round trip through the compressed file bit for bit.
+        kernels.append(np.where(mask, np.asarray(round_to_bits(mean, bits)), 0.0).astype(
+            np.float32))
         bias = np.asarray(layer.bias[...], np.float32)
         if layer.posterior.masks_bias:  # a removed output channel takes its bias with it
             bias = bias * mask.reshape(-1, mask.shape[-1]).any(axis=0)

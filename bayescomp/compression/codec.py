@@ -1,0 +1,488 @@
+"""Encode a :class:`~bayescomp.compression.quantize.QuantizedNetwork` into a ``.bcz`` file and back.
+
+Per layer (kernel in Flax layout: dense ``(in, out)``, conv ``(kh, kw, in, out)``):
+
+* **Architecture**: bitmaps of the kept inputs (axis ``-2``) and kept outputs (axis ``-1``): an
+  input/output unit (or channel) is kept if the mask keeps any of its weights. The *pruned dense
+  block* is the kernel restricted to kept inputs and outputs (all taps of a conv kernel).
+* **Positions** of the kept weights inside the block, one of (the smallest is chosen and
+  recorded in the header as ``positions``):
+
+  - ``"full"``: every weight of the block is kept (structured / group pruning); nothing stored;
+  - ``"bitmap"``: the block's mask, entropy-coded as a 0/1 stream;
+  - ``"gaps"``: the number of dropped weights before each kept one (C order), entropy-coded.
+* **Values**: each kept weight is ``w = k · 2^-t`` exactly (:func:`bayescomp.bit_precision.
+  round_to_bits`), so the integers ``k`` of the kept weights (C order in the block; zeros that
+  rounding produced are symbols like any other) are entropy-coded
+  (:mod:`bayescomp.compression.entropy`).
+* **Bias**: raw float32, full length.
+
+Removed weights decode as ``+0.0``. :func:`bayescomp.compression.quantize.quantize` writes
+``-0.0`` for a removed weight whose rounded mean was negative (``mean * mask``); that is the only
+bit pattern that does not survive the round trip (equal as numbers, and it changes no prediction).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from bayescomp.bit_precision import BitPrecision
+from bayescomp.compression import container, entropy
+from bayescomp.compression.container import file_error
+from bayescomp.compression.quantize import QuantizedNetwork, point_model
+from bayescomp.errors import CompressedFileError
+
+#: Largest significand width accepted (k · 2^-t must be exact in float32 and float64).
+MAX_SIGNIFICAND_BITS = 60
+#: Largest number of weights in one layer accepted when reading (guards against absurd headers).
+MAX_LAYER_WEIGHTS = 2**31
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCoding:
+    """How one layer was stored, and what it cost.
+
+    Attributes:
+        name: Layer path.
+        kind: ``"dense"`` or ``"conv"``.
+        kernel_shape: Unpruned kernel shape.
+        kept_inputs: Kept input units / channels.
+        kept_outputs: Kept output units / channels.
+        positions: ``"full"``, ``"bitmap"`` or ``"gaps"``.
+        num_values: Number of coded weight values (the value symbols).
+        value_bytes: Bytes of the coded value payload.
+        value_model_bytes: Bytes of the value symbol table and counts.
+        value_entropy_bits: Empirical entropy bound of the values, ``Σ −log2 p̂`` in bits.
+        position_bytes: Bytes of position payload plus its model (0 for ``"full"``).
+        position_entropy_bits: Entropy bound of the position stream in bits.
+        bitmap_bytes: Bytes of the two keep bitmaps.
+        bias_bytes: Bytes of the raw bias.
+    """
+
+    name: str
+    kind: str
+    kernel_shape: tuple[int, ...]
+    kept_inputs: int
+    kept_outputs: int
+    positions: str
+    num_values: int
+    value_bytes: int
+    value_model_bytes: int
+    value_entropy_bits: float
+    position_bytes: int
+    position_entropy_bits: float
+    bitmap_bytes: int
+    bias_bytes: int
+
+    @property
+    def value_overhead(self) -> float:
+        """Coded value payload over its entropy bound, minus 1 (model bytes not included)."""
+        if self.value_entropy_bits == 0:
+            return 0.0 if self.value_bytes == 0 else float("inf")
+        return 8 * self.value_bytes / self.value_entropy_bits - 1
+
+
+@dataclasses.dataclass
+class DecodedNetwork:
+    """Everything a ``.bcz`` file holds.
+
+    Attributes:
+        model_name: Registry name of the model class (:data:`bayescomp.models.REGISTRY`).
+        input_shape: ``(h, w, c)``.
+        num_classes: Number of outputs.
+        names, kernels, biases, masks, precision: As in :class:`QuantizedNetwork`.
+        layers: Per-layer :class:`LayerCoding`.
+        file_bytes: Size of the whole file.
+        header_bytes: Size of the JSON header.
+    """
+
+    model_name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    names: list[str]
+    kernels: list[np.ndarray]
+    biases: list[np.ndarray]
+    masks: list[np.ndarray]
+    precision: BitPrecision
+    layers: list[LayerCoding]
+    file_bytes: int
+    header_bytes: int
+
+    @property
+    def quantized(self) -> QuantizedNetwork:
+        """The decoded network as a :class:`QuantizedNetwork`."""
+        return QuantizedNetwork(self.names, self.kernels, self.biases, self.masks, self.precision)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers shared by encoder and decoder
+# ----------------------------------------------------------------------------------------------
+
+
+def _kind(shape) -> str:
+    return {2: "dense", 4: "conv"}[len(shape)]
+
+
+def _block_index(shape, kept_in: np.ndarray, kept_out: np.ndarray):
+    """Open-mesh index of the pruned dense block (all leading axes, kept inputs, kept outputs)."""
+    return np.ix_(*[np.arange(n) for n in shape[:-2]], np.flatnonzero(kept_in),
+                  np.flatnonzero(kept_out))
+
+
+def _pack_bits(bits: np.ndarray) -> bytes:
+    return np.packbits(np.asarray(bits, bool), bitorder="little").tobytes()
+
+
+def _unpack_bits(data: bytes, n: int) -> np.ndarray:
+    if len(data) != (n + 7) // 8:
+        raise ValueError(f"keep bitmap of {len(data)} bytes for {n} units")
+    bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little").astype(bool)
+    if bits[n:].any():
+        raise ValueError("keep bitmap has padding bits set")
+    return bits[:n]
+
+
+def _registry():
+    from bayescomp.models import REGISTRY  # late import: models pull in the layer stack
+
+    return REGISTRY
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoding
+# ----------------------------------------------------------------------------------------------
+
+
+def _integer_values(name: str, values: np.ndarray, bits: int) -> np.ndarray:
+    scaled = values.astype(np.float64) * 2.0 ** bits
+    k = np.rint(scaled)
+    if not np.all(np.isfinite(scaled)) or not np.array_equal(k, scaled):
+        raise ValueError(f"layer {name}: kept weights are not on the fixed-point grid 2^-{bits}; "
+                         "pass the output of bayescomp.compression.quantize.quantize")
+    return k.astype(np.int64)
+
+
+def _encode_layer(name, kernel, bias, mask, bits, payload: container.PayloadWriter) -> dict:
+    kernel = np.asarray(kernel, np.float32)
+    mask = np.asarray(mask) != 0
+    bias = np.asarray(bias, np.float32)
+    if kernel.ndim not in (2, 4) or mask.shape != kernel.shape:
+        raise ValueError(f"layer {name}: kernel {kernel.shape} and mask {mask.shape} must be equal "
+                         "2-D (dense) or 4-D (conv) shapes")
+    if bias.shape != (kernel.shape[-1],):
+        raise ValueError(f"layer {name}: bias shape {bias.shape}, expected ({kernel.shape[-1]},)")
+    if np.any(kernel[~mask] != 0):
+        raise ValueError(f"layer {name}: removed weights must be exactly 0")
+    if not 0 <= int(bits) <= MAX_SIGNIFICAND_BITS:
+        raise ValueError(f"layer {name}: significand bits {bits} outside 0..{MAX_SIGNIFICAND_BITS}")
+    axes = tuple(range(kernel.ndim))
+    kept_in = mask.any(axis=axes[:-2] + axes[-1:])
+    kept_out = mask.any(axis=axes[:-1])
+    index = _block_index(kernel.shape, kept_in, kept_out)
+    block_mask = mask[index]
+    values = _integer_values(name, kernel[index][block_mask], int(bits))
+
+    streams = {"input_keep": payload.add(_pack_bits(kept_in)),
+               "output_keep": payload.add(_pack_bits(kept_out))}
+    layer = {"name": name, "kind": _kind(kernel.shape), "kernel_shape": list(kernel.shape),
+             "significand_bits": int(bits), "kept_inputs": int(kept_in.sum()),
+             "kept_outputs": int(kept_out.sum()), "num_values": int(values.size)}
+    if block_mask.all():
+        layer["positions"] = "full"
+    else:
+        flat = block_mask.ravel()
+        kept_at = np.flatnonzero(flat)
+        candidates = {"bitmap": entropy.encode(flat.astype(np.int64)),
+                      "gaps": entropy.encode(np.diff(kept_at, prepend=-1) - 1)}
+        choice = min(candidates, key=lambda c: len(candidates[c].model) + len(candidates[c].payload))
+        layer["positions"] = choice
+        layer["num_positions"] = candidates[choice].num_symbols
+        streams["positions_model"] = payload.add(candidates[choice].model)
+        streams["positions"] = payload.add(candidates[choice].payload)
+    coded = entropy.encode(values)
+    streams["values_model"] = payload.add(coded.model)
+    streams["values"] = payload.add(coded.payload)
+    streams["bias"] = payload.add(bias.astype("<f4").tobytes())
+    layer["streams"] = streams
+    return layer
+
+
+def encode_network(quantized: QuantizedNetwork, *, model_name: str, input_shape,
+                   num_classes: int) -> bytes:
+    """The ``.bcz`` file of a quantized network.
+
+    Args:
+        quantized: From :func:`bayescomp.compression.quantize.quantize`.
+        model_name: Registry name of the model class (``"lenet300"``, ``"lenet5"``).
+        input_shape: ``(h, w, c)`` the model was built for.
+        num_classes: Number of outputs.
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        ValueError: If the network is inconsistent (a programming error, not a user error).
+    """
+    if model_name not in _registry():
+        raise ValueError(f"unknown model {model_name!r}; known: {sorted(_registry())}")
+    precision = quantized.precision
+    count = len(quantized.names)
+    if not (len(quantized.kernels) == len(quantized.biases) == len(quantized.masks)
+            == len(precision.bits_per_layer) == count):
+        raise ValueError("QuantizedNetwork fields have different numbers of layers")
+    payload = container.PayloadWriter()
+    layers = [
+        _encode_layer(name, kernel, bias, mask, bits, payload)
+        for name, kernel, bias, mask, bits in zip(quantized.names, quantized.kernels,
+                                                   quantized.biases, quantized.masks,
+                                                   precision.bits_per_layer)
+    ]
+    payload_bytes = payload.getvalue()
+    header = {
+        "format": "bayescomp compressed model",
+        "model": model_name,
+        "input_shape": [int(n) for n in input_shape],
+        "num_classes": int(num_classes),
+        "exponent_bits": int(precision.exponent_bits),
+        "bits_per_weight": [int(b) for b in precision.bits_per_weight],
+        "max_abs_weight": float(precision.max_abs_weight).hex(),
+        "coder": entropy.CODER,
+        "bias_dtype": "<f4",
+        "payload_length": len(payload_bytes),
+        "layers": layers,
+    }
+    return container.pack(header, payload_bytes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding
+# ----------------------------------------------------------------------------------------------
+
+
+def _int(value, what: str, low: int = 0, high: int | None = None) -> int:
+    if type(value) is not int or value < low or (high is not None and value > high):
+        bound = f" in {low}..{high}" if high is not None else f" >= {low}"
+        raise ValueError(f"{what} must be an integer{bound}, got {value!r}")
+    return value
+
+
+def _stream(payload: bytes, streams: dict, key: str) -> bytes:
+    address = streams.get(key)
+    if not isinstance(address, list) or len(address) != 2:
+        raise ValueError(f"stream {key!r} has no [offset, length] address")
+    offset = _int(address[0], f"offset of stream {key!r}")
+    length = _int(address[1], f"length of stream {key!r}")
+    if offset + length > len(payload):
+        raise ValueError(f"stream {key!r} [{offset}, {length}] runs past the {len(payload)}-byte "
+                         "payload")
+    return payload[offset: offset + length]
+
+
+def _decode_layer(index: int, layer, payload: bytes):
+    if not isinstance(layer, dict):
+        raise ValueError(f"layer {index} is not a JSON object")
+    name = layer.get("name")
+    if not isinstance(name, str):
+        raise ValueError(f"layer {index} has no name")
+    shape = layer.get("kernel_shape")
+    if (not isinstance(shape, list) or len(shape) not in (2, 4)
+            or layer.get("kind") != _kind(shape)):
+        raise ValueError(f"layer {name}: kernel shape {shape!r} / kind {layer.get('kind')!r} "
+                         "is not a 2-D dense or 4-D conv kernel")
+    shape = tuple(_int(n, f"layer {name} kernel dimension", 1) for n in shape)
+    if int(np.prod(shape, dtype=object)) > MAX_LAYER_WEIGHTS:
+        raise ValueError(f"layer {name}: kernel shape {shape} is impossibly large")
+    bits = _int(layer.get("significand_bits"), f"layer {name} significand bits", 0,
+                MAX_SIGNIFICAND_BITS)
+    streams = layer.get("streams")
+    if not isinstance(streams, dict):
+        raise ValueError(f"layer {name} has no streams")
+    kept_in = _unpack_bits(_stream(payload, streams, "input_keep"), shape[-2])
+    kept_out = _unpack_bits(_stream(payload, streams, "output_keep"), shape[-1])
+    if (layer.get("kept_inputs") != int(kept_in.sum())
+            or layer.get("kept_outputs") != int(kept_out.sum())):
+        raise ValueError(f"layer {name}: kept unit counts do not match the keep bitmaps")
+    block_index = _block_index(shape, kept_in, kept_out)
+    block_shape = shape[:-2] + (int(kept_in.sum()), int(kept_out.sum()))
+    block_size = int(np.prod(block_shape))
+    positions = layer.get("positions")
+    if positions == "full":
+        flat = np.ones(block_size, bool)
+    elif positions in ("bitmap", "gaps"):
+        count = _int(layer.get("num_positions"), f"layer {name} number of position symbols")
+        symbols = entropy.decode(_stream(payload, streams, "positions_model"),
+                                 _stream(payload, streams, "positions"), count)
+        if positions == "bitmap":
+            if count != block_size or np.any((symbols != 0) & (symbols != 1)):
+                raise ValueError(f"layer {name}: position bitmap does not fit the pruned block")
+            flat = symbols.astype(bool)
+        else:
+            if np.any(symbols < 0):
+                raise ValueError(f"layer {name}: negative gap between kept positions")
+            kept_at = np.cumsum(symbols + 1) - 1
+            if count and kept_at[-1] >= block_size:
+                raise ValueError(f"layer {name}: kept positions run past the pruned block")
+            flat = np.zeros(block_size, bool)
+            flat[kept_at] = True
+    else:
+        raise ValueError(f"layer {name}: unknown position coding {positions!r}")
+    num_values = _int(layer.get("num_values"), f"layer {name} number of values")
+    if num_values != int(flat.sum()):
+        raise ValueError(f"layer {name}: {num_values} values for {int(flat.sum())} kept weights")
+    values = entropy.decode(_stream(payload, streams, "values_model"),
+                            _stream(payload, streams, "values"), num_values)
+    weights = values.astype(np.float64) * 2.0 ** -bits
+    if not np.array_equal(weights.astype(np.float32).astype(np.float64), weights):
+        raise ValueError(f"layer {name}: decoded values are not representable in float32")
+    block_mask = flat.reshape(block_shape)
+    block = np.zeros(block_shape, np.float32)
+    block[block_mask] = weights.astype(np.float32)
+    kernel = np.zeros(shape, np.float32)
+    kernel[block_index] = block
+    mask = np.zeros(shape, bool)
+    mask[block_index] = block_mask
+    bias_bytes = _stream(payload, streams, "bias")
+    if len(bias_bytes) != 4 * shape[-1]:
+        raise ValueError(f"layer {name}: bias of {len(bias_bytes)} bytes for {shape[-1]} outputs")
+    bias = np.frombuffer(bias_bytes, "<f4").astype(np.float32)
+
+    value_model = _stream(payload, streams, "values_model")
+    _, value_counts = entropy.parse_model(value_model)
+    position_bytes, position_bits = 0, 0.0
+    if positions != "full":
+        position_model = _stream(payload, streams, "positions_model")
+        position_bytes = len(position_model) + len(_stream(payload, streams, "positions"))
+        position_bits = entropy.empirical_entropy_bits(entropy.parse_model(position_model)[1])
+    coding = LayerCoding(
+        name=name, kind=layer["kind"], kernel_shape=shape, kept_inputs=int(kept_in.sum()),
+        kept_outputs=int(kept_out.sum()), positions=positions, num_values=num_values,
+        value_bytes=len(_stream(payload, streams, "values")), value_model_bytes=len(value_model),
+        value_entropy_bits=entropy.empirical_entropy_bits(value_counts),
+        position_bytes=position_bytes, position_entropy_bits=position_bits,
+        bitmap_bytes=len(_stream(payload, streams, "input_keep"))
+        + len(_stream(payload, streams, "output_keep")),
+        bias_bytes=len(bias_bytes))
+    return name, kernel, bias, mask, bits, coding
+
+
+def _decode(data: bytes, source: str) -> DecodedNetwork:
+    header, payload = container.unpack(data, source)
+    try:
+        if header.get("coder") != entropy.CODER or header.get("bias_dtype") != "<f4":
+            raise ValueError(f"unknown coder {header.get('coder')!r} or bias dtype "
+                             f"{header.get('bias_dtype')!r}")
+        if header.get("payload_length") != len(payload):
+            raise ValueError(f"payload is {len(payload)} bytes, header says "
+                             f"{header.get('payload_length')!r}")
+        model_name = header.get("model")
+        if not isinstance(model_name, str):
+            raise ValueError("no model name")
+        input_shape = header.get("input_shape")
+        if not isinstance(input_shape, list) or len(input_shape) != 3:
+            raise ValueError(f"input shape {input_shape!r} is not (h, w, c)")
+        input_shape = tuple(_int(n, "input dimension", 1, 2**16) for n in input_shape)
+        num_classes = _int(header.get("num_classes"), "num_classes", 1, 2**24)
+        exponent_bits = _int(header.get("exponent_bits"), "exponent bits", 0, 64)
+        layers = header.get("layers")
+        if not isinstance(layers, list) or not layers:
+            raise ValueError("no layers")
+        decoded = [_decode_layer(i, layer, payload) for i, layer in enumerate(layers)]
+        bits_per_weight = header.get("bits_per_weight")
+        if (not isinstance(bits_per_weight, list) or len(bits_per_weight) != len(layers)):
+            raise ValueError("bits_per_weight does not have one entry per layer")
+        bits_per_weight = [_int(b, "bits per weight") for b in bits_per_weight]
+        max_abs_weight = float.fromhex(header.get("max_abs_weight"))
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as error:
+        raise file_error(source, f"the header or payload is malformed: {error}") from None
+    names, kernels, biases, masks, bits, codings = (list(column) for column in zip(*decoded))
+    precision = BitPrecision(bits_per_layer=bits, exponent_bits=exponent_bits,
+                             bits_per_weight=bits_per_weight, max_abs_weight=max_abs_weight)
+    header_bytes = len(data) - len(payload) - container.PREAMBLE_SIZE - container.CHECKSUM_SIZE
+    return DecodedNetwork(model_name, input_shape, num_classes, names, kernels, biases, masks,
+                          precision, codings, len(data), header_bytes)
+
+
+def decode_network(data: bytes, *, source: str = "<bytes>") -> DecodedNetwork:
+    """Read a ``.bcz`` file from memory.
+
+    Args:
+        data: The file's bytes.
+        source: How to name the file in error messages.
+
+    Raises:
+        CompressedFileError: If the file is empty, truncated, corrupt, foreign, of another
+            version or describes an impossible network.
+    """
+    return _decode(data, source)
+
+
+def save(path, quantized: QuantizedNetwork, *, model_name: str, input_shape,
+         num_classes: int) -> int:
+    """Write the ``.bcz`` file of ``quantized`` to ``path`` atomically; returns its size in bytes."""
+    data = encode_network(quantized, model_name=model_name, input_shape=input_shape,
+                          num_classes=num_classes)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(data)
+
+
+def load(path):
+    """Read a ``.bcz`` file and build the runnable point-weight model it describes.
+
+    Returns:
+        ``(model, metadata)``: a model of the original class (from
+        :func:`bayescomp.compression.quantize.point_model`) whose kernels are the decoded ones
+        (float32, bit-identical to what was encoded, up to the sign of removed zeros), and the
+        :class:`DecodedNetwork`.
+
+    Raises:
+        CompressedFileError: If the file cannot be read or is not a valid ``.bcz`` file, or its
+            layers do not fit the model class it names.
+    """
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise file_error(source, f"cannot be read ({error.strerror or error})",
+                         "check the path, or run `python -m bayescomp.compress RUN_DIR` to write "
+                         "it") from None
+    network = _decode(data, source)
+    registry = _registry()
+    if network.model_name not in registry:
+        raise file_error(source, f"names an unknown model {network.model_name!r} (known: "
+                         f"{', '.join(sorted(registry))})")
+    model_cls = registry[network.model_name]
+    from bayescomp.nn.factory import LayerFactory
+    from bayescomp.objectives import variational_layers
+
+    try:  # the shapes the model class has for this input shape, before any weight is set
+        template = model_cls(LayerFactory(), rngs=nnx.Rngs(params=0),
+                             input_shape=network.input_shape, num_classes=network.num_classes)
+        expected = [(name, tuple(layer.posterior.weight[...].shape))
+                    for name, layer in variational_layers(template)]
+    except (ValueError, TypeError) as error:
+        raise file_error(source, f"{model_cls.__name__} cannot be built for input shape "
+                         f"{network.input_shape} and {network.num_classes} classes: {error}"
+                         ) from None
+    found = [(name, kernel.shape) for name, kernel in zip(network.names, network.kernels)]
+    if expected != found:
+        raise file_error(source, f"its layers {found} do not match {model_cls.__name__} with "
+                         f"input shape {network.input_shape} and {network.num_classes} classes "
+                         f"({expected})")
+    model = point_model(model_cls, network.kernels, network.biases,
+                        input_shape=network.input_shape, num_classes=network.num_classes)
+    return model, network

@@ -95,7 +95,9 @@ def render(runs: list[dict], published: dict, sources: list[str]) -> str:
         "(pruned, rounded to the bits per layer; the network the compression ratios describe).",
         "Pruning = |W| / weights of the pruned dense matrices; Fast Prediction = 32·|W| / Σ kept·"
         "(1 + E + bits); Maximum Compression = estimate of Deep Compression's sparse format with",
-        "Huffman coding (see bayescomp/compression/report.py).",
+        "Huffman coding (see bayescomp/compression/report.py); *measured* = float32 bytes of all",
+        "original weights / bytes of the real `.bcz` file written by `python -m bayescomp.compress`,",
+        "whose decoded network gives the last error column.",
         "",
         f"Published rows: {', '.join(cite['authors'])} ({cite['year']}), *{cite['title']}*, "
         f"{cite['venue']}, arXiv:{cite['arxiv']}; as printed in `{cite['source']['file']}`, on MNIST.",
@@ -120,8 +122,10 @@ def render(runs: list[dict], published: dict, sources: list[str]) -> str:
                 f"{_mean_std([r.get('quantized_test_error') for r in rs], '.2f')} |")
         lines += ["", "### Compression rates", "",
                   "| Network | Method | n | Epochs | Error % (mean / pruned / quantized) | "
-                  "\\|W≠0\\|/\\|W\\| % | Pruning | Fast Prediction | Maximum Compression | s / epoch |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "\\|W≠0\\|/\\|W\\| % | Pruning | Fast Prediction | Maximum Compression (estimate) | "
+                  "Maximum Compression (measured file) | File bytes | Error of the decoded file % | "
+                  "s / epoch |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for _, model, method in keys:
             rs = groups[(dataset, model, method)]
             comp = [r.get("compression") or {} for r in rs]
@@ -135,6 +139,9 @@ def render(runs: list[dict], published: dict, sources: list[str]) -> str:
                 f"{_mean_std([c.get('pruning') for c in comp], '.1f')} | "
                 f"{_mean_std([c.get('fast_prediction') for c in comp], '.1f')} | "
                 f"{_mean_std([c.get('max_compression') for c in comp], '.1f')} | "
+                f"{_mean_std([c.get('max_compression_measured') for c in comp], '.1f')} | "
+                f"{_mean_std([r.get('compressed_bytes') for r in rs], '.0f')} | "
+                f"{_mean_std([r.get('compressed_test_error') for r in rs], '.2f')} | "
                 f"{_mean_std([r.get('seconds_per_epoch') for r in rs], '.2f')} |")
         lines += ["", "Runs (directory, seed, git commit):", ""]
         for _, model, method in keys:

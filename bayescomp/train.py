@@ -183,6 +183,48 @@ def make_evaluate(graphdef, batch_size: int) -> Callable:
     return evaluate_error
 
 
+def load_trained_model(run_dir: str | os.PathLike) -> tuple[DictConfig, nnx.Module, dict]:
+    """Rebuild a run's model from its resolved config and its latest epoch checkpoint.
+
+    Args:
+        run_dir: The output directory of a run (it holds ``.hydra/config.yaml`` and
+            ``checkpoints/``; its ``config.yaml``, or Hydra's ``.hydra/config.yaml``).
+
+    Returns:
+        ``(cfg, model, meta)``: the run's configuration, the model with the trained parameters,
+        and the checkpoint's metadata (``epoch``, ``history``, ``train_seconds``).
+
+    Raises:
+        ConfigError: ``run_dir`` is not a run directory or has no checkpoint.
+    """
+    run_dir = pathlib.Path(run_dir)
+    cfg_path = next((p for p in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml")
+                     if p.is_file()), None)
+    if cfg_path is None:
+        raise ConfigError(f"{run_dir} is not a bayescomp run directory (no config.yaml); pass "
+                          "the hydra.run.dir of a run of python -m bayescomp.run")
+    if not (run_dir / "checkpoints").is_dir():
+        raise ConfigError(f"{run_dir} has no checkpoints/ directory; rerun its command to train "
+                          "it (checkpoints are written every epoch)")
+    cfg = OmegaConf.load(cfg_path)
+    if cfg.data.name not in data_lib.REGISTRY:
+        raise ConfigError(f"{cfg_path} names an unknown dataset {cfg.data.name!r}")
+    spec = data_lib.REGISTRY[cfg.data.name]
+    model = build_model(cfg, spec.image_shape, spec.num_classes, int(cfg.seed))
+    _, params = nnx.split(nnx.view(model, deterministic=False, pruned=False))
+    opt_state = build_optimizer(cfg, total_steps=1).init(params)  # only its structure matters
+    checkpointer = Checkpointer(run_dir / "checkpoints")
+    step = checkpointer.latest_step()
+    if step is None:
+        raise ConfigError(f"{run_dir / 'checkpoints'} holds no checkpoint; rerun the run's "
+                          "command to train it")
+    (params, _, _), meta = checkpointer.restore(
+        step, (params, opt_state, jax.random.key_data(jax.random.key(0))))
+    checkpointer.close()
+    nnx.update(model, params)
+    return cfg, model, meta
+
+
 def git_commit() -> str:
     """The git commit of the bayescomp source tree, with ``-dirty`` if it has local changes."""
     root = pathlib.Path(__file__).resolve().parent.parent
@@ -226,6 +268,9 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    # The resolved configuration beside the run, so the run can be rebuilt without Hydra
+    # (load_trained_model, python -m bayescomp.compress).
+    (workdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer = cfg.trainer
     seed = int(cfg.seed)
 

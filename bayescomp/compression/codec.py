@@ -55,6 +55,7 @@ class LayerCoding:
         kept_inputs: Kept input units / channels.
         kept_outputs: Kept output units / channels.
         positions: ``"full"``, ``"bitmap"`` or ``"gaps"``.
+        values_coding: ``"ans"`` (entropy-coded) or ``"fixed"`` (fixed-width integers).
         num_values: Number of coded weight values (the value symbols).
         value_bytes: Bytes of the coded value payload.
         value_model_bytes: Bytes of the value symbol table and counts.
@@ -71,6 +72,7 @@ class LayerCoding:
     kept_inputs: int
     kept_outputs: int
     positions: str
+    values_coding: str
     num_values: int
     value_bytes: int
     value_model_bytes: int
@@ -168,6 +170,24 @@ def _integer_values(name: str, values: np.ndarray, bits: int) -> np.ndarray:
     return k.astype(np.int64)
 
 
+def _pack_fixed(values: np.ndarray) -> tuple[int, bytes]:
+    """Zig-zag the integers (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...) and pack them at one width."""
+    zigzag = (values.astype(np.int64) << 1) ^ (values.astype(np.int64) >> 63)
+    width = int(zigzag.max()).bit_length() if zigzag.size else 0
+    bits = (zigzag.astype(np.uint64)[:, None] >> np.arange(width, dtype=np.uint64)) & 1
+    return width, np.packbits(bits.astype(np.uint8).ravel(), bitorder="little").tobytes()
+
+
+def _unpack_fixed(data: bytes, count: int, width: int, name: str) -> np.ndarray:
+    if len(data) != -(-count * width // 8):
+        raise ValueError(f"layer {name}: {len(data)} bytes of fixed-width values, expected "
+                         f"{count} x {width} bits")
+    bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[: count * width]
+    zigzag = (bits.reshape(count, width).astype(np.uint64)
+              << np.arange(width, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+    return ((zigzag >> np.uint64(1)).astype(np.int64)) ^ -((zigzag & np.uint64(1)).astype(np.int64))
+
+
 def _encode_layer(name, kernel, bias, mask, bits, payload: container.PayloadWriter) -> dict:
     kernel = np.asarray(kernel, np.float32)
     mask = np.asarray(mask) != 0
@@ -206,8 +226,17 @@ def _encode_layer(name, kernel, bias, mask, bits, payload: container.PayloadWrit
         streams["positions_model"] = payload.add(candidates[choice].model)
         streams["positions"] = payload.add(candidates[choice].payload)
     coded = entropy.encode(values)
-    streams["values_model"] = payload.add(coded.model)
-    streams["values"] = payload.add(coded.payload)
+    width, packed = _pack_fixed(values)
+    # Where nearly every value is distinct (a dense network at 23 bits), the stored histogram
+    # outweighs what coding saves: store the integers at one fixed width instead.
+    if len(packed) < len(coded.model) + len(coded.payload):
+        layer["values_coding"], layer["value_width"] = "fixed", width
+        streams["values_model"] = payload.add(b"")
+        streams["values"] = payload.add(packed)
+    else:
+        layer["values_coding"] = "ans"
+        streams["values_model"] = payload.add(coded.model)
+        streams["values"] = payload.add(coded.payload)
     streams["bias"] = payload.add(bias.astype("<f4").tobytes())
     layer["streams"] = streams
     return layer
@@ -335,8 +364,17 @@ def _decode_layer(index: int, layer, payload: bytes):
     num_values = _int(layer.get("num_values"), f"layer {name} number of values")
     if num_values != int(flat.sum()):
         raise ValueError(f"layer {name}: {num_values} values for {int(flat.sum())} kept weights")
-    values = entropy.decode(_stream(payload, streams, "values_model"),
-                            _stream(payload, streams, "values"), num_values)
+    values_coding = layer.get("values_coding")
+    if values_coding == "ans":
+        values = entropy.decode(_stream(payload, streams, "values_model"),
+                                _stream(payload, streams, "values"), num_values)
+        _, value_counts = entropy.parse_model(_stream(payload, streams, "values_model"))
+    elif values_coding == "fixed":
+        width = _int(layer.get("value_width"), f"layer {name} value width", 0, 64)
+        values = _unpack_fixed(_stream(payload, streams, "values"), num_values, width, name)
+        value_counts = np.unique(values, return_counts=True)[1]
+    else:
+        raise ValueError(f"layer {name}: unknown value coding {values_coding!r}")
     weights = values.astype(np.float64) * 2.0 ** -bits
     if not np.array_equal(weights.astype(np.float32).astype(np.float64), weights):
         raise ValueError(f"layer {name}: decoded values are not representable in float32")
@@ -353,7 +391,6 @@ def _decode_layer(index: int, layer, payload: bytes):
     bias = np.frombuffer(bias_bytes, "<f4").astype(np.float32)
 
     value_model = _stream(payload, streams, "values_model")
-    _, value_counts = entropy.parse_model(value_model)
     position_bytes, position_bits = 0, 0.0
     if positions != "full":
         position_model = _stream(payload, streams, "positions_model")
@@ -361,7 +398,8 @@ def _decode_layer(index: int, layer, payload: bytes):
         position_bits = entropy.empirical_entropy_bits(entropy.parse_model(position_model)[1])
     coding = LayerCoding(
         name=name, kind=layer["kind"], kernel_shape=shape, kept_inputs=int(kept_in.sum()),
-        kept_outputs=int(kept_out.sum()), positions=positions, num_values=num_values,
+        kept_outputs=int(kept_out.sum()), positions=positions, values_coding=values_coding,
+        num_values=num_values,
         value_bytes=len(_stream(payload, streams, "values")), value_model_bytes=len(value_model),
         value_entropy_bits=entropy.empirical_entropy_bits(value_counts),
         position_bytes=position_bytes, position_entropy_bits=position_bits,

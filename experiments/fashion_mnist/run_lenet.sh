@@ -4,7 +4,8 @@
 # Each run trains in $BAYESCOMP_RUNS/fashion_mnist/<experiment>/seed<seed>/ (default
 # ~/bayescomp-runs, outside the repository, so its per-epoch checkpoints survive a fresh checkout
 # of the work tree) and, once finished, its metrics.json, run.log, resolved config (.hydra/) and
-# log-alpha plots are copied to results/fashion_mnist/<experiment>/seed<seed>/. Rerunning this
+# log-alpha plots are copied to results/fashion_mnist/<experiment>/seed<seed>/ by publish.sh,
+# after `python -m bayescomp.compress` wrote the run's model.bcz (copied too). Rerunning this
 # script resumes unfinished runs from their checkpoints and re-evaluates finished ones.
 #
 # Usage: [SEEDS="0 1 2"] bash experiments/fashion_mnist/run_lenet.sh [EXPERIMENT ...]
@@ -23,10 +24,7 @@ for experiment in "${experiments[@]}"; do
     published="results/fashion_mnist/$experiment/seed$seed"
     if python -m bayescomp.run +experiment="$experiment" data=fashion_mnist seed="$seed" \
         trainer.progress_bar=false hydra.run.dir="$run_dir"; then
-      mkdir -p "$published"
-      cp "$run_dir/metrics.json" "$run_dir/run.log" "$published/"
-      rm -rf "$published/.hydra" "$published/plots"
-      cp -r "$run_dir/.hydra" "$run_dir/plots" "$published/"
+      SEEDS=$seed bash experiments/fashion_mnist/publish.sh "$experiment"
     else
       echo "run $experiment seed $seed failed (exit $?); see $run_dir/run.log" >&2
     fi

@@ -60,6 +60,12 @@ def _case(name):
     elif name == "lenet5-gnj":
         model = _gnj(LeNet5, {"conv1": [3, 5], "conv2": range(0, 50, 3),
                               "fc1": [j for j in range(800) if j % 7 == 0], "fc2": range(100)})
+    elif name == "lenet300-gnj-6bit":
+        # Posterior variances of a trained network's size: 2·Var ≈ 0.013 gives 6 significand
+        # bits, so few distinct values and the entropy coder (not the fixed width) is chosen.
+        model = _gnj(LeNet300, {"fc1": range(0, 784, 3), "fc3": range(40)})
+        for layer in (model.fc1, model.fc2, model.fc3):
+            layer.posterior.w_log_var[...] = jnp.full_like(layer.posterior.w_log_var[...], -5.0)
     elif name == "lenet300-svd-dense":
         model = _sparse_vd(0.05)
     else:
@@ -68,7 +74,8 @@ def _case(name):
     return type(model), quantized
 
 
-CASES = ["lenet300-gnj", "lenet5-gnj", "lenet300-svd-dense", "lenet300-svd-sparse"]
+CASES = ["lenet300-gnj", "lenet300-gnj-6bit", "lenet5-gnj", "lenet300-svd-dense",
+         "lenet300-svd-sparse"]
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +142,35 @@ def test_loaded_model_predicts_exactly_like_point_model(encoded, name, tmp_path)
 
 @pytest.mark.parametrize("name", CASES)
 def test_coder_overhead_below_one_percent(encoded, name):
-    # Coded value payload vs. the empirical entropy bound Σ −log2 p̂ of the same symbols. The
-    # model (symbol table + counts) is counted separately (value_model_bytes), not in this ratio.
+    # Coded value payload vs. the empirical entropy bound Σ −log2 p̂ of the same symbols, for
+    # entropy-coded layers. The model (symbol table + counts) is counted separately
+    # (value_model_bytes), not in this ratio. Layers stored at a fixed width were chosen because
+    # that is smaller than payload + model, which test_fixed_width_is_chosen_only_when_smaller
+    # checks.
     for layer in codec.decode_network(encoded[name][2]).layers:
-        if layer.num_values > 1000:
+        if layer.num_values > 1000 and layer.values_coding == "ans":
             assert layer.value_overhead <= 0.01, layer
+
+
+def test_the_overhead_check_sees_entropy_coded_layers(encoded):
+    big_ans = [layer for name in CASES for layer in codec.decode_network(encoded[name][2]).layers
+               if layer.num_values > 1000 and layer.values_coding == "ans"]
+    assert len(big_ans) >= 2
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_fixed_width_is_chosen_only_when_smaller(encoded, name):
+    from bayescomp.compression import entropy
+
+    quantized = encoded[name][1]
+    for layer, kernel, mask, bits in zip(codec.decode_network(encoded[name][2]).layers,
+                                         quantized.kernels, quantized.masks,
+                                         quantized.precision.bits_per_layer):
+        values = np.rint(kernel[mask].astype(np.float64) * 2.0**bits).astype(np.int64)
+        coded = entropy.encode(values)
+        ans_bytes = len(coded.model) + len(coded.payload)
+        fixed_bytes = len(codec._pack_fixed(values)[1])
+        assert layer.values_coding == ("fixed" if fixed_bytes < ans_bytes else "ans")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +254,13 @@ def _layer(index, **fields):
     _layer(3, streams={"input_keep": [0, 10**9]}),
     _layer(3, streams=None),
     lambda h: h["layers"][1]["streams"].update(values=[0, 4]),
-    lambda h: h["layers"][0]["streams"].update(values_model=[0, 0]),
+    # An entropy-coded layer without its model (layer 0 may be stored at a fixed width: switch
+    # it to "ans" first, which an empty model must then fail to decode).
+    lambda h: (h["layers"][0].update(values_coding="ans"),
+               h["layers"][0]["streams"].update(values_model=[0, 0])),
+    _layer(0, values_coding="zip"),
+    _layer(0, values_coding="fixed", value_width=99),
+    _layer(0, values_coding="fixed", value_width=1),
     lambda h: h.update(layers=[]),
     lambda h: h.update(input_shape=[28, 28]),
     lambda h: h.update(payload_length=1),
@@ -278,3 +315,27 @@ def test_fuzz_only_compressed_file_errors(small_file):
         except CompressedFileError:
             continue
         assert bytes(corrupt) == small_file
+
+
+def test_fixed_width_fallback_for_nearly_distinct_values():
+    """An unpruned layer at 23 bits: ANS + histogram would exceed fixed-width storage.
+
+    The file must choose the fixed width, stay below float32 size, and round-trip bit for bit.
+    """
+    from bayescomp.bit_precision import BitPrecision, round_to_bits
+    from bayescomp.compression.quantize import QuantizedNetwork
+
+    rng = np.random.default_rng(0)
+    kernels, biases, masks = [], [], []
+    for shape in [(784, 300), (300, 100), (100, 10)]:
+        kernels.append(np.asarray(round_to_bits(rng.normal(0, 0.05, shape), 23), np.float32))
+        biases.append(rng.normal(size=shape[-1]).astype(np.float32))
+        masks.append(np.ones(shape, bool))
+    quantized = QuantizedNetwork(["fc1", "fc2", "fc3"], kernels, biases, masks,
+                                 BitPrecision([23, 23, 23], 2, [26, 26, 26], 0.3))
+    data = codec.encode_network(quantized, model_name="lenet300", input_shape=(28, 28, 1),
+                                num_classes=10)
+    assert len(data) < 4 * sum(k.size for k in kernels)
+    decoded = codec.decode_network(data)
+    for original, restored in zip(kernels, decoded.kernels):
+        np.testing.assert_array_equal(_bits(original), _bits(restored))

@@ -75,6 +75,7 @@ def compress_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = N
             "gzip_bytes": len(zlib.compress(raw, 9)),
             "zstd_bytes": len(zstandard.ZstdCompressor(level=19).compress(raw)),
             "float32_bytes": 4 * weights_total,
+            "git_commit": train.git_commit(),  # the code that wrote the file (may postdate training)
             "layers": [
                 {"name": layer.name, "positions": layer.positions,
                  "num_values": layer.num_values, "value_bytes": layer.value_bytes,

@@ -28,7 +28,7 @@ import zstandard
 from flax import nnx
 
 from bayescomp import data as data_lib
-from bayescomp import models, pruning, train
+from bayescomp import pruning, train
 from bayescomp.compression import codec, quantize
 from bayescomp.errors import BayescompError
 

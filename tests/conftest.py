@@ -73,3 +73,43 @@ def smoke_cfg():
         return _compose([f"+experiment={experiment}", *TWO_STEPS, *overrides])
 
     return make
+
+
+#: z log-variances that keep / drop a group of a group-normal (BC-GNJ) posterior with z mean 1:
+#: log α = ∓10 against the threshold −3 of the networks below.
+GROUP_KEEP, GROUP_DROP = -10.0, 10.0
+
+
+def _group_pruned(model_cls, drops=None):
+    """A BC-GNJ model (threshold −3) that keeps every group except ``drops``.
+
+    Args:
+        model_cls: ``LeNet300`` or ``LeNet5``.
+        drops: ``{layer name: group indices}`` to remove (input units of dense layers, output
+            channels of conv layers).
+    """
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from bayescomp.nn import LayerFactory
+
+    model = model_cls(LayerFactory(posterior="group_normal", prior="group_nj", threshold=-3.0),
+                      rngs=nnx.Rngs(0))
+    for _, layer in nnx.iter_modules(model):
+        if hasattr(layer, "posterior"):
+            layer.posterior.z_mean_param[...] = jnp.ones_like(layer.posterior.z_mean_param[...])
+            layer.posterior.z_log_var[...] = jnp.full_like(layer.posterior.z_log_var[...],
+                                                           GROUP_KEEP)
+    for name, groups in (drops or {}).items():
+        layer = getattr(model, name)
+        log_var = np.asarray(layer.posterior.z_log_var[...]).copy()
+        log_var[list(groups)] = GROUP_DROP
+        layer.posterior.z_log_var[...] = jnp.asarray(log_var)
+    return model
+
+
+@pytest.fixture(scope="session")
+def group_pruned():
+    """``group_pruned(model_cls, {layer: groups})``: a BC-GNJ model with those groups removed."""
+    return _group_pruned

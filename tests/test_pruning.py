@@ -15,31 +15,13 @@ from bayescomp.models import LeNet5, LeNet300
 from bayescomp.nn import LayerFactory
 from bayescomp.pruning import kept_weight_counts, own_masks, propagated_masks
 
-KEEP, DROP = -10.0, 10.0  # z log-variance giving log α = ∓10 with z mean 1 (threshold −3)
-
-
-def _gnj(model_cls):
-    model = model_cls(LayerFactory(posterior="group_normal", prior="group_nj", threshold=-3.0),
-                      rngs=nnx.Rngs(0))
-    for _, layer in nnx.iter_modules(model):
-        if hasattr(layer, "posterior"):
-            layer.posterior.z_mean_param[...] = jnp.ones_like(layer.posterior.z_mean_param[...])
-            layer.posterior.z_log_var[...] = jnp.full_like(layer.posterior.z_log_var[...], KEEP)
-    return model
-
-
-def _drop(layer, groups):
-    log_var = np.asarray(layer.posterior.z_log_var[...]).copy()
-    log_var[list(groups)] = DROP
-    layer.posterior.z_log_var[...] = jnp.asarray(log_var)
-
-
-def test_lenet5_masks_across_the_conv_dense_boundary():
-    model = _gnj(LeNet5)
-    _drop(model.conv1, [3])            # conv1 channel 3 (its kernel and bias)
-    _drop(model.conv2, [7])            # conv2 channel 7
-    _drop(model.fc1, [j for j in range(800) if j % 50 == 9])  # all 16 fc1 inputs of channel 9
-    _drop(model.fc2, [5])              # fc2 input 5 = fc1 output unit 5
+def test_lenet5_masks_across_the_conv_dense_boundary(group_pruned):
+    model = group_pruned(LeNet5, {
+        "conv1": [3],                                   # conv1 channel 3 (its kernel and bias)
+        "conv2": [7],                                   # conv2 channel 7
+        "fc1": [j for j in range(800) if j % 50 == 9],  # all 16 fc1 inputs of channel 9
+        "fc2": [5],                                     # fc2 input 5 = fc1 output unit 5
+    })
 
     masks = propagated_masks(model)
     conv1, conv2, fc1, fc2 = (masks[k] for k in ("conv1", "conv2", "fc1", "fc2"))
@@ -62,11 +44,12 @@ def test_lenet5_masks_across_the_conv_dense_boundary():
     assert total == 430_500 and kept == sum(kept_per_layer) == 475 + 22_800 + 383_232 + 4_990
 
 
-def test_lenet300_removed_input_removes_previous_row():
-    model = _gnj(LeNet300)
-    _drop(model.fc1, range(100))       # 100 pixels
-    _drop(model.fc2, [0, 1, 2])        # fc1 outputs 0-2 unused
-    _drop(model.fc3, range(50))        # fc2 outputs 0-49 unused
+def test_lenet300_removed_input_removes_previous_row(group_pruned):
+    model = group_pruned(LeNet300, {
+        "fc1": range(100),             # 100 pixels
+        "fc2": [0, 1, 2],              # fc1 outputs 0-2 unused
+        "fc3": range(50),              # fc2 outputs 0-49 unused
+    })
     masks = propagated_masks(model)
     assert masks["fc1"].sum() == 684 * 297
     assert masks["fc2"].sum() == 297 * 50
@@ -94,10 +77,8 @@ def test_unstructured_masks_only_propagate_backward():
 
 
 @pytest.mark.parametrize("model_cls", [LeNet300, LeNet5])
-def test_propagation_does_not_change_predictions(model_cls):
-    model = _gnj(model_cls)
-    first = model.conv1 if model_cls is LeNet5 else model.fc1
-    _drop(first, [0, 1])
+def test_propagation_does_not_change_predictions(model_cls, group_pruned):
+    model = group_pruned(model_cls, {"conv1" if model_cls is LeNet5 else "fc1": [0, 1]})
     x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 28, 28, 1)), jnp.float32)
     pruned = nnx.view(model, deterministic=True, pruned=True)
     before = pruned(x)

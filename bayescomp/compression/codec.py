@@ -36,7 +36,6 @@ from bayescomp.bit_precision import BitPrecision
 from bayescomp.compression import container, entropy
 from bayescomp.compression.container import file_error
 from bayescomp.compression.quantize import QuantizedNetwork, point_model
-from bayescomp.errors import CompressedFileError
 
 #: Largest significand width accepted (k · 2^-t must be exact in float32 and float64).
 MAX_SIGNIFICAND_BITS = 60

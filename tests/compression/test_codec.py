@@ -21,23 +21,7 @@ from bayescomp.models import LeNet5, LeNet300
 from bayescomp.nn import LayerFactory
 from bayescomp.pruning import propagated_masks
 
-KEEP, DROP = -10.0, 10.0  # z log-variance giving log α = ∓10 with z mean 1 (threshold −3)
 NAMES = {LeNet300: "lenet300", LeNet5: "lenet5"}
-
-
-def _gnj(model_cls, drops):
-    model = model_cls(LayerFactory(posterior="group_normal", prior="group_nj", threshold=-3.0),
-                      rngs=nnx.Rngs(0))
-    for _, layer in nnx.iter_modules(model):
-        if hasattr(layer, "posterior"):
-            layer.posterior.z_mean_param[...] = jnp.ones_like(layer.posterior.z_mean_param[...])
-            layer.posterior.z_log_var[...] = jnp.full_like(layer.posterior.z_log_var[...], KEEP)
-    for name, groups in drops.items():
-        layer = getattr(model, name)
-        log_var = np.asarray(layer.posterior.z_log_var[...]).copy()
-        log_var[list(groups)] = DROP
-        layer.posterior.z_log_var[...] = jnp.asarray(log_var)
-    return model
 
 
 def _sparse_vd(drop_fraction, periodic_fc1=False):
@@ -54,16 +38,17 @@ def _sparse_vd(drop_fraction, periodic_fc1=False):
     return model
 
 
-def _case(name):
+def _case(name, group_pruned):
     if name == "lenet300-gnj":
-        model = _gnj(LeNet300, {"fc1": range(0, 784, 3), "fc2": range(0, 300, 2), "fc3": range(40)})
+        model = group_pruned(LeNet300, {"fc1": range(0, 784, 3), "fc2": range(0, 300, 2),
+                                        "fc3": range(40)})
     elif name == "lenet5-gnj":
-        model = _gnj(LeNet5, {"conv1": [3, 5], "conv2": range(0, 50, 3),
+        model = group_pruned(LeNet5, {"conv1": [3, 5], "conv2": range(0, 50, 3),
                               "fc1": [j for j in range(800) if j % 7 == 0], "fc2": range(100)})
     elif name == "lenet300-gnj-6bit":
         # Posterior variances of a trained network's size: 2·Var ≈ 0.013 gives 6 significand
         # bits, so few distinct values and the entropy coder (not the fixed width) is chosen.
-        model = _gnj(LeNet300, {"fc1": range(0, 784, 3), "fc3": range(40)})
+        model = group_pruned(LeNet300, {"fc1": range(0, 784, 3), "fc3": range(40)})
         for layer in (model.fc1, model.fc2, model.fc3):
             layer.posterior.w_log_var[...] = jnp.full_like(layer.posterior.w_log_var[...], -5.0)
     elif name == "lenet300-svd-dense":
@@ -79,11 +64,11 @@ CASES = ["lenet300-gnj", "lenet300-gnj-6bit", "lenet5-gnj", "lenet300-svd-dense"
 
 
 @pytest.fixture(scope="module")
-def encoded():
+def encoded(group_pruned):
     """name -> (model class, QuantizedNetwork, file bytes), built once."""
     result = {}
     for name in CASES:
-        model_cls, quantized = _case(name)
+        model_cls, quantized = _case(name, group_pruned)
         data = codec.encode_network(quantized, model_name=NAMES[model_cls],
                                     input_shape=(28, 28, 1), num_classes=10)
         result[name] = (model_cls, quantized, data)

@@ -1,0 +1,126 @@
+"""Prediction speed of each compressed run: full-size quantized model vs exported pruned model.
+
+For every ``.bcz`` file (``results/**/model.bcz`` by default, or the paths given), decodes it,
+builds the full-size quantized model (:func:`bayescomp.compression.codec.load`: the original
+shapes, removed weights zero) and the physically pruned model
+(:func:`bayescomp.compression.export.export_decoded`: only the kept units), and times a jitted
+forward pass of each on random inputs of the file's input shape (no dataset needed). After one
+warm-up call that compiles, each of ``--repeats`` timed repeats runs ``--calls`` forward calls
+(``jax.block_until_ready`` after each); the median repeat gives images per second. It also checks
+that both models give the same logits on the timed batch and prints the parameter counts.
+
+Usage::
+
+    python benchmarks/inference_speed.py                        # every results/**/model.bcz
+    python benchmarks/inference_speed.py results/fashion_mnist/lenet300_svd/seed0/model.bcz
+    python benchmarks/inference_speed.py --batch-size 1000 100 --repeats 7 --calls 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import sys
+import time
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without `pip install -e .`
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from bayescomp.compression import codec  # noqa: E402
+from bayescomp.compression.export import export_decoded  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="*", type=pathlib.Path,
+                        help="model.bcz files (default: results/**/model.bcz)")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[1000, 100],
+                        help="batch sizes to time (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed repeats; the median is reported (default: %(default)s)")
+    parser.add_argument("--calls", type=int, default=10,
+                        help="forward calls per timed repeat (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def jitted_forward(model: nnx.Module):
+    """``(forward, state)``: a jitted pure function of the model's state and a batch."""
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+    return forward, state
+
+
+def images_per_second(forward, state, x, repeats: int, calls: int) -> float:
+    """Median over ``repeats`` of ``calls`` blocked forward calls, after a compiling warm-up."""
+    jax.block_until_ready(forward(state, x))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            jax.block_until_ready(forward(state, x))
+        times.append((time.perf_counter() - start) / calls)
+    return x.shape[0] / statistics.median(times)
+
+
+def param_count(model: nnx.Module) -> int:
+    return sum(int(leaf.size) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def bench_file(path: pathlib.Path, batch_sizes, repeats: int, calls: int) -> list[dict]:
+    full, network = codec.load(path)
+    pruned = export_decoded(network)
+    # The full-size model needs the deterministic view (posterior means, no sampling).
+    full_forward, full_state = jitted_forward(nnx.view(full, deterministic=True))
+    pruned_forward, pruned_state = jitted_forward(pruned)
+    rows = []
+    for batch in batch_sizes:
+        x = jax.random.normal(jax.random.key(0), (batch, *network.input_shape))
+        expected = np.asarray(full_forward(full_state, x))
+        got = np.asarray(pruned_forward(pruned_state, x))
+        max_diff = float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-30))
+        full_ips = images_per_second(full_forward, full_state, x, repeats, calls)
+        pruned_ips = images_per_second(pruned_forward, pruned_state, x, repeats, calls)
+        rows.append(dict(file=path, model=network.model_name, batch=batch, full_ips=full_ips,
+                         pruned_ips=pruned_ips, full_params=param_count(full),
+                         pruned_params=pruned.num_params(),
+                         kept_weights=int(sum(m.sum() for m in network.masks)),
+                         arch=", ".join(f"{name} {tuple(getattr(pruned, name).kernel.shape)}"
+                                        for name in pruned.kept_units),
+                         max_rel_diff=max_diff))
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    files = args.files or sorted(REPO_ROOT.glob("results/**/model.bcz"))
+    if not files:
+        print("no model.bcz files found; run `python -m bayescomp.compress RUN_DIR` first")
+        return 1
+    print(f"backend {jax.default_backend()}, {len(jax.devices())} device(s); median of "
+          f"{args.repeats} x {args.calls} calls")
+    header = (f"{'run':<44} {'batch':>5} {'full img/s':>11} {'pruned img/s':>12} {'speed-up':>8} "
+              f"{'full params':>11} {'pruned params':>13} {'kept w':>7} {'max rel diff':>12}")
+    print(header)
+    print("-" * len(header))
+    for path in files:
+        try:
+            label = str(pathlib.Path(path).resolve().relative_to(REPO_ROOT))
+        except ValueError:
+            label = str(path)
+        label = label.removeprefix("results/").removesuffix("/model.bcz")
+        for row in bench_file(pathlib.Path(path), args.batch_size, args.repeats, args.calls):
+            print(f"{label:<44} {row['batch']:>5} {row['full_ips']:>11,.0f} "
+                  f"{row['pruned_ips']:>12,.0f} {row['pruned_ips'] / row['full_ips']:>7.2f}x "
+                  f"{row['full_params']:>11,} {row['pruned_params']:>13,} "
+                  f"{row['kept_weights']:>7,} {row['max_rel_diff']:>12.1e}")
+        print(f"{'':<44} exported kernels: {row['arch']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -268,9 +268,6 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    # The resolved configuration beside the run, so the run can be rebuilt without Hydra
-    # (load_trained_model, python -m bayescomp.compress).
-    (workdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer = cfg.trainer
     seed = int(cfg.seed)
 
@@ -367,6 +364,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
         _log_epoch(writer, model, params, record)
         checkpointer.save(epoch, (params, opt_state, jax.random.key_data(key)),
                           dict(epoch=epoch, history=history, train_seconds=train_seconds))
+        write_config(workdir, cfg)
     if progress is not None:
         progress.close()
     checkpointer.wait()
@@ -378,6 +376,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
                              y_test, history, train_seconds, steps_per_epoch, batch_size, workdir)
     if writer is not None:
         writer.close()
+    write_config(workdir, cfg)
     write_metrics(workdir, metrics)
     return metrics
 
@@ -440,6 +439,19 @@ def _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test
         "history": history,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+
+
+def write_config(workdir: pathlib.Path, cfg: DictConfig) -> None:
+    """Write the resolved ``config.yaml`` of the run that wrote the latest checkpoint.
+
+    It lets the run be rebuilt without Hydra (:func:`load_trained_model`,
+    ``python -m bayescomp.compress``). Written after a checkpoint, never before: a run that fails
+    (bad input, a NaN loss) leaves the previous one in place.
+    """
+    path = pathlib.Path(workdir) / "config.yaml"
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tmp.replace(path)
 
 
 def write_metrics(workdir: pathlib.Path, metrics: dict) -> None:

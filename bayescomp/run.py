@@ -1,7 +1,8 @@
 """Command-line entry: ``python -m bayescomp.run +experiment=NAME [overrides]``.
 
 Hydra composes ``conf/config.yaml`` with the experiment's delta and the overrides, then
-:func:`bayescomp.train.train_and_evaluate` does the work in Hydra's output directory
+the method's procedure (:mod:`bayescomp.procedures`; for variational methods
+:func:`bayescomp.train.train_and_evaluate`) does the work in Hydra's output directory
 (``hydra.run.dir=DIR`` picks it; rerunning in the same directory resumes). ``--multirun``
 sweeps, e.g. ``python -m bayescomp.run --multirun +experiment=lenet300_svd seed=0,1,2``.
 
@@ -26,13 +27,14 @@ log = logging.getLogger("bayescomp")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Train, prune and evaluate one configuration; return the pruned test error (for sweepers)."""
-    from bayescomp.train import train_and_evaluate  # after Hydra parsed the command line
+    from bayescomp import procedures  # after Hydra parsed the command line
 
     # Orbax logs every checkpoint save at INFO through absl; keep run.log readable.
     logging.getLogger("absl").setLevel(logging.WARNING)
     workdir = HydraConfig.get().runtime.output_dir
     try:
-        metrics = train_and_evaluate(cfg, workdir)
+        run_procedure = procedures.get(str(cfg.method.get("procedure", "variational")))
+        metrics = run_procedure(cfg, workdir)
     except BayescompError as err:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)

@@ -29,6 +29,11 @@ class QuantizedNetwork:
         biases: Biases (float32; zero for removed output channels).
         masks: Keep masks after propagation.
         precision: Bits per layer and exponent bits.
+        codebooks: ``None`` for fixed-point weights (every kept weight is ``k·2^-t``, the
+            Bayesian Compression rounding). Otherwise one entry per layer: ``None`` for a
+            fixed-point layer, or the sorted distinct float32 values its kept weights take
+            (weight sharing: Deep Compression's k-means centroids, soft weight-sharing's
+            mixture means), which the file stores once and indexes.
     """
 
     names: list[str]
@@ -36,6 +41,7 @@ class QuantizedNetwork:
     biases: list[np.ndarray]
     masks: list[np.ndarray]
     precision: BitPrecision
+    codebooks: list[np.ndarray | None] | None = None
 
 
 def quantize(model: nnx.Module, masks: dict[str, np.ndarray]) -> QuantizedNetwork:

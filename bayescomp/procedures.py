@@ -1,0 +1,37 @@
+"""How a run is carried out, by method: a plain registry of procedures.
+
+A procedure is ``run(cfg, workdir) -> metrics``: it trains (or retrains) ``cfg.model`` with
+``cfg.method`` on ``cfg.data`` in ``workdir``, writes ``metrics.json`` there and returns the
+metrics. ``conf/method/*.yaml`` names its procedure with the key ``procedure`` (default
+``variational``):
+
+* ``variational``: variational inference over the weights, then pruning and bit reduction
+  (:func:`bayescomp.train.train_and_evaluate`; dense baselines, Sparse VD, Bayesian Compression).
+
+Retraining procedures (Deep Compression, soft weight-sharing) start from a finished dense run
+and register themselves here too. Entries are ``"module:function"`` strings, imported on use, so
+that importing the registry does not import every method.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from bayescomp.errors import unknown_name_error
+
+REGISTRY: dict[str, str] = {
+    "variational": "bayescomp.train:train_and_evaluate",
+}
+
+
+def get(name: str) -> Callable[..., dict[str, Any]]:
+    """The procedure registered as ``name``.
+
+    Raises:
+        ConfigError: ``name`` is not registered (the message lists the known procedures).
+    """
+    if name not in REGISTRY:
+        raise unknown_name_error("procedure", name, REGISTRY)
+    module_name, function_name = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module_name), function_name)

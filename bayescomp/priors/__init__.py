@@ -7,6 +7,7 @@ from bayescomp.errors import ConfigError, unknown_name_error
 from bayescomp.priors.base import Prior, kl_divergence, register_kl
 from bayescomp.priors.flat import Flat
 from bayescomp.priors.gaussian import Gaussian
+from bayescomp.priors.gaussian_mixture import GaussianMixture
 from bayescomp.priors.group_nj import GroupNormalJeffreys
 from bayescomp.priors.horseshoe import GroupHorseshoe
 from bayescomp.priors.log_uniform import LogUniform
@@ -14,6 +15,7 @@ from bayescomp.priors.log_uniform import LogUniform
 REGISTRY: dict[str, type[Prior]] = {
     "flat": Flat,
     "gaussian": Gaussian,
+    "gaussian_mixture": GaussianMixture,
     "group_horseshoe": GroupHorseshoe,
     "group_nj": GroupNormalJeffreys,
     "log_uniform": LogUniform,
@@ -39,4 +41,4 @@ def names() -> list[str]:
 
 
 __all__ = ["REGISTRY", "get", "names", "Prior", "kl_divergence", "register_kl", "Flat",
-           "Gaussian", "GroupNormalJeffreys", "LogUniform"]
+           "Gaussian", "GaussianMixture", "GroupNormalJeffreys", "LogUniform"]

@@ -62,7 +62,8 @@ def compress_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = N
     weights_total = sum(int(np.size(k)) for k in quantized.kernels)
     raw = b"".join(np.asarray(a, "<f4").tobytes() for a in quantized.kernels + quantized.biases)
     entropy_bits = sum(layer.value_entropy_bits + layer.position_entropy_bits
-                       + 8 * (layer.bitmap_bytes + layer.bias_bytes + layer.value_model_bytes)
+                       + 8 * (layer.bitmap_bytes + layer.bias_bytes + layer.value_model_bytes
+                              + layer.codebook_bytes)
                        for layer in decoded.layers)
     measured = {
         "compressed_file": str(out),
@@ -78,6 +79,7 @@ def compress_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = N
             "git_commit": train.git_commit(),  # the code that wrote the file (may postdate training)
             "layers": [
                 {"name": layer.name, "positions": layer.positions,
+                 "values_kind": layer.values_kind, "codebook_bytes": layer.codebook_bytes,
                  "num_values": layer.num_values, "value_bytes": layer.value_bytes,
                  "value_entropy_bytes": layer.value_entropy_bits / 8,
                  "value_overhead_percent": (

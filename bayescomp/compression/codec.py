@@ -11,15 +11,25 @@ Per layer (kernel in Flax layout: dense ``(in, out)``, conv ``(kh, kw, in, out)`
   - ``"full"``: every weight of the block is kept (structured / group pruning); nothing stored;
   - ``"bitmap"``: the block's mask, entropy-coded as a 0/1 stream;
   - ``"gaps"``: the number of dropped weights before each kept one (C order), entropy-coded.
-* **Values**: each kept weight is ``w = k · 2^-t`` exactly (:func:`bayescomp.bit_precision.
-  round_to_bits`), so the integers ``k`` of the kept weights (C order in the block; zeros that
-  rounding produced are symbols like any other) are entropy-coded
-  (:mod:`bayescomp.compression.entropy`).
+* **Values** (C order in the block), by the layer's ``values_kind``:
+
+  - ``"fixed_point"``: each kept weight is ``w = k · 2^-t`` exactly
+    (:func:`bayescomp.bit_precision.round_to_bits`), so the integers ``k`` are entropy-coded
+    (:mod:`bayescomp.compression.entropy`); zeros that rounding produced are symbols like any
+    other. Bayesian Compression's networks.
+  - ``"codebook"`` (format version 2): the layer's weights are shared, every kept weight is one
+    entry of a sorted float32 codebook ``c_0 < … < c_{K-1}`` (Deep Compression's k-means
+    centroids, Han, Mao & Dally 2016, §3; soft weight-sharing's mixture means). The codebook is
+    stored once as raw float32 and the indices ``j`` with ``w = c_j`` are coded, which is Deep
+    Compression's "index into a shared-weight table" with ANS in place of its Huffman code.
+
+  Either way the symbols are entropy-coded with their histogram, or packed at one fixed width
+  where that is smaller (nearly distinct values).
 * **Bias**: raw float32, full length.
 
-Removed weights decode as ``+0.0``. :func:`bayescomp.compression.quantize.quantize` writes
-``-0.0`` for a removed weight whose rounded mean was negative (``mean * mask``); that is the only
-bit pattern that does not survive the round trip (equal as numbers, and it changes no prediction).
+Removed weights decode as ``+0.0``; kept weights decode bit for bit as encoded (a codebook layer's
+kept weights must equal codebook entries bit for bit, ``-0.0`` and ``+0.0`` being different).
+Version-1 files (fixed point only) are read as before.
 """
 
 from __future__ import annotations
@@ -41,6 +51,11 @@ from bayescomp.compression.quantize import QuantizedNetwork, point_model
 MAX_SIGNIFICAND_BITS = 60
 #: Largest number of weights in one layer accepted when reading (guards against absurd headers).
 MAX_LAYER_WEIGHTS = 2**31
+#: Largest codebook accepted (a codebook holds distinct float32 values of one layer).
+MAX_CODEBOOK_SIZE = 2**24
+#: How a layer's kept values are stored (``values_kind`` in the header; version 1 has only the
+#: first, implicitly).
+VALUES_KINDS = ("fixed_point", "codebook")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +78,9 @@ class LayerCoding:
         position_entropy_bits: Entropy bound of the position stream in bits.
         bitmap_bytes: Bytes of the two keep bitmaps.
         bias_bytes: Bytes of the raw bias.
+        values_kind: ``"fixed_point"`` (integers ``k`` of ``k·2^-t``) or ``"codebook"``
+            (indices into the stored codebook).
+        codebook_bytes: Bytes of the raw float32 codebook (0 for fixed point).
     """
 
     name: str
@@ -80,6 +98,8 @@ class LayerCoding:
     position_entropy_bits: float
     bitmap_bytes: int
     bias_bytes: int
+    values_kind: str = "fixed_point"
+    codebook_bytes: int = 0
 
     @property
     def value_overhead(self) -> float:
@@ -101,6 +121,9 @@ class DecodedNetwork:
         layers: Per-layer :class:`LayerCoding`.
         file_bytes: Size of the whole file.
         header_bytes: Size of the JSON header.
+        codebooks: As in :class:`QuantizedNetwork`: ``None`` when no layer is a codebook layer,
+            else per layer its codebook or ``None``.
+        version: The file's format version.
     """
 
     model_name: str
@@ -114,11 +137,14 @@ class DecodedNetwork:
     layers: list[LayerCoding]
     file_bytes: int
     header_bytes: int
+    codebooks: list[np.ndarray | None] | None = None
+    version: int = container.VERSION
 
     @property
     def quantized(self) -> QuantizedNetwork:
         """The decoded network as a :class:`QuantizedNetwork`."""
-        return QuantizedNetwork(self.names, self.kernels, self.biases, self.masks, self.precision)
+        return QuantizedNetwork(self.names, self.kernels, self.biases, self.masks, self.precision,
+                                self.codebooks)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,25 +195,62 @@ def _integer_values(name: str, values: np.ndarray, bits: int) -> np.ndarray:
     return k.astype(np.int64)
 
 
-def _pack_fixed(values: np.ndarray) -> tuple[int, bytes]:
-    """Zig-zag the integers (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...) and pack them at one width."""
-    zigzag = (values.astype(np.int64) << 1) ^ (values.astype(np.int64) >> 63)
-    width = int(zigzag.max()).bit_length() if zigzag.size else 0
-    bits = (zigzag.astype(np.uint64)[:, None] >> np.arange(width, dtype=np.uint64)) & 1
-    return width, np.packbits(bits.astype(np.uint8).ravel(), bitorder="little").tobytes()
+def _pack_unsigned(values: np.ndarray, width: int) -> bytes:
+    """Non-negative integers packed at ``width`` bits each, little-endian bit order."""
+    bits = (values.astype(np.uint64)[:, None] >> np.arange(width, dtype=np.uint64)) & 1
+    return np.packbits(bits.astype(np.uint8).ravel(), bitorder="little").tobytes()
 
 
-def _unpack_fixed(data: bytes, count: int, width: int, name: str) -> np.ndarray:
+def _unpack_unsigned(data: bytes, count: int, width: int, name: str) -> np.ndarray:
     if len(data) != -(-count * width // 8):
         raise ValueError(f"layer {name}: {len(data)} bytes of fixed-width values, expected "
                          f"{count} x {width} bits")
     bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[: count * width]
-    zigzag = (bits.reshape(count, width).astype(np.uint64)
-              << np.arange(width, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+    return (bits.reshape(count, width).astype(np.uint64)
+            << np.arange(width, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+
+
+def _pack_fixed(values: np.ndarray) -> tuple[int, bytes]:
+    """Zig-zag the integers (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...) and pack them at one width."""
+    zigzag = (values.astype(np.int64) << 1) ^ (values.astype(np.int64) >> 63)
+    width = int(zigzag.max()).bit_length() if zigzag.size else 0
+    return width, _pack_unsigned(zigzag, width)
+
+
+def _unpack_fixed(data: bytes, count: int, width: int, name: str) -> np.ndarray:
+    zigzag = _unpack_unsigned(data, count, width, name)
     return ((zigzag >> np.uint64(1)).astype(np.int64)) ^ -((zigzag & np.uint64(1)).astype(np.int64))
 
 
-def _encode_layer(name, kernel, bias, mask, bits, payload: container.PayloadWriter) -> dict:
+def _index_width(codebook_size: int) -> int:
+    """Bits of a fixed-width index into ``codebook_size`` entries, ``ceil(log2 K)`` (0 for K = 1)."""
+    return (int(codebook_size) - 1).bit_length()
+
+
+def _checked_codebook(name: str, codebook) -> np.ndarray:
+    codebook = np.asarray(codebook)
+    if codebook.dtype != np.float32 or codebook.ndim != 1 or not codebook.size:
+        raise ValueError(f"layer {name}: a codebook must be a non-empty 1-D float32 array, got "
+                         f"{codebook.dtype} {codebook.shape}")
+    if codebook.size > MAX_CODEBOOK_SIZE:
+        raise ValueError(f"layer {name}: codebook of {codebook.size} entries exceeds "
+                         f"{MAX_CODEBOOK_SIZE}")
+    if not np.all(np.isfinite(codebook)) or np.any(np.diff(codebook) <= 0):
+        raise ValueError(f"layer {name}: codebook entries must be finite and strictly increasing")
+    return codebook
+
+
+def _codebook_indices(name: str, values: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """Index of each kept weight in the codebook; every weight must be an entry bit for bit."""
+    index = np.clip(np.searchsorted(codebook, values), 0, codebook.size - 1)
+    if not np.array_equal(codebook[index].view(np.uint32), values.view(np.uint32)):
+        raise ValueError(f"layer {name}: kept weights are not all codebook entries (bit for bit; "
+                         "-0.0 and +0.0 differ); build the codebook from the kept weights")
+    return index.astype(np.int64)
+
+
+def _encode_layer(name, kernel, bias, mask, bits, payload: container.PayloadWriter,
+                  codebook=None) -> dict:
     kernel = np.asarray(kernel, np.float32)
     mask = np.asarray(mask) != 0
     bias = np.asarray(bias, np.float32)
@@ -205,13 +268,25 @@ def _encode_layer(name, kernel, bias, mask, bits, payload: container.PayloadWrit
     kept_out = mask.any(axis=axes[:-1])
     index = _block_index(kernel.shape, kept_in, kept_out)
     block_mask = mask[index]
-    values = _integer_values(name, kernel[index][block_mask], int(bits))
+    kept_values = kernel[index][block_mask]
+    if codebook is None:
+        values = _integer_values(name, kept_values, int(bits))
+    else:
+        codebook = _checked_codebook(name, codebook)
+        values = _codebook_indices(name, kept_values, codebook)
 
     streams = {"input_keep": payload.add(_pack_bits(kept_in)),
                "output_keep": payload.add(_pack_bits(kept_out))}
     layer = {"name": name, "kind": _kind(kernel.shape), "kernel_shape": list(kernel.shape),
-             "significand_bits": int(bits), "kept_inputs": int(kept_in.sum()),
-             "kept_outputs": int(kept_out.sum()), "num_values": int(values.size)}
+             "kept_inputs": int(kept_in.sum()), "kept_outputs": int(kept_out.sum()),
+             "num_values": int(values.size)}
+    if codebook is None:
+        layer["values_kind"], layer["significand_bits"] = "fixed_point", int(bits)
+    else:
+        # The layer's entry of BitPrecision.bits_per_layer (the index width by convention) is
+        # kept so that the precision round-trips; decoding does not need it.
+        layer["values_kind"], layer["index_bits"] = "codebook", int(bits)
+        layer["codebook_size"] = int(codebook.size)
     if block_mask.all():
         layer["positions"] = "full"
     else:
@@ -224,8 +299,14 @@ def _encode_layer(name, kernel, bias, mask, bits, payload: container.PayloadWrit
         layer["num_positions"] = candidates[choice].num_symbols
         streams["positions_model"] = payload.add(candidates[choice].model)
         streams["positions"] = payload.add(candidates[choice].payload)
+    if codebook is not None:
+        streams["codebook"] = payload.add(codebook.astype("<f4").tobytes())
     coded = entropy.encode(values)
-    width, packed = _pack_fixed(values)
+    if codebook is None:
+        width, packed = _pack_fixed(values)
+    else:  # indices are non-negative: no zig-zag, ceil(log2 K) bits each
+        width = _index_width(codebook.size)
+        packed = _pack_unsigned(values, width)
     # Where nearly every value is distinct (a dense network at 23 bits), the stored histogram
     # outweighs what coding saves: store the integers at one fixed width instead.
     if len(packed) < len(coded.model) + len(coded.payload):
@@ -261,15 +342,16 @@ def encode_network(quantized: QuantizedNetwork, *, model_name: str, input_shape,
         raise ValueError(f"unknown model {model_name!r}; known: {sorted(_registry())}")
     precision = quantized.precision
     count = len(quantized.names)
+    codebooks = quantized.codebooks if quantized.codebooks is not None else [None] * count
     if not (len(quantized.kernels) == len(quantized.biases) == len(quantized.masks)
-            == len(precision.bits_per_layer) == count):
+            == len(precision.bits_per_layer) == len(codebooks) == count):
         raise ValueError("QuantizedNetwork fields have different numbers of layers")
     payload = container.PayloadWriter()
     layers = [
-        _encode_layer(name, kernel, bias, mask, bits, payload)
-        for name, kernel, bias, mask, bits in zip(quantized.names, quantized.kernels,
-                                                   quantized.biases, quantized.masks,
-                                                   precision.bits_per_layer)
+        _encode_layer(name, kernel, bias, mask, bits, payload, codebook)
+        for name, kernel, bias, mask, bits, codebook in zip(
+            quantized.names, quantized.kernels, quantized.biases, quantized.masks,
+            precision.bits_per_layer, codebooks)
     ]
     payload_bytes = payload.getvalue()
     header = {
@@ -312,7 +394,7 @@ def _stream(payload: bytes, streams: dict, key: str) -> bytes:
     return payload[offset: offset + length]
 
 
-def _decode_layer(index: int, layer, payload: bytes):
+def _decode_layer(index: int, layer, payload: bytes, version: int):
     if not isinstance(layer, dict):
         raise ValueError(f"layer {index} is not a JSON object")
     name = layer.get("name")
@@ -326,11 +408,26 @@ def _decode_layer(index: int, layer, payload: bytes):
     shape = tuple(_int(n, f"layer {name} kernel dimension", 1) for n in shape)
     if int(np.prod(shape, dtype=object)) > MAX_LAYER_WEIGHTS:
         raise ValueError(f"layer {name}: kernel shape {shape} is impossibly large")
-    bits = _int(layer.get("significand_bits"), f"layer {name} significand bits", 0,
-                MAX_SIGNIFICAND_BITS)
+    # Version 1 knows only fixed-point layers and has no values_kind; version 2 names it.
+    values_kind = layer.get("values_kind") if version >= 2 else "fixed_point"
+    if values_kind not in VALUES_KINDS or (version < 2 and "values_kind" in layer):
+        raise ValueError(f"layer {name}: unknown values kind {layer.get('values_kind')!r} in a "
+                         f"version-{version} file")
     streams = layer.get("streams")
     if not isinstance(streams, dict):
         raise ValueError(f"layer {name} has no streams")
+    codebook = None
+    if values_kind == "fixed_point":
+        bits = _int(layer.get("significand_bits"), f"layer {name} significand bits", 0,
+                    MAX_SIGNIFICAND_BITS)
+    else:
+        bits = _int(layer.get("index_bits"), f"layer {name} index bits", 0, MAX_SIGNIFICAND_BITS)
+        size = _int(layer.get("codebook_size"), f"layer {name} codebook size", 1,
+                    MAX_CODEBOOK_SIZE)
+        raw = _stream(payload, streams, "codebook")
+        if len(raw) != 4 * size:
+            raise ValueError(f"layer {name}: codebook of {len(raw)} bytes for {size} entries")
+        codebook = _checked_codebook(name, np.frombuffer(raw, "<f4").astype(np.float32))
     kept_in = _unpack_bits(_stream(payload, streams, "input_keep"), shape[-2])
     kept_out = _unpack_bits(_stream(payload, streams, "output_keep"), shape[-1])
     if (layer.get("kept_inputs") != int(kept_in.sum())
@@ -368,18 +465,32 @@ def _decode_layer(index: int, layer, payload: bytes):
         values = entropy.decode(_stream(payload, streams, "values_model"),
                                 _stream(payload, streams, "values"), num_values)
         _, value_counts = entropy.parse_model(_stream(payload, streams, "values_model"))
-    elif values_coding == "fixed":
+    elif values_coding == "fixed" and codebook is None:
         width = _int(layer.get("value_width"), f"layer {name} value width", 0, 64)
         values = _unpack_fixed(_stream(payload, streams, "values"), num_values, width, name)
         value_counts = np.unique(values, return_counts=True)[1]
+    elif values_coding == "fixed":
+        width = layer.get("value_width")
+        if width != _index_width(codebook.size):
+            raise ValueError(f"layer {name}: value width {width!r} for a codebook of "
+                             f"{codebook.size} entries (expected {_index_width(codebook.size)})")
+        values = _unpack_unsigned(_stream(payload, streams, "values"), num_values, width,
+                                  name).astype(np.int64)
+        value_counts = np.unique(values, return_counts=True)[1]
     else:
         raise ValueError(f"layer {name}: unknown value coding {values_coding!r}")
-    weights = values.astype(np.float64) * 2.0 ** -bits
-    if not np.array_equal(weights.astype(np.float32).astype(np.float64), weights):
-        raise ValueError(f"layer {name}: decoded values are not representable in float32")
+    if codebook is None:
+        weights = values.astype(np.float64) * 2.0 ** -bits
+        if not np.array_equal(weights.astype(np.float32).astype(np.float64), weights):
+            raise ValueError(f"layer {name}: decoded values are not representable in float32")
+        weights = weights.astype(np.float32)
+    else:
+        if values.size and (values.min() < 0 or values.max() >= codebook.size):
+            raise ValueError(f"layer {name}: codebook index outside 0..{codebook.size - 1}")
+        weights = codebook[values]
     block_mask = flat.reshape(block_shape)
     block = np.zeros(block_shape, np.float32)
-    block[block_mask] = weights.astype(np.float32)
+    block[block_mask] = weights
     kernel = np.zeros(shape, np.float32)
     kernel[block_index] = block
     mask = np.zeros(shape, bool)
@@ -404,12 +515,13 @@ def _decode_layer(index: int, layer, payload: bytes):
         position_bytes=position_bytes, position_entropy_bits=position_bits,
         bitmap_bytes=len(_stream(payload, streams, "input_keep"))
         + len(_stream(payload, streams, "output_keep")),
-        bias_bytes=len(bias_bytes))
-    return name, kernel, bias, mask, bits, coding
+        bias_bytes=len(bias_bytes), values_kind=values_kind,
+        codebook_bytes=0 if codebook is None else 4 * codebook.size)
+    return name, kernel, bias, mask, bits, codebook, coding
 
 
 def _decode(data: bytes, source: str) -> DecodedNetwork:
-    header, payload = container.unpack(data, source)
+    version, header, payload = container.read(data, source)
     try:
         if header.get("coder") != entropy.CODER or header.get("bias_dtype") != "<f4":
             raise ValueError(f"unknown coder {header.get('coder')!r} or bias dtype "
@@ -429,7 +541,7 @@ def _decode(data: bytes, source: str) -> DecodedNetwork:
         layers = header.get("layers")
         if not isinstance(layers, list) or not layers:
             raise ValueError("no layers")
-        decoded = [_decode_layer(i, layer, payload) for i, layer in enumerate(layers)]
+        decoded = [_decode_layer(i, layer, payload, version) for i, layer in enumerate(layers)]
         bits_per_weight = header.get("bits_per_weight")
         if (not isinstance(bits_per_weight, list) or len(bits_per_weight) != len(layers)):
             raise ValueError("bits_per_weight does not have one entry per layer")
@@ -437,12 +549,14 @@ def _decode(data: bytes, source: str) -> DecodedNetwork:
         max_abs_weight = float.fromhex(header.get("max_abs_weight"))
     except (ValueError, TypeError, KeyError, IndexError, OverflowError) as error:
         raise file_error(source, f"the header or payload is malformed: {error}") from None
-    names, kernels, biases, masks, bits, codings = (list(column) for column in zip(*decoded))
+    names, kernels, biases, masks, bits, codebooks, codings = (
+        list(column) for column in zip(*decoded))
     precision = BitPrecision(bits_per_layer=bits, exponent_bits=exponent_bits,
                              bits_per_weight=bits_per_weight, max_abs_weight=max_abs_weight)
     header_bytes = len(data) - len(payload) - container.PREAMBLE_SIZE - container.CHECKSUM_SIZE
     return DecodedNetwork(model_name, input_shape, num_classes, names, kernels, biases, masks,
-                          precision, codings, len(data), header_bytes)
+                          precision, codings, len(data), header_bytes,
+                          codebooks if any(c is not None for c in codebooks) else None, version)
 
 
 def decode_network(data: bytes, *, source: str = "<bytes>") -> DecodedNetwork:

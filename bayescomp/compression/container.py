@@ -4,7 +4,8 @@ Layout (all integers little-endian; byte offsets from the start of the file; see
 ``bayescomp/compression/README.md`` for the header fields)::
 
     0   4  magic          b"BCZ\\x00"
-    4   2  version        uint16, currently 1
+    4   2  version        uint16: 2 is written; 1 and 2 are read (version 1 has no codebook
+                          layers, see the README)
     6   2  flags          uint16, must be 0
     8   8  file_length    uint64, total size of the file in bytes, checksum included
     16  4  header_length  uint32, H
@@ -27,7 +28,11 @@ import zlib
 from bayescomp.errors import CompressedFileError
 
 MAGIC = b"BCZ\x00"
-VERSION = 1
+#: The version :func:`pack` writes. Version 2 added weight-shared (codebook) layers; a version-1
+#: file is a valid version-2 file without them, so both are read.
+VERSION = 2
+#: The versions :func:`unpack` accepts.
+SUPPORTED_VERSIONS = (1, 2)
 _PREAMBLE = struct.Struct("<4sHHQI")
 PREAMBLE_SIZE = _PREAMBLE.size  # 20
 CHECKSUM_SIZE = 4
@@ -61,17 +66,29 @@ class PayloadWriter:
         return b"".join(self._parts)
 
 
-def pack(header: dict, payload: bytes) -> bytes:
-    """The complete file for ``header`` (JSON-serialisable) and ``payload``."""
+def pack(header: dict, payload: bytes, version: int = VERSION) -> bytes:
+    """The complete file for ``header`` (JSON-serialisable) and ``payload``.
+
+    ``version`` is for tests that need an older file; the codec always writes :data:`VERSION`.
+    """
     header_bytes = json.dumps(header, separators=(",", ":"), sort_keys=True,
                               allow_nan=False).encode("utf-8")
     file_length = PREAMBLE_SIZE + len(header_bytes) + len(payload) + CHECKSUM_SIZE
-    body = _PREAMBLE.pack(MAGIC, VERSION, 0, file_length, len(header_bytes)) + header_bytes + payload
+    body = _PREAMBLE.pack(MAGIC, version, 0, file_length, len(header_bytes)) + header_bytes + payload
     return body + struct.pack("<I", zlib.crc32(body))
 
 
 def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict, bytes]:
     """Check the framing and checksum of a file and return ``(header, payload)``.
+
+    See :func:`read`, which also returns the format version.
+    """
+    _, header, payload = read(data, source)
+    return header, payload
+
+
+def read(data: bytes, source: str = "<bytes>") -> tuple[int, dict, bytes]:
+    """Check the framing and checksum of a file and return ``(version, header, payload)``.
 
     Checks, in order: empty, magic (foreign file), preamble complete, version, flags, length
     (truncated or trailing bytes), CRC32 (bit flips), header length, header JSON.
@@ -91,10 +108,11 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict, bytes]:
         raise file_error(source, f"the file is truncated: {len(data)} bytes, shorter than the "
                          f"{PREAMBLE_SIZE + CHECKSUM_SIZE}-byte minimum")
     _, version, flags, file_length, header_length = _PREAMBLE.unpack_from(data, 0)
-    if version != VERSION:
+    if version not in SUPPORTED_VERSIONS:
         raise file_error(
-            source, f"unsupported format version {version} (this bayescomp reads version "
-            f"{VERSION}); the file was written by another bayescomp version or is corrupt",
+            source, f"unsupported format version {version} (this bayescomp reads versions "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))}); the file was written by another "
+            "bayescomp version or is corrupt",
             f"load it with the bayescomp version that wrote it, or {HINT}")
     if len(data) != file_length:
         what = (f"the file is truncated: {len(data)} of {file_length} bytes"
@@ -108,7 +126,7 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict, bytes]:
         raise file_error(source, f"checksum mismatch (CRC32 stored {stored_crc:#010x}, computed "
                          f"{actual_crc:#010x}): the file is corrupt")
     if flags != 0:
-        raise file_error(source, f"unknown flags {flags:#06x} in the preamble (version {VERSION} "
+        raise file_error(source, f"unknown flags {flags:#06x} in the preamble (version {version} "
                          "files have none)")
     if header_length > min(MAX_HEADER_LENGTH, len(data) - PREAMBLE_SIZE - CHECKSUM_SIZE):
         raise file_error(source, f"header length {header_length} does not fit in the file")
@@ -120,4 +138,4 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict, bytes]:
     if not isinstance(header, dict):
         raise file_error(source, "the header is not a JSON object")
     payload = data[PREAMBLE_SIZE + header_length: len(data) - CHECKSUM_SIZE]
-    return header, payload
+    return version, header, payload

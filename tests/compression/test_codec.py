@@ -1,8 +1,10 @@
 """The .bcz file: exact round trip, coder overhead, and every bad file giving CompressedFileError.
 
 Networks are built by hand (no training): LeNet-300 and LeNet-5 with group-normal (GNJ)
-posteriors and some groups dropped (structured pruning: positions "full"), and LeNet-300 with a
-Gaussian (Sparse VD) posterior and unstructured masks (positions "bitmap" or "gaps").
+posteriors and some groups dropped (structured pruning: positions "full"), LeNet-300 with a
+Gaussian (Sparse VD) posterior and unstructured masks (positions "bitmap" or "gaps"), and
+weight-shared (codebook, format version 2) networks with unstructured masks as Deep Compression
+leaves them. Version-1 files (fixed point only) must stay readable.
 """
 
 import json
@@ -15,7 +17,7 @@ import pytest
 from flax import nnx
 
 from bayescomp.compression import codec, container
-from bayescomp.compression.quantize import point_model, quantize
+from bayescomp.compression.quantize import QuantizedNetwork, point_model, quantize
 from bayescomp.errors import CompressedFileError
 from bayescomp.models import LeNet5, LeNet300
 from bayescomp.nn import LayerFactory
@@ -209,8 +211,8 @@ def test_foreign_files(small_file):
 
 
 def test_wrong_version(small_file):
-    newer = small_file[:4] + struct.pack("<H", 2) + small_file[6:]
-    assert "unsupported format version 2" in _rejects(newer)
+    newer = small_file[:4] + struct.pack("<H", 3) + small_file[6:]
+    assert "unsupported format version 3" in _rejects(newer)
 
 
 def _repacked(data, edit):
@@ -281,12 +283,14 @@ def test_load_errors_name_the_file(tmp_path, small_file):
         codec.load(path)
 
 
-def test_fuzz_only_compressed_file_errors(small_file):
+@pytest.mark.parametrize("which", ["fixed_point", "codebook"])
+def test_fuzz_only_compressed_file_errors(small_file, codebook_files, which):
     # Mixed corruptions (byte overwrites, cuts, insertions), each either decodes to the original
     # or raises CompressedFileError; nothing else may escape.
+    original = small_file if which == "fixed_point" else codebook_files["lenet5-mixed"][1]
     rng = np.random.default_rng(3)
     for _ in range(150):
-        corrupt = bytearray(small_file)
+        corrupt = bytearray(original)
         kind = rng.integers(3)
         at = int(rng.integers(len(corrupt)))
         if kind == 0:
@@ -299,7 +303,7 @@ def test_fuzz_only_compressed_file_errors(small_file):
             codec.decode_network(bytes(corrupt), source="fuzz.bcz")
         except CompressedFileError:
             continue
-        assert bytes(corrupt) == small_file
+        assert bytes(corrupt) == original
 
 
 def test_fixed_width_fallback_for_nearly_distinct_values():
@@ -308,7 +312,6 @@ def test_fixed_width_fallback_for_nearly_distinct_values():
     The file must choose the fixed width, stay below float32 size, and round-trip bit for bit.
     """
     from bayescomp.bit_precision import BitPrecision, round_to_bits
-    from bayescomp.compression.quantize import QuantizedNetwork
 
     rng = np.random.default_rng(0)
     kernels, biases, masks = [], [], []
@@ -324,3 +327,223 @@ def test_fixed_width_fallback_for_nearly_distinct_values():
     decoded = codec.decode_network(data)
     for original, restored in zip(kernels, decoded.kernels):
         np.testing.assert_array_equal(_bits(original), _bits(restored))
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight-shared (codebook) layers, format version 2
+# ---------------------------------------------------------------------------------------------
+
+
+def _codebook_network(model_cls, keep, sizes, *, zero_in=(), fixed_point=(), uniform=(), seed=0):
+    """A pruned network whose kept weights are drawn from a per-layer codebook.
+
+    Args:
+        model_cls: ``LeNet300`` or ``LeNet5``.
+        keep: Kept fraction per layer (unstructured, i.i.d. masks).
+        sizes: Codebook size per layer.
+        zero_in: Layers whose codebook contains +0.0 (kept weights that are exactly 0).
+        fixed_point: Layers stored as fixed point (8 significand bits) instead.
+        uniform: Layers whose indices are uniform (else peaked in the middle of the codebook,
+            as the centroids of bell-shaped weights are used).
+    """
+    from bayescomp.bit_precision import BitPrecision, round_to_bits
+
+    rng = np.random.default_rng(seed)
+    model = model_cls(LayerFactory(), rngs=nnx.Rngs(0))
+    names, kernels, biases, masks, codebooks, bits = [], [], [], [], [], []
+    for (name, layer), fraction, size in zip(
+            [(n, getattr(model, n)) for n in model_cls.layer_names], keep, sizes):
+        shape = layer.posterior.weight[...].shape
+        mask = rng.random(shape) < fraction
+        if name in fixed_point:
+            kernel = np.where(mask, np.asarray(round_to_bits(rng.normal(0, 0.1, shape), 8)),
+                              0.0).astype(np.float32)
+            codebook, width = None, 8
+        else:
+            codebook = np.unique(rng.normal(0, 0.1, size).astype(np.float32))
+            if name in zero_in:
+                codebook = np.unique(np.append(codebook[1:], np.float32(0.0)))
+            assert codebook.size == size
+            p = np.exp(-0.5 * ((np.arange(size) - size / 2) / (size / 6)) ** 2)
+            p = None if name in uniform else p / p.sum()
+            kernel = np.where(mask, codebook[rng.choice(size, shape, p=p)], np.float32(0.0))
+            kernel = kernel.astype(np.float32)
+            width = (size - 1).bit_length()
+        names.append(name)
+        kernels.append(kernel)
+        biases.append(rng.normal(size=shape[-1]).astype(np.float32))
+        masks.append(mask)
+        codebooks.append(codebook)
+        bits.append(width)
+    precision = BitPrecision(bits, 0, bits, float(max(np.abs(k).max() for k in kernels)))
+    return QuantizedNetwork(names, kernels, biases, masks, precision, codebooks)
+
+
+CODEBOOK_CASES = {
+    # Deep Compression's LeNet-300-100: 8 / 9 / 26 % kept, 5-bit (32-entry) codebooks; fc2's
+    # codebook holds 0 (kept weights that are exactly zero), fc1's and fc3's do not.
+    "lenet300-dc": (LeNet300, dict(keep=(0.08, 0.09, 0.26), sizes=(32, 32, 32), zero_in=("fc2",))),
+    # LeNet-5: 8-bit (256-entry) codebooks on the convs (conv2's uniform indices are stored at a
+    # fixed width: the histogram costs more than coding saves), one fixed-point layer (fc2) and
+    # a one-entry codebook (fc1: zero-width indices).
+    "lenet5-mixed": (LeNet5, dict(keep=(0.66, 0.12, 0.08, 0.19), sizes=(256, 256, 1, 0),
+                                  zero_in=("conv1",), fixed_point=("fc2",), uniform=("conv2",))),
+}
+
+
+@pytest.fixture(scope="module")
+def codebook_files():
+    """name -> (QuantizedNetwork, file bytes)."""
+    result = {}
+    for name, (model_cls, kwargs) in CODEBOOK_CASES.items():
+        quantized = _codebook_network(model_cls, **kwargs)
+        result[name] = (quantized, codec.encode_network(
+            quantized, model_name=NAMES[model_cls], input_shape=(28, 28, 1), num_classes=10))
+    return result
+
+
+@pytest.mark.parametrize("name", list(CODEBOOK_CASES))
+def test_codebook_round_trip_is_exact(codebook_files, name):
+    quantized, data = codebook_files[name]
+    decoded = codec.decode_network(data)
+    assert decoded.version == container.VERSION == 2
+    assert decoded.precision == quantized.precision
+    for kernel, mask, bias, codebook, d_kernel, d_mask, d_bias, d_codebook, layer in zip(
+            quantized.kernels, quantized.masks, quantized.biases, quantized.codebooks,
+            decoded.kernels, decoded.masks, decoded.biases, decoded.codebooks, decoded.layers):
+        np.testing.assert_array_equal(_bits(d_kernel), _bits(kernel))
+        np.testing.assert_array_equal(d_mask, mask)
+        np.testing.assert_array_equal(d_bias.view(np.uint32), bias.view(np.uint32))
+        if codebook is None:
+            assert d_codebook is None and layer.values_kind == "fixed_point"
+        else:
+            assert layer.values_kind == "codebook" and layer.codebook_bytes == 4 * codebook.size
+            np.testing.assert_array_equal(_bits(d_codebook), _bits(codebook))
+            assert layer.positions in ("bitmap", "gaps")  # unstructured masks
+    # The quantized view carries the codebooks along.
+    assert decoded.quantized.codebooks is decoded.codebooks
+
+
+def test_codebook_with_and_without_zero(codebook_files):
+    quantized, data = codebook_files["lenet300-dc"]
+    decoded = codec.decode_network(data)
+    has_zero = [bool(np.any(c == 0)) for c in decoded.codebooks]
+    assert has_zero == [False, True, False]
+    # fc2: some kept weights are exactly 0 and stay kept (in the mask) after decoding.
+    kept_zeros = decoded.masks[1] & (decoded.kernels[1] == 0)
+    assert kept_zeros.any()
+    np.testing.assert_array_equal(kept_zeros, quantized.masks[1] & (quantized.kernels[1] == 0))
+
+
+def test_codebook_index_codings(codebook_files):
+    from bayescomp.compression import entropy
+
+    layers = codec.decode_network(codebook_files["lenet5-mixed"][1]).layers
+    assert [layer.values_kind for layer in layers] == ["codebook"] * 3 + ["fixed_point"]
+    codings = {layer.name: layer.values_coding for layer in layers}
+    assert codings["conv2"] == "fixed"
+    # One entry: every index is 0 and takes 0 bits at a fixed width; nothing is stored.
+    assert codings["fc1"] == "fixed" and layers[2].value_bytes == layers[2].value_model_bytes == 0
+    for layer in codec.decode_network(codebook_files["lenet300-dc"][1]).layers[:2]:
+        # 32 entries, peaked use: on thousands of indices the ANS payload plus its table beats
+        # 5 bits each (fc3's 260 indices may not pay for the table; checked below).
+        assert layer.values_coding == "ans" and layer.value_overhead <= 0.01
+    quantized = codebook_files["lenet300-dc"][0]
+    for layer, kernel, mask, codebook in zip(
+            codec.decode_network(codebook_files["lenet300-dc"][1]).layers, quantized.kernels,
+            quantized.masks, quantized.codebooks):
+        indices = np.searchsorted(codebook, kernel[mask])
+        coded = entropy.encode(indices)
+        fixed_bytes = -(-indices.size * (codebook.size - 1).bit_length() // 8)
+        assert layer.values_coding == (
+            "fixed" if fixed_bytes < len(coded.model) + len(coded.payload) else "ans")
+
+
+def test_loaded_codebook_model_predicts_like_point_model(codebook_files, tmp_path):
+    quantized, _ = codebook_files["lenet5-mixed"]
+    path = tmp_path / "dc.bcz"
+    codec.save(path, quantized, model_name="lenet5", input_shape=(28, 28, 1), num_classes=10)
+    model, _ = codec.load(path)
+    reference = point_model(LeNet5, quantized.kernels, quantized.biases,
+                            input_shape=(28, 28, 1), num_classes=10)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 28, 28, 1)), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(reference(x)))
+
+
+def test_codebook_encoder_refuses_weights_off_the_codebook(codebook_files):
+    import dataclasses
+
+    quantized, _ = codebook_files["lenet300-dc"]
+    kernels = [k.copy() for k in quantized.kernels]
+    kept = np.flatnonzero(quantized.masks[0])
+    kernels[0].flat[kept[0]] = np.nextafter(kernels[0].flat[kept[0]], np.float32(1))
+    with pytest.raises(ValueError, match="not all codebook entries"):
+        codec.encode_network(dataclasses.replace(quantized, kernels=kernels),
+                             model_name="lenet300", input_shape=(28, 28, 1), num_classes=10)
+    # -0.0 is not the codebook's +0.0: the round trip would not be bit-identical.
+    kernels = [k.copy() for k in quantized.kernels]
+    zero_at = np.flatnonzero(quantized.masks[1] & (quantized.kernels[1] == 0))[0]
+    kernels[1].flat[zero_at] = np.float32(-0.0)
+    with pytest.raises(ValueError, match="bit for bit"):
+        codec.encode_network(dataclasses.replace(quantized, kernels=kernels),
+                             model_name="lenet300", input_shape=(28, 28, 1), num_classes=10)
+    unsorted = list(quantized.codebooks)
+    unsorted[2] = unsorted[2][::-1].copy()
+    with pytest.raises(ValueError, match="strictly increasing"):
+        codec.encode_network(dataclasses.replace(quantized, codebooks=unsorted),
+                             model_name="lenet300", input_shape=(28, 28, 1), num_classes=10)
+
+
+def _as_version_1(data):
+    """A fixed-point file rewritten as version 1 wrote it: no values_kind, version 1 preamble."""
+    header, payload = container.unpack(data)
+    for layer in header["layers"]:
+        assert layer.pop("values_kind") == "fixed_point"
+    return container.pack(header, payload, version=1)
+
+
+def test_version_1_files_are_still_read(encoded):
+    for name in ("lenet5-gnj", "lenet300-svd-sparse"):
+        _, quantized, data = encoded[name]
+        old = _as_version_1(data)
+        assert struct.unpack_from("<H", old, 4) == (1,)
+        decoded = codec.decode_network(old)
+        assert decoded.version == 1 and decoded.codebooks is None
+        for kernel, d_kernel in zip(quantized.kernels, decoded.kernels):
+            np.testing.assert_array_equal(_bits(d_kernel), _bits(kernel))
+
+
+def test_committed_version_1_files_are_still_read():
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2] / "results"
+    files = sorted(root.rglob("*.bcz"))
+    old = [path for path in files if path.read_bytes()[4:6] == struct.pack("<H", 1)]
+    if not old:
+        pytest.skip("no version-1 .bcz file under results/")
+    for path in old:
+        model, decoded = codec.load(path)
+        assert decoded.version == 1 and decoded.codebooks is None
+        assert decoded.file_bytes == path.stat().st_size
+
+
+def test_a_version_1_file_cannot_hold_codebook_layers(codebook_files):
+    header, payload = container.unpack(codebook_files["lenet300-dc"][1])
+    assert "malformed" in _rejects(container.pack(header, payload, version=1))
+
+
+@pytest.mark.parametrize("edit", [
+    _layer(0, codebook_size=31),
+    _layer(0, codebook_size=0),
+    _layer(0, codebook_size=2**30),
+    _layer(0, index_bits=-1),
+    _layer(0, values_kind="huffman"),
+    lambda h: h["layers"][0].pop("values_kind"),
+    lambda h: h["layers"][0]["streams"].pop("codebook"),
+    # The codebook read from the bias bytes: not sorted, or the indices do not fit.
+    lambda h: h["layers"][2]["streams"].update(codebook=h["layers"][0]["streams"]["bias"][:1]
+                                               + [128]),
+    lambda h: h["layers"][2].update(values_coding="fixed", value_width=4),
+])
+def test_headers_describing_impossible_codebook_layers(codebook_files, edit):
+    assert "malformed" in _rejects(_repacked(codebook_files["lenet300-dc"][1], edit))

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from bayescomp import data as data_lib
 from bayescomp import models
 from bayescomp import nn as bnn
-from bayescomp import objectives, pruning
+from bayescomp import objectives, pruning, threshold_selection
 from bayescomp.checkpointing import Checkpointer
 from bayescomp.compression import quantize as quantize_lib
 from bayescomp.compression.report import compression_report
@@ -222,6 +222,12 @@ def load_trained_model(run_dir: str | os.PathLike) -> tuple[DictConfig, nnx.Modu
         step, (params, opt_state, jax.random.key_data(jax.random.key(0))))
     checkpointer.close()
     nnx.update(model, params)
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.is_file():
+        # Thresholds the run chose (prune.select) or was configured with: the run's own masks.
+        stored = json.loads(metrics_path.read_text()).get("prune_thresholds")
+        if stored:
+            threshold_selection.set_thresholds(model, stored)
     return cfg, model, meta
 
 
@@ -384,13 +390,28 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
 def _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test, y_test,
                    history, train_seconds, steps_per_epoch, batch_size,
                    workdir: pathlib.Path) -> dict[str, Any]:
+    model_cls = models.get(cfg.model.name)
+    selection = (cfg.method.get("prune") or {}).get("select")
+    selection_trace = None
+    if selection:
+        # Thresholds chosen on training data within an error tolerance (threshold_selection).
+        subset = threshold_selection.selection_subset(
+            dataset.x_train, dataset.y_train, int(selection.get("examples", 10000)),
+            int(cfg.seed))
+        error_of = _point_network_error(model_cls, model, dataset, subset,
+                                        int(cfg.trainer.eval_batch_size))
+        _, selection_trace = threshold_selection.select_thresholds(
+            model, error_of, tolerance=float(selection.tolerance))
+        pruned_graphdef, _ = nnx.split(nnx.view(model, deterministic=True, pruned=True))
+        error_pruned = make_evaluate(pruned_graphdef, int(cfg.trainer.eval_batch_size))
+    prune_thresholds = {name: layer.prune_threshold
+                        for name, layer in objectives.variational_layers(model)}
     masks = pruning.propagated_masks(model)
     weights_total, weights_kept, total_per_layer, kept_per_layer = pruning.kept_weight_counts(masks)
     pruning.save_log_alpha_histograms(model, workdir / "plots")
 
     # The compressed network: kept posterior means rounded to the posterior-derived bits.
     quantized = quantize_lib.quantize(model, masks)
-    model_cls = models.get(cfg.model.name)
     quantized_model = quantize_lib.point_model(
         model_cls, quantized.kernels, quantized.biases, input_shape=dataset.x_train.shape[1:],
         num_classes=dataset.num_classes)
@@ -414,6 +435,8 @@ def _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test
         "epochs": trained_epochs,
         "test_error": error_mean(params, x_test, y_test),
         "pruned_test_error": error_pruned(params, x_test, y_test),
+        "prune_thresholds": prune_thresholds,
+        "threshold_selection": selection_trace,
         "weights_total": weights_total,
         "weights_kept": weights_kept,
         "percent_kept": 100.0 * weights_kept / weights_total,
@@ -439,6 +462,26 @@ def _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test
         "history": history,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+
+
+def _point_network_error(model_cls, model, dataset, subset, batch_size: int):
+    """``error_of(kernels, biases)`` on ``subset`` for point copies of ``model`` (one compile)."""
+    kernels, biases = threshold_selection.masked_mean_params(model, pruning.own_masks(model))
+    point = quantize_lib.point_model(model_cls, kernels, biases,
+                                     input_shape=dataset.x_train.shape[1:],
+                                     num_classes=dataset.num_classes)
+    graphdef, _ = nnx.split(nnx.view(point, deterministic=True))
+    evaluate = make_evaluate(graphdef, batch_size)
+    x_subset, y_subset = subset
+
+    def error_of(kernels, biases) -> float:
+        for (_, layer), kernel, bias in zip(objectives.variational_layers(point), kernels, biases):
+            layer.posterior.weight[...] = jnp.asarray(kernel)
+            layer.bias[...] = jnp.asarray(bias)
+        _, params = nnx.split(nnx.view(point, deterministic=True))
+        return evaluate(params, x_subset, y_subset)
+
+    return error_of
 
 
 def write_config(workdir: pathlib.Path, cfg: DictConfig) -> None:

@@ -73,7 +73,10 @@ class GaussianMixture(Prior):
             LeNet-300-100 on Fashion-MNIST, and a weight beyond every mean is pulled in by one
             edge component). A number ``a``: evenly spaced over [−a, a] (the tutorial's
             ``linspace(-0.6, 0.6, J-1)``).
-        init_std: Initial standard deviation of every component (tutorial 0.25).
+        init_std: Initial standard deviation of every component. ``None``: the standard
+            deviation of the pretrained weights under the prior (our default: it makes the
+            start independent of the weight scale; 0.22 for LeNet-300-100 on Fashion-MNIST). A
+            number: that value (the tutorial's 0.25).
         zero_gamma_shape: α of the Gamma hyper-prior on the zero component's precision.
         zero_gamma_rate: β (rate) of that hyper-prior.
         gamma_shape: α of the Gamma hyper-prior on the other precisions.
@@ -87,7 +90,7 @@ class GaussianMixture(Prior):
     num_components: int = 17
     pi_zero: float = 0.999
     init_means_half_width: float | None = None
-    init_std: float = 0.25
+    init_std: float | None = None
     zero_gamma_shape: float = 5000.0
     zero_gamma_rate: float = 2.0
     gamma_shape: float = 250.0
@@ -107,7 +110,10 @@ class GaussianMixture(Prior):
                 _is_number(self.init_means_half_width) and self.init_means_half_width > 0):
             raise ConfigError("gaussian_mixture init_means_half_width must be null (pretrained "
                               f"weight range) or > 0, got {self.init_means_half_width!r}")
-        for name in ("init_std", "zero_gamma_shape", "zero_gamma_rate", "gamma_shape",
+        if self.init_std is not None and not (_is_number(self.init_std) and self.init_std > 0):
+            raise ConfigError("gaussian_mixture init_std must be null (std of the pretrained "
+                              f"weights) or > 0, got {self.init_std!r}")
+        for name in ("zero_gamma_shape", "zero_gamma_rate", "gamma_shape",
                      "gamma_rate"):
             value = getattr(self, name)
             if not (_is_number(value) and value > 0):
@@ -152,12 +158,13 @@ def init_mixture(prior: GaussianMixture, pretrained_weights) -> MixtureParams:
     """The mixture's starting point.
 
     Means evenly spaced over the pretrained range (or ±``init_means_half_width``), every
-    σ_j = ``init_std``, and ρ uniform, so π_1..π_{J−1} = (1−π0)/(J−1) each.
+    σ_j = ``init_std`` (or the pretrained weights' standard deviation), and ρ uniform, so
+    π_1..π_{J−1} = (1−π0)/(J−1) each.
 
     Args:
         prior: The hyper-parameters.
         pretrained_weights: The weights the prior will cover (any shape, or a list of arrays);
-            used only for their range.
+            used only for their range and spread.
 
     Returns:
         float32 :class:`MixtureParams`.
@@ -165,22 +172,26 @@ def init_mixture(prior: GaussianMixture, pretrained_weights) -> MixtureParams:
     Raises:
         ConfigError: No weights, or a non-finite weight.
     """
+    flat = np.concatenate([np.ravel(np.asarray(w, np.float64))
+                           for w in _as_list(pretrained_weights)])
+    if flat.size == 0 or not np.all(np.isfinite(flat)):
+        raise ConfigError("the pretrained weights are empty or not finite; the mixture cannot be "
+                          "initialised from them")
     if prior.init_means_half_width is None:
-        flat = np.concatenate([np.ravel(np.asarray(w, np.float64))
-                               for w in _as_list(pretrained_weights)])
-        if flat.size == 0 or not np.all(np.isfinite(flat)):
-            raise ConfigError("the pretrained weights are empty or not finite; the mixture means "
-                              "cannot be initialised over their range")
         low, high = float(flat.min()), float(flat.max())
     else:
         low, high = -float(prior.init_means_half_width), float(prior.init_means_half_width)
+    init_std = float(flat.std()) if prior.init_std is None else float(prior.init_std)
+    if not init_std > 0:
+        raise ConfigError("the pretrained weights are all equal (standard deviation 0); set "
+                          "method.prior.init_std to a number")
     count = prior.num_components - 1
     # Uniform logits: their common value does not matter (softmax), the reference's
     # log((1−π0)/(J−1)) is used so that raw ρ and the normalised log π agree at the start.
     rho = math.log((1.0 - prior.pi_zero) / count)
     return MixtureParams(
         means=jnp.asarray(np.linspace(low, high, count), jnp.float32),
-        log_precisions=jnp.full((prior.num_components,), -2.0 * math.log(prior.init_std),
+        log_precisions=jnp.full((prior.num_components,), -2.0 * math.log(init_std),
                                 jnp.float32),
         rhos=jnp.full((count,), rho, jnp.float32),
     )

@@ -117,7 +117,10 @@ def test_init_mixture_spans_the_pretrained_range_or_the_given_width():
     weights = [np.array([[-1.5, 0.2]]), np.array([0.9])]
     params = init_mixture(PRIOR, weights)
     np.testing.assert_allclose(params.means, np.linspace(-1.5, 0.9, 4), rtol=1e-6)
-    np.testing.assert_allclose(np.exp(-0.5 * np.asarray(params.log_precisions)), 0.25, rtol=1e-6)
+    np.testing.assert_allclose(np.exp(-0.5 * np.asarray(params.log_precisions)),
+                               np.std([-1.5, 0.2, 0.9]), rtol=1e-6)  # init_std=None: their std
+    fixed = init_mixture(GaussianMixture(num_components=5, pi_zero=0.9, init_std=0.25), weights)
+    np.testing.assert_allclose(np.exp(-0.5 * np.asarray(fixed.log_precisions)), 0.25, rtol=1e-6)
     pis = np.exp(np.asarray(log_mixing_proportions(params.rhos, PRIOR.pi_zero)))
     np.testing.assert_allclose(pis[1:], (1 - 0.9) / 4, rtol=1e-5)
     tutorial = init_mixture(GaussianMixture(num_components=16, pi_zero=0.99,
@@ -137,7 +140,7 @@ def test_gaussian_kl_matches_quadrature_free_formula():
 
 @pytest.mark.parametrize("kwargs", [
     dict(num_components=1), dict(num_components=2.5), dict(pi_zero=1.0), dict(pi_zero="0.9"),
-    dict(init_std=0.0), dict(gamma_shape=-1.0), dict(zero_gamma_rate=float("inf")),
+    dict(init_std=0.0), dict(init_std=-0.25), dict(gamma_shape=-1.0), dict(zero_gamma_rate=float("inf")),
     dict(init_means_half_width=-0.6), dict(include_biases="yes"), dict(components=3),
 ])
 def test_bad_hyper_parameters_are_config_errors(kwargs):
@@ -145,6 +148,8 @@ def test_bad_hyper_parameters_are_config_errors(kwargs):
         priors.get("gaussian_mixture", **kwargs)
 
 
-def test_init_rejects_non_finite_weights():
+def test_init_rejects_non_finite_or_constant_weights():
     with pytest.raises(ConfigError, match="not finite"):
         init_mixture(PRIOR, [np.array([0.1, np.nan])])
+    with pytest.raises(ConfigError, match="init_std"):
+        init_mixture(PRIOR, [np.full(3, 0.5)])

@@ -1,7 +1,10 @@
 """Compress a finished run into a ``.bcz`` file: ``python -m bayescomp.compress RUN_DIR [--out PATH]``.
 
-Rebuilds the run's model from its last checkpoint, prunes (propagated group masks), rounds the
-kept posterior means to the posterior-derived bits per layer, writes the entropy-coded file
+Where the run saved its quantized network (``RUN_DIR/quantized_network.npz``, written by the
+retraining procedures: Deep Compression, soft weight-sharing) that network is compressed as it is.
+Otherwise (variational runs) the run's model is rebuilt from its last checkpoint, pruned
+(propagated group masks) and its kept posterior means rounded to the posterior-derived bits per
+layer. Either way the network is written as the entropy-coded file
 (:mod:`bayescomp.compression.codec`), decodes it again, and measures the decoded network's test
 error. The run's ``metrics.json`` gains:
 
@@ -46,10 +49,14 @@ def compress_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = N
         The dictionary of file measurements added to ``metrics.json``.
     """
     run_dir = pathlib.Path(run_dir)
-    cfg, model, _ = train.load_trained_model(run_dir)
+    saved = run_dir / quantize.QUANTIZED_FILE
+    if saved.is_file():  # a retrained network: its weights are not a function of a checkpoint
+        cfg = _run_config(run_dir)
+        quantized = quantize.load_quantized(saved)
+    else:
+        cfg, model, _ = train.load_trained_model(run_dir)
+        quantized = quantize.quantize(model, pruning.propagated_masks(model))
     spec = data_lib.REGISTRY[cfg.data.name]
-    masks = pruning.propagated_masks(model)
-    quantized = quantize.quantize(model, masks)
     out = pathlib.Path(out) if out else run_dir / "model.bcz"
     file_bytes = codec.save(out, quantized, model_name=cfg.model.name,
                             input_shape=spec.image_shape, num_classes=spec.num_classes)
@@ -110,6 +117,22 @@ def compress_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = N
         metrics["compression_file"] = measured["compression_file"]
         train.write_metrics(run_dir, metrics)
     return measured
+
+
+def _run_config(run_dir: pathlib.Path):
+    """The resolved config a run wrote (``config.yaml``, or Hydra's ``.hydra/config.yaml``)."""
+    from omegaconf import OmegaConf
+
+    from bayescomp.errors import ConfigError
+
+    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
+        if path.is_file():
+            cfg = OmegaConf.load(path)
+            if cfg.data.name not in data_lib.REGISTRY:
+                raise ConfigError(f"{path} names an unknown dataset {cfg.data.name!r}")
+            return cfg
+    raise ConfigError(f"{run_dir} holds {quantize.QUANTIZED_FILE} but no config.yaml; rerun "
+                      "the run's command in that directory to write it")
 
 
 def test_error(model: nnx.Module, dataset, batch_size: int = 1000) -> float:

@@ -95,3 +95,103 @@ def point_model(model_cls, kernels, biases, *, input_shape, num_classes) -> nnx.
         layer.posterior.weight[...] = jnp.asarray(kernel, jnp.float32)
         layer.bias[...] = jnp.asarray(bias, jnp.float32)
     return model
+
+
+#: File name of a run's quantized network (:func:`save_quantized`), which
+#: ``python -m bayescomp.compress`` prefers over re-deriving the network from a checkpoint.
+QUANTIZED_FILE = "quantized_network.npz"
+
+
+def save_quantized(path, quantized: QuantizedNetwork) -> None:
+    """Write ``quantized`` to an ``.npz`` file (numpy arrays only, no pickle), atomically.
+
+    Keys: ``names`` (unicode array), ``kernel_{i}``, ``bias_{i}``, ``mask_{i}`` per layer
+    ``i = 000, 001, …``, ``codebook_{i}`` for the layers that have one (``has_codebooks`` says
+    whether the network carries a codebook list at all), and the :class:`BitPrecision` fields
+    ``bits_per_layer``, ``exponent_bits``, ``bits_per_weight``, ``max_abs_weight``. Kernels and
+    codebooks are stored as float32 bit patterns, so :func:`load_quantized` gives them back bit
+    for bit.
+
+    Args:
+        path: The file to write (``RUN_DIR/quantized_network.npz`` by convention,
+            :data:`QUANTIZED_FILE`).
+        quantized: The network.
+    """
+    import os
+    import pathlib
+    import tempfile
+
+    count = len(quantized.names)
+    codebooks = quantized.codebooks
+    arrays = {
+        "names": np.asarray(quantized.names, dtype=str),
+        "has_codebooks": np.asarray(codebooks is not None),
+        "bits_per_layer": np.asarray(quantized.precision.bits_per_layer, np.int64),
+        "exponent_bits": np.asarray(quantized.precision.exponent_bits, np.int64),
+        "bits_per_weight": np.asarray(quantized.precision.bits_per_weight, np.int64),
+        "max_abs_weight": np.asarray(quantized.precision.max_abs_weight, np.float64),
+    }
+    for i in range(count):
+        arrays[f"kernel_{i:03d}"] = np.asarray(quantized.kernels[i], np.float32)
+        arrays[f"bias_{i:03d}"] = np.asarray(quantized.biases[i], np.float32)
+        arrays[f"mask_{i:03d}"] = np.asarray(quantized.masks[i], bool)
+        if codebooks is not None and codebooks[i] is not None:
+            arrays[f"codebook_{i:03d}"] = np.asarray(codebooks[i], np.float32)
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_quantized(path) -> QuantizedNetwork:
+    """Read a network written by :func:`save_quantized`.
+
+    Raises:
+        ConfigError: The file is missing, not an ``.npz`` file of this layout, or inconsistent
+            (the message names it and says to rerun the run that wrote it).
+    """
+    import zipfile
+
+    from bayescomp.errors import ConfigError
+
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"{path}: {what}; rerun the run that wrote it (same command and "
+                           "hydra.run.dir) to write it again")
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise bad("no such file") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise bad(f"cannot be read as a quantized network ({error})") from None
+    try:
+        names = [str(name) for name in arrays["names"]]
+        count = len(names)
+        kernels = [arrays[f"kernel_{i:03d}"] for i in range(count)]
+        biases = [arrays[f"bias_{i:03d}"] for i in range(count)]
+        masks = [arrays[f"mask_{i:03d}"] for i in range(count)]
+        codebooks = None
+        if bool(arrays["has_codebooks"]):
+            codebooks = [arrays.get(f"codebook_{i:03d}") for i in range(count)]
+        precision = BitPrecision(
+            bits_per_layer=[int(b) for b in arrays["bits_per_layer"]],
+            exponent_bits=int(arrays["exponent_bits"]),
+            bits_per_weight=[int(b) for b in arrays["bits_per_weight"]],
+            max_abs_weight=float(arrays["max_abs_weight"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise bad(f"is not a quantized network file (missing or bad entry {error})") from None
+    for name, kernel, bias, mask in zip(names, kernels, biases, masks):
+        if (kernel.dtype != np.float32 or mask.dtype != bool or mask.shape != kernel.shape
+                or bias.shape != kernel.shape[-1:] or np.any(kernel[~mask] != 0)):
+            raise bad(f"layer {name} is inconsistent (kernel, mask and bias shapes or dtypes, "
+                      "or removed weights that are not 0)")
+    if len(precision.bits_per_layer) != count:
+        raise bad("bits_per_layer does not have one entry per layer")
+    return QuantizedNetwork(names, kernels, biases, masks, precision, codebooks)

@@ -579,6 +579,9 @@ class CompressionReport:
         exponent_bits: ``E``.
         sign_bits: ``s``.
         bits_per_weight: ``s + E + t_l`` per layer.
+        pruning_accounting: Which Pruning ratio the table's "Pruning" column shows:
+            ``"structured"`` (``pruning``; BC methods) or ``"unstructured"``
+            (``pruning_unstructured``; the starred entries of DC, DNS and SWS).
     """
 
     weights_total: int
@@ -595,6 +598,13 @@ class CompressionReport:
     exponent_bits: int
     sign_bits: int
     bits_per_weight: list[int]
+    pruning_accounting: Literal["structured", "unstructured"] = "structured"
+
+    @property
+    def pruning_column(self) -> float:
+        """The Pruning ratio the table shows, by :attr:`pruning_accounting`."""
+        return self.pruning_unstructured if self.pruning_accounting == "unstructured" \
+            else self.pruning
 
     @property
     def architecture_string(self) -> str:
@@ -615,9 +625,11 @@ class CompressionReport:
             "sign_bits": int(self.sign_bits),
             "bits_per_weight": [int(bits) for bits in self.bits_per_weight],
             "pruning_unstructured": float(self.pruning_unstructured),
+            "pruning_structured": float(self.pruning),
+            "pruning_accounting": self.pruning_accounting,
             "max_compression_mode": self.max_compression_mode,
             "compression": {
-                "pruning": float(self.pruning),
+                "pruning": float(self.pruning_column),
                 "fast_prediction": float(self.fast_prediction),
                 "max_compression": float(self.max_compression),
             },
@@ -633,6 +645,7 @@ def compression_report(
     weights: Sequence[np.ndarray] | None = None,
     layout: Layout = "flax",
     index_bits: Mapping[str, int] | None = None,
+    pruning_accounting: Literal["structured", "unstructured"] = "structured",
 ) -> CompressionReport:
     """Compute every compression column for a pruned network.
 
@@ -648,6 +661,10 @@ def compression_report(
             with them Maximum Compression uses Huffman codes of the real histograms.
         layout: ``"flax"`` (default) or ``"torch"``.
         index_bits: Relative-index widths for Maximum Compression; default conv 8, dense 5.
+        pruning_accounting: ``"structured"`` (default; group pruning leaves smaller dense
+            matrices) or ``"unstructured"`` (per-weight pruning, one index per kept value): which
+            ratio goes into the "Pruning" column of :meth:`CompressionReport.to_dict`. Both are
+            always computed.
 
     Returns:
         A :class:`CompressionReport`.
@@ -657,6 +674,9 @@ def compression_report(
     """
     if len(masks) != len(bits_per_layer):
         raise ConfigError(f"{len(masks)} masks but {len(bits_per_layer)} per-layer bit widths")
+    if pruning_accounting not in ("structured", "unstructured"):
+        raise ConfigError(f"unknown pruning accounting {pruning_accounting!r}; use 'structured' "
+                          "or 'unstructured'")
     bits_per_weight = [int(sign_bits) + int(exponent_bits) + int(bits) for bits in bits_per_layer]
     weights_total = _weights_total(masks)
     weights_kept = int(sum(np.count_nonzero(mask) for mask in masks))
@@ -678,4 +698,5 @@ def compression_report(
         exponent_bits=int(exponent_bits),
         sign_bits=int(sign_bits),
         bits_per_weight=bits_per_weight,
+        pruning_accounting=pruning_accounting,
     )

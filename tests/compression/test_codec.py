@@ -547,3 +547,45 @@ def test_a_version_1_file_cannot_hold_codebook_layers(codebook_files):
 ])
 def test_headers_describing_impossible_codebook_layers(codebook_files, edit):
     assert "malformed" in _rejects(_repacked(codebook_files["lenet300-dc"][1], edit))
+
+
+# ---------------------------------------------------------------------------------------------
+# quantized_network.npz (quantize.save_quantized / load_quantized)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["lenet5-mixed", "fixed_point"])
+def test_saved_quantized_network_round_trips(codebook_files, encoded, which, tmp_path):
+    from bayescomp.compression import quantize as quantize_lib
+
+    quantized = (codebook_files[which][0] if which != "fixed_point"
+                 else encoded["lenet300-svd-sparse"][1])
+    path = tmp_path / "quantized_network.npz"
+    quantize_lib.save_quantized(path, quantized)
+    loaded = quantize_lib.load_quantized(path)
+    assert loaded.names == quantized.names and loaded.precision == quantized.precision
+    for a, b in zip(quantized.kernels + quantized.biases, loaded.kernels + loaded.biases):
+        np.testing.assert_array_equal(_bits(a), _bits(b))
+    for a, b in zip(quantized.masks, loaded.masks):
+        np.testing.assert_array_equal(np.asarray(a, bool), b)
+    if quantized.codebooks is None:
+        assert loaded.codebooks is None
+    else:
+        for a, b in zip(quantized.codebooks, loaded.codebooks):
+            assert (a is None) == (b is None)
+            if a is not None:
+                np.testing.assert_array_equal(_bits(a), _bits(b))
+
+
+def test_bad_quantized_network_files_are_config_errors(tmp_path):
+    from bayescomp.compression import quantize as quantize_lib
+    from bayescomp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no such file"):
+        quantize_lib.load_quantized(tmp_path / "missing.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        quantize_lib.load_quantized(tmp_path / "junk.npz")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(ConfigError, match="not a quantized network"):
+        quantize_lib.load_quantized(tmp_path / "other.npz")

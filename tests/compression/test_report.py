@@ -409,3 +409,18 @@ def test_starred_pruning_is_the_unstructured_accounting(model_key, method):
         mask[0, :kept] = True
         bounds.append(unstructured_pruning_ratio([mask]))
     assert math.floor(bounds[0]) <= row["pruning"]["value"] <= math.ceil(bounds[1])
+
+
+def test_pruning_column_follows_the_accounting():
+    # Unstructured methods (DC, SWS) report |W| / (2|W≠0|) in the Pruning column, structured
+    # ones |W| / Σ N_l; both ratios are always in the dict.
+    masks = _dense_network()
+    structured = compression_report(masks, [3, 5], exponent_bits=2).to_dict()
+    unstructured = compression_report(masks, [3, 5], exponent_bits=2,
+                                      pruning_accounting="unstructured").to_dict()
+    assert structured["compression"]["pruning"] == structured["pruning_structured"]
+    assert unstructured["compression"]["pruning"] == unstructured["pruning_unstructured"]
+    assert structured["pruning_unstructured"] == unstructured["pruning_unstructured"]
+    assert unstructured["pruning_accounting"] == "unstructured"
+    with pytest.raises(ConfigError):
+        compression_report(masks, [3, 5], exponent_bits=2, pruning_accounting="starred")

@@ -75,6 +75,28 @@ def smoke_cfg():
     return make
 
 
+@pytest.fixture(scope="session")
+def pretrained_dense_run(tmp_path_factory):
+    """``pretrained_dense_run(model)``: the directory of a finished 2-step smoke dense run.
+
+    The retraining methods (Deep Compression, soft weight-sharing) start from a finished dense
+    run (``method.pretrained_run``); one is trained per model (``"lenet300"``, ``"lenet5"``) on
+    first use and shared by the whole session (per xdist worker). Do not modify it: copy it.
+    """
+    from bayescomp.train import train_and_evaluate
+
+    runs = {}
+
+    def get(model: str) -> pathlib.Path:
+        if model not in runs:
+            workdir = tmp_path_factory.mktemp(f"{model}_dense")
+            train_and_evaluate(_compose([f"+experiment={model}_dense", *TWO_STEPS]), workdir)
+            runs[model] = workdir
+        return runs[model]
+
+    return get
+
+
 #: z log-variances that keep / drop a group of a group-normal (BC-GNJ) posterior with z mean 1:
 #: log α = ∓10 against the threshold −3 of the networks below.
 GROUP_KEEP, GROUP_DROP = -10.0, 10.0

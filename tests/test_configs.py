@@ -11,8 +11,7 @@ import pathlib
 import pytest
 from omegaconf import OmegaConf
 
-from bayescomp import data, models, posteriors, priors
-from bayescomp.train import train_and_evaluate
+from bayescomp import data, models, posteriors, priors, procedures
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent.parent / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -45,10 +44,14 @@ def test_experiment_composes(experiment, compose):
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_trains_two_steps(experiment, smoke_cfg, tmp_path):
+def test_experiment_trains_two_steps(experiment, smoke_cfg, tmp_path, pretrained_dense_run):
     cfg = smoke_cfg(experiment)
+    procedure = str(cfg.method.get("procedure", "variational"))
+    if "pretrained_run" in cfg.method:  # retraining methods start from a finished dense run
+        cfg = smoke_cfg(experiment,
+                        f"method.pretrained_run={pretrained_dense_run(cfg.model.name)}")
     assert cfg.data.name == "synthetic" and cfg.trainer.epochs == 1
-    metrics = train_and_evaluate(cfg, tmp_path)
+    metrics = procedures.get(procedure)(cfg, tmp_path)
 
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert REQUIRED_KEYS <= set(written), REQUIRED_KEYS - set(written)
@@ -60,8 +63,11 @@ def test_experiment_trains_two_steps(experiment, smoke_cfg, tmp_path):
     assert written["method"] == cfg.method.name
     assert written["dataset"] == "synthetic"
     assert written["seed"] == 0
-    assert written["epochs"] == 1
-    assert len(written["history"]) == 1
+    if procedure == "variational":
+        assert written["epochs"] == 1
+        assert len(written["history"]) == 1
+    else:  # trainer.epochs = 1 epoch per retraining phase (e.g. each pruning round)
+        assert written["epochs"] == len(written["history"]) >= 1
     for key in ("test_error", "pruned_test_error"):
         assert 0.0 <= written[key] <= 100.0
     assert written["weights_total"] == WEIGHTS_TOTAL[cfg.model.name]
@@ -69,14 +75,17 @@ def test_experiment_trains_two_steps(experiment, smoke_cfg, tmp_path):
     assert 0 <= written["weights_kept"] <= written["weights_total"]
     assert written["weights_kept"] == sum(written["kept_per_layer"])
     assert len(written["kept_per_layer"]) == len(models.get(cfg.model.name).layer_names)
-    if cfg.method.prune.threshold is None:  # a method that never prunes keeps everything
+    if cfg.method.prune.threshold is None and procedure == "variational":
+        # a variational method that never prunes keeps everything
         assert written["weights_kept"] == written["weights_total"]
     assert math.isfinite(written["seconds_per_epoch"]) and written["seconds_per_epoch"] > 0
     assert written["train_seconds"] >= written["seconds_per_epoch"]
     assert isinstance(written["git_commit"], str) and written["git_commit"]
     assert math.isfinite(written["history"][0]["loss"])
-    # 2 steps: the checkpoint of the only epoch exists.
-    assert (tmp_path / "checkpoints" / "0").is_dir()
+    if procedure == "variational":  # 2 steps: the checkpoint of the only epoch exists.
+        assert (tmp_path / "checkpoints" / "0").is_dir()
+    else:  # one checkpoint directory per retraining phase
+        assert any((tmp_path / "checkpoints").iterdir())
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ metrics. ``conf/method/*.yaml`` names its procedure with the key ``procedure`` (
 
 * ``variational``: variational inference over the weights, then pruning and bit reduction
   (:func:`bayescomp.train.train_and_evaluate`; dense baselines, Sparse VD, Bayesian Compression).
+* ``deep_compression``: magnitude pruning with retraining, k-means weight sharing and centroid
+  fine-tuning of a finished dense run (:func:`bayescomp.deep_compression.run`; Han et al. 2016).
 
 Retraining procedures (Deep Compression, soft weight-sharing) start from a finished dense run
 and register themselves here too. Entries are ``"module:function"`` strings, imported on use, so
@@ -22,6 +24,7 @@ from bayescomp.errors import unknown_name_error
 
 REGISTRY: dict[str, str] = {
     "variational": "bayescomp.train:train_and_evaluate",
+    "deep_compression": "bayescomp.deep_compression:run",
 }
 
 

@@ -4,7 +4,8 @@ Collects every ``metrics.json`` under the given directories (default ``results/`
 dataset, model and method, and writes the two tables of Louizos, Ullrich & Welling (2017) (the
 seed slides' layout): pruned architecture with bits per layer, and compression rates with the
 error each was measured at. Our rows give mean ± std over seeds; the published MNIST rows are read
-from ``experiments/published/louizos2017.yaml`` (with its citation), never typed in here.
+from ``experiments/published/louizos2017.yaml`` (with its citation), never typed in here, and Deep
+Compression's own LeNet rows (Han et al. 2016) from ``experiments/published/han2016_dc.yaml``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from bayescomp.errors import BayescompError, ConfigError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 PUBLISHED = REPO_ROOT / "experiments" / "published" / "louizos2017.yaml"
+PUBLISHED_DC = REPO_ROOT / "experiments" / "published" / "han2016_dc.yaml"
 
 #: Our registry names → the published tables' names.
 MODEL_KEYS = {"lenet300": "lenet_300_100", "lenet5": "lenet_5_caffe"}
@@ -79,8 +81,44 @@ def _published_ratio(cell) -> str:
     return f"{cell['value']}{star} ({cell['error_percent']})"
 
 
-def render(runs: list[dict], published: dict, sources: list[str]) -> str:
-    """The markdown document for ``runs`` beside the ``published`` rows."""
+def _render_deep_compression(published_dc: dict) -> list[str]:
+    """Deep Compression's own LeNet rows (Han et al. 2016) beside our ``dc`` rows."""
+    cite = published_dc["citation"]
+
+    def cell(value, fmt="{}"):
+        if value is None:
+            return "–"
+        return "-".join(map(str, value)) if isinstance(value, list) else fmt.format(value)
+
+    lines = [f"## MNIST: published Deep Compression ({', '.join(cite['authors'])} "
+             f"{cite['year']})", "",
+             "| Network | Error % before → after | \\|W≠0\\|/\\|W\\| % | Kept per layer % | "
+             "Weight bits (P+Q) | Index bits (P+Q) | Size P+Q (ratio) | Size P+Q+H (ratio) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in published_dc["models"].values():
+        lines.append(
+            f"| {row['name']} | {row['error_before_percent']:.2f} → "
+            f"{row['error_after_percent']:.2f} | {cell(row.get('percent_kept'))} | "
+            f"{cell(row.get('percent_kept_per_layer'))} | {cell(row.get('weight_bits_pq'))} | "
+            f"{cell(row.get('index_bits_pq'))} | {cell(row.get('size_percent_pq'))} % "
+            f"({cell(row.get('ratio_pq'))}×) | {cell(row.get('size_percent_pqh'))} % "
+            f"({cell(row.get('ratio_pqh'))}×) |")
+    lines += ["", f"{cite['title'].strip()}, {cite['venue']}, arXiv:{cite['arxiv']}; from "
+              + "; ".join(f"`{s['file']}`" for s in cite["sources"])
+              + " (see the notes at the top of `experiments/published/han2016_dc.yaml`). Our "
+              "DC rows above: the *pruned* error is after pruning and retraining, the "
+              "*quantized* error after weight sharing and fine-tuning; their Pruning column is "
+              "the unstructured |W| / (2|W≠0|), as the published DC row's.", ""]
+    return lines
+
+
+def render(runs: list[dict], published: dict, sources: list[str],
+           published_dc: dict | None = None) -> str:
+    """The markdown document for ``runs`` beside the ``published`` rows.
+
+    ``published_dc``: Deep Compression's own rows (``han2016_dc.yaml``), shown after
+    Louizos et al.'s table when given.
+    """
     groups: dict = collections.defaultdict(list)
     for run in runs:
         groups[(run["dataset"], run["model"], run["method"])].append(run)
@@ -168,6 +206,8 @@ def render(runs: list[dict], published: dict, sources: list[str]) -> str:
     lines += ["", "`*`: starred in the source (unstructured pruning). See the notes at the top "
               "of `experiments/published/louizos2017.yaml` for how the garbled seed table was "
               "read.", ""]
+    if published_dc:
+        lines += _render_deep_compression(published_dc)
     return "\n".join(lines)
 
 
@@ -195,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         if not published_path.exists():
             raise ConfigError(f"published numbers not found at {published_path}")
         published = yaml.safe_load(published_path.read_text())
-        text = render(runs, published, args.runs)
+        published_dc = yaml.safe_load(PUBLISHED_DC.read_text()) if PUBLISHED_DC.exists() else None
+        text = render(runs, published, args.runs, published_dc)
     except BayescompError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

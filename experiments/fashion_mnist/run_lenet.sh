@@ -8,6 +8,10 @@
 # after `python -m bayescomp.compress` wrote the run's model.bcz (copied too). Rerunning this
 # script resumes unfinished runs from their checkpoints and re-evaluates finished ones.
 #
+# Retraining experiments (Deep Compression *_dc, soft weight-sharing *_sws) start from the
+# finished dense run of their model and seed, which must have run first:
+# lenet300_* from $runs_root/fashion_mnist/lenet300_dense/seed<seed>, lenet5_* from lenet5_dense.
+#
 # Usage: [SEEDS="0 1 2"] bash experiments/fashion_mnist/run_lenet.sh [EXPERIMENT ...]
 set -uo pipefail  # one failed run does not stop the others
 cd "$(dirname "$0")/../.."
@@ -22,8 +26,13 @@ for experiment in "${experiments[@]}"; do
   for seed in $seeds; do
     run_dir="$runs_root/fashion_mnist/$experiment/seed$seed"
     published="results/fashion_mnist/$experiment/seed$seed"
+    extra=()
+    case "$experiment" in
+      *_dc|*_sws)  # the model's dense run: lenet300_dc -> lenet300_dense
+        extra=("method.pretrained_run=$runs_root/fashion_mnist/${experiment%%_*}_dense/seed$seed") ;;
+    esac
     if python -m bayescomp.run +experiment="$experiment" data=fashion_mnist seed="$seed" \
-        trainer.progress_bar=false hydra.run.dir="$run_dir"; then
+        trainer.progress_bar=false hydra.run.dir="$run_dir" "${extra[@]}"; then
       SEEDS=$seed bash experiments/fashion_mnist/publish.sh "$experiment"
     else
       echo "run $experiment seed $seed failed (exit $?); see $run_dir/run.log" >&2

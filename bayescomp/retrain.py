@@ -655,6 +655,10 @@ def write_results(cfg: DictConfig, workdir: str | os.PathLike, *,
         "epochs": len(history),
         "test_error": float(test_error),
         "pruned_test_error": float(pruned_test_error),
+        # The variational runs' log-alpha thresholds (train._final_metrics); a retrained point
+        # network has none (train.load_trained_model ignores a null here).
+        "prune_thresholds": None,
+        "threshold_selection": None,
         "weights_total": weights_total,
         "weights_kept": weights_kept,
         "percent_kept": 100.0 * weights_kept / weights_total,

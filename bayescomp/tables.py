@@ -58,20 +58,19 @@ def _mean_std(values, fmt: str) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "–"
-    if len(values) == 1:
+    if len(values) == 1 or all(v == values[0] for v in values):
         return format(values[0], fmt)
     return f"{format(float(np.mean(values)), fmt)} ± {format(float(np.std(values, ddof=1)), fmt)}"
 
 
 def _join_units(lists) -> str:
-    """Per-layer mean over seeds, written '8-13-88-13' (one decimal where seeds differ)."""
+    """Per-layer integers written '8-13-88-13'; one per seed, separated by ' / ', where seeds
+    differ (a mean architecture such as '666.5-133.5' describes no network)."""
     lists = [l for l in lists if l]
     if not lists:
         return "–"
-    array = np.array(lists, dtype=float)
-    mean = array.mean(axis=0)
-    same = (array == array[0]).all()
-    return "-".join(f"{v:.0f}" if same else f"{v:.1f}" for v in mean)
+    written = ["-".join(str(int(v)) for v in units) for units in lists]
+    return written[0] if len(set(written)) == 1 else " / ".join(written)
 
 
 def _published_ratio(cell) -> str:
@@ -135,7 +134,11 @@ def render(runs: list[dict], published: dict, sources: list[str],
         "(1 + E + bits); Maximum Compression = estimate of Deep Compression's sparse format with",
         "Huffman coding (see bayescomp/compression/report.py); *measured* = float32 bytes of all",
         "original weights / bytes of the real `.bcz` file written by `python -m bayescomp.compress`,",
-        "whose decoded network gives the last error column.",
+        "whose decoded network gives the decoded-file error column. Where seeds prune to different",
+        "architectures or bits, each seed's is listed (` / `). For DC and SWS (unstructured",
+        "pruning) the Pruning column is |W| / (2·|W≠0|), sparse storage with one index per value.",
+        "*s / epoch (as trained)* is the median epoch time of the run itself, often on a CPU",
+        "shared with other runs; speed comparisons come from `benchmarks/train_speed.py`.",
         "",
         f"Published rows: {', '.join(cite['authors'])} ({cite['year']}), *{cite['title']}*, "
         f"{cite['venue']}, arXiv:{cite['arxiv']}; as printed in `{cite['source']['file']}`, on MNIST.",
@@ -156,13 +159,13 @@ def render(runs: list[dict], published: dict, sources: list[str],
                 f"| {MODEL_TITLES.get(model, model)} | {METHOD_TITLES.get(method, method)} | "
                 f"{len(rs)} | {_join_units([r.get('architecture') for r in rs])} | "
                 f"{_join_units([r.get('bits_per_layer') for r in rs])} | "
-                f"{_mean_std([r.get('exponent_bits') for r in rs], '.1f')} | "
+                f"{_mean_std([r.get('exponent_bits') for r in rs], '.0f')} | "
                 f"{_mean_std([r.get('quantized_test_error') for r in rs], '.2f')} |")
         lines += ["", "### Compression rates", "",
                   "| Network | Method | n | Epochs | Error % (mean / pruned / quantized) | "
                   "\\|W≠0\\|/\\|W\\| % | Pruning | Fast Prediction | Maximum Compression (estimate) | "
                   "Maximum Compression (measured file) | File bytes | Error of the decoded file % | "
-                  "s / epoch |",
+                  "s / epoch (as trained) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for _, model, method in keys:
             rs = groups[(dataset, model, method)]
@@ -200,7 +203,7 @@ def render(runs: list[dict], published: dict, sources: list[str],
             bits = "-".join(map(str, row["bit_precision"])) if row.get("bit_precision") else "–"
             lines.append(
                 f"| {entry['name']} ({entry['original_error_percent']} %) | {method} | {arch} | "
-                f"{bits} | {row.get('percent_kept', '–')} | {_published_ratio(row.get('pruning'))}"
+                f"{bits} | {row.get('percent_kept') or '–'} | {_published_ratio(row.get('pruning'))}"
                 f" | {_published_ratio(row.get('fast_prediction'))} | "
                 f"{_published_ratio(row.get('max_compression'))} |")
     lines += ["", "`*`: starred in the source (unstructured pruning). See the notes at the top "

@@ -9,6 +9,9 @@ metrics. ``conf/method/*.yaml`` names its procedure with the key ``procedure`` (
   (:func:`bayescomp.train.train_and_evaluate`; dense baselines, Sparse VD, Bayesian Compression).
 * ``deep_compression``: magnitude pruning with retraining, k-means weight sharing and centroid
   fine-tuning of a finished dense run (:func:`bayescomp.deep_compression.run`; Han et al. 2016).
+* ``soft_weight_sharing``: retraining of a finished dense run under a learned Gaussian-mixture
+  prior, then quantisation to the mixture means (:func:`bayescomp.soft_weight_sharing.run`;
+  Ullrich, Meeds & Welling 2017).
 
 Retraining procedures (Deep Compression, soft weight-sharing) start from a finished dense run
 and register themselves here too. Entries are ``"module:function"`` strings, imported on use, so
@@ -25,6 +28,7 @@ from bayescomp.errors import unknown_name_error
 REGISTRY: dict[str, str] = {
     "variational": "bayescomp.train:train_and_evaluate",
     "deep_compression": "bayescomp.deep_compression:run",
+    "soft_weight_sharing": "bayescomp.soft_weight_sharing:run",
 }
 
 

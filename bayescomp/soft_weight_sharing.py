@@ -31,21 +31,38 @@ N the training-set size, τ the complexity weight (paper 5e-3, tutorial 3e-3).
 
 The result is a :class:`~bayescomp.compression.quantize.QuantizedNetwork` whose ``codebooks``
 hold, per layer, the sorted distinct non-zero means its weights took.
+
+Entry point: :func:`run`, on the shared retraining machinery of :mod:`bayescomp.retrain` (one
+phase ``sws``, checkpointed every epoch; rerunning resumes).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import os
 import pathlib
-from typing import Sequence
+from typing import Any, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 import scipy.special
+from omegaconf import DictConfig, OmegaConf
 
+from bayescomp import priors, retrain
+from bayescomp.compression.quantize import QuantizedNetwork
 from bayescomp.errors import ConfigError
 from bayescomp.priors.gaussian_mixture import (GaussianMixture, MixtureParams, component_means,
-                                               gaussian_kl, log_mixing_proportions)
+                                               gaussian_kl, init_mixture, log_mixing_proportions,
+                                               negative_log_prior)
+
+log = logging.getLogger(__name__)
+
+#: Parameter groups with their own Adam learning rate (``method.learning_rates``).
+LEARNING_RATE_GROUPS = ("weights", "means", "log_precisions", "rhos")
+#: The figure written into ``RUN_DIR/plots/``.
+FIGURE_NAME = "sws_weights.png"
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -275,3 +292,223 @@ def save_weight_figure(pretrained: np.ndarray, retrained: np.ndarray, mixture: M
     figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# The procedure
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The validated ``cfg.method`` of a soft weight-sharing run.
+
+    Attributes:
+        prior: The mixture's hyper-parameters.
+        tau: Weight τ of the complexity term (``loss = CE + τ/N·(−log p(w) − log p(λ))``).
+        learning_rates: Adam learning rate of each group of :data:`LEARNING_RATE_GROUPS`.
+        merge_tolerance: KL below which components merge in post-processing (nats).
+    """
+
+    prior: GaussianMixture
+    tau: float
+    learning_rates: dict[str, float]
+    merge_tolerance: float
+
+
+def _finite_number(value, what: str, *, low: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < low:
+        raise ConfigError(f"{what} must be a finite number >= {low:g}, got {value!r}")
+    return float(value)
+
+
+def settings_from_config(method_cfg) -> Settings:
+    """Validate ``cfg.method`` of ``conf/method/sws.yaml``.
+
+    Raises:
+        ConfigError: A prior other than ``gaussian_mixture``, a bad hyper-parameter, a negative
+            or non-finite τ, learning rate or tolerance, or missing / unknown learning-rate
+            groups.
+    """
+    method = OmegaConf.to_container(method_cfg, resolve=True) if isinstance(
+        method_cfg, DictConfig) else dict(method_cfg)
+    prior_cfg = dict(method.get("prior") or {})
+    name = prior_cfg.pop("name", None)
+    if name != "gaussian_mixture":
+        raise ConfigError(f"soft weight-sharing needs method.prior.name=gaussian_mixture, got "
+                          f"{name!r}")
+    prior = priors.get(name, **prior_cfg)
+    rates = method.get("learning_rates")
+    if not isinstance(rates, dict) or set(rates) != set(LEARNING_RATE_GROUPS):
+        raise ConfigError(f"method.learning_rates must give exactly the groups "
+                          f"{list(LEARNING_RATE_GROUPS)}, got {rates!r}")
+    return Settings(
+        prior=prior,
+        tau=_finite_number(method.get("tau"), "method.tau"),
+        learning_rates={g: _finite_number(rates[g], f"method.learning_rates.{g}")
+                        for g in LEARNING_RATE_GROUPS},
+        merge_tolerance=_finite_number(method.get("merge_tolerance"), "method.merge_tolerance"),
+    )
+
+
+def quantize_network(names: Sequence[str], kernels, biases, mixture: MergedMixture,
+                     include_biases: bool) -> QuantizedNetwork:
+    """The :class:`~bayescomp.compression.quantize.QuantizedNetwork` of the retrained weights.
+
+    Kernels (and, with ``include_biases``, biases) are quantised to ``mixture``
+    (:func:`quantize_to_mixture`); the masks are the weights that did not quantise to 0; each
+    layer's codebook is the sorted distinct non-zero values it uses (``None`` for a layer with
+    nothing kept); bits per layer are the index widths ``ceil(log2 K)``
+    (:func:`bayescomp.retrain.codebook_precision`).
+    """
+    q_kernels = [quantize_to_mixture(np.asarray(kernels[n]), mixture) for n in names]
+    q_biases = [quantize_to_mixture(np.asarray(biases[n]), mixture) if include_biases
+                else np.asarray(biases[n], np.float32) for n in names]
+    masks = [kernel != 0 for kernel in q_kernels]
+    codebooks = [book if book.size else None for book in layer_codebooks(q_kernels)]
+    precision = retrain.codebook_precision(codebooks, q_kernels, masks)
+    return QuantizedNetwork(list(names), q_kernels, q_biases, masks, precision, codebooks)
+
+
+def _mixture_summary(mixture: MergedMixture) -> dict[str, Any]:
+    """The merged mixture as JSON-ready lists (means, standard deviations, mixing proportions)."""
+    return {"means": [float(m) for m in mixture.means],
+            "stds": [float(s) for s in np.exp(-0.5 * mixture.log_precisions)],
+            "pis": [float(p) for p in np.exp(mixture.log_pis)],
+            "groups": [list(map(int, g)) for g in mixture.groups],
+            "zero_index": int(mixture.zero_index)}
+
+
+def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Soft weight-sharing of ``cfg.method.pretrained_run``: retrain, merge, quantise, report.
+
+    Rerunning in the same ``workdir`` resumes the retraining from its last epoch checkpoint (a
+    finished retraining is restored, not repeated). Writes ``metrics.json`` (keys as the
+    variational runs, :func:`bayescomp.retrain.write_results`; SWS specifics under ``sws``),
+    ``quantized_network.npz``, ``config.yaml``, TensorBoard events and
+    ``plots/sws_weights.png``.
+
+    Errors in ``metrics.json``:
+
+    * ``test_error``: the pretrained dense network;
+    * ``pruned_test_error``: the retrained network with the zero component's weights set to 0
+      and every other weight as retrained (pruning alone);
+    * ``quantized_test_error``: the post-processed network (pruned and quantised), which the
+      compression columns describe;
+    * ``sws.retrained_test_error``: the retrained network before post-processing.
+
+    Args:
+        cfg: The composed configuration (``conf/method/sws.yaml``).
+        workdir: The run directory.
+
+    Returns:
+        The metrics.
+
+    Raises:
+        BayescompError: Bad configuration, no usable pretrained run, missing data, a diverged
+            retraining, or a post-processed network that keeps no weight.
+    """
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings = settings_from_config(cfg.method)
+    prior = settings.prior
+    model, pretrained_metrics = retrain.load_pretrained(cfg)
+    data = retrain.load_data(cfg)
+    names = retrain.layer_names(model)
+    pretrained = retrain.point_params(model)
+    retrainer = retrain.Retrainer(cfg, workdir, model, data,
+                                  pretrained_run=str(pathlib.Path(cfg.method.pretrained_run)))
+    dense_error = retrainer.error(pretrained)
+    log.info("pretrained %s: test error %.2f %% (its run reported %.2f %%)",
+             cfg.method.pretrained_run, dense_error,
+             pretrained_metrics.get("test_error", math.nan))
+
+    def under_prior(kernels, biases) -> list:
+        """The tensors the mixture covers, in a fixed order (kernels, then biases)."""
+        tensors = [kernels[n] for n in names]
+        return tensors + [biases[n] for n in names] if prior.include_biases else tensors
+
+    kernels0 = {n: jnp.asarray(k) for n, k in retrain.kernels_of(pretrained, names).items()}
+    biases0 = {n: jnp.asarray(b) for n, b in retrain.biases_of(pretrained, names).items()}
+    params = {"kernels": kernels0, "biases": biases0,
+              "mixture": init_mixture(prior, [np.asarray(t) for t in
+                                              under_prior(kernels0, biases0)])}
+    labels = {"kernels": {n: "weights" for n in names}, "biases": {n: "weights" for n in names},
+              "mixture": MixtureParams("means", "log_precisions", "rhos")}
+    scale = settings.tau / retrainer.n_train
+
+    def to_model(p, constants):
+        del constants
+        return retrain.model_params(p["kernels"], p["biases"])
+
+    def penalty(p, constants):
+        # (τ/N)(−log p(w|θ) − log p(λ)): the complexity term of the retraining loss.
+        del constants
+        return scale * negative_log_prior(under_prior(p["kernels"], p["biases"]), p["mixture"],
+                                          prior)
+
+    def record(p) -> dict[str, float]:
+        # Where post-processing would stand after this epoch: weights in the zero component and
+        # the error of the quantised network (cheap next to an epoch; shows when to stop).
+        merged = post_process(p["mixture"], prior, settings.merge_tolerance)
+        quantized = quantize_network(names, p["kernels"], p["biases"], merged,
+                                     prior.include_biases)
+        total = sum(m.size for m in quantized.masks)
+        kept = sum(int(m.sum()) for m in quantized.masks)
+        return {"percent_kept": 100.0 * kept / total,
+                "quantized_test_error": retrain.point_error(retrainer, quantized),
+                "zero_component_std": float(np.exp(-0.5 * float(p["mixture"].log_precisions[0]))),
+                "components_used": float(len({float(v) for book in quantized.codebooks
+                                              if book is not None for v in book}))}
+
+    phase = retrain.Phase("sws", int(cfg.trainer.epochs), settings.learning_rates, labels,
+                          schedule="constant")
+    params = retrainer.run(phase, params, to_model=to_model, penalty=penalty, record=record)
+    retrainer.close()
+
+    kernels = {n: np.asarray(k) for n, k in params["kernels"].items()}
+    biases = {n: np.asarray(b) for n, b in params["biases"].items()}
+    mixture_params = MixtureParams(*(np.asarray(a) for a in params["mixture"]))
+    retrained_error = retrainer.error(retrain.model_params(kernels, biases))
+
+    # Post-processing.
+    merged = post_process(mixture_params, prior, settings.merge_tolerance)
+    quantized = quantize_network(names, kernels, biases, merged, prior.include_biases)
+    if not any(mask.any() for mask in quantized.masks):
+        raise ConfigError(
+            f"soft weight-sharing assigned every weight to the zero component (sigma "
+            f"{math.exp(-0.5 * float(merged.log_precisions[merged.zero_index])):.3g}), so the "
+            "quantised network is empty; retrain longer (trainer.epochs), or lower method.tau or "
+            "method.prior.pi_zero. The retraining checkpoints in "
+            f"{workdir / 'checkpoints'} are kept; rerun in a new hydra.run.dir to change them.")
+    pruned_only = {n: np.where(m, kernels[n], np.float32(0.0))
+                   for n, m in zip(names, quantized.masks)}
+    pruned_error = retrainer.error(retrain.model_params(pruned_only, biases))
+    quantized_error = retrain.point_error(retrainer, quantized)
+
+    pretrained_flat = np.concatenate([np.ravel(t) for t in under_prior(
+        retrain.kernels_of(pretrained, names), retrain.biases_of(pretrained, names))])
+    retrained_flat = np.concatenate([np.ravel(t) for t in under_prior(kernels, biases)])
+    figure = save_weight_figure(pretrained_flat, retrained_flat, merged,
+                                workdir / "plots" / FIGURE_NAME)
+
+    metrics = retrain.write_results(
+        cfg, workdir, quantized=quantized, dataset=data.dataset, test_error=dense_error,
+        pruned_test_error=pruned_error, quantized_test_error=quantized_error,
+        retrainer=retrainer, pruning_accounting="unstructured",
+        extra={"sws": {
+            "pretrained_run": str(cfg.method.pretrained_run),
+            "pretrained_test_error": dense_error,
+            "retrained_test_error": retrained_error,
+            "tau": settings.tau,
+            "merge_tolerance": settings.merge_tolerance,
+            "components": prior.num_components,
+            "merged_components": len(merged.means),
+            "mixture": _mixture_summary(merged),
+            "figure": str(figure.relative_to(workdir)),
+        }})
+    log.info("soft weight-sharing: retrained %.2f %%, pruned %.2f %%, quantized %.2f %% test "
+             "error; %d of %d weights kept (%.2f %%), %d merged components", retrained_error,
+             pruned_error, quantized_error, metrics["weights_kept"], metrics["weights_total"],
+             metrics["percent_kept"], len(merged.means))
+    return metrics

@@ -1,19 +1,32 @@
 """Soft weight-sharing: post-processing (merging, quantisation), the figure, and smoke runs.
 
-The prior's maths is tested in ``tests/priors/test_gaussian_mixture.py``.
+The prior's maths is tested in ``tests/priors/test_gaussian_mixture.py``. The end-to-end tests
+retrain a 2-step smoke dense run (``pretrained_dense_run`` in conftest) on the synthetic data.
 """
 
+import json
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import scipy.stats
+from omegaconf import OmegaConf
 
+from bayescomp import compress, soft_weight_sharing
+from bayescomp.compression import codec, quantize
 from bayescomp.errors import ConfigError
 from bayescomp.priors.gaussian_mixture import GaussianMixture, MixtureParams
 from bayescomp.soft_weight_sharing import (MergedMixture, assign_components, layer_codebooks,
                                            merge_components, post_process, quantize_to_mixture,
-                                           save_weight_figure)
+                                           save_weight_figure, settings_from_config)
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+SMOKE = ["+debug=smoke", "trainer.batch_size=256", "trainer.chunk_steps=2",
+         "trainer.eval_batch_size=256"]
 
 
 def _log(values):
@@ -118,3 +131,113 @@ def test_weight_figure_is_written(tmp_path):
     assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ConfigError, match="differ in number"):
         save_weight_figure(pretrained, retrained[:10], _mixture(), tmp_path / "x.png")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+def test_settings_of_the_method_config():
+    method = OmegaConf.load(REPO_ROOT / "conf" / "method" / "sws.yaml")
+    settings = settings_from_config(method)
+    assert settings.prior.num_components == 17 and settings.prior.pi_zero == 0.999
+    assert settings.tau == 5e-3 and settings.merge_tolerance == 1e-10
+    assert settings.learning_rates == {"weights": 5e-4, "means": 1e-4, "log_precisions": 3e-3,
+                                       "rhos": 3e-3}
+
+
+@pytest.mark.parametrize("override, match", [
+    ({"tau": -1.0}, "method.tau"),
+    ({"tau": float("nan")}, "method.tau"),
+    ({"merge_tolerance": -1e-10}, "method.merge_tolerance"),
+    ({"learning_rates": {"weights": 5e-4}}, "method.learning_rates"),
+    ({"learning_rates": {"weights": 5e-4, "means": -1.0, "log_precisions": 3e-3, "rhos": 3e-3}},
+     "learning_rates.means"),
+    ({"prior": {"name": "flat"}}, "gaussian_mixture"),
+    ({"prior": {"name": "gaussian_mixture", "pi_zero": 2.0}}, "pi_zero"),
+])
+def test_bad_settings_are_config_errors(override, match):
+    method = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "method" / "sws.yaml"))
+    method.update(override)
+    with pytest.raises(ConfigError, match=match):
+        settings_from_config(method)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole procedure through the command line
+
+
+def run_cli(run_dir: pathlib.Path, *overrides: str, timeout: float = 300):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep)
+    env["JAX_PLATFORMS"] = "cpu"
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "bayescomp.run", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def sws_run(tmp_path_factory, pretrained_dense_run):
+    """A lenet300_sws smoke run (2 retraining steps) through ``python -m bayescomp.run``."""
+    run_dir = tmp_path_factory.mktemp("sws") / "run"
+    result = run_cli(run_dir, "+experiment=lenet300_sws", *SMOKE,
+                     f"method.pretrained_run={pretrained_dense_run('lenet300')}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_cli_run_writes_metrics_figure_and_the_quantized_network(sws_run):
+    metrics = json.loads((sws_run / "metrics.json").read_text())
+    assert metrics["method"] == "sws" and metrics["experiment"] == "lenet300_sws"
+    assert [h["phase"] for h in metrics["history"]] == ["sws"] and metrics["epochs"] == 1
+    for key in ("test_error", "pruned_test_error", "quantized_test_error"):
+        assert 0 <= metrics[key] <= 100
+    assert 0 <= metrics["sws"]["retrained_test_error"] <= 100
+    assert (sws_run / "plots" / "sws_weights.png").is_file()
+    assert metrics["sws"]["figure"] == "plots/sws_weights.png"
+
+    # Every kept weight is a mean of the merged mixture; removed weights are +0.0; the zero
+    # component's mean is exactly 0.
+    mixture = metrics["sws"]["mixture"]
+    assert mixture["means"][mixture["zero_index"]] == 0.0
+    means = np.asarray(mixture["means"], np.float32)
+    quantized = quantize.load_quantized(sws_run / quantize.QUANTIZED_FILE)
+    kept = 0
+    for kernel, mask, codebook, bits in zip(quantized.kernels, quantized.masks,
+                                            quantized.codebooks, metrics["bits_per_layer"]):
+        assert np.all(kernel[~mask] == 0) and not np.signbit(kernel[~mask]).any()
+        assert np.all(kernel[mask] != 0)
+        if codebook is None:
+            assert not mask.any()
+            continue
+        np.testing.assert_array_equal(np.unique(kernel[mask]), codebook)
+        assert np.isin(codebook, means).all() and bits == (codebook.size - 1).bit_length()
+        kept += int(mask.sum())
+    assert kept == metrics["weights_kept"] > 0
+    assert metrics["compression"]["pruning"] == pytest.approx(
+        metrics["weights_total"] / (2 * metrics["weights_kept"]))  # unstructured accounting
+    assert metrics["compression_details"]["pruning_accounting"] == "unstructured"
+    assert np.isfinite([h["quantized_test_error"] for h in metrics["history"]]).all()
+
+
+def test_compress_decodes_the_sws_network_bit_for_bit(sws_run):
+    measured = compress.compress_run(sws_run)
+    quantized = quantize.load_quantized(sws_run / quantize.QUANTIZED_FILE)
+    _, decoded = codec.load(measured["compressed_file"])
+    for kernel, restored in zip(quantized.kernels, decoded.kernels):
+        np.testing.assert_array_equal(kernel.view(np.uint32), restored.view(np.uint32))
+    metrics = json.loads((sws_run / "metrics.json").read_text())
+    assert metrics["compressed_test_error"] == metrics["quantized_test_error"]
+
+
+def test_a_network_quantised_to_nothing_is_one_clear_error(smoke_cfg, pretrained_dense_run,
+                                                           tmp_path):
+    # The tutorial's fixed initial std 0.25 is wide against the 2-step net's weights
+    # (std ~0.04): after 2 steps the zero component (π0 = 0.999) wins every weight.
+    cfg = smoke_cfg("lenet300_sws", "method.prior.init_std=0.25",
+                    f"method.pretrained_run={pretrained_dense_run('lenet300')}")
+    with pytest.raises(ConfigError, match="every weight to the zero component"):
+        soft_weight_sharing.run(cfg, tmp_path)
+    assert not (tmp_path / "metrics.json").exists()

@@ -8,30 +8,16 @@ option) exit non-zero and list the available options.
 
 import hashlib
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 
 from bayescomp import data, priors
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+from cli_helpers import REPO_ROOT, run_cli  # tests/ is on sys.path (pytest rootdir)
 EXPERIMENTS = sorted(p.stem for p in (REPO_ROOT / "conf" / "experiment").glob("*.yaml"))
 # Exactly 2 steps on the synthetic data (512 images / batch 256), no progress bar.
 SMOKE = ["+debug=smoke", "trainer.batch_size=256", "trainer.chunk_steps=2",
          "trainer.eval_batch_size=256"]
-
-
-def run_cli(run_dir: pathlib.Path, *overrides: str, timeout: float = 300):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(
-        os.pathsep)
-    env["JAX_PLATFORMS"] = "cpu"
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "bayescomp.run", *overrides, f"hydra.run.dir={run_dir}"],
-        cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _snapshot(directory: pathlib.Path, exclude=(".hydra", "run.log")) -> dict[str, str]:

@@ -7,10 +7,7 @@ on the synthetic dataset.
 """
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +21,7 @@ from bayescomp.errors import ConfigError
 from bayescomp.models import LeNet300
 from bayescomp.nn import LayerFactory
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+from cli_helpers import run_cli  # tests/ is on sys.path (pytest rootdir)
 SMOKE = ["+debug=smoke", "trainer.batch_size=256", "trainer.chunk_steps=2",
          "trainer.eval_batch_size=256"]
 
@@ -165,17 +162,6 @@ def test_masked_weights_stay_exactly_zero_after_retraining_steps(smoke_cfg):
 
 # ---------------------------------------------------------------------------------------------
 # The whole procedure through the command line
-
-
-def run_cli(run_dir: pathlib.Path, *overrides: str, timeout: float = 300):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(
-        os.pathsep)
-    env["JAX_PLATFORMS"] = "cpu"
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "bayescomp.run", *overrides, f"hydra.run.dir={run_dir}"],
-        cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,6 @@ retrain a 2-step smoke dense run (``pretrained_dense_run`` in conftest) on the s
 
 import json
 import math
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -24,7 +20,7 @@ from bayescomp.soft_weight_sharing import (MergedMixture, assign_components, lay
                                            merge_components, post_process, quantize_to_mixture,
                                            save_weight_figure, settings_from_config)
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+from cli_helpers import REPO_ROOT, run_cli  # tests/ is on sys.path (pytest rootdir)
 SMOKE = ["+debug=smoke", "trainer.batch_size=256", "trainer.chunk_steps=2",
          "trainer.eval_batch_size=256"]
 
@@ -165,17 +161,6 @@ def test_bad_settings_are_config_errors(override, match):
 
 # ---------------------------------------------------------------------------------------------
 # The whole procedure through the command line
-
-
-def run_cli(run_dir: pathlib.Path, *overrides: str, timeout: float = 300):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(
-        os.pathsep)
-    env["JAX_PLATFORMS"] = "cpu"
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "bayescomp.run", *overrides, f"hydra.run.dir={run_dir}"],
-        cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -87,6 +87,10 @@ def compress_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = N
             "layers": [
                 {"name": layer.name, "positions": layer.positions,
                  "values_kind": layer.values_kind, "codebook_bytes": layer.codebook_bytes,
+                 # "fixed": fixed-width integers, chosen where nearly every value is distinct
+                 # (ANS would need a histogram as large as the data), so the overhead over the
+                 # empirical entropy, which ignores that histogram, is not the coder's.
+                 "values_coding": layer.values_coding,
                  "num_values": layer.num_values, "value_bytes": layer.value_bytes,
                  "value_entropy_bytes": layer.value_entropy_bits / 8,
                  "value_overhead_percent": (

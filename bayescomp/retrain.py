@@ -646,12 +646,7 @@ def write_results(cfg: DictConfig, workdir: str | os.PathLike, *,
     epoch_times = [h["seconds"] for h in history]
     seconds_per_epoch = float(np.median(epoch_times)) if epoch_times else float("nan")
     metrics = {
-        "experiment": cfg.get("experiment_name") or "custom",
-        "model": cfg.model.name,
-        "method": cfg.method.name,
-        "dataset": dataset.name,
-        "data_source": dataset.source,
-        "seed": int(cfg.seed),
+        **train.run_identity(cfg, dataset),
         "epochs": len(history),
         "test_error": float(test_error),
         "pruned_test_error": float(pruned_test_error),

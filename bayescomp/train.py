@@ -426,12 +426,7 @@ def _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test
     seconds_per_epoch = float(np.median(epoch_times[1:] if len(epoch_times) > 1 else epoch_times)) \
         if epoch_times else float("nan")
     return {
-        "experiment": cfg.get("experiment_name") or "custom",
-        "model": cfg.model.name,
-        "method": cfg.method.name,
-        "dataset": dataset.name,
-        "data_source": dataset.source,
-        "seed": int(cfg.seed),
+        **run_identity(cfg, dataset),
         "epochs": trained_epochs,
         "test_error": error_mean(params, x_test, y_test),
         "pruned_test_error": error_pruned(params, x_test, y_test),
@@ -461,6 +456,18 @@ def _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test
         "jax_backend": jax.default_backend(),
         "history": history,
         "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def run_identity(cfg: DictConfig, dataset) -> dict[str, Any]:
+    """The keys of ``metrics.json`` that say which run it is (shared by every procedure)."""
+    return {
+        "experiment": cfg.get("experiment_name") or "custom",
+        "model": cfg.model.name,
+        "method": cfg.method.name,
+        "dataset": dataset.name,
+        "data_source": dataset.source,
+        "seed": int(cfg.seed),
     }
 
 

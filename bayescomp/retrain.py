@@ -52,7 +52,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from bayescomp import data as data_lib
-from bayescomp import objectives, pruning, train
+from bayescomp import objectives, train
 from bayescomp.checkpointing import Checkpointer
 from bayescomp.compression import quantize as quantize_lib
 from bayescomp.compression.report import compression_report
@@ -634,8 +634,6 @@ def write_results(cfg: DictConfig, workdir: str | os.PathLike, *,
     """
     workdir = pathlib.Path(workdir)
     masks = dict(zip(quantized.names, quantized.masks))
-    weights_total, weights_kept, total_per_layer, kept_per_layer = \
-        pruning.kept_weight_counts(masks)
     codebook_network = quantized.codebooks is not None
     report = compression_report(
         quantized.masks, quantized.precision.bits_per_layer, quantized.precision.exponent_bits,
@@ -654,21 +652,8 @@ def write_results(cfg: DictConfig, workdir: str | os.PathLike, *,
         # network has none (train.load_trained_model ignores a null here).
         "prune_thresholds": None,
         "threshold_selection": None,
-        "weights_total": weights_total,
-        "weights_kept": weights_kept,
-        "percent_kept": 100.0 * weights_kept / weights_total,
-        "compression_sparsity": weights_total / max(weights_kept, 1),
-        "layers": list(quantized.names),
-        "total_per_layer": total_per_layer,
-        "kept_per_layer": kept_per_layer,
-        "architecture": report_dict["architecture"],
-        "architecture_string": report_dict["architecture_string"],
-        "bits_per_layer": report_dict["bits_per_layer"],
-        "exponent_bits": report_dict["exponent_bits"],
+        **train.compression_metrics(masks, report_dict),
         "quantized_test_error": float(quantized_test_error),
-        "compression": report_dict["compression"],
-        "compression_details": {k: v for k, v in report_dict.items() if k not in (
-            "compression", "architecture", "bits_per_layer", "exponent_bits")},
         "codebook_sizes": None if not codebook_network else [
             None if c is None else int(np.size(c)) for c in quantized.codebooks],
         "seconds_per_epoch": seconds_per_epoch,

@@ -407,7 +407,6 @@ def _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test
     prune_thresholds = {name: layer.prune_threshold
                         for name, layer in objectives.variational_layers(model)}
     masks = pruning.propagated_masks(model)
-    weights_total, weights_kept, total_per_layer, kept_per_layer = pruning.kept_weight_counts(masks)
     pruning.save_log_alpha_histograms(model, workdir / "plots")
 
     # The compressed network: kept posterior means rounded to the posterior-derived bits.
@@ -432,21 +431,8 @@ def _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test
         "pruned_test_error": error_pruned(params, x_test, y_test),
         "prune_thresholds": prune_thresholds,
         "threshold_selection": selection_trace,
-        "weights_total": weights_total,
-        "weights_kept": weights_kept,
-        "percent_kept": 100.0 * weights_kept / weights_total,
-        "compression_sparsity": weights_total / max(weights_kept, 1),
-        "layers": [name for name, _ in objectives.variational_layers(model)],
-        "total_per_layer": total_per_layer,
-        "kept_per_layer": kept_per_layer,
-        "architecture": report_dict["architecture"],
-        "architecture_string": report_dict["architecture_string"],
-        "bits_per_layer": report_dict["bits_per_layer"],
-        "exponent_bits": report_dict["exponent_bits"],
+        **compression_metrics(masks, report_dict),
         "quantized_test_error": quantized_error,
-        "compression": report_dict["compression"],
-        "compression_details": {k: v for k, v in report_dict.items() if k not in (
-            "compression", "architecture", "bits_per_layer", "exponent_bits")},
         # Median over epochs of the training time of one epoch (excluding the first, which
         # includes compilation); evaluation and checkpointing are not included.
         "seconds_per_epoch": seconds_per_epoch,
@@ -468,6 +454,33 @@ def run_identity(cfg: DictConfig, dataset) -> dict[str, Any]:
         "dataset": dataset.name,
         "data_source": dataset.source,
         "seed": int(cfg.seed),
+    }
+
+
+def compression_metrics(masks: dict[str, np.ndarray], report: dict[str, Any]) -> dict[str, Any]:
+    """The ``metrics.json`` keys of what was kept and how well it compresses.
+
+    Args:
+        masks: Keep masks by layer path, in layer order.
+        report: ``CompressionReport.to_dict()`` of the compressed network.
+    """
+    weights_total, weights_kept, total_per_layer, kept_per_layer = \
+        pruning.kept_weight_counts(masks)
+    return {
+        "weights_total": weights_total,
+        "weights_kept": weights_kept,
+        "percent_kept": 100.0 * weights_kept / weights_total,
+        "compression_sparsity": weights_total / max(weights_kept, 1),
+        "layers": list(masks),
+        "total_per_layer": total_per_layer,
+        "kept_per_layer": kept_per_layer,
+        "architecture": report["architecture"],
+        "architecture_string": report["architecture_string"],
+        "bits_per_layer": report["bits_per_layer"],
+        "exponent_bits": report["exponent_bits"],
+        "compression": report["compression"],
+        "compression_details": {k: v for k, v in report.items() if k not in (
+            "compression", "architecture", "bits_per_layer", "exponent_bits")},
     }
 
 

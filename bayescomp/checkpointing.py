@@ -3,10 +3,16 @@
 The state is flattened to its leaves (``leaf_00000`` …) plus a JSON block of metadata. Restoring
 checks the leaves against a freshly initialised state, so a checkpoint written by another
 configuration gives one clear error instead of a shape mismatch deep inside the step.
+
+Shapes alone do not catch a changed learning rate, KL warm-up or seed, which would silently
+continue an old trajectory under new settings. Callers therefore store the settings that shape
+the trajectory in the metadata (``metadata["config"]``, a flat ``{dotted.key: value}`` dict) and
+check them on resume with :func:`check_same_config`.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any
 
@@ -15,6 +21,59 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from bayescomp.errors import ConfigError
+
+#: Differences listed in the error message before it says "and N more".
+_MAX_LISTED = 8
+
+
+def flatten_config(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and scalars are leaves (JSON-comparable)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def check_same_config(saved: dict[str, Any] | None, current: dict[str, Any],
+                      directory: pathlib.Path | str) -> list[str]:
+    """Refuse to resume a checkpoint written under different training settings.
+
+    Only keys present on both sides are compared: a key that exists on one side only comes from
+    a bayescomp version that added or removed a setting, not from the user, and is returned
+    (for a warning) rather than refused.
+
+    Args:
+        saved: ``metadata["config"]`` of the checkpoint (flat dotted keys), or None for a
+            checkpoint written before bayescomp stored it (accepted: nothing to compare).
+        current: The same keys for this run.
+        directory: The checkpoint directory, named in the error.
+
+    Returns:
+        The keys found on one side only.
+
+    Raises:
+        ConfigError: Listing each differing key as ``key: saved -> current``.
+    """
+    if saved is None:
+        return []
+    current = json.loads(json.dumps(current))  # tuples become lists, as they were saved
+    shared = sorted(set(saved) & set(current))
+    differences = [f"{k}: {saved[k]!r} -> {current[k]!r}" for k in shared
+                   if saved[k] != current[k]]
+    if differences:
+        listed = differences[:_MAX_LISTED]
+        more = len(differences) - len(listed)
+        raise ConfigError(
+            f"the checkpoint in {pathlib.Path(directory).absolute()} was written with different "
+            "training settings (" + "; ".join(listed) + (f"; and {more} more" if more else "") +
+            "). To resume it, rerun with its settings (its .hydra/config.yaml); to train with "
+            "the new ones, use a new output directory (hydra.run.dir=...)."
+        )
+    return sorted(set(saved) ^ set(current))
 
 
 class Checkpointer:

@@ -486,6 +486,11 @@ class Retrainer:
                     f"the checkpoints in {checkpointer.directory} were retrained from "
                     f"{meta['pretrained_run']}, not {self.pretrained_run}; run in a new output "
                     "directory (hydra.run.dir=...) or delete those checkpoints to start over")
+            try:
+                train.resume_checks(meta, self.cfg, checkpointer.directory)
+            except ConfigError:
+                checkpointer.close()
+                raise
             key = jax.random.wrap_key_data(jnp.asarray(key_data))
             self.history = list(meta["history"])
             self.train_seconds = float(meta["train_seconds"])
@@ -544,7 +549,8 @@ class Retrainer:
             checkpointer.save(phase_epoch, (params, opt_state, jax.random.key_data(key)),
                               dict(phase=phase.name, phase_epoch=phase_epoch,
                                    history=self.history, train_seconds=self.train_seconds,
-                                   pretrained_run=self.pretrained_run))
+                                   pretrained_run=self.pretrained_run,
+                                   config=train.trajectory_config(self.cfg)))
             train.write_config(self.workdir, self.cfg)
         if progress is not None:
             progress.close()

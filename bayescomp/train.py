@@ -35,7 +35,7 @@ from bayescomp import data as data_lib
 from bayescomp import models
 from bayescomp import nn as bnn
 from bayescomp import objectives, pruning, threshold_selection
-from bayescomp.checkpointing import Checkpointer
+from bayescomp.checkpointing import Checkpointer, check_same_config, flatten_config
 from bayescomp.compression import quantize as quantize_lib
 from bayescomp.compression.report import compression_report
 from bayescomp.errors import ConfigError, TrainingDivergedError
@@ -231,6 +231,46 @@ def load_trained_model(run_dir: str | os.PathLike) -> tuple[DictConfig, nnx.Modu
     return cfg, model, meta
 
 
+#: Settings a resumed run may change: where the data is found, logging and evaluation, the run's
+#: name, pruning (applied to the trained posterior, so a finished run can be re-evaluated at new
+#: thresholds) and the number of epochs (to train a finished run for longer; a warning says when
+#: the learning-rate schedule depends on it). Every other setting shapes the trajectory and must
+#: match the checkpoint.
+RESUMABLE_CHANGES = ("experiment_name", "data.dir", "data.tfds_data_dir", "data.download",
+                     "trainer.progress_bar", "trainer.tensorboard", "trainer.eval_batch_size",
+                     "trainer.pruned_eval_every", "trainer.loop", "trainer.epochs",
+                     "method.prune.")
+
+
+def trajectory_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved settings that determine the training trajectory, as flat dotted keys.
+
+    Stored in every checkpoint and compared on resume (:func:`check_same_config`), so rerunning
+    a run directory with, say, another learning rate is refused instead of silently continuing
+    the old run under new settings.
+    """
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    return {key: value for key, value in flatten_config(container).items()
+            if not any(key == skip or (skip.endswith(".") and key.startswith(skip))
+                       for skip in RESUMABLE_CHANGES)}
+
+
+def resume_checks(meta: dict, cfg: DictConfig, directory) -> None:
+    """Raise if ``meta`` (a checkpoint's metadata) was saved under other training settings."""
+    only_one_side = check_same_config(meta.get("config"), trajectory_config(cfg), directory)
+    saved_epochs = meta.get("epochs")
+    if (saved_epochs is not None and int(saved_epochs) != int(cfg.trainer.epochs)
+            and cfg.optimizer.get("schedule", "constant") != "constant"):
+        log.warning("the checkpoint in %s was trained for a %d-epoch run and is resumed for %d "
+                    "epochs: the %s learning-rate schedule restarts from a different curve",
+                    directory, int(saved_epochs), int(cfg.trainer.epochs),
+                    cfg.optimizer.schedule)
+    if only_one_side:
+        log.warning("settings present in only one of the checkpoint in %s and this bayescomp "
+                    "version (not compared): %s", directory, ", ".join(only_one_side))
+
+
 def git_commit() -> str:
     """The git commit of the bayescomp source tree, with ``-dirty`` if it has local changes."""
     root = pathlib.Path(__file__).resolve().parent.parent
@@ -320,6 +360,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
     if latest is not None:
         (params, opt_state, key_data), meta = checkpointer.restore(
             latest, (params, opt_state, jax.random.key_data(key)))
+        resume_checks(meta, cfg, checkpointer.directory)
         key = jax.random.wrap_key_data(jnp.asarray(key_data))
         history = meta["history"]
         start_epoch = int(meta["epoch"]) + 1
@@ -369,7 +410,8 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
         history.append({k: float(v) for k, v in record.items()})
         _log_epoch(writer, model, params, record)
         checkpointer.save(epoch, (params, opt_state, jax.random.key_data(key)),
-                          dict(epoch=epoch, history=history, train_seconds=train_seconds))
+                          dict(epoch=epoch, history=history, train_seconds=train_seconds,
+                               epochs=epochs, config=trajectory_config(cfg)))
         write_config(workdir, cfg)
     if progress is not None:
         progress.close()

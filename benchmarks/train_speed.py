@@ -15,15 +15,24 @@ Usage::
     python benchmarks/train_speed.py                       # the four LeNet experiments
     python benchmarks/train_speed.py --experiments lenet5_svd lenet5_dense --steps 100
     python benchmarks/train_speed.py --loop scan   # force one loop kind (default: auto, as runs)
+    python benchmarks/train_speed.py --experiments lenet5_svd --profile /tmp/trace  # op table
 
 ``--loop auto`` (the default) uses the run's own choice: a Python loop of jitted steps for conv
 models on CPU, where XLA runs convolution gradients inside a loop body an order of magnitude
 slower (jax-ml/jax#12868), and ``lax.scan`` otherwise. ``--loop scan`` shows that cost.
+
+``--profile DIR`` records the timed calls with ``jax.profiler`` (a Perfetto trace under DIR, to
+open in ui.perfetto.dev or TensorBoard) and prints, per experiment, the XLA operations that took
+the most time per step: where to look before optimising.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
+import gzip
+import json
 import os
 import pathlib
 import resource
@@ -60,6 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(default: %(default)s)")
     parser.add_argument("--loop", choices=["auto", "scan", "python"], default="auto",
                         help="trainer.loop to time (default: %(default)s, as a run chooses)")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="trace the timed calls into DIR and print the costliest XLA ops")
+    parser.add_argument("--top", type=int, default=15,
+                        help="operations listed per experiment with --profile "
+                             "(default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -69,8 +83,12 @@ def compose_experiment(name: str):
 
 
 def time_experiment(name: str, steps: int, batch_size: int, repeats: int,
-                    loop: str = "auto") -> dict:
-    """Compile once, then time ``repeats`` calls of ``steps`` steps each."""
+                    loop: str = "auto", profile_dir: str | None = None) -> dict:
+    """Compile once, then time ``repeats`` calls of ``steps`` steps each.
+
+    With ``profile_dir``, the timed calls are traced there (``jax.profiler``) and the result
+    gains ``op_ms_per_step``: XLA operation name -> milliseconds per step, summed over threads.
+    """
     cfg = compose_experiment(name)
     model = train.build_model(cfg, INPUT_SHAPE, NUM_CLASSES, seed=0)
     optimizer = train.build_optimizer(cfg, total_steps=(repeats + 1) * steps)
@@ -99,15 +117,47 @@ def time_experiment(name: str, steps: int, batch_size: int, repeats: int,
 
     compile_seconds, params, opt_state = call(0, params, opt_state)  # warm-up: traces, compiles
     times = []
-    for i in range(1, repeats + 1):
-        seconds, params, opt_state = call(i, params, opt_state)
-        times.append(seconds)
+    trace_dir = None if profile_dir is None else pathlib.Path(profile_dir) / name
+    tracing = (jax.profiler.trace(str(trace_dir), create_perfetto_trace=True)
+               if trace_dir is not None else contextlib.nullcontext())
+    with tracing:
+        for i in range(1, repeats + 1):
+            seconds, params, opt_state = call(i, params, opt_state)
+            times.append(seconds)
     compiled = train_chunk if loop == "scan" else train_chunk.jitted_step
     assert compiled._cache_size() == 1, "the train step was compiled more than once"
     step_seconds = statistics.median(times) / steps
-    return dict(experiment=name, model=cfg.model.name, method=cfg.method.name, loop=loop,
-                compile_seconds=compile_seconds, step_seconds=step_seconds,
-                images_per_second=batch_size / step_seconds)
+    result = dict(experiment=name, model=cfg.model.name, method=cfg.method.name, loop=loop,
+                  compile_seconds=compile_seconds, step_seconds=step_seconds,
+                  images_per_second=batch_size / step_seconds)
+    if trace_dir is not None:
+        result["op_ms_per_step"] = xla_op_times(trace_dir, steps * repeats)
+    return result
+
+
+# Trace events that are not XLA operations: Python frames ("$file.py:line name"), dispatch,
+# the thunk executor's own spans and compilation.
+_NOT_AN_OP = ("$", "Pjit", "ThunkExecutor", "PjRt", "Cpu", "backend_", "TaskDispatcher",
+              "lower_", "trace_to_jaxpr", "FusionCompiler", "Codegen", "JitCompiler")
+
+
+def xla_op_times(trace_dir: pathlib.Path, steps: int) -> dict[str, float]:
+    """Milliseconds per step of each XLA operation in the newest Perfetto trace under trace_dir.
+
+    Durations of complete ("X") events are summed per name over all threads, so an op that
+    runs on two threads at once counts twice: the numbers rank where CPU time goes.
+    """
+    files = sorted(trace_dir.rglob("perfetto_trace.json.gz"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        raise SystemExit(f"no perfetto_trace.json.gz under {trace_dir}; did jax.profiler run?")
+    with gzip.open(files[-1]) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    micros = collections.Counter()
+    for event in events:
+        if event.get("ph") == "X" and not event.get("name", "$").startswith(_NOT_AN_OP):
+            micros[event["name"]] += event.get("dur", 0)
+    return {name: us / 1e3 / steps for name, us in micros.most_common()}
 
 
 def main(argv=None) -> None:
@@ -118,7 +168,7 @@ def main(argv=None) -> None:
     rows = []
     for name in args.experiments:
         rows.append(time_experiment(name, args.steps, args.batch_size, args.repeats,
-                                    args.loop))
+                                    args.loop, args.profile))
         print(f"  {name}: done", file=sys.stderr, flush=True)
 
     dense_step = {r["model"]: r["step_seconds"] for r in rows if r["method"] == "dense"}
@@ -133,6 +183,14 @@ def main(argv=None) -> None:
         print(f"{r['experiment']:<18} {1e3 * r['step_seconds']:>9.2f} "
               f"{r['images_per_second']:>10.0f} {steps_per_epoch * r['step_seconds']:>17.1f} "
               f"{ratio:>9} {r['compile_seconds']:>10.1f} {r['loop']:>7}")
+    for r in rows:
+        ops = r.get("op_ms_per_step")
+        if ops:
+            total = sum(ops.values())
+            print(f"\n{r['experiment']}: XLA operations, ms per step summed over threads "
+                  f"(all ops: {total:.2f}; trace in {args.profile}/{r['experiment']})")
+            for op, ms in list(ops.items())[:args.top]:
+                print(f"  {ms:8.3f}  {100 * ms / total:5.1f} %  {op}")
     # ru_maxrss is in KiB on Linux (bytes on macOS).
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20

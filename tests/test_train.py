@@ -75,12 +75,58 @@ def test_rerun_of_a_finished_run_trains_nothing(one_epoch_run, smoke_cfg, tmp_pa
     assert again["test_error"] == first["test_error"]
 
 
+def test_resume_with_other_training_settings_is_refused(one_epoch_run, smoke_cfg, tmp_path):
+    workdir = _copy(one_epoch_run[0], tmp_path)
+    before = _snapshot(workdir)
+    cfg = smoke_cfg(EXPERIMENT, CONSTANT_LR, "trainer.epochs=2", "optimizer.lr=5e-4",
+                    "trainer.kl_warmup.end_epoch=7")
+    with pytest.raises(ConfigError) as info:
+        train.train_and_evaluate(cfg, workdir)
+    message = str(info.value)
+    assert "optimizer.lr: 0.001 -> 0.0005" in message
+    assert "trainer.kl_warmup.end_epoch: 0 -> 7" in message
+    assert "hydra.run.dir" in message and "\n" not in message
+    assert _snapshot(workdir) == before  # nothing written, nothing lost
+
+
+def test_resume_may_change_logging_pruning_and_epochs(one_epoch_run, smoke_cfg, tmp_path):
+    workdir = _copy(one_epoch_run[0], tmp_path)
+    cfg = smoke_cfg(EXPERIMENT, CONSTANT_LR, "trainer.tensorboard=false",
+                    "trainer.pruned_eval_every=3", "trainer.eval_batch_size=50",
+                    "experiment_name=renamed", "method.prune.threshold=1.5")
+    again = train.train_and_evaluate(cfg, workdir)
+    assert again["history"] == one_epoch_run[1]["history"]
+    # trainer.epochs is accepted too: test_resume_continues_at_the_next_epoch extends the run.
+
+
+def test_checkpoint_settings_comparison():
+    """check_same_config on hand-made dicts: old checkpoints, added keys, the listing cap."""
+    from bayescomp.checkpointing import check_same_config, flatten_config
+
+    assert flatten_config({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {
+        "a.b": 1, "a.c.d": [1, 2], "e": None}
+    assert check_same_config(None, {"a": 1}, "ckpt") == []  # written before settings were saved
+    # Tuples compare equal to the lists JSON saved them as; one-sided keys are returned.
+    assert check_same_config({"a": [1, 2], "old": 0}, {"a": (1, 2), "new": 1}, "ckpt") == [
+        "new", "old"]
+    saved = {f"k{i:02d}": i for i in range(12)}
+    with pytest.raises(ConfigError) as info:
+        check_same_config(saved, {k: v + 1 for k, v in saved.items()}, "ckpt")
+    message = str(info.value)
+    assert "k00: 0 -> 1" in message and "k07: 7 -> 8" in message
+    assert "k08" not in message and "and 4 more" in message
+
+
 # ---------------------------------------------------------------------------------------------
 # (d) divergence
 
 
-def test_nan_loss_raises_and_keeps_the_last_good_state(one_epoch_run, smoke_cfg, tmp_path):
+def test_nan_loss_raises_and_keeps_the_last_good_state(one_epoch_run, smoke_cfg, tmp_path,
+                                                        monkeypatch):
     workdir = _copy(one_epoch_run[0], tmp_path)
+    # The diverging lr is set on resume, which the settings check would refuse (tested below);
+    # here the run must get as far as the bad step.
+    monkeypatch.setattr(train, "resume_checks", lambda *args, **kwargs: None)
     before = _snapshot(workdir)
     assert "metrics.json" in before
     # Adam's step is ~lr whatever the gradient: the first step of epoch 1 moves the weights by

@@ -20,7 +20,9 @@ import logging
 import math
 import os
 import pathlib
+import resource
 import subprocess
+import sys
 import time
 from typing import Any, Callable
 
@@ -271,6 +273,15 @@ def resume_checks(meta: dict, cfg: DictConfig, directory) -> None:
                     "version (not compared): %s", directory, ", ".join(only_one_side))
 
 
+def peak_memory_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (``getrusage`` ``ru_maxrss``).
+
+    On an accelerator this is host memory only; device memory is not included.
+    """
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024  # bytes vs KiB
+
+
 def git_commit() -> str:
     """The git commit of the bayescomp source tree, with ``-dirty`` if it has local changes."""
     root = pathlib.Path(__file__).resolve().parent.parent
@@ -479,6 +490,7 @@ def _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test
         # includes compilation); evaluation and checkpointing are not included.
         "seconds_per_epoch": seconds_per_epoch,
         "images_per_second": steps_per_epoch * batch_size / seconds_per_epoch,
+        "peak_memory_mib": peak_memory_mib(),
         "train_seconds": train_seconds,
         "git_commit": git_commit(),
         "jax_backend": jax.default_backend(),

@@ -80,6 +80,8 @@ def test_experiment_trains_two_steps(experiment, smoke_cfg, tmp_path, pretrained
         assert written["weights_kept"] == written["weights_total"]
     assert math.isfinite(written["seconds_per_epoch"]) and written["seconds_per_epoch"] > 0
     assert written["train_seconds"] >= written["seconds_per_epoch"]
+    # JAX alone keeps well over 50 MiB resident; 24 GB is this machine's whole memory.
+    assert 50 < written["peak_memory_mib"] < 24 * 1024
     assert isinstance(written["git_commit"], str) and written["git_commit"]
     assert math.isfinite(written["history"][0]["loss"])
     if procedure == "variational":  # 2 steps: the checkpoint of the only epoch exists.

@@ -39,7 +39,8 @@ def flatten_config(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def check_same_config(saved: dict[str, Any] | None, current: dict[str, Any],
-                      directory: pathlib.Path | str) -> list[str]:
+                      directory: pathlib.Path | str,
+                      settings_file: pathlib.Path | str | None = None) -> list[str]:
     """Refuse to resume a checkpoint written under different training settings.
 
     Only keys present on both sides are compared: a key that exists on one side only comes from
@@ -51,6 +52,7 @@ def check_same_config(saved: dict[str, Any] | None, current: dict[str, Any],
             checkpoint written before bayescomp stored it (accepted: nothing to compare).
         current: The same keys for this run.
         directory: The checkpoint directory, named in the error.
+        settings_file: Where the checkpoint's full settings can be read, named in the error.
 
     Returns:
         The keys found on one side only.
@@ -70,8 +72,9 @@ def check_same_config(saved: dict[str, Any] | None, current: dict[str, Any],
         raise ConfigError(
             f"the checkpoint in {pathlib.Path(directory).absolute()} was written with different "
             "training settings (" + "; ".join(listed) + (f"; and {more} more" if more else "") +
-            "). To resume it, rerun with its settings (its .hydra/config.yaml); to train with "
-            "the new ones, use a new output directory (hydra.run.dir=...)."
+            "). To resume it, rerun with its settings"
+            + (f" ({pathlib.Path(settings_file).absolute()})" if settings_file else "")
+            + "; to train with the new ones, use a new output directory (hydra.run.dir=...)."
         )
     return sorted(set(saved) ^ set(current))
 
@@ -102,6 +105,12 @@ class Checkpointer:
             args=ocp.args.Composite(state=ocp.args.StandardSave(arrays),
                                     meta=ocp.args.JsonSave(metadata)),
         )
+
+    def metadata(self, step: int) -> dict:
+        """The JSON metadata of step ``step`` alone (cheap: no arrays are read)."""
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict]:
         """Restore step ``step`` into the structure of ``like``.

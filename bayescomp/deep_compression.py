@@ -286,7 +286,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     method = cfg.method
     retrainer = retrain.Retrainer(
         cfg, workdir, model, data,
-        pretrained_run=str(pathlib.Path(str(method.pretrained_run)).expanduser().resolve()))
+        pretrained_run=method.pretrained_run)
     pretrained_kernels = {n: np.asarray(k) for n, k in retrain.kernels_of(params, names).items()}
     dense_error = retrainer.error(params)
     log.info("pretrained %s: test error %.2f %% (its run reported %.2f %%)",

@@ -397,7 +397,8 @@ class Retrainer:
         self.cfg = cfg
         self.workdir = pathlib.Path(workdir)
         self.data = data
-        self.pretrained_run = str(pretrained_run)
+        # Resolved, so `~/runs/x` and `/root/runs/x` are recognised as the same run on resume.
+        self.pretrained_run = str(pathlib.Path(str(pretrained_run)).expanduser().resolve())
         trainer = cfg.trainer
         self.batch_size = int(trainer.batch_size)
         self.n_train = int(data.x_train.shape[0])
@@ -478,16 +479,18 @@ class Retrainer:
         start = 0
         latest = checkpointer.latest_step()
         if latest is not None:
-            (params, opt_state, key_data), meta = checkpointer.restore(
-                latest, (params, opt_state, jax.random.key_data(key)))
-            if meta.get("pretrained_run", self.pretrained_run) != self.pretrained_run:
-                checkpointer.close()
-                raise ConfigError(
-                    f"the checkpoints in {checkpointer.directory} were retrained from "
-                    f"{meta['pretrained_run']}, not {self.pretrained_run}; run in a new output "
-                    "directory (hydra.run.dir=...) or delete those checkpoints to start over")
-            try:
-                train.resume_checks(meta, self.cfg, checkpointer.directory)
+            try:  # settings first: a changed setting is named rather than a shape mismatch
+                meta = checkpointer.metadata(latest)
+                if meta.get("pretrained_run", self.pretrained_run) != self.pretrained_run:
+                    raise ConfigError(
+                        f"the checkpoints in {checkpointer.directory} were retrained from "
+                        f"{meta['pretrained_run']}, not {self.pretrained_run}; run in a new "
+                        "output directory (hydra.run.dir=...) or delete those checkpoints to "
+                        "start over")
+                train.resume_checks(meta, self.cfg, checkpointer.directory, self.workdir,
+                                    train.RESUMABLE_CHANGES_RETRAINING)
+                (params, opt_state, key_data), meta = checkpointer.restore(
+                    latest, (params, opt_state, jax.random.key_data(key)))
             except ConfigError:
                 checkpointer.close()
                 raise
@@ -550,7 +553,8 @@ class Retrainer:
                               dict(phase=phase.name, phase_epoch=phase_epoch,
                                    history=self.history, train_seconds=self.train_seconds,
                                    pretrained_run=self.pretrained_run,
-                                   config=train.trajectory_config(self.cfg)))
+                                   config=train.trajectory_config(
+                                       self.cfg, train.RESUMABLE_CHANGES_RETRAINING)))
             train.write_config(self.workdir, self.cfg)
         if progress is not None:
             progress.close()

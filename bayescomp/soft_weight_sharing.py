@@ -417,7 +417,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     names = retrain.layer_names(model)
     pretrained = retrain.point_params(model)
     retrainer = retrain.Retrainer(cfg, workdir, model, data,
-                                  pretrained_run=str(pathlib.Path(cfg.method.pretrained_run)))
+                                  pretrained_run=cfg.method.pretrained_run)
     dense_error = retrainer.error(pretrained)
     log.info("pretrained %s: test error %.2f %% (its run reported %.2f %%)",
              cfg.method.pretrained_run, dense_error,

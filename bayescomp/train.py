@@ -235,32 +235,57 @@ def load_trained_model(run_dir: str | os.PathLike) -> tuple[DictConfig, nnx.Modu
 
 #: Settings a resumed run may change: where the data is found, logging and evaluation, the run's
 #: name, pruning (applied to the trained posterior, so a finished run can be re-evaluated at new
-#: thresholds) and the number of epochs (to train a finished run for longer; a warning says when
-#: the learning-rate schedule depends on it). Every other setting shapes the trajectory and must
-#: match the checkpoint.
+#: thresholds), ``method.pretrained_run`` (compared as a resolved path by the retraining
+#: procedures, so ``~/x`` and ``/root/x`` are the same run) and, for the variational procedure,
+#: the number of epochs (to train a finished run for longer; a warning says when the
+#: learning-rate schedule depends on it). Every other setting shapes the trajectory and must
+#: match the checkpoint. A key ending in "." covers its whole subtree.
 RESUMABLE_CHANGES = ("experiment_name", "data.dir", "data.tfds_data_dir", "data.download",
                      "trainer.progress_bar", "trainer.tensorboard", "trainer.eval_batch_size",
                      "trainer.pruned_eval_every", "trainer.loop", "trainer.epochs",
-                     "method.prune.")
+                     "method.prune.", "method.pretrained_run")
+
+#: Retraining procedures (Deep Compression, soft weight-sharing) derive each phase's masks and
+#: codebooks from the phases before it, which a changed epoch count would retrain differently;
+#: their checkpoints are only resumable with the same ``trainer.epochs``.
+RESUMABLE_CHANGES_RETRAINING = tuple(k for k in RESUMABLE_CHANGES if k != "trainer.epochs")
 
 
-def trajectory_config(cfg: DictConfig) -> dict[str, Any]:
+def trajectory_config(cfg: DictConfig,
+                      resumable: tuple[str, ...] = RESUMABLE_CHANGES) -> dict[str, Any]:
     """The resolved settings that determine the training trajectory, as flat dotted keys.
 
     Stored in every checkpoint and compared on resume (:func:`check_same_config`), so rerunning
     a run directory with, say, another learning rate is refused instead of silently continuing
     the old run under new settings.
+
+    Args:
+        cfg: The run's configuration.
+        resumable: Keys (or subtrees, ending in ".") left out of the comparison.
     """
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
     return {key: value for key, value in flatten_config(container).items()
             if not any(key == skip or (skip.endswith(".") and key.startswith(skip))
-                       for skip in RESUMABLE_CHANGES)}
+                       for skip in resumable)}
 
 
-def resume_checks(meta: dict, cfg: DictConfig, directory) -> None:
-    """Raise if ``meta`` (a checkpoint's metadata) was saved under other training settings."""
-    only_one_side = check_same_config(meta.get("config"), trajectory_config(cfg), directory)
+def resume_checks(meta: dict, cfg: DictConfig, directory, workdir,
+                  resumable: tuple[str, ...] = RESUMABLE_CHANGES) -> None:
+    """Raise if ``meta`` (a checkpoint's metadata) was saved under other training settings.
+
+    ``workdir`` is the run directory, whose ``config.yaml`` (:func:`write_config`, rewritten
+    only after a checkpoint) holds the checkpoint's settings; Hydra's ``.hydra/config.yaml``
+    already holds the new ones by the time this runs.
+
+    Raises:
+        ConfigError: A trajectory setting differs (see :func:`trajectory_config`).
+    """
+    if "config" not in meta:
+        log.info("the checkpoint in %s predates stored settings; resuming it unchecked",
+                 directory)
+    only_one_side = check_same_config(meta.get("config"), trajectory_config(cfg, resumable),
+                                      directory, pathlib.Path(workdir) / "config.yaml")
     saved_epochs = meta.get("epochs")
     if (saved_epochs is not None and int(saved_epochs) != int(cfg.trainer.epochs)
             and cfg.optimizer.get("schedule", "constant") != "constant"):
@@ -369,9 +394,13 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
     train_seconds = 0.0
     latest = checkpointer.latest_step()
     if latest is not None:
-        (params, opt_state, key_data), meta = checkpointer.restore(
-            latest, (params, opt_state, jax.random.key_data(key)))
-        resume_checks(meta, cfg, checkpointer.directory)
+        try:  # settings first: a changed setting is named rather than a shape mismatch
+            resume_checks(checkpointer.metadata(latest), cfg, checkpointer.directory, workdir)
+            (params, opt_state, key_data), meta = checkpointer.restore(
+                latest, (params, opt_state, jax.random.key_data(key)))
+        except ConfigError:
+            checkpointer.close()
+            raise
         key = jax.random.wrap_key_data(jnp.asarray(key_data))
         history = meta["history"]
         start_epoch = int(meta["epoch"]) + 1

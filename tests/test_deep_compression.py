@@ -233,6 +233,29 @@ def test_rerun_in_the_same_directory_resumes_and_trains_nothing(dc_run, pretrain
     assert after["quantized_test_error"] == before["quantized_test_error"]
 
 
+def test_rerun_with_more_epochs_is_refused(dc_run, pretrained_dense_run, tmp_path):
+    """Retraining phases derive masks and codebooks from the phases before them, so a changed
+    epoch count (allowed for variational runs) cannot resume them: refused, nothing lost."""
+    import hashlib
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(dc_run, run_dir)
+    digest = {name: hashlib.sha256((run_dir / name).read_bytes()).hexdigest()
+              for name in ("metrics.json", "config.yaml")}
+    result = run_cli(run_dir, "+experiment=lenet300_dc", *SMOKE, "method.prune_rounds=1",
+                     "trainer.epochs=2",
+                     f"method.pretrained_run={pretrained_dense_run('lenet300')}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "trainer.epochs: 1 -> 2" in lines[0]
+    # The hint names the run's own config.yaml: Hydra has already rewritten .hydra/config.yaml.
+    assert f"{run_dir.absolute()}/config.yaml" in lines[0]
+    assert digest == {name: hashlib.sha256((run_dir / name).read_bytes()).hexdigest()
+                      for name in ("metrics.json", "config.yaml")}
+
+
 def test_missing_pretrained_run_is_one_line_error(tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli(run_dir, "+experiment=lenet300_dc", *SMOKE)

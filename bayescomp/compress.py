@@ -58,8 +58,38 @@ def compress_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = N
         quantized = quantize.quantize(model, pruning.propagated_masks(model))
     spec = data_lib.REGISTRY[cfg.data.name]
     out = pathlib.Path(out) if out else run_dir / "model.bcz"
+    # The file is written beside its destination, decoded, checked and evaluated there, and only
+    # then moved over an existing file: if anything fails, the previous file and the metrics
+    # that describe it stay as they were.
+    staging = out.with_name(out.name + ".new")
+    try:
+        measured = _write_and_measure(staging, quantized, cfg, spec, evaluate)
+        staging.replace(out)
+    finally:
+        staging.unlink(missing_ok=True)
+    measured["compressed_file"] = str(out)
+
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.exists():
+        metrics = json.loads(metrics_path.read_text())
+        metrics["compressed_bytes"] = measured["compressed_bytes"]
+        if "compressed_test_error" in measured:
+            metrics["compressed_test_error"] = measured["compressed_test_error"]
+        else:  # not measured for this file (--no-eval): an older file's error would mislead
+            metrics.pop("compressed_test_error", None)
+        metrics.setdefault("compression", {})["max_compression_measured"] = measured[
+            "max_compression_measured"]
+        metrics["compression_file"] = measured["compression_file"]
+        train.write_metrics(run_dir, metrics)
+    return measured
+
+
+def _write_and_measure(out: pathlib.Path, quantized, cfg, spec, evaluate: bool) -> dict:
+    """Write ``out``, check it decodes bit for bit, and measure it (see :func:`compress_run`)."""
     file_bytes = codec.save(out, quantized, model_name=cfg.model.name,
-                            input_shape=spec.image_shape, num_classes=spec.num_classes)
+                            input_shape=spec.image_shape, num_classes=spec.num_classes,
+                            dataset=cfg.data.name,
+                            preprocess=cfg.data.get("preprocess", "reference"))
     decoded_model, decoded = codec.load(out)
     for original, restored in zip(quantized.kernels, decoded.kernels):
         if not np.array_equal(np.asarray(original).view(np.uint32),
@@ -73,7 +103,6 @@ def compress_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = N
                               + layer.codebook_bytes)
                        for layer in decoded.layers)
     measured = {
-        "compressed_file": str(out),
         "compressed_bytes": file_bytes,
         "max_compression_measured": 4.0 * weights_total / file_bytes,
         "compression_file": {
@@ -110,16 +139,6 @@ def compress_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = N
         measured["compressed_test_error"] = test_error(decoded_model, dataset,
                                                        int(cfg.trainer.eval_batch_size))
 
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.exists():
-        metrics = json.loads(metrics_path.read_text())
-        metrics["compressed_bytes"] = measured["compressed_bytes"]
-        if "compressed_test_error" in measured:
-            metrics["compressed_test_error"] = measured["compressed_test_error"]
-        metrics.setdefault("compression", {})["max_compression_measured"] = measured[
-            "max_compression_measured"]
-        metrics["compression_file"] = measured["compression_file"]
-        train.write_metrics(run_dir, metrics)
     return measured
 
 

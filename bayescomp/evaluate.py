@@ -1,8 +1,10 @@
 """Test error of a compressed model file: ``python -m bayescomp.evaluate PATH [data=NAME] [data.dir=DIR]``.
 
 Decodes the ``.bcz`` file into a runnable network (:func:`bayescomp.compression.codec.load`) and
-measures its error on the test split of a dataset (default: ``fashion_mnist``), found as
-``bayescomp.run`` finds it. Options are written as in the runner: ``data=mnist``,
+measures its error on the test split of the dataset it was trained on (recorded in the file;
+``fashion_mnist`` for files written before datasets were recorded), found as ``bayescomp.run``
+finds it and prepared with the file's ``preprocess``. A ``data=NAME`` or ``data.preprocess`` that
+contradicts the file is refused: the error would describe no real use of the network. Options are written as in the runner: ``data=mnist``,
 ``data.dir=/path/with/idx/files``, ``data.tfds_data_dir=...``, ``data.preprocess=reference``.
 """
 
@@ -15,6 +17,9 @@ from bayescomp.compress import test_error
 from bayescomp.compression import codec
 from bayescomp.errors import BayescompError, ConfigError
 
+#: The dataset of files that do not record theirs (written before format fields were added).
+LEGACY_DEFAULT_DATASET = "fashion_mnist"
+
 _OPTIONS = {"data": "name", "data.name": "name", "data.dir": "data_dir",
             "data.tfds_data_dir": "tfds_data_dir", "data.preprocess": "preprocess"}
 
@@ -24,7 +29,7 @@ def parse(argv: list[str]) -> tuple[str, dict]:
     if not argv or "=" in argv[0]:
         raise ConfigError("usage: python -m bayescomp.evaluate PATH.bcz [data=NAME] "
                           "[data.dir=DIR]")
-    options = {"name": "fashion_mnist"}
+    options = {}
     for item in argv[1:]:
         key, sep, value = item.partition("=")
         if not sep or key not in _OPTIONS:
@@ -39,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path, options = parse(argv)
         model, decoded = codec.load(path)
-        name = options.pop("name")
+        for option, recorded in (("name", decoded.dataset), ("preprocess", decoded.preprocess)):
+            if recorded is not None and options.setdefault(option, recorded) != recorded:
+                key = "data" if option == "name" else "data.preprocess"
+                raise ConfigError(f"{path} holds a network trained with {key}={recorded}, not "
+                                  f"{options[option]}; drop {key}=... to evaluate it as trained")
+        name = options.pop("name", LEGACY_DEFAULT_DATASET)
         dataset = data_lib.load_dataset(name, **options)
         if dataset.x_test.shape[1:] != tuple(decoded.input_shape):
             raise ConfigError(f"{path} holds a model for inputs {tuple(decoded.input_shape)}, but "

@@ -124,6 +124,10 @@ class DecodedNetwork:
         codebooks: As in :class:`QuantizedNetwork`: ``None`` when no layer is a codebook layer,
             else per layer its codebook or ``None``.
         version: The file's format version.
+        dataset: Registry name of the dataset the network was trained on, or ``None`` (files
+            written before bayescomp recorded it).
+        preprocess: The ``data.preprocess`` of training (inputs must be prepared alike), or
+            ``None``.
     """
 
     model_name: str
@@ -139,6 +143,8 @@ class DecodedNetwork:
     header_bytes: int
     codebooks: list[np.ndarray | None] | None = None
     version: int = container.VERSION
+    dataset: str | None = None
+    preprocess: str | None = None
 
     @property
     def quantized(self) -> QuantizedNetwork:
@@ -323,7 +329,8 @@ def _encode_layer(name, kernel, bias, mask, bits, payload: container.PayloadWrit
 
 
 def encode_network(quantized: QuantizedNetwork, *, model_name: str, input_shape,
-                   num_classes: int) -> bytes:
+                   num_classes: int, dataset: str | None = None,
+                   preprocess: str | None = None) -> bytes:
     """The ``.bcz`` file of a quantized network.
 
     Args:
@@ -331,6 +338,8 @@ def encode_network(quantized: QuantizedNetwork, *, model_name: str, input_shape,
         model_name: Registry name of the model class (``"lenet300"``, ``"lenet5"``).
         input_shape: ``(h, w, c)`` the model was built for.
         num_classes: Number of outputs.
+        dataset: The training dataset's registry name, so ``bayescomp.evaluate`` tests on it.
+        preprocess: The training ``data.preprocess`` (the evaluator prepares inputs alike).
 
     Returns:
         The file's bytes.
@@ -359,6 +368,8 @@ def encode_network(quantized: QuantizedNetwork, *, model_name: str, input_shape,
         "model": model_name,
         "input_shape": [int(n) for n in input_shape],
         "num_classes": int(num_classes),
+        **({"dataset": str(dataset)} if dataset is not None else {}),
+        **({"preprocess": str(preprocess)} if preprocess is not None else {}),
         "exponent_bits": int(precision.exponent_bits),
         "bits_per_weight": [int(b) for b in precision.bits_per_weight],
         "max_abs_weight": float(precision.max_abs_weight).hex(),
@@ -537,6 +548,10 @@ def _decode(data: bytes, source: str) -> DecodedNetwork:
             raise ValueError(f"input shape {input_shape!r} is not (h, w, c)")
         input_shape = tuple(_int(n, "input dimension", 1, 2**16) for n in input_shape)
         num_classes = _int(header.get("num_classes"), "num_classes", 1, 2**24)
+        dataset, preprocess = header.get("dataset"), header.get("preprocess")
+        for field, value in (("dataset", dataset), ("preprocess", preprocess)):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{field} {value!r} is not a name")
         exponent_bits = _int(header.get("exponent_bits"), "exponent bits", 0, 64)
         layers = header.get("layers")
         if not isinstance(layers, list) or not layers:
@@ -556,7 +571,8 @@ def _decode(data: bytes, source: str) -> DecodedNetwork:
     header_bytes = len(data) - len(payload) - container.PREAMBLE_SIZE - container.CHECKSUM_SIZE
     return DecodedNetwork(model_name, input_shape, num_classes, names, kernels, biases, masks,
                           precision, codings, len(data), header_bytes,
-                          codebooks if any(c is not None for c in codebooks) else None, version)
+                          codebooks if any(c is not None for c in codebooks) else None, version,
+                          dataset, preprocess)
 
 
 def decode_network(data: bytes, *, source: str = "<bytes>") -> DecodedNetwork:
@@ -574,10 +590,13 @@ def decode_network(data: bytes, *, source: str = "<bytes>") -> DecodedNetwork:
 
 
 def save(path, quantized: QuantizedNetwork, *, model_name: str, input_shape,
-         num_classes: int) -> int:
-    """Write the ``.bcz`` file of ``quantized`` to ``path`` atomically; returns its size in bytes."""
+         num_classes: int, dataset: str | None = None, preprocess: str | None = None) -> int:
+    """Write the ``.bcz`` file of ``quantized`` to ``path`` atomically; returns its size in bytes.
+
+    The keyword arguments are those of :func:`encode_network`.
+    """
     data = encode_network(quantized, model_name=model_name, input_shape=input_shape,
-                          num_classes=num_classes)
+                          num_classes=num_classes, dataset=dataset, preprocess=preprocess)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")

@@ -13,6 +13,8 @@ import sys
 import pytest
 
 from bayescomp import compress, evaluate, train
+from bayescomp.compression import codec
+from bayescomp.errors import BayescompError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -63,3 +65,49 @@ def test_corrupt_file_is_refused_by_evaluate(run_dir, tmp_path, capsys):
     bad.write_bytes(bytes(data))
     assert evaluate.main([str(bad), "data=synthetic"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_evaluate_uses_the_recorded_dataset_and_refuses_another(run_dir, capsys):
+    compress.compress_run(run_dir, evaluate=False)
+    path = str(run_dir / "model.bcz")
+    _, decoded = codec.load(path)
+    assert (decoded.dataset, decoded.preprocess) == ("synthetic", "reference")
+    assert evaluate.main([path]) == 0  # no data=...: the file says synthetic
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "on synthetic" in (out := capsys.readouterr().out)
+    assert f"{metrics['quantized_test_error']:.2f} %" in out
+    # Refused before any dataset is looked for (mnist is not on this machine).
+    for option, text in (("data=mnist", "data=synthetic, not mnist"),
+                         ("data.preprocess=none", "data.preprocess=reference, not none")):
+        assert evaluate.main([path, option]) == 2
+        assert text in capsys.readouterr().err
+
+
+def test_no_eval_drops_the_error_of_an_older_file(run_dir):
+    compress.compress_run(run_dir)
+    assert "compressed_test_error" in json.loads((run_dir / "metrics.json").read_text())
+    compress.compress_run(run_dir, evaluate=False)
+    assert "compressed_test_error" not in json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_a_failure_after_writing_keeps_the_previous_file_and_metrics(run_dir, monkeypatch):
+    compress.compress_run(run_dir)
+    before = {name: (run_dir / name).read_bytes() for name in ("model.bcz", "metrics.json")}
+
+    def failing_evaluation(*args, **kwargs):
+        raise BayescompError("the test set could not be read")
+
+    monkeypatch.setattr(compress, "test_error", failing_evaluation)
+    # The new file must differ from the old one, or keeping it could not be told apart.
+    original_quantize = compress.quantize.quantize
+
+    def shifted_biases(*args, **kwargs):
+        network = original_quantize(*args, **kwargs)
+        network.biases[0] = network.biases[0] + 1.0
+        return network
+
+    monkeypatch.setattr(compress.quantize, "quantize", shifted_biases)
+    with pytest.raises(BayescompError, match="could not be read"):
+        compress.compress_run(run_dir)
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in run_dir.glob("model.bcz*")) == ["model.bcz"]

@@ -12,11 +12,12 @@ module makes the choice reproducible and honest:
 * **Reference.** e₀, the selection-set error (%) of the posterior-mean network with nothing
   pruned.
 * **Greedy, layer by layer** in definition order: layer k (of L) gets the *smallest* threshold
-  among its own log α values (the most pruning) whose pruned network — layers before k at their
+  among its candidates (the most pruning) whose pruned network — layers before k at their
   chosen thresholds, layers after k unpruned — has selection error
   ``≤ e₀ + tolerance · k / L``. The tolerance budget is spread evenly over the layers so the first
-  layer cannot spend all of it. Candidates are the layer's distinct log α values (pruning one
-  more group per step), searched by bisection: the error is assumed to grow with the number of
+  layer cannot spend all of it. Candidates lie between the layer's consecutive distinct log α
+  values (pruning one more group per step, and never on a value, so no group sits exactly at
+  its threshold), searched by bisection: the error is assumed to grow with the number of
   pruned groups (true up to selection noise; a violated assumption can only cost pruning, never
   the error bound, because the chosen threshold is always one that was evaluated and met it).
 * Masks are propagated across layers exactly as for the final report
@@ -70,7 +71,8 @@ def masked_mean_params(model: nnx.Module, masks: Mapping[str, np.ndarray]):
                        .astype(np.float32))
         bias = np.asarray(layer.bias[...], np.float32)
         if layer.posterior.masks_bias:
-            bias = bias * mask.reshape(-1, mask.shape[-1]).any(axis=0)
+            bias = np.where(mask.reshape(-1, mask.shape[-1]).any(axis=0), bias, 0.0).astype(
+                np.float32)
         biases.append(bias)
     return kernels, biases
 
@@ -112,10 +114,14 @@ def select_thresholds(
         log_alpha = layer.log_alpha()
         if log_alpha is None:
             continue
-        # Candidate t_i prunes every group with log α ≥ t_i: the distinct values, plus +inf
-        # (prune nothing), sorted so that index 0 prunes everything.
+        # Candidate t_i prunes every group with log α ≥ t_i. The candidates sit between
+        # consecutive distinct values (midpoints), one below the smallest (prune everything)
+        # and +inf (prune nothing), never on a value: a threshold equal to a group's log α would
+        # make that group's fate hang on the last bit of a log α recomputed by another program
+        # (the jitted pruned view, another device or XLA version).
         values = np.unique(np.asarray(log_alpha, np.float64).ravel())
-        candidates = np.append(values, np.inf)
+        candidates = np.concatenate([[values[0] - 1.0], (values[:-1] + values[1:]) / 2,
+                                     [np.inf]])
         bound = reference + tolerance * k / len(layers)
         lo, hi = 0, len(candidates) - 1  # hi (prune nothing here) always meets the bound
         best_error = error_at({**thresholds, name: None})

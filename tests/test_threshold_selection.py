@@ -58,6 +58,8 @@ def test_greedy_bisection_matches_hand_computation():
         log_alpha = np.asarray(getattr(model, name).log_alpha())
         # The threshold prunes exactly the `expected` groups of highest log α.
         assert int((log_alpha >= thresholds[name]).sum()) == expected, name
+        # Strictly between two groups' values, so recomputed log α cannot flip a group.
+        assert not np.any(np.isclose(log_alpha, thresholds[name], rtol=0, atol=1e-6)), name
         assert getattr(model, name).prune_threshold == thresholds[name]
         assert trace["layers"][name]["error"] <= trace["layers"][name]["bound"]
     kernels, _ = threshold_selection.masked_mean_params(

@@ -68,7 +68,8 @@ def quantize(model: nnx.Module, masks: dict[str, np.ndarray]) -> QuantizedNetwor
             np.float32))
         bias = np.asarray(layer.bias[...], np.float32)
         if layer.posterior.masks_bias:  # a removed output channel takes its bias with it
-            bias = bias * mask.reshape(-1, mask.shape[-1]).any(axis=0)
+            bias = np.where(mask.reshape(-1, mask.shape[-1]).any(axis=0), bias, 0.0).astype(
+                np.float32)
         biases.append(bias)
     return QuantizedNetwork(names, kernels, biases, mask_list, precision)
 

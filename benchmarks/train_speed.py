@@ -21,16 +21,15 @@ Usage::
 models on CPU, where XLA runs convolution gradients inside a loop body an order of magnitude
 slower (jax-ml/jax#12868), and ``lax.scan`` otherwise. ``--loop scan`` shows that cost.
 
-``--profile DIR`` records the timed calls with ``jax.profiler`` (a Perfetto trace under DIR, to
-open in ui.perfetto.dev or TensorBoard) and prints, per experiment, the XLA operations that took
-the most time per step: where to look before optimising.
+``--profile DIR`` records one extra call after the timed ones with ``jax.profiler`` (a Perfetto
+trace under DIR, to open in ui.perfetto.dev or TensorBoard) and prints, per experiment, the XLA
+operations with the most self time per step: where to look before optimising.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import gzip
 import json
 import os
@@ -86,8 +85,9 @@ def time_experiment(name: str, steps: int, batch_size: int, repeats: int,
                     loop: str = "auto", profile_dir: str | None = None) -> dict:
     """Compile once, then time ``repeats`` calls of ``steps`` steps each.
 
-    With ``profile_dir``, the timed calls are traced there (``jax.profiler``) and the result
-    gains ``op_ms_per_step``: XLA operation name -> milliseconds per step, summed over threads.
+    With ``profile_dir``, one further call is traced there (``jax.profiler``) and the result
+    gains ``op_ms_per_step``: XLA operation name -> milliseconds of self time per step, summed
+    over threads.
     """
     cfg = compose_experiment(name)
     model = train.build_model(cfg, INPUT_SHAPE, NUM_CLASSES, seed=0)
@@ -117,13 +117,13 @@ def time_experiment(name: str, steps: int, batch_size: int, repeats: int,
 
     compile_seconds, params, opt_state = call(0, params, opt_state)  # warm-up: traces, compiles
     times = []
+    for i in range(1, repeats + 1):
+        seconds, params, opt_state = call(i, params, opt_state)
+        times.append(seconds)
     trace_dir = None if profile_dir is None else pathlib.Path(profile_dir) / name
-    tracing = (jax.profiler.trace(str(trace_dir), create_perfetto_trace=True)
-               if trace_dir is not None else contextlib.nullcontext())
-    with tracing:
-        for i in range(1, repeats + 1):
-            seconds, params, opt_state = call(i, params, opt_state)
-            times.append(seconds)
+    if trace_dir is not None:  # one more call, traced, so tracing never slows the timed ones
+        with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+            call(repeats + 1, params, opt_state)
     compiled = train_chunk if loop == "scan" else train_chunk.jitted_step
     assert compiled._cache_size() == 1, "the train step was compiled more than once"
     step_seconds = statistics.median(times) / steps
@@ -131,7 +131,7 @@ def time_experiment(name: str, steps: int, batch_size: int, repeats: int,
                   compile_seconds=compile_seconds, step_seconds=step_seconds,
                   images_per_second=batch_size / step_seconds)
     if trace_dir is not None:
-        result["op_ms_per_step"] = xla_op_times(trace_dir, steps * repeats)
+        result["op_ms_per_step"] = xla_op_times(trace_dir, steps)
     return result
 
 
@@ -142,10 +142,13 @@ _NOT_AN_OP = ("$", "Pjit", "ThunkExecutor", "PjRt", "Cpu", "backend_", "TaskDisp
 
 
 def xla_op_times(trace_dir: pathlib.Path, steps: int) -> dict[str, float]:
-    """Milliseconds per step of each XLA operation in the newest Perfetto trace under trace_dir.
+    """Milliseconds of *self time* per step of each XLA operation in the newest Perfetto trace.
 
-    Durations of complete ("X") events are summed per name over all threads, so an op that
-    runs on two threads at once counts twice: the numbers rank where CPU time goes.
+    Complete ("X") events nest on a thread (a ``while`` or ``call`` thunk spans its body's
+    operations; Python frames span everything), so each event's own time is its duration minus
+    that of the events directly inside it, and only names that are operations are reported. Self
+    times are summed per name over all threads: an operation split over two threads counts
+    twice, so the numbers rank where CPU time goes rather than add up to the wall time.
     """
     files = sorted(trace_dir.rglob("perfetto_trace.json.gz"), key=lambda p: p.stat().st_mtime)
     if not files:
@@ -153,11 +156,27 @@ def xla_op_times(trace_dir: pathlib.Path, steps: int) -> dict[str, float]:
     with gzip.open(files[-1]) as f:
         trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    micros = collections.Counter()
+    by_thread = collections.defaultdict(list)
     for event in events:
-        if event.get("ph") == "X" and not event.get("name", "$").startswith(_NOT_AN_OP):
-            micros[event["name"]] += event.get("dur", 0)
-    return {name: us / 1e3 / steps for name, us in micros.most_common()}
+        if event.get("ph") == "X" and "dur" in event:
+            by_thread[(event.get("pid"), event.get("tid"))].append(event)
+    micros = collections.Counter()
+    for thread_events in by_thread.values():
+        # Parents first: earlier start, and the longer of two that start together.
+        thread_events.sort(key=lambda e: (e["ts"], -e["dur"]))
+        stack: list[list] = []  # [end, name, self-time so far]
+        for event in thread_events:
+            start, duration = event["ts"], event["dur"]
+            while stack and stack[-1][0] <= start:
+                _, done_name, own = stack.pop()
+                micros[done_name] += own
+            if stack:
+                stack[-1][2] -= duration  # the enclosing event did not run this part itself
+            stack.append([start + duration, event.get("name", "$"), duration])
+        for _, done_name, own in stack:
+            micros[done_name] += own
+    ops = {name: us for name, us in micros.items() if not name.startswith(_NOT_AN_OP)}
+    return {name: us / 1e3 / steps for name, us in sorted(ops.items(), key=lambda kv: -kv[1])}
 
 
 def main(argv=None) -> None:
@@ -187,8 +206,8 @@ def main(argv=None) -> None:
         ops = r.get("op_ms_per_step")
         if ops:
             total = sum(ops.values())
-            print(f"\n{r['experiment']}: XLA operations, ms per step summed over threads "
-                  f"(all ops: {total:.2f}; trace in {args.profile}/{r['experiment']})")
+            print(f"\n{r['experiment']}: XLA operations, ms of self time per step summed over "
+                  f"threads (all ops: {total:.2f}; trace in {args.profile}/{r['experiment']})")
             for op, ms in list(ops.items())[:args.top]:
                 print(f"  {ms:8.3f}  {100 * ms / total:5.1f} %  {op}")
     # ru_maxrss is in KiB on Linux (bytes on macOS).

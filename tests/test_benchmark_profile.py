@@ -1,0 +1,42 @@
+"""The self-time accounting of ``benchmarks/train_speed.py --profile`` on a hand-made trace."""
+
+import gzip
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "train_speed.py"
+
+
+@pytest.fixture(scope="module")
+def train_speed():
+    spec = importlib.util.spec_from_file_location("train_speed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_self_time_subtracts_nested_events(train_speed, tmp_path):
+    # Thread 1: a Python frame spans a `while` thunk (100 us) holding two fusions (30 + 20 us)
+    # and one dot after it; thread 2 runs another piece of fusion.1. Times in microseconds.
+    events = [
+        {"ph": "X", "pid": 1, "tid": 1, "ts": 0, "dur": 200, "name": "$train.py:10 step"},
+        {"ph": "X", "pid": 1, "tid": 1, "ts": 10, "dur": 100, "name": "while.3"},
+        {"ph": "X", "pid": 1, "tid": 1, "ts": 20, "dur": 30, "name": "fusion.1"},
+        {"ph": "X", "pid": 1, "tid": 1, "ts": 60, "dur": 20, "name": "fusion.2"},
+        {"ph": "X", "pid": 1, "tid": 1, "ts": 120, "dur": 40, "name": "dot.4"},
+        {"ph": "X", "pid": 1, "tid": 2, "ts": 20, "dur": 25, "name": "fusion.1"},
+        {"ph": "i", "pid": 1, "tid": 1, "ts": 5, "name": "an instant event, not timed"},
+    ]
+    trace_dir = tmp_path / "trace" / "plugins"
+    trace_dir.mkdir(parents=True)
+    with gzip.open(trace_dir / "perfetto_trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    steps = 5
+    ops = train_speed.xla_op_times(tmp_path / "trace", steps)
+    # Self times by hand: while.3 = 100 - 30 - 20 = 50; fusion.1 = 30 + 25; dot.4 = 40.
+    expected_us = {"fusion.1": 55, "while.3": 50, "dot.4": 40, "fusion.2": 20}
+    assert ops == pytest.approx({k: v / 1e3 / steps for k, v in expected_us.items()})
+    assert list(ops) == ["fusion.1", "while.3", "dot.4", "fusion.2"]  # costliest first

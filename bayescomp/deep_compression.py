@@ -359,7 +359,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     _save_weight_plots(workdir / "plots", names, pretrained_kernels, quantized)
     extra = {
         "pretrained_run": str(method.pretrained_run),
-        "pretrained_test_error": pretrained_metrics.get("test_error"),
+        "pretrained_test_error": dense_error,  # measured here, as soft weight-sharing does
         "deep_compression": {
             "keep_target": settings["keep"], "bits": settings["bits"], "rounds": rounds,
             "error_after_kmeans": kmeans_error, "error_after_finetuning": quantized_error,

@@ -135,10 +135,12 @@ def time_experiment(name: str, steps: int, batch_size: int, repeats: int,
     return result
 
 
-# Trace events that are not XLA operations: Python frames ("$file.py:line name"), dispatch,
-# the thunk executor's own spans and compilation.
-_NOT_AN_OP = ("$", "Pjit", "ThunkExecutor", "PjRt", "Cpu", "backend_", "TaskDispatcher",
-              "lower_", "trace_to_jaxpr", "FusionCompiler", "Codegen", "JitCompiler")
+# Trace events that are not XLA operations: Python frames ("$file.py:line name"), dispatch
+# (whose self time is mostly waiting for the worker threads), the thunk executor's own spans
+# and compilation.
+_NOT_AN_OP = ("$", "Pjit", "ThunkExecutor", "PjRt", "CommonPjRt", "Cpu", "backend_",
+              "TaskDispatcher", "lower_", "trace_to_jaxpr", "FusionCompiler", "Codegen",
+              "JitCompiler")
 
 
 def xla_op_times(trace_dir: pathlib.Path, steps: int) -> dict[str, float]:

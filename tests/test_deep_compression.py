@@ -233,6 +233,36 @@ def test_rerun_in_the_same_directory_resumes_and_trains_nothing(dc_run, pretrain
     assert after["quantized_test_error"] == before["quantized_test_error"]
 
 
+def test_resume_after_an_interruption_between_phases(pretrained_dense_run, tmp_path):
+    """Two pruning rounds, interrupted after the first: the rerun recomputes round 2's mask and
+    the codebooks from the restored weights and ends exactly where an uninterrupted run does."""
+    import shutil
+
+    args = ["+experiment=lenet300_dc", *SMOKE, "method.prune_rounds=2",
+            f"method.pretrained_run={pretrained_dense_run('lenet300')}"]
+    straight_dir = tmp_path / "straight"
+    assert run_cli(straight_dir, *args).returncode == 0
+    straight = json.loads((straight_dir / "metrics.json").read_text())
+    assert [h["phase"] for h in straight["history"]] == ["prune1", "prune2", "finetune"]
+
+    # The state of a run stopped after prune1: its checkpoint, nothing later.
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(straight_dir, resumed_dir)
+    for path in ("checkpoints/prune2", "checkpoints/finetune", "metrics.json",
+                 quantize.QUANTIZED_FILE):
+        target = resumed_dir / path
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    result = run_cli(resumed_dir, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = json.loads((resumed_dir / "metrics.json").read_text())
+    assert resumed["history"][0] == straight["history"][0]  # prune1 was not retrained
+    for got, want in zip(resumed["history"][1:], straight["history"][1:]):
+        for field in ("loss", "test_error"):  # same programs, same inputs (see test_train)
+            assert got[field] == pytest.approx(want[field], rel=1e-6, abs=1e-7), field
+    assert resumed["kept_per_layer"] == straight["kept_per_layer"]
+    assert resumed["quantized_test_error"] == straight["quantized_test_error"]
+
+
 def test_rerun_with_more_epochs_is_refused(dc_run, pretrained_dense_run, tmp_path):
     """Retraining phases derive masks and codebooks from the phases before them, so a changed
     epoch count (allowed for variational runs) cannot resume them: refused, nothing lost."""

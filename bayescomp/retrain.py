@@ -440,7 +440,10 @@ class Retrainer:
             masks: Keep masks for ``params`` (see :func:`apply_masks`); passed to the jitted
                 step as arguments, so phases that differ only in their masks trace alike.
             constants: Non-trainable arrays the functions need (e.g. codebook assignments),
-                passed as jit arguments rather than baked into the compiled step.
+                passed as jit arguments rather than baked into the compiled step; or a function
+                ``phase_epoch -> constants`` for values that follow a schedule over the phase
+                (e.g. an annealed penalty weight; the structure must not change, so one compiled
+                step serves every epoch).
             record: ``params -> {name: float}`` added to each epoch's history record.
 
         Returns:
@@ -511,7 +514,9 @@ class Retrainer:
             progress.set_description(phase.name)
         x_train, y_train = self.data.x_train, self.data.y_train
         n_chunks = self.steps_per_epoch // self.chunk
+        constants_at = constants if callable(constants) else (lambda _epoch: constants)
         for phase_epoch in range(start, epochs):
+            constants = constants_at(phase_epoch)
             key, perm_key = jax.random.split(key)
             batch_index = self._batches(perm_key)
             sums = np.zeros(4)

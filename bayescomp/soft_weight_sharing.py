@@ -304,15 +304,34 @@ class Settings:
 
     Attributes:
         prior: The mixture's hyper-parameters.
-        tau: Weight τ of the complexity term (``loss = CE + τ/N·(−log p(w) − log p(λ))``).
+        tau: Weight τ of the complexity term (``loss = CE + τ/N·(−log p(w) − log p(λ))``) in
+            the first epoch.
+        tau_final: τ in the last epoch, reached geometrically (:func:`tau_at`); ``None``: τ
+            stays constant.
         learning_rates: Adam learning rate of each group of :data:`LEARNING_RATE_GROUPS`.
         merge_tolerance: KL below which components merge in post-processing (nats).
     """
 
     prior: GaussianMixture
     tau: float
+    tau_final: float | None
     learning_rates: dict[str, float]
     merge_tolerance: float
+
+
+def tau_at(settings: Settings, epoch: int, epochs: int) -> float:
+    """The complexity weight of ``epoch`` (0-based) of ``epochs``.
+
+    Constant ``settings.tau``, or, with ``tau_final``, the geometric path
+    ``τ_e = τ·(τ_final/τ)^(e/(E−1))`` from ``tau`` in the first epoch to ``tau_final`` in the
+    last. Annealing τ upwards is the tutorial's first suggested improvement over a fixed τ
+    (methods.md §4.1): a small τ early lets the network keep its accuracy while the mixture
+    forms; a large τ late pulls the weights onto the component means, so quantising to the
+    means (post-processing) moves them little.
+    """
+    if settings.tau_final is None or epochs <= 1:
+        return settings.tau
+    return settings.tau * (settings.tau_final / settings.tau) ** (epoch / (epochs - 1))
 
 
 def _finite_number(value, what: str, *, low: float = 0.0) -> float:
@@ -327,8 +346,8 @@ def settings_from_config(method_cfg) -> Settings:
 
     Raises:
         ConfigError: A prior other than ``gaussian_mixture``, a bad hyper-parameter, a negative
-            or non-finite τ, learning rate or tolerance, or missing / unknown learning-rate
-            groups.
+            or non-finite τ, learning rate or tolerance, a zero τ with ``tau_final``, or
+            missing / unknown learning-rate groups.
     """
     method = OmegaConf.to_container(method_cfg, resolve=True) if isinstance(
         method_cfg, DictConfig) else dict(method_cfg)
@@ -342,9 +361,19 @@ def settings_from_config(method_cfg) -> Settings:
     if not isinstance(rates, dict) or set(rates) != set(LEARNING_RATE_GROUPS):
         raise ConfigError(f"method.learning_rates must give exactly the groups "
                           f"{list(LEARNING_RATE_GROUPS)}, got {rates!r}")
+    tau = _finite_number(method.get("tau"), "method.tau")
+    tau_final = method.get("tau_final")
+    if tau_final is not None:
+        tau_final = _finite_number(tau_final, "method.tau_final")
+        if tau == 0.0 or tau_final == 0.0:
+            raise ConfigError(f"an annealed tau (method.tau_final={tau_final:g}) follows a "
+                              f"geometric path and needs method.tau and method.tau_final > 0; "
+                              f"got method.tau={tau:g}. Set method.tau_final=null for a "
+                              "constant tau.")
     return Settings(
         prior=prior,
-        tau=_finite_number(method.get("tau"), "method.tau"),
+        tau=tau,
+        tau_final=tau_final,
         learning_rates={g: _finite_number(rates[g], f"method.learning_rates.{g}")
                         for g in LEARNING_RATE_GROUPS},
         merge_tolerance=_finite_number(method.get("merge_tolerance"), "method.merge_tolerance"),
@@ -435,7 +464,11 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
                                               under_prior(kernels0, biases0)])}
     labels = {"kernels": {n: "weights" for n in names}, "biases": {n: "weights" for n in names},
               "mixture": MixtureParams("means", "log_precisions", "rhos")}
-    scale = settings.tau / retrainer.n_train
+    epochs = int(cfg.trainer.epochs)
+
+    def constants_at(epoch: int) -> dict:
+        # τ/N as a jit argument: an annealed τ changes it every epoch without retracing.
+        return {"scale": jnp.float32(tau_at(settings, epoch, epochs) / retrainer.n_train)}
 
     def to_model(p, constants):
         del constants
@@ -443,8 +476,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
 
     def penalty(p, constants):
         # (τ/N)(−log p(w|θ) − log p(λ)): the complexity term of the retraining loss.
-        del constants
-        return scale * negative_log_prior(under_prior(p["kernels"], p["biases"]), p["mixture"],
+        return constants["scale"] * negative_log_prior(under_prior(p["kernels"], p["biases"]), p["mixture"],
                                           prior)
 
     def record(p) -> dict[str, float]:
@@ -461,9 +493,10 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
                 "components_used": float(len({float(v) for book in quantized.codebooks
                                               if book is not None for v in book}))}
 
-    phase = retrain.Phase("sws", int(cfg.trainer.epochs), settings.learning_rates, labels,
+    phase = retrain.Phase("sws", epochs, settings.learning_rates, labels,
                           schedule="constant")
-    params = retrainer.run(phase, params, to_model=to_model, penalty=penalty, record=record)
+    params = retrainer.run(phase, params, to_model=to_model, penalty=penalty, record=record,
+                           constants=constants_at)
     retrainer.close()
 
     kernels = {n: np.asarray(k) for n, k in params["kernels"].items()}
@@ -501,6 +534,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
             "pretrained_test_error": dense_error,
             "retrained_test_error": retrained_error,
             "tau": settings.tau,
+            "tau_final": settings.tau_final,
             "merge_tolerance": settings.merge_tolerance,
             "components": prior.num_components,
             "merged_components": len(merged.means),

@@ -7,18 +7,24 @@ retrain a 2-step smoke dense run (``pretrained_dense_run`` in conftest) on the s
 import json
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
+from flax import nnx
 from omegaconf import OmegaConf
 
-from bayescomp import compress, soft_weight_sharing
+from bayescomp import compress, retrain, soft_weight_sharing
 from bayescomp.compression import codec, quantize
 from bayescomp.errors import ConfigError
+from bayescomp.models import LeNet300
+from bayescomp.nn import LayerFactory
 from bayescomp.priors.gaussian_mixture import GaussianMixture, MixtureParams
 from bayescomp.soft_weight_sharing import (MergedMixture, assign_components, layer_codebooks,
                                            merge_components, post_process, quantize_to_mixture,
-                                           save_weight_figure, settings_from_config)
+                                           save_weight_figure, settings_from_config,
+                                           tau_at)
 
 from cli_helpers import REPO_ROOT, run_cli  # tests/ is on sys.path (pytest rootdir)
 SMOKE = ["+debug=smoke", "trainer.batch_size=256", "trainer.chunk_steps=2",
@@ -142,7 +148,23 @@ def test_settings_of_the_method_config():
                                        "rhos": 3e-3}
 
 
+def test_tau_schedule_constant_and_geometric():
+    method = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "method" / "sws.yaml"))
+    constant = settings_from_config(method)
+    assert constant.tau_final is None
+    assert [tau_at(constant, e, 5) for e in range(5)] == [5e-3] * 5
+    annealed = settings_from_config({**method, "tau": 0.01, "tau_final": 1.0})
+    taus = [tau_at(annealed, e, 5) for e in range(5)]
+    # By hand: 0.01 * 100^(e/4) = 0.01, 0.01*sqrt(10), 0.1, 0.1*sqrt(10), 1.
+    np.testing.assert_allclose(taus, [0.01, 0.01 * 10 ** 0.5, 0.1, 0.1 * 10 ** 0.5, 1.0],
+                               rtol=1e-12)
+    assert tau_at(annealed, 0, 1) == 0.01  # a single epoch uses the first tau
+
+
 @pytest.mark.parametrize("override, match", [
+    ({"tau": 0.0, "tau_final": 1.0}, "method.tau and method.tau_final > 0"),
+    ({"tau": 0.1, "tau_final": 0.0}, "method.tau and method.tau_final > 0"),
+    ({"tau": 0.1, "tau_final": -1.0}, "method.tau_final"),
     ({"tau": -1.0}, "method.tau"),
     ({"tau": float("nan")}, "method.tau"),
     ({"merge_tolerance": -1e-10}, "method.merge_tolerance"),
@@ -157,6 +179,24 @@ def test_bad_settings_are_config_errors(override, match):
     method.update(override)
     with pytest.raises(ConfigError, match=match):
         settings_from_config(method)
+
+
+def test_retrainer_passes_each_epoch_its_scheduled_constants(smoke_cfg, tmp_path):
+    # The annealed tau reaches the jitted step as a per-epoch constant. A penalty equal to that
+    # constant (whatever the parameters) makes the logged mean penalty of every epoch the
+    # scheduled value exactly, and one compiled step must serve all epochs.
+    cfg = smoke_cfg("lenet300_dense", "trainer.epochs=3")
+    model = LeNet300(LayerFactory(), rngs=nnx.Rngs(0))
+    retrainer = retrain.Retrainer(cfg, tmp_path, model, retrain.load_data(cfg))
+    schedule = [0.5, 0.25, 0.125]  # powers of 2: sums and means of them are exact in float32
+    params = retrainer.run(retrain.Phase("p", 3, {"w": 1e-3}), retrain.point_params(model),
+                           penalty=lambda p, c: c["scale"],
+                           constants=lambda epoch: {"scale": jnp.float32(schedule[epoch])})
+    assert [h["penalty"] for h in retrainer.history] == schedule
+    (_, chunk), = retrainer._compiled.values()
+    compiled = chunk if retrainer.loop == "scan" else chunk.jitted_step
+    assert compiled._cache_size() == 1
+    assert jax.tree.structure(params) == jax.tree.structure(retrain.point_params(model))
 
 
 # ---------------------------------------------------------------------------------------------

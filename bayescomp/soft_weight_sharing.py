@@ -476,8 +476,8 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
 
     def penalty(p, constants):
         # (τ/N)(−log p(w|θ) − log p(λ)): the complexity term of the retraining loss.
-        return constants["scale"] * negative_log_prior(under_prior(p["kernels"], p["biases"]), p["mixture"],
-                                          prior)
+        return constants["scale"] * negative_log_prior(
+            under_prior(p["kernels"], p["biases"]), p["mixture"], prior)
 
     def record(p) -> dict[str, float]:
         # Where post-processing would stand after this epoch: weights in the zero component and

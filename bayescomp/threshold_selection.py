@@ -69,7 +69,7 @@ def masked_mean_params(model: nnx.Module, masks: Mapping[str, np.ndarray]):
         mask = masks[name]
         kernels.append(np.where(mask, np.asarray(layer.posterior.mean(), np.float32), 0.0)
                        .astype(np.float32))
-        bias = np.asarray(layer.bias[...], np.float32)
+        bias = np.asarray(layer.mean_bias(), np.float32)
         if layer.posterior.masks_bias:
             bias = np.where(mask.reshape(-1, mask.shape[-1]).any(axis=0), bias, 0.0).astype(
                 np.float32)

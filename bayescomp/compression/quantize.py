@@ -66,7 +66,7 @@ def quantize(model: nnx.Module, masks: dict[str, np.ndarray]) -> QuantizedNetwor
         # survive a round trip through the compressed file bit for bit.
         kernels.append(np.where(mask, np.asarray(round_to_bits(mean, bits)), 0.0).astype(
             np.float32))
-        bias = np.asarray(layer.bias[...], np.float32)
+        bias = np.asarray(layer.mean_bias(), np.float32)
         if layer.posterior.masks_bias:  # a removed output channel takes its bias with it
             bias = np.where(mask.reshape(-1, mask.shape[-1]).any(axis=0), bias, 0.0).astype(
                 np.float32)

@@ -79,6 +79,10 @@ class VariationalLayer(nnx.Module):
             return None
         return self.posterior.keep_mask(self.prune_threshold)
 
+    def mean_bias(self) -> jax.Array:
+        """The bias of the deterministic (posterior-mean) layer, see ``Posterior.mean_bias``."""
+        return self.posterior.mean_bias(self.bias[...])
+
     def log_alpha(self) -> jax.Array | None:
         """Log dropout rates of the posterior (per weight or per group); None for point weights."""
         return self.posterior.log_alpha()

@@ -58,6 +58,23 @@ class Posterior(nnx.Module, abc.ABC):
     def log_alpha(self) -> jax.Array | None:
         """Log dropout rate per weight (or per group), or ``None`` for a point estimate."""
 
+    def mean_bias(self, bias: jax.Array) -> jax.Array:
+        """The bias of the posterior-mean network, E_q of the bias term of a pre-activation.
+
+        ``bias`` itself unless the posterior scales the bias (group scales on output channels,
+        :class:`~bayescomp.posteriors.group_scaled.GroupScaledGaussian`). Every deterministic
+        use of a layer (the mean and pruned views, threshold selection, the quantised network
+        and the compressed file) takes its bias from here, so that it is the expectation of the
+        pre-activation the layer was trained on.
+
+        Args:
+            bias: The layer's bias parameter, ``(out,)``.
+
+        Returns:
+            The effective bias, ``(out,)``.
+        """
+        return bias
+
     def keep_mask(self, threshold: float) -> jax.Array:
         """Kernel-shaped float mask: 1 where ``log_alpha < threshold`` (kept), else 0.
 
@@ -103,10 +120,11 @@ class Posterior(nnx.Module, abc.ABC):
             mask: Kernel-shaped (or broadcastable) keep mask, or ``None`` for no pruning.
 
         Returns:
-            ``contract(x, E[W] * mask) + bias`` (the bias masked too where a pruned group is a
-            whole output channel).
+            ``contract(x, E[W] * mask) + mean_bias(bias)`` (the bias masked too where a pruned
+            group is a whole output channel).
         """
         kernel = self.mean()
+        bias = self.mean_bias(bias)
         if mask is not None:
             kernel = kernel * mask
             if self.masks_bias:

@@ -95,6 +95,21 @@ class GroupScaledGaussian(Posterior):
         """Kernel-broadcastable mask: 1 for groups with ``log α < threshold``."""
         return self._groups_to_kernel((self.log_alpha() < threshold).astype(jnp.float32))
 
+    def mean_bias(self, bias: jax.Array) -> jax.Array:
+        """E[z]·bias on output-channel groups, the bias itself on input groups.
+
+        A conv channel's training pre-activation is ``z · (m + sqrt(v) ε)`` with
+        ``m = contract(x, μ) + bias`` (module doc), so its expectation over q is
+        ``E[z] · contract(x, μ) + E[z] · bias = contract(x, E[W]) + E[z] · bias``: the mean
+        network's bias is scaled by E[z] like its kernel. (Input groups scale x, not the bias.)
+        Using the raw bias instead made LeNet-5 BC-GHS's posterior-mean network 4 points worse
+        than the network it trained (12.7 against 8.5 % test error at epoch 49 on Fashion-MNIST,
+        with E[z] down to 0.13 in the conv layers).
+        """
+        if self.group_axis == -1:
+            return bias * self.z_mean()
+        return bias
+
     @property
     def masks_bias(self) -> bool:
         return self.group_axis == -1  # a removed output channel takes its bias with it

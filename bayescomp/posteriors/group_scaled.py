@@ -104,7 +104,10 @@ class GroupScaledGaussian(Posterior):
         network's bias is scaled by E[z] like its kernel. (Input groups scale x, not the bias.)
         Using the raw bias instead made LeNet-5 BC-GHS's posterior-mean network 4 points worse
         than the network it trained (12.7 against 8.5 % test error at epoch 49 on Fashion-MNIST,
-        with E[z] down to 0.13 in the conv layers).
+        with E[z] down to 0.13 in the conv layers). The authors' ``Conv2dGroupNJ`` agrees with
+        this in its evaluation mode (z fixed at its mean multiplies conv + bias) but its
+        ``deterministic`` mode, the compressed network, convolves with E[W] and adds the raw
+        ``bias_mu``: the same inconsistency, harmless while E[z] stays near its initial 1.
         """
         if self.group_axis == -1:
             return bias * self.z_mean()

@@ -31,7 +31,7 @@ import zstandard
 from flax import nnx
 
 from bayescomp import data as data_lib
-from bayescomp import pruning, train
+from bayescomp import provenance, pruning, train
 from bayescomp.compression import codec, quantize
 from bayescomp.errors import BayescompError
 
@@ -112,7 +112,7 @@ def _write_and_measure(out: pathlib.Path, quantized, cfg, spec, evaluate: bool) 
             "gzip_bytes": len(zlib.compress(raw, 9)),
             "zstd_bytes": len(zstandard.ZstdCompressor(level=19).compress(raw)),
             "float32_bytes": 4 * weights_total,
-            "git_commit": train.git_commit(),  # the code that wrote the file (may postdate training)
+            "git_commit": provenance.git_commit(),  # the code that wrote the file (may postdate training)
             "layers": [
                 {"name": layer.name, "positions": layer.positions,
                  "values_kind": layer.values_kind, "codebook_bytes": layer.codebook_bytes,

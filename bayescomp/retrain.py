@@ -412,6 +412,7 @@ class Retrainer:
         self._evaluate = train.make_evaluate(self.graphdef, int(trainer.eval_batch_size))
         self.history: list[dict] = []
         self.train_seconds = 0.0
+        self.git_commit = train.log_code_version()
         self.writer = train._summary_writer(self.workdir, trainer)
         steps, batch = self.steps_per_epoch, self.batch_size
 
@@ -552,6 +553,7 @@ class Retrainer:
             if record is not None:
                 record_.update(record(params))
             record_ = {k: v if isinstance(v, str) else float(v) for k, v in record_.items()}
+            record_["git_commit"] = self.git_commit
             self.history.append(record_)
             self._log(record_)
             checkpointer.save(phase_epoch, (params, opt_state, jax.random.key_data(key)),
@@ -568,15 +570,14 @@ class Retrainer:
         return params
 
     def _log(self, record: dict) -> None:
+        scalars = {k: v for k, v in record.items()
+                   if k not in ("epoch", "phase", "phase_epoch") and not isinstance(v, str)}
         log.info("%s epoch %d (%d): %s", record["phase"], int(record["phase_epoch"]),
-                 int(record["epoch"]), ", ".join(
-                     f"{k}={v:.4g}" for k, v in record.items()
-                     if k not in ("epoch", "phase", "phase_epoch")))
+                 int(record["epoch"]), ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
         if self.writer is None:
             return
-        for k, v in record.items():
-            if k not in ("epoch", "phase", "phase_epoch"):
-                self.writer.add_scalar(f"epoch/{k}", float(v), int(record["epoch"]))
+        for k, v in scalars.items():
+            self.writer.add_scalar(f"epoch/{k}", float(v), int(record["epoch"]))
         self.writer.flush()
 
     def close(self) -> None:
@@ -675,7 +676,7 @@ def write_results(cfg: DictConfig, workdir: str | os.PathLike, *,
         "images_per_second": retrainer.steps_per_epoch * retrainer.batch_size / seconds_per_epoch,
         "peak_memory_mib": train.peak_memory_mib(),
         "train_seconds": retrainer.train_seconds,
-        "git_commit": train.git_commit(),
+        **train.code_metrics(history),
         "jax_backend": jax.default_backend(),
         **dict(extra or {}),
         "history": history,

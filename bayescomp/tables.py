@@ -188,8 +188,14 @@ def render(runs: list[dict], published: dict, sources: list[str],
         lines += ["", "Runs (directory, seed, git commit):", ""]
         for _, model, method in keys:
             for r in groups[(dataset, model, method)]:
-                lines.append(f"- `{_relative(r['_path'])}`: {r.get('experiment')}, seed "
-                             f"{r.get('seed')}, commit `{r.get('git_commit')}`")
+                line = (f"- `{_relative(r['_path'])}`: {r.get('experiment')}, seed "
+                        f"{r.get('seed')}, commit `{r.get('git_commit')}`")
+                segments = r.get("code_history") or []
+                if len(segments) > 1:  # a resumed run trained by several commits
+                    line += "; epochs trained by " + ", ".join(
+                        f"{a}–{b} `{s['git_commit']}`" for s in segments
+                        for a, b in [s["epochs"]])
+                lines.append(line)
         lines.append("")
 
     lines += ["## MNIST: published (Louizos et al. 2017)", "",

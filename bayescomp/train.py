@@ -21,7 +21,6 @@ import math
 import os
 import pathlib
 import resource
-import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -36,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from bayescomp import data as data_lib
 from bayescomp import models
 from bayescomp import nn as bnn
-from bayescomp import objectives, pruning, threshold_selection
+from bayescomp import objectives, provenance, pruning, threshold_selection
 from bayescomp.checkpointing import Checkpointer, check_same_config, flatten_config
 from bayescomp.compression import quantize as quantize_lib
 from bayescomp.compression.report import compression_report
@@ -307,19 +306,6 @@ def peak_memory_mib() -> float:
     return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024  # bytes vs KiB
 
 
-def git_commit() -> str:
-    """The git commit of the bayescomp source tree, with ``-dirty`` if it has local changes."""
-    root = pathlib.Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _chunk_steps(steps_per_epoch: int, requested: int) -> int:
     """Largest divisor of ``steps_per_epoch`` not above ``requested``: equal chunks, one trace."""
     requested = max(1, min(requested, steps_per_epoch))
@@ -352,6 +338,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
     workdir.mkdir(parents=True, exist_ok=True)
     trainer = cfg.trainer
     seed = int(cfg.seed)
+    commit = log_code_version()
 
     dataset = data_lib.load_dataset(
         cfg.data.name, data_dir=cfg.data.get("dir"), tfds_data_dir=cfg.data.get("tfds_data_dir"),
@@ -447,7 +434,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
                       test_error=test_error, seconds=epoch_seconds)
         if (epoch + 1) % int(trainer.pruned_eval_every) == 0 or epoch + 1 == epochs:
             record["pruned_test_error"] = error_pruned(params, x_test, y_test)
-        history.append({k: float(v) for k, v in record.items()})
+        history.append({**{k: float(v) for k, v in record.items()}, "git_commit": commit})
         _log_epoch(writer, model, params, record)
         checkpointer.save(epoch, (params, opt_state, jax.random.key_data(key)),
                           dict(epoch=epoch, history=history, train_seconds=train_seconds,
@@ -521,10 +508,28 @@ def _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test
         "images_per_second": steps_per_epoch * batch_size / seconds_per_epoch,
         "peak_memory_mib": peak_memory_mib(),
         "train_seconds": train_seconds,
-        "git_commit": git_commit(),
+        **code_metrics(history),
         "jax_backend": jax.default_backend(),
         "history": history,
         "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def log_code_version() -> str:
+    """Read (once per process, see :mod:`bayescomp.provenance`) and log the code's commit."""
+    commit = provenance.git_commit()
+    dirty = provenance.dirty_files()
+    log.info("code: commit %s%s", commit, f" (changed: {', '.join(dirty)})" if dirty else "")
+    return commit
+
+
+def code_metrics(history) -> dict[str, Any]:
+    """The provenance keys of ``metrics.json``: this process's commit, its local changes, and
+    which commit trained which epochs (a resumed run may span several)."""
+    return {
+        "git_commit": provenance.git_commit(),
+        "git_dirty_files": provenance.dirty_files(),
+        "code_history": provenance.code_history(history),
     }
 
 

@@ -83,6 +83,9 @@ def test_experiment_trains_two_steps(experiment, smoke_cfg, tmp_path, pretrained
     # JAX alone keeps well over 50 MiB resident; 24 GB is this machine's whole memory.
     assert 50 < written["peak_memory_mib"] < 24 * 1024
     assert isinstance(written["git_commit"], str) and written["git_commit"]
+    # Every epoch was trained by this process, so one segment covers them all.
+    assert written["code_history"] == [
+        {"epochs": [0, len(written["history"]) - 1], "git_commit": written["git_commit"]}]
     assert math.isfinite(written["history"][0]["loss"])
     if procedure == "variational":  # 2 steps: the checkpoint of the only epoch exists.
         assert (tmp_path / "checkpoints" / "0").is_dir()

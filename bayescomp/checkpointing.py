@@ -85,13 +85,17 @@ class Checkpointer:
     Args:
         directory: Where the checkpoints live (created if missing).
         max_to_keep: How many epochs to keep.
+        read_only: Only read (restore, metadata): nothing in ``directory`` is created, deleted
+            or cleaned up, so another process may be training into it at the same time.
     """
 
-    def __init__(self, directory: str | pathlib.Path, max_to_keep: int = 2):
+    def __init__(self, directory: str | pathlib.Path, max_to_keep: int = 2,
+                 read_only: bool = False):
         self.directory = pathlib.Path(directory).absolute()
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                                 read_only=read_only),
         )
 
     def latest_step(self) -> int | None:

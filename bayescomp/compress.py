@@ -132,10 +132,7 @@ def _write_and_measure(out: pathlib.Path, quantized, cfg, spec, evaluate: bool) 
         },
     }
     if evaluate:
-        dataset = data_lib.load_dataset(
-            cfg.data.name, data_dir=cfg.data.get("dir"),
-            tfds_data_dir=cfg.data.get("tfds_data_dir"), download=cfg.data.get("download", True),
-            preprocess=cfg.data.get("preprocess", "reference"), seed=int(cfg.seed))
+        dataset = train.load_run_dataset(cfg)
         measured["compressed_test_error"] = test_error(decoded_model, dataset,
                                                        int(cfg.trainer.eval_batch_size))
 

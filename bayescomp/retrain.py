@@ -205,12 +205,7 @@ class DeviceData:
 
 def load_data(cfg: DictConfig) -> DeviceData:
     """``cfg.data`` loaded as :func:`bayescomp.train.train_and_evaluate` loads it, on device."""
-    dataset = data_lib.load_dataset(
-        cfg.data.name, data_dir=cfg.data.get("dir"), tfds_data_dir=cfg.data.get("tfds_data_dir"),
-        download=cfg.data.get("download", True), preprocess=cfg.data.get("preprocess", "reference"),
-        seed=int(cfg.seed))
-    log.info("dataset %s from %s: %d train / %d test", dataset.name, dataset.source,
-             len(dataset.y_train), len(dataset.y_test))
+    dataset = train.load_run_dataset(cfg)
     return DeviceData(dataset, jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train),
                       jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test))
 

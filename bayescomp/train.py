@@ -184,6 +184,17 @@ def make_evaluate(graphdef, batch_size: int) -> Callable:
     return evaluate_error
 
 
+def load_run_dataset(cfg: DictConfig) -> "data_lib.Dataset":
+    """The dataset named by a run's ``cfg.data``, found and preprocessed as the run found it."""
+    dataset = data_lib.load_dataset(
+        cfg.data.name, data_dir=cfg.data.get("dir"), tfds_data_dir=cfg.data.get("tfds_data_dir"),
+        download=cfg.data.get("download", True), preprocess=cfg.data.get("preprocess", "reference"),
+        seed=int(cfg.seed))
+    log.info("dataset %s from %s: %d train / %d test", dataset.name, dataset.source,
+             len(dataset.y_train), len(dataset.y_test))
+    return dataset
+
+
 def load_trained_model(run_dir: str | os.PathLike) -> tuple[DictConfig, nnx.Module, dict]:
     """Rebuild a run's model from its resolved config and its latest epoch checkpoint.
 
@@ -214,7 +225,8 @@ def load_trained_model(run_dir: str | os.PathLike) -> tuple[DictConfig, nnx.Modu
     model = build_model(cfg, spec.image_shape, spec.num_classes, int(cfg.seed))
     _, params = nnx.split(nnx.view(model, deterministic=False, pruned=False))
     opt_state = build_optimizer(cfg, total_steps=1).init(params)  # only its structure matters
-    checkpointer = Checkpointer(run_dir / "checkpoints")
+    # Read-only: a run may be loaded (diagnosed, compressed) while its process still trains.
+    checkpointer = Checkpointer(run_dir / "checkpoints", read_only=True)
     step = checkpointer.latest_step()
     if step is None:
         raise ConfigError(f"{run_dir / 'checkpoints'} holds no checkpoint; rerun the run's "
@@ -340,12 +352,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
     seed = int(cfg.seed)
     commit = log_code_version()
 
-    dataset = data_lib.load_dataset(
-        cfg.data.name, data_dir=cfg.data.get("dir"), tfds_data_dir=cfg.data.get("tfds_data_dir"),
-        download=cfg.data.get("download", True), preprocess=cfg.data.get("preprocess", "reference"),
-        seed=seed)
-    log.info("dataset %s from %s: %d train / %d test", dataset.name, dataset.source,
-             len(dataset.y_train), len(dataset.y_test))
+    dataset = load_run_dataset(cfg)
 
     model = build_model(cfg, dataset.x_train.shape[1:], dataset.num_classes, seed)
     batch_size = int(trainer.batch_size)
@@ -447,8 +454,8 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
 
     # Final evaluation of the posterior-mean and the pruned network.
     nnx.update(model, params)
-    metrics = _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test,
-                             y_test, history, train_seconds, steps_per_epoch, batch_size, workdir)
+    metrics = _final_metrics(cfg, model, params, dataset, error_mean, x_test, y_test, history,
+                             train_seconds, steps_per_epoch, batch_size, workdir)
     if writer is not None:
         writer.close()
     write_config(workdir, cfg)
@@ -456,10 +463,22 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
     return metrics
 
 
-def _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test, y_test,
-                   history, train_seconds, steps_per_epoch, batch_size,
-                   workdir: pathlib.Path) -> dict[str, Any]:
+def compression_snapshot(cfg: DictConfig, model: nnx.Module, dataset,
+                         workdir: pathlib.Path) -> dict[str, Any]:
+    """Prune, quantize and score ``model`` as it stands: what the run reports at its end.
+
+    Thresholds come from threshold selection on training data when ``cfg.method.prune.select``
+    is set (the chosen ones are set on ``model``), else from the layers' own thresholds. Then
+    the masks are propagated across layers, the log α histograms saved in ``workdir/plots``, the
+    kept posterior means rounded to their posterior-derived bits and evaluated on the test set.
+
+    Returns:
+        ``prune_thresholds``, ``threshold_selection`` (its trace, or None),
+        ``pruned_test_error``, ``quantized_test_error`` (%) and :func:`compression_metrics`.
+    """
     model_cls = models.get(cfg.model.name)
+    eval_batch = int(cfg.trainer.eval_batch_size)
+    x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
     selection = (cfg.method.get("prune") or {}).get("select")
     selection_trace = None
     if selection:
@@ -467,12 +486,11 @@ def _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test
         subset = threshold_selection.selection_subset(
             dataset.x_train, dataset.y_train, int(selection.get("examples", 10000)),
             int(cfg.seed))
-        error_of = _point_network_error(model_cls, model, dataset, subset,
-                                        int(cfg.trainer.eval_batch_size))
+        error_of = _point_network_error(model_cls, model, dataset, subset, eval_batch)
         _, selection_trace = threshold_selection.select_thresholds(
             model, error_of, tolerance=float(selection.tolerance))
-        pruned_graphdef, _ = nnx.split(nnx.view(model, deterministic=True, pruned=True))
-        error_pruned = make_evaluate(pruned_graphdef, int(cfg.trainer.eval_batch_size))
+    pruned_graphdef, params = nnx.split(nnx.view(model, deterministic=True, pruned=True))
+    pruned_error = make_evaluate(pruned_graphdef, eval_batch)(params, x_test, y_test)
     prune_thresholds = {name: layer.prune_threshold
                         for name, layer in objectives.variational_layers(model)}
     masks = pruning.propagated_masks(model)
@@ -484,24 +502,30 @@ def _final_metrics(cfg, model, params, dataset, error_mean, error_pruned, x_test
         model_cls, quantized.kernels, quantized.biases, input_shape=dataset.x_train.shape[1:],
         num_classes=dataset.num_classes)
     q_graphdef, q_params = nnx.split(nnx.view(quantized_model, deterministic=True))
-    quantized_error = make_evaluate(q_graphdef, int(cfg.trainer.eval_batch_size))(
-        q_params, x_test, y_test)
+    quantized_error = make_evaluate(q_graphdef, eval_batch)(q_params, x_test, y_test)
     report = compression_report(quantized.masks, quantized.precision.bits_per_layer,
                                 quantized.precision.exponent_bits, weights=quantized.kernels)
-    report_dict = report.to_dict()
-    trained_epochs = len(history)
+    return {
+        "pruned_test_error": pruned_error,
+        "prune_thresholds": prune_thresholds,
+        "threshold_selection": selection_trace,
+        **compression_metrics(masks, report.to_dict()),
+        "quantized_test_error": quantized_error,
+    }
+
+
+def _final_metrics(cfg, model, params, dataset, error_mean, x_test, y_test, history,
+                   train_seconds, steps_per_epoch, batch_size,
+                   workdir: pathlib.Path) -> dict[str, Any]:
+    snapshot = compression_snapshot(cfg, model, dataset, workdir)
     epoch_times = [h["seconds"] for h in history]
     seconds_per_epoch = float(np.median(epoch_times[1:] if len(epoch_times) > 1 else epoch_times)) \
         if epoch_times else float("nan")
     return {
         **run_identity(cfg, dataset),
-        "epochs": trained_epochs,
+        "epochs": len(history),
         "test_error": error_mean(params, x_test, y_test),
-        "pruned_test_error": error_pruned(params, x_test, y_test),
-        "prune_thresholds": prune_thresholds,
-        "threshold_selection": selection_trace,
-        **compression_metrics(masks, report_dict),
-        "quantized_test_error": quantized_error,
+        **snapshot,
         # Median over epochs of the training time of one epoch (excluding the first, which
         # includes compilation); evaluation and checkpointing are not included.
         "seconds_per_epoch": seconds_per_epoch,

@@ -8,6 +8,9 @@ forward pass of each on random inputs of the file's input shape (no dataset need
 warm-up call that compiles, each of ``--repeats`` timed repeats runs ``--calls`` forward calls
 (``jax.block_until_ready`` after each); the median repeat gives images per second. It also checks
 that both models give the same logits on the timed batch and prints the parameter counts.
+Each file is exported once per ``--channel-multiple`` (conv channels zero-padded to that
+multiple, :mod:`bayescomp.compression.export`; 1 = none), one row each: XLA's CPU convolutions
+run much slower on channel counts that are not a multiple of the vector width.
 
 Usage::
 
@@ -45,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="timed repeats; the median is reported (default: %(default)s)")
     parser.add_argument("--calls", type=int, default=10,
                         help="forward calls per timed repeat (default: %(default)s)")
+    parser.add_argument("--channel-multiple", type=int, nargs="+", default=[1, 8],
+                        help="export with conv channels zero-padded to these multiples, one "
+                             "row each; 1 = no padding (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -71,27 +77,30 @@ def param_count(model: nnx.Module) -> int:
     return sum(int(leaf.size) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def bench_file(path: pathlib.Path, batch_sizes, repeats: int, calls: int) -> list[dict]:
+def bench_file(path: pathlib.Path, batch_sizes, repeats: int, calls: int,
+               channel_multiples=(1,)) -> list[dict]:
     full, network = codec.load(path)
-    pruned = export_decoded(network)
     # The full-size model needs the deterministic view (posterior means, no sampling).
     full_forward, full_state = jitted_forward(nnx.view(full, deterministic=True))
-    pruned_forward, pruned_state = jitted_forward(pruned)
     rows = []
     for batch in batch_sizes:
         x = jax.random.normal(jax.random.key(0), (batch, *network.input_shape))
         expected = np.asarray(full_forward(full_state, x))
-        got = np.asarray(pruned_forward(pruned_state, x))
-        max_diff = float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-30))
         full_ips = images_per_second(full_forward, full_state, x, repeats, calls)
-        pruned_ips = images_per_second(pruned_forward, pruned_state, x, repeats, calls)
-        rows.append(dict(file=path, model=network.model_name, batch=batch, full_ips=full_ips,
-                         pruned_ips=pruned_ips, full_params=param_count(full),
-                         pruned_params=pruned.num_params(),
-                         kept_weights=int(sum(m.sum() for m in network.masks)),
-                         arch=", ".join(f"{name} {tuple(getattr(pruned, name).kernel.shape)}"
-                                        for name in pruned.kept_units),
-                         max_rel_diff=max_diff))
+        for multiple in channel_multiples:
+            pruned = export_decoded(network, channel_multiple=multiple)
+            pruned_forward, pruned_state = jitted_forward(pruned)
+            got = np.asarray(pruned_forward(pruned_state, x))
+            max_diff = float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-30))
+            pruned_ips = images_per_second(pruned_forward, pruned_state, x, repeats, calls)
+            rows.append(dict(file=path, model=network.model_name, batch=batch,
+                             multiple=multiple, full_ips=full_ips, pruned_ips=pruned_ips,
+                             full_params=param_count(full), pruned_params=pruned.num_params(),
+                             kept_weights=int(sum(m.sum() for m in network.masks)),
+                             arch=", ".join(
+                                 f"{name} {tuple(getattr(pruned, name).kernel.shape)}"
+                                 for name in pruned.kept_units),
+                             max_rel_diff=max_diff))
     return rows
 
 
@@ -103,7 +112,8 @@ def main(argv=None) -> int:
         return 1
     print(f"backend {jax.default_backend()}, {len(jax.devices())} device(s); median of "
           f"{args.repeats} x {args.calls} calls")
-    header = (f"{'run':<44} {'batch':>5} {'full img/s':>11} {'pruned img/s':>12} {'speed-up':>8} "
+    header = (f"{'run':<44} {'batch':>5} {'pad':>3} {'full img/s':>11} {'pruned img/s':>12} "
+              f"{'speed-up':>8} "
               f"{'full params':>11} {'pruned params':>13} {'kept w':>7} {'max rel diff':>12}")
     print(header)
     print("-" * len(header))
@@ -113,12 +123,16 @@ def main(argv=None) -> int:
         except ValueError:
             label = str(path)
         label = label.removeprefix("results/").removesuffix("/model.bcz")
-        for row in bench_file(pathlib.Path(path), args.batch_size, args.repeats, args.calls):
-            print(f"{label:<44} {row['batch']:>5} {row['full_ips']:>11,.0f} "
+        arch = {}
+        for row in bench_file(pathlib.Path(path), args.batch_size, args.repeats, args.calls,
+                              args.channel_multiple):
+            arch[row["multiple"]] = row["arch"]
+            print(f"{label:<44} {row['batch']:>5} {row['multiple']:>3} {row['full_ips']:>11,.0f} "
                   f"{row['pruned_ips']:>12,.0f} {row['pruned_ips'] / row['full_ips']:>7.2f}x "
                   f"{row['full_params']:>11,} {row['pruned_params']:>13,} "
                   f"{row['kept_weights']:>7,} {row['max_rel_diff']:>12.1e}")
-        print(f"{'':<44} exported kernels: {row['arch']}")
+        for multiple, kernels in arch.items():
+            print(f"{'':<44} exported kernels (pad {multiple}): {kernels}")
     return 0
 
 

@@ -26,6 +26,17 @@ dense ``(in, out)``, conv ``(kh, kw, in, out)``):
   kept channel that the dense layer never reads) are then dropped by a static gather of the
   flattened features, as are unread pixels before LeNet-300's first layer.
 
+**Channel padding** (``channel_multiple``). XLA's CPU convolutions are several times slower when a
+conv's input channels are not a multiple of the vector width: on a 2-core AVX2 CPU, LeNet-5 with
+7 and 39 kept channels predicted *slower* than the unpruned 20-50 network, and 1.7x faster once
+padded to 8 and 40 (``benchmarks/inference_speed.py --channel-multiple 1 8``). With
+``channel_multiple = m > 1`` every conv layer but the last gets zero filters (zero bias) up to a
+multiple of ``m`` output channels; they output relu(0) = 0, the next conv gets zero input
+weights for them and the dense layer after a flatten skips them in its gather, so the logits are
+unchanged. The padding costs ``< m`` zero channels per layer; ``kept_units`` still lists only
+real units. Whether it pays depends on the backend and shapes, so the default is no padding
+and the benchmark measures both.
+
 Folding a constant through a conv is exact only with ``VALID`` padding (a padded conv would see
 zeros at the borders instead of the constant), which is what both LeNets use; max-pooling a
 constant map gives the constant back.
@@ -196,7 +207,7 @@ def _constant_map(stages: Sequence[Stage], start: int, stop: int):
 
 def export_pruned(kernels: Sequence[np.ndarray], biases: Sequence[np.ndarray],
                   masks: Sequence[np.ndarray], *, model_name: str, input_shape,
-                  num_classes: int) -> PrunedNetwork:
+                  num_classes: int, channel_multiple: int = 1) -> PrunedNetwork:
     """Build the physically pruned network from the quantized (full-size) one.
 
     Args:
@@ -207,11 +218,15 @@ def export_pruned(kernels: Sequence[np.ndarray], biases: Sequence[np.ndarray],
         model_name: A key of :data:`LAYOUTS` (``"lenet300"`` or ``"lenet5"``).
         input_shape: ``(h, w, c)`` of one example.
         num_classes: Number of outputs (checked against the last kernel).
+        channel_multiple: Pad the output channels of every conv layer but the last with zero
+            filters up to a multiple of this (module docstring, *Channel padding*); 1: none.
 
     Returns:
         A :class:`PrunedNetwork` with the same logits as the quantized network up to float32
         summation-order rounding.
     """
+    if int(channel_multiple) < 1:
+        raise ValueError(f"channel_multiple must be >= 1, got {channel_multiple}")
     if model_name not in LAYOUTS:
         raise ValueError(f"no export layout for model {model_name!r} (known: "
                          f"{', '.join(sorted(LAYOUTS))})")
@@ -287,13 +302,24 @@ def export_pruned(kernels: Sequence[np.ndarray], biases: Sequence[np.ndarray],
         kept_rows[l + 1] = rows
 
     layers, kept_units = {}, {}
+    padded_channels = {}  # conv layer index -> (kept channels, channels after zero padding)
     for l, name in enumerate(names):
         out_index = np.flatnonzero(kept_out[l])
         kept_units[name] = out_index
         kernel = kernels[l][..., out_index]
         if kernels[l].ndim == 4:
             in_index = np.flatnonzero(kept_out[l - 1]) if l > 0 else np.flatnonzero(kept_rows[0])
-            layers[name] = PrunedConv(kernel[..., in_index, :], biases[l][out_index])
+            kernel, bias = kernel[..., in_index, :], biases[l][out_index]
+            if l - 1 in padded_channels:  # zero weights from the previous layer's zero channels
+                extra = padded_channels[l - 1][1] - kernel.shape[-2]
+                kernel = np.pad(kernel, [(0, 0), (0, 0), (0, extra), (0, 0)])
+            if l < n - 1:
+                kept = kernel.shape[-1]
+                extra = -kept % int(channel_multiple)
+                padded_channels[l] = (kept, kept + extra)
+                kernel = np.pad(kernel, [(0, 0), (0, 0), (0, 0), (0, extra)])
+                bias = np.pad(bias, (0, extra))
+            layers[name] = PrunedConv(kernel, bias)
             continue
         if l > 0 and kernels[l - 1].ndim == 2:  # dense after dense: rows are the kept units
             layers[name] = PrunedDense(kernel[np.flatnonzero(kept_out[l - 1])],
@@ -306,20 +332,25 @@ def export_pruned(kernels: Sequence[np.ndarray], biases: Sequence[np.ndarray],
             flat_rows = np.flatnonzero(kept_out[l - 1][input_unit(l)])
         read_rows = kept_rows[l][flat_rows]
         gather = None if read_rows.all() else np.flatnonzero(read_rows)
+        if l - 1 in padded_channels:  # the flatten interleaves zero channels: skip them
+            kept, padded = padded_channels[l - 1]
+            if padded != kept:
+                index = np.arange(read_rows.size) if gather is None else gather
+                gather = index // kept * padded + index % kept  # p·C' + c' -> p·C'' + c'
         layers[name] = PrunedDense(kernel[flat_rows[read_rows]], biases[l][out_index], gather)
     return PrunedNetwork(stages, layers, input_shape=input_shape, num_classes=num_classes,
                          kept_units=kept_units)
 
 
-def export_decoded(network) -> PrunedNetwork:
+def export_decoded(network, channel_multiple: int = 1) -> PrunedNetwork:
     """:func:`export_pruned` of a :class:`bayescomp.compression.codec.DecodedNetwork`."""
     return export_pruned(network.kernels, network.biases, network.masks,
                          model_name=network.model_name, input_shape=network.input_shape,
-                         num_classes=network.num_classes)
+                         num_classes=network.num_classes, channel_multiple=channel_multiple)
 
 
-def export_from_file(path: str | Path) -> PrunedNetwork:
-    """Read a ``.bcz`` file and export its pruned network.
+def export_from_file(path: str | Path, channel_multiple: int = 1) -> PrunedNetwork:
+    """Read a ``.bcz`` file and export its pruned network (see :func:`export_pruned`).
 
     Raises:
         CompressedFileError: If the file cannot be read or is not a valid ``.bcz`` file.
@@ -327,4 +358,4 @@ def export_from_file(path: str | Path) -> PrunedNetwork:
     from bayescomp.compression import codec  # late import: codec pulls in the model stack
 
     _, network = codec.load(path)
-    return export_decoded(network)
+    return export_decoded(network, channel_multiple)

@@ -161,6 +161,51 @@ def test_lenet5_export_matches_and_shrinks(key):
     assert net.num_params() == kernel_entries + bias_entries
 
 
+@pytest.mark.parametrize("multiple", [8, 12])
+def test_channel_padding_keeps_the_logits(key, multiple):
+    """Zero channels up to a multiple: same logits, wider conv kernels, a remapped gather."""
+    kernels, biases, masks, kept, fc1_inputs = _lenet5_case()  # conv1 16, conv2 37 channels
+    net = export_pruned(kernels, biases, masks, model_name="lenet5", input_shape=INPUT_SHAPE,
+                        num_classes=10, channel_multiple=multiple)
+    _assert_same_logits(LeNet5, kernels, biases, net, key())
+    c1 = -(-kept["conv1"] // multiple) * multiple  # 16 (m = 8) or 24 (m = 12)
+    c2 = -(-kept["conv2"] // multiple) * multiple  # 40 or 48
+    assert net.conv1.kernel.shape == (5, 5, 1, c1)
+    assert net.conv2.kernel.shape == (5, 5, c1, c2)
+    assert net.fc1.kernel.shape == (fc1_inputs, kept["fc1"])  # the dense layer is not widened
+    # The padding is zeros: filters, biases, and the weights reading the padded conv1 channels.
+    assert not np.any(np.asarray(net.conv1.kernel[...])[..., kept["conv1"]:])
+    assert not np.any(np.asarray(net.conv2.kernel[...])[..., kept["conv1"]:, :])
+    assert not np.any(np.asarray(net.conv2.kernel[...])[..., kept["conv2"]:])
+    assert not np.any(np.asarray(net.conv2.bias[...])[kept["conv2"]:])
+    # The gather reads real channels only: p·c2 + c with c < 37, at the unpadded rows' places.
+    index = np.asarray(net.fc1.input_index)
+    assert np.all(index % c2 < kept["conv2"])
+    unpadded = export_pruned(kernels, biases, masks, model_name="lenet5",
+                             input_shape=INPUT_SHAPE, num_classes=10)
+    old = np.asarray(unpadded.fc1.input_index)
+    np.testing.assert_array_equal(index, old // kept["conv2"] * c2 + old % kept["conv2"])
+    assert net.kept_units == unpadded.kept_units  # padding adds no real unit
+    with pytest.raises(ValueError, match="channel_multiple"):
+        export_pruned(kernels, biases, masks, model_name="lenet5", input_shape=INPUT_SHAPE,
+                      num_classes=10, channel_multiple=0)
+
+
+def test_channel_padding_without_a_gather(key):
+    """All fc1 rows read (no gather before padding): padding adds one that skips zero channels."""
+    rng = np.random.default_rng(3)
+    masks = [np.ones(s, bool) for s in [(5, 5, 1, 20), (5, 5, 20, 50), (800, 500), (500, 10)]]
+    kernels = _kernels(masks, rng)
+    biases = [rng.normal(size=m.shape[-1]).astype(np.float32) * 0.1 for m in masks]
+    assert export_pruned(kernels, biases, masks, model_name="lenet5", input_shape=INPUT_SHAPE,
+                         num_classes=10).fc1.input_index is None
+    net = export_pruned(kernels, biases, masks, model_name="lenet5", input_shape=INPUT_SHAPE,
+                        num_classes=10, channel_multiple=8)
+    _assert_same_logits(LeNet5, kernels, biases, net, key())
+    assert net.conv2.kernel.shape == (5, 5, 24, 56)
+    assert len(net.fc1.input_index) == 800 and max(net.fc1.input_index) < 16 * 56
+
+
 def test_nothing_pruned_keeps_the_architecture(key):
     rng = np.random.default_rng(2)
     masks = [np.ones(s, bool) for s in [(784, 300), (300, 100), (100, 10)]]

@@ -13,6 +13,7 @@ check them on resume with :func:`check_same_config`.
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 from typing import Any
 
@@ -21,6 +22,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from bayescomp.errors import ConfigError
+
+class _ReadOnlyNotices(logging.Filter):
+    """Drops Orbax's warnings that a read-only manager is read-only (three per load)."""
+
+    _PREFIXES = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self._PREFIXES)
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotices())
 
 #: Differences listed in the error message before it says "and N more".
 _MAX_LISTED = 8

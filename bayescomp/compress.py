@@ -112,7 +112,8 @@ def _write_and_measure(out: pathlib.Path, quantized, cfg, spec, evaluate: bool) 
             "gzip_bytes": len(zlib.compress(raw, 9)),
             "zstd_bytes": len(zstandard.ZstdCompressor(level=19).compress(raw)),
             "float32_bytes": 4 * weights_total,
-            "git_commit": provenance.git_commit(),  # the code that wrote the file (may postdate training)
+            # The code that wrote the file (may postdate training).
+            "git_commit": provenance.git_commit(),
             "layers": [
                 {"name": layer.name, "positions": layer.positions,
                  "values_kind": layer.values_kind, "codebook_bytes": layer.codebook_bytes,

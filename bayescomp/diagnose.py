@@ -1,4 +1,4 @@
-"""Look inside a variational run, finished or still training: ``python -m bayescomp.diagnose RUN_DIR``.
+"""Look inside a variational run, finished or training: ``python -m bayescomp.diagnose RUN_DIR``.
 
 A variational network can be evaluated in more than one way, and when they disagree the
 disagreement says where to look:
@@ -115,16 +115,16 @@ def diagnose(model: nnx.Module, x_test, y_test, *, samples: int = 5, seed: int =
     key = jax.random.key(seed)
     keys = jax.random.split(key, samples)
 
-    def passes(sampled_layers: set[str]) -> list[jax.Array]:
+    def passes(sampled_layers: set[str], pass_keys) -> list[jax.Array]:
         graphdef, params = _view(model, sampled_layers)
         probabilities = make_probabilities(graphdef, batch_size)
-        return [probabilities(params, x_test, k) for k in keys]
+        return [probabilities(params, x_test, k) for k in pass_keys]
 
-    mean_probs = passes(set())[0]
-    sampled = passes(set(names))
+    mean_probs = passes(set(), keys[:1])[0]  # deterministic: one pass suffices
+    sampled = passes(set(names), keys)
     sampled_errors = [error_percent(p, y_test) for p in sampled]
     ensemble = jnp.mean(jnp.stack(sampled), axis=0)
-    one_layer = {name: float(np.mean([error_percent(p, y_test) for p in passes({name})]))
+    one_layer = {name: float(np.mean([error_percent(p, y_test) for p in passes({name}, keys)]))
                  for name in names}
     _view(model, set())  # leave the model as its deterministic view
     return {

@@ -62,8 +62,8 @@ def test_sampling_matches_the_mean_at_zero_variance_and_departs_from_it_at_large
     dataset = data.load_dataset("synthetic")
     x, y = dataset.x_test[:256], dataset.y_test[:256]
     # log σ² = -60 is clipped to the floor log α = -8 (σ = 0.018·|θ|), so the passes differ
-    # from the mean network only on near-ties of this untrained network's logits: allow 6 of the 256
-    # images (2.3 points; observed: up to 3).
+    # from the mean network only on near-ties of this untrained network's logits: allow 6 of
+    # the 256 images (2.3 points; observed: up to 3).
     quiet = diagnose.diagnose(_svd_lenet300(-60.0), x, y, samples=2, batch_size=128)
     for error in (*quiet["sampled_errors"], quiet["ensemble_error"],
                   *quiet["one_layer_sampled"].values()):

@@ -14,17 +14,26 @@ that harder than ``git rev-parse HEAD`` at the end of a run:
 package, its configs, the experiment scripts and ``pyproject.toml``. Generated results
 (``results/``), documentation and tests do not: a run started right after ``publish.sh`` copied
 a finished run into ``results/`` is not dirty. :func:`dirty_files` lists what was changed.
+
+A copy of a checkout without its ``.git`` (a tree shipped to a remote GPU machine, say) has no
+commit to read; whoever made the copy from a clean checkout may name it in the environment
+variable :data:`COMMIT_ENV`, which is then reported as ``<sha>-copy`` so that the label shows it
+was vouched for rather than read. :func:`runtime` records the software and device a run used.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import pathlib
 import subprocess
 from typing import Any, Iterable, Mapping
 
 #: Paths (relative to the repository root) whose local changes make a commit ``-dirty``.
 CODE_PATHS = ("bayescomp", "conf", "experiments", "pyproject.toml")
+
+#: Environment variable naming the commit of a copied tree that has no ``.git``.
+COMMIT_ENV = "BAYESCOMP_GIT_COMMIT"
 
 #: Recorded for epochs whose checkpoint predates per-epoch commits.
 UNRECORDED = "unrecorded"
@@ -43,7 +52,8 @@ def _snapshot() -> tuple[str, tuple[str, ...]]:
         commit = _git("rev-parse", "HEAD").strip()
         status = _git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
     except (OSError, subprocess.CalledProcessError):  # not a git checkout (e.g. a wheel)
-        return "unknown", ()
+        vouched = os.environ.get(COMMIT_ENV, "").strip()
+        return (vouched + "-copy" if vouched else "unknown"), ()
     # Porcelain lines are "XY path" (or "XY old -> new" for renames).
     files = tuple(line[3:].split(" -> ")[-1] for line in status.splitlines() if line.strip())
     return commit, files
@@ -52,8 +62,8 @@ def _snapshot() -> tuple[str, tuple[str, ...]]:
 def git_commit() -> str:
     """The commit of the bayescomp checkout this process runs, ``<sha>[-dirty]``.
 
-    Read on the first call in the process and cached (see the module docstring); ``"unknown"``
-    outside a git checkout.
+    Read on the first call in the process and cached (see the module docstring). Outside a git
+    checkout: ``"<sha>-copy"`` when :data:`COMMIT_ENV` names one, else ``"unknown"``.
     """
     commit, files = _snapshot()
     return commit + ("-dirty" if files else "")
@@ -90,3 +100,28 @@ def code_history(history: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         else:
             segments.append({"epochs": [epoch, epoch], "git_commit": commit})
     return segments
+
+
+def runtime() -> dict[str, Any]:
+    """The software and device a run used, for ``metrics.json``.
+
+    Results from a lent GPU machine sit beside CPU results in ``results/``; its JAX version and
+    device are recorded so that a difference between them can be traced.
+
+    Returns:
+        ``{"jax_backend", "jax_version", "jaxlib_version", "flax_version", "device_kind",
+        "device_count"}``.
+    """
+    import flax  # Imported here: provenance itself needs no JAX (tests use it without).
+    import jax
+    import jaxlib
+
+    devices = jax.devices()
+    return {
+        "jax_backend": jax.default_backend(),
+        "jax_version": jax.__version__,
+        "jaxlib_version": jaxlib.__version__,
+        "flax_version": flax.__version__,
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+    }

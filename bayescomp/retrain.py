@@ -52,7 +52,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from bayescomp import data as data_lib
-from bayescomp import objectives, train
+from bayescomp import objectives, provenance, train
 from bayescomp.checkpointing import Checkpointer
 from bayescomp.compression import quantize as quantize_lib
 from bayescomp.compression.report import compression_report
@@ -672,7 +672,7 @@ def write_results(cfg: DictConfig, workdir: str | os.PathLike, *,
         "peak_memory_mib": train.peak_memory_mib(),
         "train_seconds": retrainer.train_seconds,
         **train.code_metrics(history),
-        "jax_backend": jax.default_backend(),
+        **provenance.runtime(),
         **dict(extra or {}),
         "history": history,
         "config": OmegaConf.to_container(cfg, resolve=True),

@@ -533,7 +533,7 @@ def _final_metrics(cfg, model, params, dataset, error_mean, x_test, y_test, hist
         "peak_memory_mib": peak_memory_mib(),
         "train_seconds": train_seconds,
         **code_metrics(history),
-        "jax_backend": jax.default_backend(),
+        **provenance.runtime(),
         "history": history,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }

@@ -64,8 +64,34 @@ def test_the_commit_is_read_once_per_process(repo):
 
 def test_outside_a_checkout_the_commit_is_unknown(tmp_path, monkeypatch):
     monkeypatch.setattr(provenance, "_ROOT", tmp_path)
+    monkeypatch.delenv(provenance.COMMIT_ENV, raising=False)
     provenance._snapshot.cache_clear()
     try:
         assert provenance.git_commit() == "unknown" and provenance.dirty_files() == []
     finally:
         provenance._snapshot.cache_clear()
+
+
+def test_a_copied_tree_reports_the_vouched_commit_marked_as_a_copy(tmp_path, monkeypatch):
+    monkeypatch.setattr(provenance, "_ROOT", tmp_path)
+    monkeypatch.setenv(provenance.COMMIT_ENV, "abc123")
+    provenance._snapshot.cache_clear()
+    try:
+        assert provenance.git_commit() == "abc123-copy"
+    finally:
+        provenance._snapshot.cache_clear()
+
+
+def test_a_real_checkout_ignores_the_vouched_commit(repo, monkeypatch):
+    monkeypatch.setenv(provenance.COMMIT_ENV, "abc123")
+    assert provenance.git_commit() == _git(repo, "rev-parse", "HEAD").strip()
+
+
+def test_runtime_names_the_backend_and_versions():
+    import jax
+
+    info = provenance.runtime()
+    assert info["jax_backend"] == jax.default_backend()
+    assert info["jax_version"] == jax.__version__
+    assert info["device_count"] == len(jax.devices()) >= 1
+    assert isinstance(info["device_kind"], str) and info["device_kind"]

@@ -6,6 +6,16 @@ seed slides' layout): pruned architecture with bits per layer, and compression r
 error each was measured at. Our rows give mean ± std over seeds; the published MNIST rows are read
 from ``experiments/published/louizos2017.yaml`` (with its citation), never typed in here, and Deep
 Compression's own LeNet rows (Han et al. 2016) from ``experiments/published/han2016_dc.yaml``.
+
+Runs are only averaged when they ran the same recipe: the resolved configs in their
+``metrics.json`` agree on every key but the seed and those in :data:`WHERE_NOT_WHAT` (where data
+and pretrained runs live, how progress is shown). Runs of one method that differ elsewhere (a
+``method.prior.tau0=1e-3`` override, say) get rows of their own, labelled with the differing
+values. Directories named ``studies`` (sensitivity studies, sweeps) are skipped when a parent
+is scanned; name them directly for their own table::
+
+    python -m bayescomp.tables results/fashion_mnist/lenet5_ghs \
+        results/studies/fashion_mnist/lenet5_ghs_tau0 --out results/studies/lenet5_ghs_tau0.md
 """
 
 from __future__ import annotations
@@ -26,6 +36,17 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 PUBLISHED = REPO_ROOT / "experiments" / "published" / "louizos2017.yaml"
 PUBLISHED_DC = REPO_ROOT / "experiments" / "published" / "han2016_dc.yaml"
 
+#: Config keys that say where things are or how a run reports, not what it computes; runs
+#: that differ only in these (and the seed) are seeds of one recipe.
+WHERE_NOT_WHAT = frozenset({
+    "seed", "data.dir", "data.tfds_data_dir", "data.download", "method.pretrained_run",
+    "trainer.progress_bar", "trainer.tensorboard", "trainer.loop", "trainer.chunk_steps",
+    "trainer.eval_batch_size",
+})
+
+#: Directories skipped when a parent is scanned (studies get tables of their own).
+STUDIES_DIR = "studies"
+
 #: Our registry names → the published tables' names.
 MODEL_KEYS = {"lenet300": "lenet_300_100", "lenet5": "lenet_5_caffe"}
 MODEL_TITLES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5-Caffe"}
@@ -42,7 +63,9 @@ def find_runs(paths: list[pathlib.Path]) -> list[dict]:
     for path in paths:
         if not path.exists():
             raise ConfigError(f"no such run directory: {path}")
-        files = [path] if path.is_file() else sorted(path.rglob("metrics.json"))
+        files = [path] if path.is_file() else sorted(
+            f for f in path.rglob("metrics.json")
+            if STUDIES_DIR not in f.relative_to(path).parts[:-1])
         for file in files:
             try:
                 metrics = json.loads(file.read_text())
@@ -52,6 +75,45 @@ def find_runs(paths: list[pathlib.Path]) -> list[dict]:
             metrics["_path"] = str(file.parent)
             runs.append(metrics)
     return runs
+
+
+def _flatten(config, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in (config or {}).items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def recipe(run: dict) -> tuple:
+    """The run's resolved config without the seed and :data:`WHERE_NOT_WHAT`, hashable."""
+    return tuple(sorted((k, json.dumps(v, sort_keys=True))
+                        for k, v in _flatten(run.get("config")).items()
+                        if k not in WHERE_NOT_WHAT))
+
+
+def _recipe_labels(recipes: list[tuple]) -> list[str]:
+    """For recipes of one method: ``key=value, ...`` of the keys on which they differ."""
+    dicts = [dict(r) for r in recipes]
+    keys = sorted({k for d in dicts for k in d if len({e.get(k) for e in dicts}) > 1})
+    return [", ".join(f"{k}={json.loads(d[k]) if k in d else '–'}" for k in keys)
+            for d in dicts]
+
+
+def _device(run: dict) -> str:
+    return run.get("device_kind") or run.get("jax_backend") or "cpu"
+
+
+def _per_device(runs: list[dict], key: str, fmt: str) -> str:
+    """Mean ± std of ``key`` per device kind (CPU and GPU epoch times do not average)."""
+    devices = sorted({_device(r) for r in runs})
+    if len(devices) == 1:
+        return _mean_std([r.get(key) for r in runs], fmt)
+    return " / ".join(
+        f"{_mean_std([r.get(key) for r in runs if _device(r) == d], fmt)} ({d})"
+        for d in devices)
 
 
 def _mean_std(values, fmt: str) -> str:
@@ -120,7 +182,16 @@ def render(runs: list[dict], published: dict, sources: list[str],
     """
     groups: dict = collections.defaultdict(list)
     for run in runs:
-        groups[(run["dataset"], run["model"], run["method"])].append(run)
+        groups[(run["dataset"], run["model"], run["method"], recipe(run))].append(run)
+    # Where one method ran several recipes, each row names the config values it differs in.
+    labels: dict = {}
+    by_method = collections.defaultdict(list)
+    for key in groups:
+        by_method[key[:3]].append(key)
+    for keys_of_method in by_method.values():
+        if len(keys_of_method) > 1:
+            for key, label in zip(keys_of_method, _recipe_labels([k[3] for k in keys_of_method])):
+                labels[key] = f" ({label})"
     cite = published["citation"]
     lines = [
         "# LeNet results: Bayesian compression, ours beside the published numbers",
@@ -139,7 +210,11 @@ def render(runs: list[dict], published: dict, sources: list[str],
         "pruning) the Pruning column is |W| / (2·|W≠0|), sparse storage with one index per value,",
         "and the first error is the pretrained dense network's (they retrain a finished dense run).",
         "*s / epoch (as trained)* is the median epoch time of the run itself, often on a CPU",
-        "shared with other runs; speed comparisons come from `benchmarks/train_speed.py`.",
+        "shared with other runs (per device where seeds ran on different ones; several runs",
+        "shared one GPU); speed comparisons come from `benchmarks/train_speed.py`. Commits",
+        "ending in `-copy` ran from a copy of that clean commit without its `.git` (a lent GPU",
+        "machine; see `bayescomp/provenance.py`). Seeds are averaged only when their configs",
+        "agree (see `bayescomp/tables.py`); other recipes of a method get their own labelled row.",
         "",
         f"Published rows: {', '.join(cite['authors'])} ({cite['year']}), *{cite['title']}*, "
         f"{cite['venue']}, arXiv:{cite['arxiv']}; as printed in `{cite['source']['file']}`, on MNIST.",
@@ -153,11 +228,16 @@ def render(runs: list[dict], published: dict, sources: list[str],
                   "| Network | Method | n | Pruned architecture | Bits per layer | Exponent bits |"
                   " Error (quantized) % |", "|---|---|---|---|---|---|---|"]
         keys = sorted((k for k in groups if k[0] == dataset),
-                      key=lambda k: (k[1], METHOD_ORDER.index(k[2]) if k[2] in METHOD_ORDER else 99))
-        for _, model, method in keys:
-            rs = groups[(dataset, model, method)]
+                      key=lambda k: (k[1], METHOD_ORDER.index(k[2]) if k[2] in METHOD_ORDER else 99,
+                                     labels.get(k, "")))
+
+        def title(key):
+            return f"{METHOD_TITLES.get(key[2], key[2])}{labels.get(key, '')}"
+
+        for key in keys:
+            model, rs = key[1], groups[key]
             lines.append(
-                f"| {MODEL_TITLES.get(model, model)} | {METHOD_TITLES.get(method, method)} | "
+                f"| {MODEL_TITLES.get(model, model)} | {title(key)} | "
                 f"{len(rs)} | {_join_units([r.get('architecture') for r in rs])} | "
                 f"{_join_units([r.get('bits_per_layer') for r in rs])} | "
                 f"{_mean_std([r.get('exponent_bits') for r in rs], '.0f')} | "
@@ -168,11 +248,11 @@ def render(runs: list[dict], published: dict, sources: list[str],
                   "Maximum Compression (measured file) | File bytes | Error of the decoded file % | "
                   "s / epoch (as trained) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for _, model, method in keys:
-            rs = groups[(dataset, model, method)]
+        for key in keys:
+            model, rs = key[1], groups[key]
             comp = [r.get("compression") or {} for r in rs]
             lines.append(
-                f"| {MODEL_TITLES.get(model, model)} | {METHOD_TITLES.get(method, method)} | "
+                f"| {MODEL_TITLES.get(model, model)} | {title(key)} | "
                 f"{len(rs)} | {_mean_std([r.get('epochs') for r in rs], '.0f')} | "
                 f"{_mean_std([r.get('test_error') for r in rs], '.2f')} / "
                 f"{_mean_std([r.get('pruned_test_error') for r in rs], '.2f')} / "
@@ -184,12 +264,12 @@ def render(runs: list[dict], published: dict, sources: list[str],
                 f"{_mean_std([c.get('max_compression_measured') for c in comp], '.1f')} | "
                 f"{_mean_std([r.get('compressed_bytes') for r in rs], '.0f')} | "
                 f"{_mean_std([r.get('compressed_test_error') for r in rs], '.2f')} | "
-                f"{_mean_std([r.get('seconds_per_epoch') for r in rs], '.2f')} |")
-        lines += ["", "Runs (directory, seed, git commit):", ""]
-        for _, model, method in keys:
-            for r in groups[(dataset, model, method)]:
+                f"{_per_device(rs, 'seconds_per_epoch', '.2f')} |")
+        lines += ["", "Runs (directory, seed, git commit, device):", ""]
+        for key in keys:
+            for r in groups[key]:
                 line = (f"- `{_relative(r['_path'])}`: {r.get('experiment')}, seed "
-                        f"{r.get('seed')}, commit `{r.get('git_commit')}`")
+                        f"{r.get('seed')}, commit `{r.get('git_commit')}`, {_device(r)}")
                 segments = r.get("code_history") or []
                 if len(segments) > 1:  # a resumed run trained by several commits
                     line += "; epochs trained by " + ", ".join(

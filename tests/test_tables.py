@@ -9,8 +9,9 @@ import yaml
 from bayescomp import tables
 
 
-def _run(tmp_path, seed, architecture, bits, quantized_error, kept):
-    run_dir = tmp_path / "fashion_mnist" / "lenet300_gnj" / f"seed{seed}"
+def _run(tmp_path, seed, architecture, bits, quantized_error, kept, config=None, sub="",
+         **extra):
+    run_dir = tmp_path / sub / "fashion_mnist" / "lenet300_gnj" / f"seed{seed}"
     run_dir.mkdir(parents=True)
     metrics = {
         "experiment": "lenet300_gnj", "model": "lenet300", "method": "bc_gnj",
@@ -20,6 +21,8 @@ def _run(tmp_path, seed, architecture, bits, quantized_error, kept):
         "exponent_bits": 3, "compression": {"pruning": 4.0, "fast_prediction": 14.0,
                                             "max_compression": 25.0},
         "seconds_per_epoch": 2.0, "git_commit": "abc",
+        "config": config or {"seed": seed, "method": {"prior": {"tau0": 1e-5}}},
+        **extra,
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
 
@@ -45,3 +48,30 @@ def test_no_runs_is_one_clear_error(tmp_path, capsys):
     assert tables.main([str(tmp_path / "empty"), "--out", str(tmp_path / "x.md")]) == 2
     assert "no LeNet metrics.json" in capsys.readouterr().err
     assert not (tmp_path / "x.md").exists()
+
+
+def test_runs_of_different_recipes_get_labelled_rows_and_studies_are_skipped(tmp_path):
+    # Seeds 0 and 1 share a recipe although their data directories and seeds differ.
+    _run(tmp_path, 0, [447, 130, 19], [6, 3, 9], 10.4, 22.0,
+         config={"seed": 0, "data": {"dir": None}, "method": {"prior": {"tau0": 1e-5}}})
+    _run(tmp_path, 1, [450, 128, 19], [6, 3, 9], 10.6, 24.0,
+         config={"seed": 1, "data": {"dir": "/x"}, "method": {"prior": {"tau0": 1e-5}}},
+         device_kind="NVIDIA H100", seconds_per_epoch=0.5)
+    _run(tmp_path, 2, [300, 100, 19], [6, 3, 9], 11.0, 15.0,
+         config={"seed": 2, "method": {"prior": {"tau0": 1e-3}}})
+    _run(tmp_path, 0, [1, 1, 1], [1, 1, 1], 50.0, 1.0, sub="studies",
+         config={"seed": 0, "method": {"prior": {"tau0": 7.0}}})
+    out = tmp_path / "lenet.md"
+    assert tables.main([str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    # Two rows for BC-GNJ, each labelled with the differing value; the seeds 0 and 1 averaged.
+    assert "BC-GNJ (method.prior.tau0=1e-05) | 2 | 447-130-19 / 450-128-19" in text
+    assert "BC-GNJ (method.prior.tau0=0.001) | 1 | 300-100-19" in text
+    # Epoch times of different devices are not averaged together.
+    assert "0.50 (NVIDIA H100) / 2.00 (cpu)" in text
+    # The run under studies/ is not in the table scanned from its parent ...
+    assert "tau0=7.0" not in text and "1-1-1" not in text
+    # ... but is when its directory is named.
+    assert tables.main([str(tmp_path / "studies"), str(tmp_path / "fashion_mnist"),
+                        "--out", str(out)]) == 0
+    assert "BC-GNJ (method.prior.tau0=7.0) | 1 | 1-1-1" in out.read_text()

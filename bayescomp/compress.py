@@ -173,9 +173,13 @@ def _print_summary(measured: dict) -> None:
     print(f"{'layer':<8} {'positions':<9} {'values':>8} {'value B':>9} {'entropy B':>10} "
           f"{'overhead':>9} {'model B':>8} {'pos B':>7}")
     for layer in info["layers"]:
+        # Fixed-width values (nearly all distinct, see codec.py) are not entropy coded, so their
+        # excess over the empirical entropy is no coder overhead: shown as "fixed".
+        overhead = ("fixed" if layer.get("values_coding") == "fixed"
+                    else f"{layer['value_overhead_percent']:.2f}%")
         print(f"{layer['name']:<8} {layer['positions']:<9} {layer['num_values']:>8} "
               f"{layer['value_bytes']:>9} {layer['value_entropy_bytes']:>10.1f} "
-              f"{layer['value_overhead_percent']:>8.2f}% {layer['value_model_bytes']:>8} "
+              f"{overhead:>9} {layer['value_model_bytes']:>8} "
               f"{layer['position_bytes']:>7}")
     print(f"file {info['file_bytes']} B (header {info['header_bytes']} B, entropy bound "
           f"{info['entropy_bound_bytes']:.0f} B); gzip {info['gzip_bytes']} B, zstd "

@@ -111,3 +111,24 @@ def test_a_failure_after_writing_keeps_the_previous_file_and_metrics(run_dir, mo
         compress.compress_run(run_dir)
     assert {name: (run_dir / name).read_bytes() for name in before} == before
     assert sorted(p.name for p in run_dir.glob("model.bcz*")) == ["model.bcz"]
+
+
+def test_summary_marks_fixed_width_layers_instead_of_an_overhead(capsys):
+    from bayescomp import compress
+
+    def layer(name, coding, value_bytes, entropy_bytes):
+        return {"name": name, "positions": "full", "num_values": 1000, "values_coding": coding,
+                "value_bytes": value_bytes, "value_entropy_bytes": entropy_bytes,
+                "value_overhead_percent": 100.0 * (value_bytes / entropy_bytes - 1),
+                "value_model_bytes": 0, "position_bytes": 0}
+
+    compress._print_summary({
+        "max_compression_measured": 2.0,
+        "compression_file": {"file_bytes": 10, "header_bytes": 1, "entropy_bound_bytes": 9,
+                             "gzip_bytes": 11, "zstd_bytes": 12, "float32_bytes": 20,
+                             "layers": [layer("fc1", "fixed", 3000, 2000),
+                                        layer("fc2", "ans", 1005, 1000)]}})
+    lines = capsys.readouterr().out.splitlines()
+    fc1, fc2 = (next(l for l in lines if l.startswith(n)) for n in ("fc1", "fc2"))
+    assert "fixed" in fc1 and "50.00%" not in fc1
+    assert "0.50%" in fc2

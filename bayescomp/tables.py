@@ -88,10 +88,15 @@ def _flatten(config, prefix: str = "") -> dict:
 
 
 def recipe(run: dict) -> tuple:
-    """The run's resolved config without the seed and :data:`WHERE_NOT_WHAT`, hashable."""
+    """The run's resolved config without the seed and :data:`WHERE_NOT_WHAT`, hashable.
+
+    Keys set to ``null`` are left out: an option added after a run was made (``prune.select``,
+    say) appears as ``null`` (off) in later configs and not at all in the older one, and both
+    ran the same recipe.
+    """
     return tuple(sorted((k, json.dumps(v, sort_keys=True))
                         for k, v in _flatten(run.get("config")).items()
-                        if k not in WHERE_NOT_WHAT))
+                        if k not in WHERE_NOT_WHAT and v is not None))
 
 
 def _recipe_labels(recipes: list[tuple]) -> list[str]:

@@ -54,8 +54,10 @@ def test_runs_of_different_recipes_get_labelled_rows_and_studies_are_skipped(tmp
     # Seeds 0 and 1 share a recipe although their data directories and seeds differ.
     _run(tmp_path, 0, [447, 130, 19], [6, 3, 9], 10.4, 22.0,
          config={"seed": 0, "data": {"dir": None}, "method": {"prior": {"tau0": 1e-5}}})
+    # Seed 1 also has an option, off (null), that did not exist when seed 0 ran.
     _run(tmp_path, 1, [450, 128, 19], [6, 3, 9], 10.6, 24.0,
-         config={"seed": 1, "data": {"dir": "/x"}, "method": {"prior": {"tau0": 1e-5}}},
+         config={"seed": 1, "data": {"dir": "/x"},
+                 "method": {"prior": {"tau0": 1e-5}, "prune": {"select": None}}},
          device_kind="NVIDIA H100", seconds_per_epoch=0.5)
     _run(tmp_path, 2, [300, 100, 19], [6, 3, 9], 11.0, 15.0,
          config={"seed": 2, "method": {"prior": {"tau0": 1e-3}}})

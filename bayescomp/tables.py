@@ -99,12 +99,22 @@ def recipe(run: dict) -> tuple:
                         if k not in WHERE_NOT_WHAT and v is not None))
 
 
-def _recipe_labels(recipes: list[tuple]) -> list[str]:
-    """For recipes of one method: ``key=value, ...`` of the keys on which they differ."""
+def _recipe_labels(recipes: list[tuple]) -> list[tuple[str, tuple]]:
+    """For recipes of one method: ``key=value, ...`` of the keys on which they differ, and a
+    sort key that orders numbers by value (``1e-07`` before ``0.001``)."""
     dicts = [dict(r) for r in recipes]
     keys = sorted({k for d in dicts for k in d if len({e.get(k) for e in dicts}) > 1})
-    return [", ".join(f"{k}={json.loads(d[k]) if k in d else '–'}" for k in keys)
-            for d in dicts]
+
+    def order(value):
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return (0, value, "") if is_number else (1, 0, str(value))
+
+    labelled = []
+    for d in dicts:
+        values = [json.loads(d[k]) if k in d else None for k in keys]
+        label = ", ".join(f"{k}={'–' if v is None else v}" for k, v in zip(keys, values))
+        labelled.append((label, tuple(order(v) for v in values)))
+    return labelled
 
 
 def _device(run: dict) -> str:
@@ -190,13 +200,15 @@ def render(runs: list[dict], published: dict, sources: list[str],
         groups[(run["dataset"], run["model"], run["method"], recipe(run))].append(run)
     # Where one method ran several recipes, each row names the config values it differs in.
     labels: dict = {}
+    label_order: dict = {}
     by_method = collections.defaultdict(list)
     for key in groups:
         by_method[key[:3]].append(key)
     for keys_of_method in by_method.values():
         if len(keys_of_method) > 1:
-            for key, label in zip(keys_of_method, _recipe_labels([k[3] for k in keys_of_method])):
-                labels[key] = f" ({label})"
+            for key, (label, order) in zip(keys_of_method,
+                                           _recipe_labels([k[3] for k in keys_of_method])):
+                labels[key], label_order[key] = f" ({label})", order
     cite = published["citation"]
     lines = [
         "# LeNet results: Bayesian compression, ours beside the published numbers",
@@ -234,7 +246,7 @@ def render(runs: list[dict], published: dict, sources: list[str],
                   " Error (quantized) % |", "|---|---|---|---|---|---|---|"]
         keys = sorted((k for k in groups if k[0] == dataset),
                       key=lambda k: (k[1], METHOD_ORDER.index(k[2]) if k[2] in METHOD_ORDER else 99,
-                                     labels.get(k, "")))
+                                     label_order.get(k, ())))
 
         def title(key):
             return f"{METHOD_TITLES.get(key[2], key[2])}{labels.get(key, '')}"

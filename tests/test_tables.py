@@ -69,6 +69,8 @@ def test_runs_of_different_recipes_get_labelled_rows_and_studies_are_skipped(tmp
     # Two rows for BC-GNJ, each labelled with the differing value; the seeds 0 and 1 averaged.
     assert "BC-GNJ (method.prior.tau0=1e-05) | 2 | 447-130-19 / 450-128-19" in text
     assert "BC-GNJ (method.prior.tau0=0.001) | 1 | 300-100-19" in text
+    # Rows in numeric order of the differing value (1e-05 < 0.001), not string order.
+    assert text.index("tau0=1e-05) | 2") < text.index("tau0=0.001) | 1")
     # Epoch times of different devices are not averaged together.
     assert "0.50 (NVIDIA H100) / 2.00 (cpu)" in text
     # The run under studies/ is not in the table scanned from its parent ...

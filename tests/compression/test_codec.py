@@ -8,6 +8,7 @@ leaves them. Version-1 files (fixed point only) must stay readable.
 """
 
 import json
+import pathlib
 import struct
 import zlib
 
@@ -513,18 +514,19 @@ def test_version_1_files_are_still_read(encoded):
             np.testing.assert_array_equal(_bits(d_kernel), _bits(kernel))
 
 
-def test_committed_version_1_files_are_still_read():
-    import pathlib
+#: A real version-1 file: results/fashion_mnist/lenet300_svd/seed0/model.bcz as committed at
+#: e88a448 (written by that commit's coder; its metrics.json recorded 6144 kept weights,
+#: architecture 752-76-51 and 11185 bytes). Kept as a fixture because results/ is rewritten.
+VERSION_1_FILE = pathlib.Path(__file__).parent / "data" / "lenet300_svd_version1.bcz"
 
-    root = pathlib.Path(__file__).resolve().parents[2] / "results"
-    files = sorted(root.rglob("*.bcz"))
-    old = [path for path in files if path.read_bytes()[4:6] == struct.pack("<H", 1)]
-    if not old:
-        pytest.skip("no version-1 .bcz file under results/")
-    for path in old:
-        model, decoded = codec.load(path)
-        assert decoded.version == 1 and decoded.codebooks is None
-        assert decoded.file_bytes == path.stat().st_size
+
+def test_a_real_version_1_file_is_still_read():
+    assert VERSION_1_FILE.read_bytes()[4:6] == struct.pack("<H", 1)
+    model, decoded = codec.load(VERSION_1_FILE)
+    assert decoded.version == 1 and decoded.codebooks is None
+    assert decoded.file_bytes == VERSION_1_FILE.stat().st_size == 11185
+    assert sum(int(mask.sum()) for mask in decoded.masks) == 6144
+    assert [k.shape for k in decoded.kernels] == [(784, 300), (300, 100), (100, 10)]
 
 
 def test_a_version_1_file_cannot_hold_codebook_layers(codebook_files):

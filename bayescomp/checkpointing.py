@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 
 from bayescomp.errors import ConfigError
 
+
 class _ReadOnlyNotices(logging.Filter):
     """Drops Orbax's warnings that a read-only manager is read-only (three per load)."""
 

@@ -17,6 +17,14 @@ Methods:
 ``"none"``
     Pixels scaled to [0, 1] only.
 
+``"signed"``
+    Pixels scaled to [-1, 1]: ``2 (x/255 - 1/2)``, as in the Bayesian Compression tutorial's
+    ``example.py`` (Louizos & Ullrich, github.com/KarenUllrich/Tutorial_BayesianCompressionForDL,
+    ``transforms.ToTensor(), lambda x: 2 * (x - 0.5)``); the preprocessing of the authors' BC-GNJ
+    reference runs. Unlike ``"reference"`` it keeps the background at a constant -1 instead of
+    centring each pixel, which changes the scale of the first layer's weights and hence their
+    posterior-derived bit precision.
+
 Statistics are always computed on the training split alone and applied unchanged to the test
 split, so no information flows from the test set into training.
 """
@@ -27,7 +35,7 @@ import numpy as np
 
 from bayescomp.errors import ConfigError
 
-METHODS = ("none", "reference")
+METHODS = ("none", "reference", "signed")
 
 # Raw pixels are divided by this. (The Sparse VD MNIST reader used 256.)
 PIXEL_SCALE = 255.0
@@ -70,7 +78,7 @@ def preprocess(x_train: np.ndarray, x_test: np.ndarray, *, method: str,
     Args:
         x_train: ``uint8`` training images, shape ``(N_train, H, W, C)``.
         x_test: ``uint8`` test images, shape ``(N_test, H, W, C)``.
-        method: ``"reference"`` or ``"none"``; see the module docstring.
+        method: ``"reference"``, ``"signed"`` or ``"none"``; see the module docstring.
         family: ``"mnist"`` (mean-image subtraction) or ``"cifar"`` (per-channel
             standardisation); only used by ``"reference"``.
 
@@ -84,6 +92,8 @@ def preprocess(x_train: np.ndarray, x_test: np.ndarray, *, method: str,
     """
     check_method(method)
     train, test = _scaled(x_train), _scaled(x_test)
+    if method == "signed":
+        return 2.0 * train - 1.0, 2.0 * test - 1.0  # 2 (x - 1/2) on [0, 1] pixels
     if method == "none" or train.shape[0] == 0:
         return train, test
     if family == "mnist":

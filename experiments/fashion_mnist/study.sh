@@ -4,17 +4,24 @@
 # results/studies/fashion_mnist/<study>/<variant>/seed<seed>/, then tabulated beside the
 # experiment's own runs in results/studies/<study>.md.
 #
-# Studies (the override of each variant after the colon):
+# Studies (the overrides of each variant after the colon, separated by spaces):
 #   lenet5_ghs_tau0     lenet5_ghs with the horseshoe's global scale tau0 = 1e-7, 1e-3, 1e-1
 #                       (the experiment's own runs use 1e-5)
 #   lenet300_gnj_100ep  lenet300_gnj trained for 100 epochs (the experiment's recipe: 200), the
 #                       budget of the authors' PyTorch reference run on this machine (issue 3)
+#   lenet300_gnj_bc_recipe
+#                       lenet300_gnj with the training recipe of the authors' BC tutorial
+#                       (example.py): inputs scaled to [-1, 1] (data.preprocess=signed) alone, and
+#                       with the rest of its recipe too: batch 128, constant Adam 1e-3, no KL
+#                       warm-up, 100 epochs, the recipe of the reference run of issue 3. Our
+#                       experiment follows the Sparse VD recipe (mean-image inputs, batch 100,
+#                       warm-up over epochs 5-20, linear decay over the second half, 200 epochs).
 #
 # Usage: [SEEDS="0 1 2"] bash experiments/fashion_mnist/study.sh STUDY
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 runs_root=${BAYESCOMP_RUNS:-$HOME/bayescomp-runs}
-study=${1:?usage: study.sh STUDY (lenet5_ghs_tau0 | lenet300_gnj_100ep)}
+study=${1:?usage: study.sh STUDY (lenet5_ghs_tau0 | lenet300_gnj_100ep | lenet300_gnj_bc_recipe)}
 case "$study" in
   lenet5_ghs_tau0)
     experiment=lenet5_ghs
@@ -23,15 +30,20 @@ case "$study" in
   lenet300_gnj_100ep)
     experiment=lenet300_gnj
     variants=("epochs_100:trainer.epochs=100") ;;
-  *) echo "unknown study '$study'; known: lenet5_ghs_tau0, lenet300_gnj_100ep" >&2; exit 2 ;;
+  lenet300_gnj_bc_recipe)
+    experiment=lenet300_gnj
+    variants=("signed_inputs:data.preprocess=signed"
+              "bc_tutorial:data.preprocess=signed trainer.batch_size=128 optimizer.schedule=constant trainer.kl_warmup.start_epoch=0 trainer.kl_warmup.end_epoch=0 trainer.epochs=100") ;;
+  *) echo "unknown study '$study'; known: lenet5_ghs_tau0, lenet300_gnj_100ep," \
+       "lenet300_gnj_bc_recipe" >&2; exit 2 ;;
 esac
 for variant in "${variants[@]}"; do
   name=${variant%%:*}
-  override=${variant#*:}
+  read -ra overrides <<< "${variant#*:}"
   for seed in ${SEEDS:-0}; do
     run_dir="$runs_root/fashion_mnist/studies/$study/$name/seed$seed"
     if python -m bayescomp.run +experiment="$experiment" data=fashion_mnist seed="$seed" \
-        trainer.progress_bar=false hydra.run.dir="$run_dir" "$override"; then
+        trainer.progress_bar=false hydra.run.dir="$run_dir" "${overrides[@]}"; then
       bash experiments/fashion_mnist/publish_run.sh "$run_dir" \
         "results/studies/fashion_mnist/$study/$name/seed$seed"
     else

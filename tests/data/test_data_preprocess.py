@@ -57,8 +57,19 @@ def test_none_only_scales_to_unit_interval():
     np.testing.assert_allclose(test, x_test / 255.0, rtol=1e-6)
 
 
+def test_signed_maps_pixels_to_minus_one_one_as_the_bc_tutorial():
+    # Hand-computed: the BC tutorial's 2 * (x - 0.5) on ToTensor's x/255, so 0 -> -1,
+    # 255 -> 1 and 51 -> 2 * 0.2 - 1 = -0.6; the same map on both splits, no statistics.
+    x_train, x_test = _raw((20, 28, 28, 1), 5), _raw((5, 28, 28, 1), 6)
+    x_train[0, 0, 0, 0], x_train[0, 0, 1, 0], x_train[0, 0, 2, 0] = 0, 255, 51
+    train, test = preprocessing.preprocess(x_train, x_test, method="signed", family="mnist")
+    assert train.dtype == np.float32 and test.dtype == np.float32
+    np.testing.assert_allclose(train[0, 0, :3, 0], [-1.0, 1.0, -0.6], rtol=1e-6)
+    np.testing.assert_allclose(test, 2.0 * (x_test / 255.0 - 0.5), rtol=1e-6, atol=1e-6)
+
+
 def test_unknown_method_raises_config_error_listing_methods():
     with pytest.raises(ConfigError, match="unknown data.preprocess 'zca'; known methods: none, "
-                                          "reference"):
+                                          "reference, signed"):
         preprocessing.preprocess(_raw((2, 28, 28, 1), 0), _raw((1, 28, 28, 1), 0),
                                  method="zca", family="mnist")

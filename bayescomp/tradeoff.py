@@ -1,0 +1,226 @@
+r"""Error against compression as the pruning thresholds vary: a threshold sensitivity analysis.
+
+``python -m bayescomp.tradeoff RUN_DIR [--thresholds T ...] [--tolerances E ...] [--out DIR]``
+
+A trained variational network does not fix its compression: the per-layer thresholds on log α
+decide which weights or groups go, and with them the error, the pruned architecture, the
+posterior-derived bits and every compression ratio. Bayesian Compression picks them by hand
+(Louizos et al. 2017, §5; methods.md §3.3); VCNN reports compression and accuracy over a range
+of its threshold (Zhao et al. 2019, Fig. 5; ``shared/seeds/001_*``). This module computes that
+curve for a finished run, with no retraining, at two kinds of operating point:
+
+* ``--thresholds T``: one threshold ``T`` for every variational layer (log α ≥ T is removed).
+* ``--tolerances E``: the thresholds chosen from *training* data by
+  :mod:`bayescomp.threshold_selection` within ``E`` percentage points of the unpruned network's
+  error on the selection subset (the rule ``conf/method/bc_ghs.yaml`` uses with E = 0.5).
+
+Each point is scored exactly as the run's own end of training is
+(:func:`bayescomp.train.compression_snapshot`): masks propagated across layers, kept posterior
+means rounded to their posterior-derived bits, the quantized network evaluated on the test set,
+and the paper's compression columns (Pruning, Fast Prediction, Maximum Compression estimate).
+
+The errors here are *test* errors, reported for every point: the curve shows what a threshold
+costs, it must not be used to pick the operating point a result table reports (that would tune
+on the test set). Runs report the point of their own config (fixed thresholds or the
+training-data selection); this module never changes a run's ``metrics.json``.
+
+Output: a table on stdout; with ``--out DIR`` also ``DIR/tradeoff.json`` (every point, with the
+run's identity, commit and the thresholds per layer), ``DIR/tradeoff.md`` and
+``DIR/tradeoff.png`` (quantized test error against Pruning and Fast Prediction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import pathlib
+import sys
+import tempfile
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, open_dict
+
+from bayescomp import objectives, provenance, threshold_selection, train
+from bayescomp.errors import BayescompError, ConfigError
+
+#: Training examples the threshold selection scores on (as in ``conf/method/bc_ghs.yaml``).
+SELECTION_EXAMPLES = 10_000
+
+
+def operating_points(thresholds: Sequence[float] = (),
+                     tolerances: Sequence[float] = ()) -> list[dict[str, float]]:
+    """The sweep's points: ``{"threshold": T}`` and ``{"tolerance": E}`` dicts, in order given."""
+    points = [{"threshold": float(t)} for t in thresholds]
+    for tolerance in tolerances:
+        if not tolerance >= 0.0:
+            raise ConfigError(f"--tolerances {tolerance}: a tolerance is a non-negative number "
+                              "of percentage points")
+        points.append({"tolerance": float(tolerance)})
+    if not points:
+        raise ConfigError("nothing to sweep: give --thresholds and/or --tolerances")
+    return points
+
+
+def sweep(cfg: DictConfig, model, dataset, points: list[dict[str, float]]) -> list[dict[str, Any]]:
+    """Score ``model`` at every operating point; the model's own thresholds are restored after.
+
+    Args:
+        cfg: The run's resolved config.
+        model: The trained model (:func:`bayescomp.train.load_trained_model`).
+        dataset: The run's dataset (:func:`bayescomp.train.load_run_dataset`).
+        points: From :func:`operating_points`.
+
+    Returns:
+        One dict per point: the point, ``prune_thresholds`` per layer, ``architecture_string``,
+        ``kept_per_layer``, ``percent_kept``, ``bits_per_layer``, ``exponent_bits``,
+        ``compression`` (the paper's ratios) and ``pruned_test_error`` /
+        ``quantized_test_error`` (%).
+
+    Raises:
+        ConfigError: ``model`` has no layer with a log α (a dense, DC or SWS run).
+    """
+    layers = [(name, layer) for name, layer in objectives.variational_layers(model)
+              if layer.log_alpha() is not None]
+    if not layers:
+        raise ConfigError(f"run of method {cfg.method.name!r} has no log α to threshold; the "
+                          "trade-off needs a variational run (svd, bc_gnj, bc_ghs)")
+    own_thresholds = {name: layer.prune_threshold for name, layer in layers}
+    rows = []
+    try:
+        for point in points:
+            point_cfg = copy.deepcopy(cfg)
+            with open_dict(point_cfg):
+                prune = point_cfg.method.setdefault("prune", {})
+                if "tolerance" in point:
+                    prune["select"] = {"tolerance": point["tolerance"],
+                                       "examples": SELECTION_EXAMPLES}
+                else:
+                    prune["select"] = None
+                    threshold_selection.set_thresholds(
+                        model, {name: point["threshold"] for name, _ in layers})
+            with tempfile.TemporaryDirectory() as scratch:  # the histograms are not kept
+                snapshot = train.compression_snapshot(point_cfg, model, dataset,
+                                                      pathlib.Path(scratch))
+            rows.append({**point, **{key: snapshot[key] for key in (
+                "prune_thresholds", "architecture_string", "kept_per_layer", "percent_kept",
+                "bits_per_layer", "exponent_bits", "compression", "pruned_test_error",
+                "quantized_test_error")}})
+    finally:
+        threshold_selection.set_thresholds(model, own_thresholds)
+    return rows
+
+
+def _point_label(row: dict[str, Any]) -> str:
+    if "tolerance" in row:
+        return f"tolerance {row['tolerance']:g}"
+    return f"threshold {row['threshold']:g}"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of the sweep, one row per operating point."""
+    lines = ["| Operating point | Thresholds | Architecture | Bits | Kept % | Pruning | "
+             "Fast Prediction | Max. Compression (est.) | Pruned error % | Quantized error % |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        thresholds = " / ".join("—" if t is None else f"{t:.2f}"
+                                for t in row["prune_thresholds"].values())
+        ratios = row["compression"]
+        lines.append(
+            f"| {_point_label(row)} | {thresholds} | {row['architecture_string']} | "
+            f"{'-'.join(str(b) for b in row['bits_per_layer'])} | {row['percent_kept']:.2f} | "
+            f"{ratios['pruning']:.1f} | {ratios['fast_prediction']:.1f} | "
+            f"{ratios['max_compression']:.1f} | {row['pruned_test_error']:.2f} | "
+            f"{row['quantized_test_error']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], title: str, path: pathlib.Path) -> None:
+    """Quantized test error against Pruning and Fast Prediction (log x), one marker per point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for axis, ratio in zip(axes, ("pruning", "fast_prediction")):
+        for kind, marker in (("threshold", "o"), ("tolerance", "s")):
+            chosen = sorted((r for r in rows if kind in r), key=lambda r: r["compression"][ratio])
+            if chosen:
+                axis.plot([r["compression"][ratio] for r in chosen],
+                          [r["quantized_test_error"] for r in chosen], marker + "-",
+                          label=f"fixed {kind}" if kind == "threshold"
+                          else "training-data selection")
+        axis.set_xscale("log")
+        axis.xaxis.set_major_formatter(ScalarFormatter())
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.set_xlabel(ratio.replace("_", " ").capitalize() + " (×)")
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("quantized test error (%)")
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bayescomp.tradeoff",
+        description="Test error against compression of a trained variational run as its "
+                    "pruning thresholds vary (no retraining).")
+    parser.add_argument("run_dir", help="hydra.run.dir of a finished variational run")
+    parser.add_argument("--thresholds", type=float, nargs="*", default=[],
+                        help="one log α threshold for every layer, per point (e.g. -4 -3 -2)")
+    parser.add_argument("--tolerances", type=float, nargs="*", default=[],
+                        help="training-data threshold selection within E points, per point")
+    parser.add_argument("--out", help="directory for tradeoff.json, tradeoff.md, tradeoff.png")
+    args = parser.parse_args(argv)
+    try:
+        points = operating_points(args.thresholds, args.tolerances)
+        out = None if args.out is None else pathlib.Path(args.out)
+        if out is not None and not out.parent.is_dir():
+            raise ConfigError(f"--out {out}: directory {out.parent} does not exist")
+        run_dir = pathlib.Path(args.run_dir)
+        cfg, model, meta = train.load_trained_model(run_dir)
+        dataset = train.load_run_dataset(cfg)
+        rows = sweep(cfg, model, dataset, points)
+    except BayescompError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    title = (f"{cfg.get('experiment_name', cfg.method.name)} on {cfg.data.name}, seed {cfg.seed}, "
+             f"epoch {int(meta['epoch']) + 1}")
+    table = format_table(rows)
+    print(title)
+    print(table)
+    if out is not None:
+        out.mkdir(exist_ok=True)
+        record = {
+            "run_dir": str(run_dir),
+            "experiment": cfg.get("experiment_name"),
+            "dataset": cfg.data.name,
+            "seed": int(cfg.seed),
+            "epoch": int(meta["epoch"]) + 1,
+            "run_git_commit": metrics.get("git_commit"),
+            "run_prune_thresholds": metrics.get("prune_thresholds"),
+            "git_commit": provenance.git_commit(),
+            "selection_examples": SELECTION_EXAMPLES,
+            "points": rows,
+        }
+        (out / "tradeoff.json").write_text(json.dumps(record, indent=2) + "\n")
+        (out / "tradeoff.md").write_text(
+            f"# Threshold trade-off: {title}\n\nGenerated by `python -m bayescomp.tradeoff` "
+            f"(commit `{record['git_commit']}`) from `{run_dir}` (trained at "
+            f"`{record['run_git_commit']}`). Test errors at every point; see the module "
+            "docstring for why none of these points is chosen by its test error.\n\n"
+            + table + "\n")
+        plot(rows, title, out / "tradeoff.png")
+        print(f"wrote {out / 'tradeoff.json'}, tradeoff.md, tradeoff.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""``python -m bayescomp.tradeoff``: error against compression over pruning thresholds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bayescomp import objectives, tradeoff, train
+from bayescomp.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def svd_run(tmp_path_factory, smoke_cfg):
+    """A finished 2-step LeNet-300-100 Sparse VD smoke run (threshold 3 on every layer)."""
+    workdir = tmp_path_factory.mktemp("svd")
+    metrics = train.train_and_evaluate(smoke_cfg("lenet300_svd"), workdir)
+    return workdir, metrics
+
+
+def test_the_runs_own_threshold_reproduces_its_metrics_and_the_curve_is_monotone(svd_run):
+    run_dir, metrics = svd_run
+    assert set(metrics["prune_thresholds"].values()) == {3.0}  # the svd default, every layer
+    cfg, model, _ = train.load_trained_model(run_dir)
+    dataset = train.load_run_dataset(cfg)
+    log_alphas = [np.asarray(layer.log_alpha())
+                  for _, layer in objectives.variational_layers(model)]
+    thresholds = [-6.0, 0.0, 3.0, 6.0]
+    rows = tradeoff.sweep(cfg, model, dataset, tradeoff.operating_points(thresholds))
+
+    # Threshold 3 is the run's own operating point: the sweep must score it as the run did.
+    own = rows[2]
+    for key in ("quantized_test_error", "pruned_test_error", "kept_per_layer", "bits_per_layer",
+                "architecture_string"):
+        assert own[key] == pytest.approx(metrics[key], abs=1e-9), key
+    assert own["compression"] == pytest.approx(metrics["compression"], rel=1e-9)
+    # A higher threshold removes fewer weights, in every layer. Each layer keeps at most the
+    # weights whose own log α is below the threshold (propagation across layers can only remove
+    # more), counted here directly from the posterior.
+    kept = np.array([row["kept_per_layer"] for row in rows])
+    assert np.all(np.diff(kept, axis=0) >= 0)
+    assert kept[0].sum() < kept[-1].sum()  # the sweep spans a real range on this model
+    for row, threshold in zip(rows, thresholds):
+        assert row["prune_thresholds"] == {name: threshold for name in ("fc1", "fc2", "fc3")}
+        for layer_kept, log_alpha in zip(row["kept_per_layer"], log_alphas):
+            assert layer_kept <= int((log_alpha < threshold).sum())
+    # The sweep leaves the model's own thresholds in place.
+    assert {name: layer.prune_threshold
+            for name, layer in objectives.variational_layers(model)} == \
+        metrics["prune_thresholds"]
+
+
+def test_cli_writes_json_markdown_and_plot_and_leaves_the_run_alone(svd_run, tmp_path, capsys):
+    run_dir, metrics = svd_run
+    before = (run_dir / "metrics.json").read_bytes()
+    out = tmp_path / "curve"
+    assert tradeoff.main([str(run_dir), "--thresholds", "3", "--tolerances", "0.5",
+                          "--out", str(out)]) == 0
+    assert (run_dir / "metrics.json").read_bytes() == before
+    record = json.loads((out / "tradeoff.json").read_text())
+    assert record["run_git_commit"] == metrics["git_commit"]
+    assert [("threshold" in p, "tolerance" in p) for p in record["points"]] == \
+        [(True, False), (False, True)]
+    assert record["points"][0]["quantized_test_error"] == pytest.approx(
+        metrics["quantized_test_error"], abs=1e-9)
+    assert (out / "tradeoff.png").stat().st_size > 0
+    table = (out / "tradeoff.md").read_text()
+    assert "| threshold 3 |" in table and "| tolerance 0.5 |" in table
+    assert "Fast Prediction" in capsys.readouterr().out
+
+
+def test_bad_input_ends_in_one_clear_error(pretrained_dense_run, svd_run, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="nothing to sweep"):
+        tradeoff.operating_points()
+    with pytest.raises(ConfigError, match="non-negative"):
+        tradeoff.operating_points(tolerances=[-1.0])
+    assert tradeoff.main([str(tmp_path / "missing"), "--thresholds", "3"]) == 2
+    assert "not a bayescomp run directory" in capsys.readouterr().err
+    assert tradeoff.main([str(pretrained_dense_run("lenet300")), "--thresholds", "3"]) == 2
+    assert "needs a variational run" in capsys.readouterr().err
+    assert tradeoff.main([str(svd_run[0]), "--thresholds", "3",
+                          "--out", str(tmp_path / "no" / "such")]) == 2
+    assert "does not exist" in capsys.readouterr().err

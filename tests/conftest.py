@@ -76,6 +76,28 @@ def smoke_cfg():
 
 
 @pytest.fixture(scope="session")
+def finished_smoke_run(tmp_path_factory):
+    """``finished_smoke_run(experiment)``: ``(run_dir, metrics)`` of a finished 2-step smoke run.
+
+    Trained on first use per experiment and shared by the whole session (per xdist worker), so
+    tests that read a finished run (diagnose, tradeoff) do not each train one. Read-only.
+    """
+    from bayescomp.train import train_and_evaluate
+
+    runs = {}
+
+    def get(experiment: str):
+        if experiment not in runs:
+            workdir = tmp_path_factory.mktemp(experiment)
+            metrics = train_and_evaluate(_compose([f"+experiment={experiment}", *TWO_STEPS]),
+                                         workdir)
+            runs[experiment] = (workdir, metrics)
+        return runs[experiment]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def pretrained_dense_run(tmp_path_factory):
     """``pretrained_dense_run(model)``: the directory of a finished 2-step smoke dense run.
 

@@ -11,16 +11,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bayescomp import data, diagnose, models, objectives, train
+from bayescomp import data, diagnose, models, objectives
 from bayescomp.nn import LayerFactory
 
 
 @pytest.fixture(scope="module")
-def gnj_run(tmp_path_factory, smoke_cfg):
+def gnj_run(finished_smoke_run):
     """A finished 2-step LeNet-300-100 BC-GNJ smoke run (group scales and their pruning)."""
-    workdir = tmp_path_factory.mktemp("gnj")
-    metrics = train.train_and_evaluate(smoke_cfg("lenet300_gnj"), workdir)
-    return workdir, metrics
+    return finished_smoke_run("lenet300_gnj")
 
 
 def _tree_digest(directory):

@@ -12,11 +12,9 @@ from bayescomp.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
-def svd_run(tmp_path_factory, smoke_cfg):
+def svd_run(finished_smoke_run):
     """A finished 2-step LeNet-300-100 Sparse VD smoke run (threshold 3 on every layer)."""
-    workdir = tmp_path_factory.mktemp("svd")
-    metrics = train.train_and_evaluate(smoke_cfg("lenet300_svd"), workdir)
-    return workdir, metrics
+    return finished_smoke_run("lenet300_svd")
 
 
 def test_the_runs_own_threshold_reproduces_its_metrics_and_the_curve_is_monotone(svd_run):

@@ -27,6 +27,7 @@ training-data selection); this module never changes a run's ``metrics.json``.
 Output: a table on stdout; with ``--out DIR`` also ``DIR/tradeoff.json`` (every point, with the
 run's identity, commit and the thresholds per layer), ``DIR/tradeoff.md`` and
 ``DIR/tradeoff.png`` (quantized test error against Pruning and Fast Prediction).
+``--replot FILE ...`` redraws the figure of existing ``tradeoff.json`` files without a sweep.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def plot(rows: list[dict[str, Any]], title: str, path: pathlib.Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for axis, ratio in zip(axes, ("pruning", "fast_prediction")):
@@ -153,7 +154,12 @@ def plot(rows: list[dict[str, Any]], title: str, path: pathlib.Path) -> None:
                           label=f"fixed {kind}" if kind == "threshold"
                           else "training-data selection")
         axis.set_xscale("log")
-        axis.xaxis.set_major_formatter(ScalarFormatter())
+        # Ticks at 1, 2, 5 × 10^k, written plainly; every integer × 10^k within one decade.
+        values = [r["compression"][ratio] for r in rows]
+        narrow = max(values) < 10 * min(values)
+        axis.xaxis.set_major_locator(LogLocator(
+            base=10, subs=tuple(range(1, 10)) if narrow else (1.0, 2.0, 5.0)))
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_xlabel(ratio.replace("_", " ").capitalize() + " (×)")
         axis.grid(True, which="both", alpha=0.3)
@@ -165,19 +171,48 @@ def plot(rows: list[dict[str, Any]], title: str, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def title_of(record: dict[str, Any]) -> str:
+    """``"<experiment> on <dataset>, seed <s>, epoch <e>"`` of a ``tradeoff.json`` record."""
+    return (f"{record['experiment']} on {record['dataset']}, seed {record['seed']}, "
+            f"epoch {record['epoch']}")
+
+
+def replot(json_paths: Sequence[str]) -> None:
+    """Redraw ``tradeoff.png`` beside each ``tradeoff.json`` from its recorded points."""
+    for json_path in map(pathlib.Path, json_paths):
+        try:
+            record = json.loads(json_path.read_text())
+            points = record["points"]
+            title = title_of(record)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"--replot {json_path}: not a tradeoff.json written by "
+                              f"python -m bayescomp.tradeoff ({err})") from err
+        plot(points, title, json_path.with_name("tradeoff.png"))
+        print(f"wrote {json_path.with_name('tradeoff.png')}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bayescomp.tradeoff",
         description="Test error against compression of a trained variational run as its "
                     "pruning thresholds vary (no retraining).")
-    parser.add_argument("run_dir", help="hydra.run.dir of a finished variational run")
+    parser.add_argument("run_dir", nargs="?", help="hydra.run.dir of a finished variational run")
     parser.add_argument("--thresholds", type=float, nargs="*", default=[],
                         help="one log α threshold for every layer, per point (e.g. -4 -3 -2)")
     parser.add_argument("--tolerances", type=float, nargs="*", default=[],
                         help="training-data threshold selection within E points, per point")
     parser.add_argument("--out", help="directory for tradeoff.json, tradeoff.md, tradeoff.png")
+    parser.add_argument("--replot", nargs="+", metavar="TRADEOFF_JSON",
+                        help="instead of a sweep, redraw tradeoff.png from these tradeoff.json")
     args = parser.parse_args(argv)
     try:
+        if args.replot:
+            if args.run_dir is not None:
+                raise ConfigError("give either RUN_DIR (a sweep) or --replot FILES, not both")
+            replot(args.replot)
+            return 0
+        if args.run_dir is None:
+            raise ConfigError("give the RUN_DIR of a finished variational run")
         points = operating_points(args.thresholds, args.tolerances)
         out = None if args.out is None else pathlib.Path(args.out)
         if out is not None and not out.parent.is_dir():
@@ -191,25 +226,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    title = (f"{cfg.get('experiment_name', cfg.method.name)} on {cfg.data.name}, seed {cfg.seed}, "
-             f"epoch {int(meta['epoch']) + 1}")
+    record = {
+        "run_dir": str(run_dir),
+        "experiment": cfg.get("experiment_name") or cfg.method.name,
+        "dataset": cfg.data.name,
+        "seed": int(cfg.seed),
+        "epoch": int(meta["epoch"]) + 1,
+        "run_git_commit": metrics.get("git_commit"),
+        "run_prune_thresholds": metrics.get("prune_thresholds"),
+        "git_commit": provenance.git_commit(),
+        "selection_examples": SELECTION_EXAMPLES,
+        "points": rows,
+    }
+    title = title_of(record)
     table = format_table(rows)
     print(title)
     print(table)
     if out is not None:
         out.mkdir(exist_ok=True)
-        record = {
-            "run_dir": str(run_dir),
-            "experiment": cfg.get("experiment_name"),
-            "dataset": cfg.data.name,
-            "seed": int(cfg.seed),
-            "epoch": int(meta["epoch"]) + 1,
-            "run_git_commit": metrics.get("git_commit"),
-            "run_prune_thresholds": metrics.get("prune_thresholds"),
-            "git_commit": provenance.git_commit(),
-            "selection_examples": SELECTION_EXAMPLES,
-            "points": rows,
-        }
         (out / "tradeoff.json").write_text(json.dumps(record, indent=2) + "\n")
         (out / "tradeoff.md").write_text(
             f"# Threshold trade-off: {title}\n\nGenerated by `python -m bayescomp.tradeoff` "

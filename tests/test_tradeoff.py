@@ -66,6 +66,10 @@ def test_cli_writes_json_markdown_and_plot_and_leaves_the_run_alone(svd_run, tmp
     table = (out / "tradeoff.md").read_text()
     assert "| threshold 3 |" in table and "| tolerance 0.5 |" in table
     assert "Fast Prediction" in capsys.readouterr().out
+    # --replot redraws the figure from the recorded points alone.
+    (out / "tradeoff.png").unlink()
+    assert tradeoff.main(["--replot", str(out / "tradeoff.json")]) == 0
+    assert (out / "tradeoff.png").stat().st_size > 0
 
 
 def test_bad_input_ends_in_one_clear_error(pretrained_dense_run, svd_run, tmp_path, capsys):
@@ -80,3 +84,10 @@ def test_bad_input_ends_in_one_clear_error(pretrained_dense_run, svd_run, tmp_pa
     assert tradeoff.main([str(svd_run[0]), "--thresholds", "3",
                           "--out", str(tmp_path / "no" / "such")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert tradeoff.main(["--thresholds", "3"]) == 2
+    assert "give the RUN_DIR" in capsys.readouterr().err
+    assert tradeoff.main([str(svd_run[0]), "--replot", "x.json"]) == 2
+    assert "not both" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{}")
+    assert tradeoff.main(["--replot", str(tmp_path / "bad.json")]) == 2
+    assert "not a tradeoff.json" in capsys.readouterr().err

@@ -282,13 +282,18 @@ def render(runs: list[dict], published: dict, sources: list[str],
                 f"{_mean_std([r.get('compressed_bytes') for r in rs], '.0f')} | "
                 f"{_mean_std([r.get('compressed_test_error') for r in rs], '.2f')} | "
                 f"{_per_device(rs, 'seconds_per_epoch', '.2f')} |")
-        lines += ["", "Runs (directory, seed, git commit, device):", ""]
+        lines += ["", "Runs (directory, seed, git commit, device, input preprocessing):", ""]
         for key in keys:
             for r in groups[key]:
+                preprocess = _flatten(r.get("config")).get("data.preprocess")
                 line = (f"- `{_relative(r['_path'])}`: {r.get('experiment')}, seed "
-                        f"{r.get('seed')}, commit `{r.get('git_commit')}`, {_device(r)}")
+                        f"{r.get('seed')}, commit `{r.get('git_commit')}`, {_device(r)}"
+                        + (f", inputs `{preprocess}`" if preprocess else ""))
                 segments = r.get("code_history") or []
-                if len(segments) > 1:  # a resumed run trained by several commits
+                # A resumed run trained by several commits, or a finished run re-evaluated by a
+                # later one: name the commits that trained it.
+                if len(segments) > 1 or (segments and segments[0].get("git_commit")
+                                         != r.get("git_commit")):
                     line += "; epochs trained by " + ", ".join(
                         f"{a}–{b} `{s['git_commit']}`" for s in segments
                         for a, b in [s["epochs"]])

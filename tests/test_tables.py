@@ -79,3 +79,20 @@ def test_runs_of_different_recipes_get_labelled_rows_and_studies_are_skipped(tmp
     assert tables.main([str(tmp_path / "studies"), str(tmp_path / "fashion_mnist"),
                         "--out", str(out)]) == 0
     assert "BC-GNJ (method.prior.tau0=7.0) | 1 | 1-1-1" in out.read_text()
+
+
+def test_run_list_names_the_inputs_and_the_commits_that_trained_a_reevaluated_run(tmp_path):
+    config = {"seed": 0, "data": {"preprocess": "signed"}}
+    # Seed 0 was trained at commit `old` and re-evaluated (metrics rewritten) at `abc`.
+    _run(tmp_path, 0, [447, 130, 19], [5, 4, 11], 10.9, 22.0, config=config,
+         code_history=[{"epochs": [0, 199], "git_commit": "old"}])
+    # Seed 1 was trained and evaluated by the same commit: nothing more to say.
+    _run(tmp_path, 1, [450, 128, 19], [5, 4, 11], 10.7, 24.0, config={**config, "seed": 1},
+         code_history=[{"epochs": [0, 199], "git_commit": "abc"}])
+    out = tmp_path / "lenet.md"
+    assert tables.main([str(tmp_path), "--out", str(out)]) == 0
+    lines = {line.split("`")[1].split("/")[-1]: line for line in out.read_text().splitlines()
+             if line.startswith("- `")}
+    assert lines["seed0"].endswith(
+        "commit `abc`, cpu, inputs `signed`; epochs trained by 0–199 `old`")
+    assert lines["seed1"].endswith("commit `abc`, cpu, inputs `signed`")

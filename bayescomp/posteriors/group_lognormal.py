@@ -72,6 +72,7 @@ from flax import nnx
 
 from bayescomp.posteriors.variables import GlobalScaleParam, GroupLogVar, GroupMean
 from bayescomp.posteriors.group_scaled import GroupScaledGaussian
+from bayescomp.posteriors.noise import standard_normal
 
 
 def log_expm1(x: jax.Array) -> jax.Array:
@@ -138,7 +139,7 @@ class GroupLogNormal(GroupScaledGaussian):
     # --- q(z) --------------------------------------------------------------------------------
 
     def sample_z(self, key, batch):
-        eps = jax.random.normal(key, (batch, self.num_groups))
+        eps = standard_normal(key, (batch, self.num_groups))
         return jnp.exp(self.log_z_mean() + jnp.sqrt(self.log_z_variance()) * eps)
 
     def z_mean(self):

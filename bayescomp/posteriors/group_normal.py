@@ -19,6 +19,7 @@ from flax import nnx
 
 from bayescomp.posteriors.variables import GroupLogVar, GroupMean
 from bayescomp.posteriors.group_scaled import GroupScaledGaussian
+from bayescomp.posteriors.noise import standard_normal
 
 
 class GroupNormal(GroupScaledGaussian):
@@ -39,7 +40,7 @@ class GroupNormal(GroupScaledGaussian):
 
     def sample_z(self, key, batch):
         std = jnp.exp(0.5 * self.z_log_var[...])
-        return self.z_mean_param[...] + std * jax.random.normal(key, (batch, self.num_groups))
+        return self.z_mean_param[...] + std * standard_normal(key, (batch, self.num_groups))
 
     def z_mean(self):
         return self.z_mean_param[...]

@@ -33,6 +33,7 @@ from flax import nnx
 
 from bayescomp.posteriors.variables import PosteriorLogVar, PosteriorMean
 from bayescomp.posteriors.base import VARIANCE_EPS, Contraction, Posterior
+from bayescomp.posteriors.noise import standard_normal
 
 
 class GroupScaledGaussian(Posterior):
@@ -137,11 +138,11 @@ class GroupScaledGaussian(Posterior):
             xz = x * z.reshape(z.shape[0], *([1] * (x.ndim - 2)), z.shape[1])
             mean = contract(xz, self.w_mean[...]) + bias
             var = contract(xz * xz, self.weight_variance())
-            return mean + jnp.sqrt(var + VARIANCE_EPS) * jax.random.normal(
+            return mean + jnp.sqrt(var + VARIANCE_EPS) * standard_normal(
                 noise_key, mean.shape, mean.dtype)
         mean = contract(x, self.w_mean[...]) + bias  # (batch, ..., out)
         var = contract(x * x, self.weight_variance())
-        sample = mean + jnp.sqrt(var + VARIANCE_EPS) * jax.random.normal(
+        sample = mean + jnp.sqrt(var + VARIANCE_EPS) * standard_normal(
             noise_key, mean.shape, mean.dtype)
         return sample * z.reshape(z.shape[0], *([1] * (mean.ndim - 2)), z.shape[1])
 

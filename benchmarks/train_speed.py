@@ -129,6 +129,7 @@ def time_experiment(name: str, steps: int, batch_size: int, repeats: int,
     step_seconds = statistics.median(times) / steps
     result = dict(experiment=name, model=cfg.model.name, method=cfg.method.name, loop=loop,
                   compile_seconds=compile_seconds, step_seconds=step_seconds,
+                  step_seconds_range=(min(times) / steps, max(times) / steps),
                   images_per_second=batch_size / step_seconds)
     if trace_dir is not None:
         result["op_ms_per_step"] = xla_op_times(trace_dir, steps)
@@ -195,7 +196,7 @@ def main(argv=None) -> None:
     dense_step = {r["model"]: r["step_seconds"] for r in rows if r["method"] == "dense"}
     steps_per_epoch = FASHION_MNIST_TRAIN / args.batch_size
     header = (f"{'experiment':<18} {'ms/step':>9} {'images/s':>10} {'s/epoch (FMNIST)':>17} "
-              f"{'vs dense':>9} {'compile s':>10} {'loop':>7}")
+              f"{'vs dense':>9} {'compile s':>10} {'loop':>7} {'ms/step min-max':>16}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -203,7 +204,8 @@ def main(argv=None) -> None:
         ratio = "-" if dense is None else f"{r['step_seconds'] / dense:.2f}x"
         print(f"{r['experiment']:<18} {1e3 * r['step_seconds']:>9.2f} "
               f"{r['images_per_second']:>10.0f} {steps_per_epoch * r['step_seconds']:>17.1f} "
-              f"{ratio:>9} {r['compile_seconds']:>10.1f} {r['loop']:>7}")
+              f"{ratio:>9} {r['compile_seconds']:>10.1f} {r['loop']:>7} "
+              f"{1e3 * r['step_seconds_range'][0]:>7.2f}-{1e3 * r['step_seconds_range'][1]:<8.2f}")
     for r in rows:
         ops = r.get("op_ms_per_step")
         if ops:

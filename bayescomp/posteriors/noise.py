@@ -13,6 +13,8 @@ noise, 64 ms with the noise replaced by a constant).
 (non-partitionable) Threefry scheme does: the counters 0 … n−1 are split into two halves that
 form the two input words of n/2 blocks (Salmon et al. 2011, "Parallel random numbers: as easy as
 1, 2, 3", Threefry-2x32 with 20 rounds), and the 2 × n/2 output words are the n samples' bits.
+The block function is written out in :func:`threefry2x32` so that XLA fuses it with the
+transform and the consumer (see there).
 Bits become a uniform on [−1, 1) through the 23 mantissa bits and then
 ``√2 · erf⁻¹(u)`` — exactly ``jax.random.normal``'s transform. The result is bit-for-bit
 ``jax.random.normal(key, shape)`` under ``jax.threefry_partitionable(False)``
@@ -29,10 +31,15 @@ from __future__ import annotations
 import math
 
 import jax
-import jax.extend.random
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+# Threefry-2x32 (Salmon et al. 2011, Table 4; Random123's threefry.h): per-round rotation
+# distances, alternating between two groups of four rounds, and the key-schedule parity constant.
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_KEY_PARITY = np.uint32(0x1BD11BDA)
+_GROUPS = 5  # 5 groups of 4 rounds: Threefry-2x32-20, JAX's choice
 
 _ONE_BITS = np.array(1.0, np.float32).view(np.uint32)  # exponent of [1, 2), mantissa zero
 _MANTISSA_SHIFT = np.uint32(32 - 23)  # float32 has 23 mantissa bits
@@ -65,8 +72,50 @@ def standard_normal(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
             or not _is_threefry_key(key)):
         return jax.random.normal(key, shape, dtype)
     key_words = jax.random.key_data(key)
-    bits = jax.extend.random.threefry_2x32((key_words[0], key_words[1]),
-                                           lax.iota(np.uint32, size))
+    half = (size + 1) // 2
+    counter = lax.iota(np.uint32, half)
+    second = counter + np.uint32(half)
+    if size % 2:  # JAX pads an odd count with a zero counter, which pairs with the last block
+        second = jnp.where(counter == half - 1, np.uint32(0), second)
+    words = threefry2x32(key_words[0], key_words[1], counter, second)
+    bits = jnp.concatenate(words)[:size]
     unit = lax.bitcast_convert_type((bits >> _MANTISSA_SHIFT) | _ONE_BITS, jnp.float32) - 1.0
     uniform = lax.max(_LOWEST, (unit * _SPAN + _LOWEST).reshape(shape))  # [lo, 1)
     return _SQRT2 * lax.erf_inv(uniform)
+
+
+def _rotate_left(value: jax.Array, distance: int) -> jax.Array:
+    return (value << np.uint32(distance)) | (value >> np.uint32(32 - distance))
+
+
+def threefry2x32(key0, key1, count0, count1) -> tuple[jax.Array, jax.Array]:
+    """The Threefry-2x32-20 block function, written out (unrolled) in ``jnp`` operations.
+
+    Each round adds the second word into the first and rotates the second by the round's
+    distance before xor-ing the first into it; every four rounds the key schedule
+    ``(k0, k1, k0 ^ k1 ^ 0x1BD11BDA)`` is injected with the group number (Salmon et al. 2011).
+    The result equals ``jax.extend.random.threefry_2x32`` (tested). JAX lowers that primitive
+    on CPU as a rolled ``while`` loop, to compile faster; there every group of rounds is a
+    separate pass over the counter arrays in memory and nothing fuses with the consumer. Written
+    out here, XLA fuses counter, hash, the uniform-to-normal transform and the layer's
+    ``mean + std · ε`` into one loop: conv1's noise in a LeNet-5 step (1.15 M normals) went from
+    4.3 to 3.5 ms, against 8.5 ms for ``jax.random.normal`` (this 2-core CPU).
+
+    Args:
+        key0: First key word, uint32 scalar.
+        key1: Second key word, uint32 scalar.
+        count0: First counter word, uint32 array.
+        count1: Second counter word, uint32 array of the same shape.
+
+    Returns:
+        The two output words, each shaped like the counters.
+    """
+    schedule = (key0, key1, key0 ^ key1 ^ _KEY_PARITY)
+    x0, x1 = count0 + schedule[0], count1 + schedule[1]
+    for group in range(_GROUPS):
+        for distance in _ROTATIONS[group % 2]:
+            x0 = x0 + x1
+            x1 = _rotate_left(x1, distance) ^ x0
+        x0 = x0 + schedule[(group + 1) % 3]
+        x1 = x1 + schedule[(group + 2) % 3] + np.uint32(group + 1)
+    return x0, x1

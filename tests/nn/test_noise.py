@@ -5,16 +5,18 @@ The independent reference is ``jax.random.normal`` itself under
 words of every Threefry-2x32 block exactly as ``standard_normal`` does: the samples must be
 bit-for-bit equal, so the distribution is JAX's well-tested one. A Kolmogorov–Smirnov test and
 moment checks guard the transform independently of JAX, and the two halves of the counter range
-(which come from the two words of the same blocks) are checked for correlation.
+(which come from the two words of the same blocks) are checked for correlation. Our unrolled
+Threefry block function is compared with JAX's ``threefry_2x32`` on random and edge counters.
 """
 
 import jax
+import jax.extend.random
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
 
-from bayescomp.posteriors.noise import standard_normal
+from bayescomp.posteriors.noise import standard_normal, threefry2x32
 
 
 @pytest.mark.parametrize("shape", [(7,), (4, 5), (3, 24, 24, 20), (2, 3, 1)])
@@ -57,3 +59,14 @@ def test_other_dtypes_and_implementations_fall_back_to_jax():
     np.testing.assert_array_equal(np.asarray(standard_normal(rbg_key, (9,))),
                                   np.asarray(jax.random.normal(rbg_key, (9,))))
     assert standard_normal(key, (0, 3)).shape == (0, 3)
+
+
+def test_threefry_block_function_equals_jax():
+    counts = jax.random.randint(jax.random.key(2), (2, 257), 0, 2**31 - 1).astype(jnp.uint32)
+    counts = counts.at[:, :3].set(jnp.array([[0, 1, 2**32 - 1], [0, 2**31, 7]], jnp.uint32))
+    for key in (jax.random.key(0), jax.random.key(123456789)):
+        k0, k1 = jax.random.key_data(key)
+        ours = threefry2x32(k0, k1, counts[0], counts[1])
+        reference = jax.extend.random.threefry_2x32((k0, k1), counts.ravel())
+        np.testing.assert_array_equal(np.concatenate([np.asarray(w) for w in ours]),
+                                      np.asarray(reference))

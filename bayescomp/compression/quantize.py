@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from bayescomp.bit_precision import BitPrecision, bit_precision, round_to_bits
+from bayescomp.models import hidden_widths
 from bayescomp.nn.factory import LayerFactory
 from bayescomp.objectives import variational_layers
 
@@ -84,11 +85,13 @@ def point_model(model_cls, kernels, biases, *, input_shape, num_classes) -> nnx.
         input_shape: ``(h, w, c)``.
         num_classes: Number of outputs.
 
+    The hidden widths are read off the kernels (``model.widths`` of the run).
+
     Returns:
         The deterministic model (point weights need no random key in any view).
     """
     model = model_cls(LayerFactory(), rngs=nnx.Rngs(params=0), input_shape=tuple(input_shape),
-                      num_classes=num_classes)
+                      num_classes=num_classes, widths=hidden_widths(kernels))
     layers = variational_layers(model)
     if len(layers) != len(kernels):
         raise ValueError(f"{model_cls.__name__} has {len(layers)} layers, got {len(kernels)} kernels")

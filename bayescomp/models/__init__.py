@@ -1,7 +1,12 @@
-"""Models. ``REGISTRY`` maps the names used in ``conf/model/*.yaml`` to model classes."""
+"""Models. ``REGISTRY`` maps the names used in ``conf/model/*.yaml`` to model classes.
+
+Every model takes ``widths``, its hidden layer widths (``conf/model/*.yaml``), and
+:func:`hidden_widths` recovers them from a list of kernels (used when a compressed file is
+decoded).
+"""
 
 from bayescomp.errors import unknown_name_error
-from bayescomp.models.lenet import LeNet5, LeNet300
+from bayescomp.models.lenet import LeNet5, LeNet300, hidden_widths
 
 REGISTRY = {
     "lenet300": LeNet300,
@@ -16,4 +21,4 @@ def get(name: str):
     return REGISTRY[name]
 
 
-__all__ = ["REGISTRY", "get", "LeNet300", "LeNet5"]
+__all__ = ["REGISTRY", "get", "hidden_widths", "LeNet300", "LeNet5"]

@@ -8,6 +8,11 @@ baseline and every variational method share this code.
   (valid) → ReLU → max-pool 2 → conv 50@5x5 → ReLU → max-pool 2 → fc 800→500 → ReLU → fc 500→10;
   430,500 weights. (The original Caffe prototxt has no ReLU after the convs; the Bayesian
   compression codes all put one there, methods.md §1.)
+
+Both take ``widths``, the hidden layer widths (LeNet-300-100: ``(300, 100)``; LeNet-5: conv1 and
+conv2 channels and fc1 units, ``(20, 50, 500)``), so that a smaller architecture, e.g. one a
+compression method pruned to, can be trained from scratch as a baseline (Liu et al. 2019,
+"Rethinking the Value of Network Pruning"); ``model.widths=[8,16,40]`` on the command line.
 """
 
 from __future__ import annotations
@@ -16,7 +21,22 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bayescomp.errors import ConfigError
 from bayescomp.nn.factory import LayerFactory
+
+
+def _check_widths(model: str, widths, expected_length: int) -> tuple[int, ...]:
+    widths = tuple(widths)
+    if len(widths) != expected_length or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+        raise ConfigError(f"{model} needs model.widths as {expected_length} positive integers, "
+                          f"got {list(widths)}")
+    return widths
+
+
+def hidden_widths(kernels) -> tuple[int, ...]:
+    """The ``widths`` argument that reproduces these per-layer kernels (their output sizes)."""
+    return tuple(int(k.shape[-1]) for k in kernels[:-1])
 
 
 def _max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -39,16 +59,18 @@ class LeNet300(nnx.Module):
         rngs: Random streams for initialisation.
         input_shape: ``(h, w, c)`` of one example.
         num_classes: Number of outputs.
+        widths: Units of fc1 and fc2.
     """
 
     layer_names = ("fc1", "fc2", "fc3")
 
     def __init__(self, layers: LayerFactory, *, rngs: nnx.Rngs,
-                 input_shape=(28, 28, 1), num_classes: int = 10):
+                 input_shape=(28, 28, 1), num_classes: int = 10, widths=(300, 100)):
+        fc1_units, fc2_units = _check_widths("lenet300", widths, 2)
         in_features = int(jnp.prod(jnp.array(input_shape)))
-        self.fc1 = layers.dense("fc1", in_features, 300, rngs=rngs)
-        self.fc2 = layers.dense("fc2", 300, 100, rngs=rngs)
-        self.fc3 = layers.dense("fc3", 100, num_classes, rngs=rngs)
+        self.fc1 = layers.dense("fc1", in_features, fc1_units, rngs=rngs)
+        self.fc2 = layers.dense("fc2", fc1_units, fc2_units, rngs=rngs)
+        self.fc3 = layers.dense("fc3", fc2_units, num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """Logits ``(batch, num_classes)`` for images ``(batch, h, w, c)``."""
@@ -66,19 +88,22 @@ class LeNet5(nnx.Module):
         rngs: Random streams for initialisation.
         input_shape: ``(h, w, c)`` of one example (28x28x1 gives the 800-wide fc1).
         num_classes: Number of outputs.
+        widths: Channels of conv1 and conv2, units of fc1.
     """
 
     layer_names = ("conv1", "conv2", "fc1", "fc2")
 
     def __init__(self, layers: LayerFactory, *, rngs: nnx.Rngs,
-                 input_shape=(28, 28, 1), num_classes: int = 10):
+                 input_shape=(28, 28, 1), num_classes: int = 10, widths=(20, 50, 500)):
+        conv1_channels, conv2_channels, fc1_units = _check_widths("lenet5", widths, 3)
         height, width, channels = input_shape
-        self.conv1 = layers.conv("conv1", channels, 20, (5, 5), rngs=rngs)
-        self.conv2 = layers.conv("conv2", 20, 50, (5, 5), rngs=rngs)
+        self.conv1 = layers.conv("conv1", channels, conv1_channels, (5, 5), rngs=rngs)
+        self.conv2 = layers.conv("conv2", conv1_channels, conv2_channels, (5, 5), rngs=rngs)
         # Two valid 5x5 convs and two 2x2 pools: 28 -> 24 -> 12 -> 8 -> 4.
         self.feature_hw = (((height - 4) // 2 - 4) // 2, ((width - 4) // 2 - 4) // 2)
-        self.fc1 = layers.dense("fc1", 50 * self.feature_hw[0] * self.feature_hw[1], 500, rngs=rngs)
-        self.fc2 = layers.dense("fc2", 500, num_classes, rngs=rngs)
+        self.fc1 = layers.dense("fc1", conv2_channels * self.feature_hw[0] * self.feature_hw[1],
+                                fc1_units, rngs=rngs)
+        self.fc2 = layers.dense("fc2", fc1_units, num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """Logits ``(batch, num_classes)`` for images ``(batch, h, w, c)``."""

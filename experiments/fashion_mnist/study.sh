@@ -23,7 +23,9 @@
 #                       how well can a dense LeNet-5 with >= 30x fewer weights do at all?
 #                       (the issue-3 bar asks LeNet-5 BC-GHS for Pruning >= 30 within 1 point
 #                       of dense). conv1-conv2-fc1 = 8-16-40 (14,040 weights, 30.7x fewer),
-#                       6-20-32 (13,710, 31.4x) and 10-12-50 (13,350, 32.2x).
+#                       6-20-32 (13,710, 31.4x) and 10-12-50 (13,350, 32.2x). The ratios in
+#                       its table are relative to each narrow network's own weights; what to
+#                       read there is the error at each architecture.
 #
 # Usage: [SEEDS="0 1 2"] bash experiments/fashion_mnist/study.sh STUDY
 set -uo pipefail

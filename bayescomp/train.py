@@ -53,7 +53,8 @@ def build_model(cfg: DictConfig, input_shape, num_classes: int, seed: int) -> nn
     factory = bnn.from_config(OmegaConf.to_container(cfg.method, resolve=True))
     model_cls = models.get(cfg.model.name)
     widths = cfg.model.get("widths")
-    extra = {} if widths is None else {"widths": tuple(widths)}
+    extra = {} if widths is None else {"widths": OmegaConf.to_object(widths)
+                                       if OmegaConf.is_config(widths) else widths}
     model = model_cls(factory, rngs=nnx.Rngs(params=seed), input_shape=tuple(input_shape),
                       num_classes=num_classes, **extra)
     factory.check_layer_names(model_cls.layer_names)

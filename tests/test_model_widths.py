@@ -39,10 +39,18 @@ def test_narrow_lenet5_shapes_and_weight_count():
 
 @pytest.mark.parametrize("model_cls, widths", [
     (LeNet5, (8, 16)), (LeNet5, (8, 0, 40)), (LeNet300, (300, 100, 10)), (LeNet300, (2.5, 3)),
-    (LeNet300, (True, 3))])
+    (LeNet300, (True, 3)), (LeNet5, 5), (LeNet5, "abc")])
 def test_bad_widths_are_a_config_error(model_cls, widths):
     with pytest.raises(ConfigError, match="model.widths"):
         model_cls(LayerFactory(), rngs=nnx.Rngs(0), widths=widths)
+
+
+@pytest.mark.parametrize("widths", ["[8,16]", "5", "abc"])
+def test_bad_widths_from_the_command_line(smoke_cfg, tmp_path, widths):
+    cfg = smoke_cfg("lenet5_dense", f"model.widths={widths}")
+    with pytest.raises(ConfigError, match="model.widths"):
+        procedures.get("variational")(cfg, tmp_path)
+    assert not (tmp_path / "metrics.json").exists()
 
 
 def test_narrow_run_trains_compresses_and_decodes(smoke_cfg, tmp_path):

@@ -26,12 +26,11 @@ from bayescomp.nn.factory import LayerFactory
 
 
 def _check_widths(model: str, widths, expected_length: int) -> tuple[int, ...]:
-    widths = tuple(widths)
-    if len(widths) != expected_length or not all(
-            isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
-        raise ConfigError(f"{model} needs model.widths as {expected_length} positive integers, "
-                          f"got {list(widths)}")
-    return widths
+    if (isinstance(widths, (list, tuple)) and len(widths) == expected_length
+            and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)):
+        return tuple(widths)
+    raise ConfigError(f"{model} needs model.widths as a list of {expected_length} positive "
+                      f"integers, e.g. model.widths=[8,16,40]; got {widths!r}")
 
 
 def hidden_widths(kernels) -> tuple[int, ...]:

@@ -6,9 +6,13 @@ Builds each experiment's model and optimizer through the library (Hydra compose 
 step a run uses: ``--steps`` optimisation steps per call, as one jitted ``lax.scan`` or as a jitted
 step in a Python loop (``trainer.loop``). No dataset is needed.
 
-For each experiment it prints the images per second (median over ``--repeats`` timed calls after
-one warm-up call that compiles), the projected seconds per Fashion-MNIST epoch (60,000 images),
-and the ratio of each variational step's time to the dense step of the same model.
+Every experiment is compiled first (one warm-up call each); then ``--repeats`` rounds time one
+call of each experiment in turn. For each experiment it prints the images per second (median
+over its timed calls), the projected seconds per Fashion-MNIST epoch (60,000 images), and the
+ratio of its step time to the dense step of the same model: the median over rounds of the ratio
+*within* a round, so that both sides of a ratio see the same spell of machine load (on the 2-core
+development VM a process's speed drifts by up to ±15 %, which separate processes, or one
+experiment timed after the other, put straight into the ratio).
 
 Usage::
 
@@ -81,59 +85,103 @@ def compose_experiment(name: str):
         return compose("config", overrides=[f"+experiment={name}"])
 
 
-def time_experiment(name: str, steps: int, batch_size: int, repeats: int,
-                    loop: str = "auto", profile_dir: str | None = None) -> dict:
-    """Compile once, then time ``repeats`` calls of ``steps`` steps each.
+class ExperimentTimer:
+    """One experiment's train step, compiled, with its state; ``time_call`` times one call.
 
-    With ``profile_dir``, one further call is traced there (``jax.profiler``) and the result
-    gains ``op_ms_per_step``: XLA operation name -> milliseconds of self time per step, summed
-    over threads.
+    ``main`` builds one timer per experiment and then times them round-robin (one call of each
+    per round), so that every experiment sees the same spells of machine noise and the ratio of
+    two experiments can be taken within a round.
     """
-    cfg = compose_experiment(name)
-    model = train.build_model(cfg, INPUT_SHAPE, NUM_CLASSES, seed=0)
-    optimizer = train.build_optimizer(cfg, total_steps=(repeats + 1) * steps)
-    graphdef, params = nnx.split(nnx.view(model, deterministic=False, pruned=False))
-    opt_state = optimizer.init(params)
-    # The KL is divided by the size of the real training set, as in a Fashion-MNIST run.
-    loop = train.choose_loop(model, loop)
-    train_chunk = train.make_train_chunk(graphdef, optimizer, FASHION_MNIST_TRAIN, batch_size,
-                                         loop)
 
-    key = jax.random.key(0)
-    n = steps * batch_size  # every image is used once per call
-    x = jax.random.normal(jax.random.fold_in(key, 1), (n, *INPUT_SHAPE), jnp.float32)
-    y = jax.random.randint(jax.random.fold_in(key, 2), (n,), 0, NUM_CLASSES, jnp.int32)
-    beta = jnp.float32(1.0)
+    def __init__(self, name: str, steps: int, batch_size: int, repeats: int,
+                 loop: str = "auto"):
+        cfg = compose_experiment(name)
+        self.name, self.steps, self.batch_size = name, steps, batch_size
+        self.model_name, self.method = cfg.model.name, cfg.method.name
+        model = train.build_model(cfg, INPUT_SHAPE, NUM_CLASSES, seed=0)
+        optimizer = train.build_optimizer(cfg, total_steps=(repeats + 2) * steps)
+        graphdef, self.params = nnx.split(nnx.view(model, deterministic=False, pruned=False))
+        self.opt_state = optimizer.init(self.params)
+        # The KL is divided by the size of the real training set, as in a Fashion-MNIST run.
+        self.loop = train.choose_loop(model, loop)
+        self.train_chunk = train.make_train_chunk(graphdef, optimizer, FASHION_MNIST_TRAIN,
+                                                  batch_size, self.loop)
+        self.key = jax.random.key(0)
+        n = steps * batch_size  # every image is used once per call
+        self.x = jax.random.normal(jax.random.fold_in(self.key, 1), (n, *INPUT_SHAPE),
+                                   jnp.float32)
+        self.y = jax.random.randint(jax.random.fold_in(self.key, 2), (n,), 0, NUM_CLASSES,
+                                    jnp.int32)
+        self.calls = 0
+        self.compile_seconds = self.time_call()  # warm-up: traces and compiles
+        self.times: list[float] = []
 
-    def call(i, params, opt_state):
-        index = jax.random.permutation(jax.random.fold_in(key, 100 + i), n).reshape(
-            steps, batch_size)
-        index = jax.block_until_ready(index)
+    def time_call(self) -> float:
+        """Run one call of ``steps`` optimisation steps; return its wall time in seconds."""
+        self.calls += 1
+        n = self.steps * self.batch_size
+        index = jax.random.permutation(jax.random.fold_in(self.key, 100 + self.calls), n)
+        index = jax.block_until_ready(index.reshape(self.steps, self.batch_size))
         start = time.perf_counter()
-        params, opt_state, sums = train_chunk(params, opt_state, x, y, index,
-                                              jax.random.fold_in(key, 1000 + i), beta)
-        jax.block_until_ready((params, opt_state, sums))
-        return time.perf_counter() - start, params, opt_state
+        self.params, self.opt_state, sums = self.train_chunk(
+            self.params, self.opt_state, self.x, self.y, index,
+            jax.random.fold_in(self.key, 1000 + self.calls), jnp.float32(1.0))
+        jax.block_until_ready((self.params, self.opt_state, sums))
+        return time.perf_counter() - start
 
-    compile_seconds, params, opt_state = call(0, params, opt_state)  # warm-up: traces, compiles
-    times = []
-    for i in range(1, repeats + 1):
-        seconds, params, opt_state = call(i, params, opt_state)
-        times.append(seconds)
-    trace_dir = None if profile_dir is None else pathlib.Path(profile_dir) / name
-    if trace_dir is not None:  # one more call, traced, so tracing never slows the timed ones
+    def profile(self, profile_dir: str) -> dict[str, float]:
+        """Trace one more call into ``profile_dir/NAME``; XLA op -> ms of self time per step."""
+        trace_dir = pathlib.Path(profile_dir) / self.name
         with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
-            call(repeats + 1, params, opt_state)
-    compiled = train_chunk if loop == "scan" else train_chunk.jitted_step
-    assert compiled._cache_size() == 1, "the train step was compiled more than once"
-    step_seconds = statistics.median(times) / steps
-    result = dict(experiment=name, model=cfg.model.name, method=cfg.method.name, loop=loop,
-                  compile_seconds=compile_seconds, step_seconds=step_seconds,
-                  step_seconds_range=(min(times) / steps, max(times) / steps),
-                  images_per_second=batch_size / step_seconds)
-    if trace_dir is not None:
-        result["op_ms_per_step"] = xla_op_times(trace_dir, steps)
-    return result
+            self.time_call()
+        return xla_op_times(trace_dir, self.steps)
+
+    def result(self) -> dict:
+        compiled = self.train_chunk if self.loop == "scan" else self.train_chunk.jitted_step
+        assert compiled._cache_size() == 1, "the train step was compiled more than once"
+        step_seconds = statistics.median(self.times) / self.steps
+        return dict(experiment=self.name, model=self.model_name, method=self.method,
+                    loop=self.loop, compile_seconds=self.compile_seconds,
+                    step_seconds=step_seconds,
+                    step_seconds_range=(min(self.times) / self.steps,
+                                        max(self.times) / self.steps),
+                    images_per_second=self.batch_size / step_seconds)
+
+
+def ratio_within_rounds(times: list[float], reference_times: list[float]) -> float:
+    """Median over rounds of ``times[r] / reference_times[r]`` (both lists indexed by round)."""
+    if len(times) != len(reference_times) or not times:
+        raise ValueError("need one time per round on both sides")
+    return statistics.median(own / ref for own, ref in zip(times, reference_times))
+
+
+def time_experiments(names: list[str], steps: int, batch_size: int, repeats: int,
+                     loop: str = "auto", profile_dir: str | None = None) -> list[dict]:
+    """Compile every experiment, then time ``repeats`` rounds of one call each, round-robin.
+
+    Each result also holds ``vs_dense``: the median over rounds of this step's time divided by
+    the dense step of the same model *in the same round* (None without a dense experiment of
+    that model), and, with ``profile_dir``, ``op_ms_per_step`` (XLA operation -> milliseconds of
+    self time per step, summed over threads) from one extra traced call.
+    """
+    timers = []
+    for name in names:
+        timers.append(ExperimentTimer(name, steps, batch_size, repeats, loop))
+        print(f"  {name}: compiled", file=sys.stderr, flush=True)
+    for _ in range(repeats):
+        for timer in timers:
+            timer.times.append(timer.time_call())
+    dense = {t.model_name: t for t in timers if t.method == "dense"}
+    results = []
+    for timer in timers:
+        result = timer.result()
+        reference = dense.get(timer.model_name)
+        result["vs_dense"] = (None if reference is None
+                              else ratio_within_rounds(timer.times, reference.times))
+        if profile_dir is not None:  # after the timed calls, so tracing never slows them
+            result["op_ms_per_step"] = timer.profile(profile_dir)
+        results.append(result)
+    return results
 
 
 # Trace events that are not XLA operations: Python frames ("$file.py:line name"), dispatch
@@ -187,21 +235,15 @@ def main(argv=None) -> None:
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
           f"{os.cpu_count()} CPUs; batch {args.batch_size}, {args.steps} steps per call, "
           f"median of {args.repeats} calls", flush=True)
-    rows = []
-    for name in args.experiments:
-        rows.append(time_experiment(name, args.steps, args.batch_size, args.repeats,
-                                    args.loop, args.profile))
-        print(f"  {name}: done", file=sys.stderr, flush=True)
-
-    dense_step = {r["model"]: r["step_seconds"] for r in rows if r["method"] == "dense"}
+    rows = time_experiments(args.experiments, args.steps, args.batch_size, args.repeats,
+                            args.loop, args.profile)
     steps_per_epoch = FASHION_MNIST_TRAIN / args.batch_size
     header = (f"{'experiment':<18} {'ms/step':>9} {'images/s':>10} {'s/epoch (FMNIST)':>17} "
               f"{'vs dense':>9} {'compile s':>10} {'loop':>7} {'ms/step min-max':>16}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        dense = dense_step.get(r["model"])
-        ratio = "-" if dense is None else f"{r['step_seconds'] / dense:.2f}x"
+        ratio = "-" if r["vs_dense"] is None else f"{r['vs_dense']:.2f}x"
         print(f"{r['experiment']:<18} {1e3 * r['step_seconds']:>9.2f} "
               f"{r['images_per_second']:>10.0f} {steps_per_epoch * r['step_seconds']:>17.1f} "
               f"{ratio:>9} {r['compile_seconds']:>10.1f} {r['loop']:>7} "

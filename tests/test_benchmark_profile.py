@@ -1,4 +1,5 @@
-"""The self-time accounting of ``benchmarks/train_speed.py --profile`` on a hand-made trace."""
+"""``benchmarks/train_speed.py``: the self-time accounting of ``--profile`` on a hand-made trace,
+and the within-round step-time ratio."""
 
 import gzip
 import importlib.util
@@ -40,3 +41,13 @@ def test_self_time_subtracts_nested_events(train_speed, tmp_path):
     expected_us = {"fusion.1": 55, "while.3": 50, "dot.4": 40, "fusion.2": 20}
     assert ops == pytest.approx({k: v / 1e3 / steps for k, v in expected_us.items()})
     assert list(ops) == ["fusion.1", "while.3", "dot.4", "fusion.2"]  # costliest first
+
+
+def test_ratio_is_taken_within_rounds(train_speed):
+    # Round 2 is a slow spell for both experiments (machine load): a ratio of medians would mix
+    # rounds (median 30 / median 10 = 3.0), the within-round ratios are 2.5, 2.5 and 3.0.
+    svd = [25.0, 50.0, 30.0]
+    dense = [10.0, 20.0, 10.0]
+    assert train_speed.ratio_within_rounds(svd, dense) == pytest.approx(2.5)
+    with pytest.raises(ValueError):
+        train_speed.ratio_within_rounds(svd, dense[:2])

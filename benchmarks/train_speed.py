@@ -88,7 +88,7 @@ def compose_experiment(name: str):
 class ExperimentTimer:
     """One experiment's train step, compiled, with its state; ``time_call`` times one call.
 
-    ``main`` builds one timer per experiment and then times them round-robin (one call of each
+    :func:`time_experiments` builds one timer per experiment and times them round-robin (one call of each
     per round), so that every experiment sees the same spells of machine noise and the ratio of
     two experiments can be taken within a round.
     """

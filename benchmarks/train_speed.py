@@ -88,9 +88,9 @@ def compose_experiment(name: str):
 class ExperimentTimer:
     """One experiment's train step, compiled, with its state; ``time_call`` times one call.
 
-    :func:`time_experiments` builds one timer per experiment and times them round-robin (one call of each
-    per round), so that every experiment sees the same spells of machine noise and the ratio of
-    two experiments can be taken within a round.
+    :func:`time_experiments` builds one timer per experiment and times them round-robin (one
+    call of each per round), so that every experiment sees the same spells of machine noise and
+    the ratio of two experiments can be taken within a round.
     """
 
     def __init__(self, name: str, steps: int, batch_size: int, repeats: int,

@@ -29,6 +29,32 @@ def test_bit_identical_to_jax_original_threefry_scheme(shape):
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(reference))
 
 
+def test_both_branches_of_the_materializing_conditional_and_vmap():
+    """On CPU the draw sits in a ``lax.cond`` on the key's low bit; both branches draw the same ε.
+
+    Keys are chosen so that the first key word is even for one and odd for the other, so each
+    branch of the conditional runs; under ``vmap`` over keys the conditional becomes a select.
+    """
+    keys = jax.random.split(jax.random.key(0), 8)
+    low_bits = {int(w) & 1 for w in np.asarray(jax.random.key_data(keys))[:, 0]}
+    assert low_bits == {0, 1}, "the test needs keys that take both branches"
+    draw = jax.jit(standard_normal, static_argnums=1)
+    with jax.threefry_partitionable(False):
+        reference = [np.asarray(jax.random.normal(k, (5, 6))) for k in keys]
+    for key, expected in zip(keys, reference):
+        np.testing.assert_array_equal(np.asarray(draw(key, (5, 6))), expected)
+    batched = jax.jit(jax.vmap(lambda k: standard_normal(k, (5, 6))))(keys)
+    np.testing.assert_array_equal(np.asarray(batched), np.stack(reference))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the conditional is CPU-only")
+def test_draw_is_a_conditional_on_cpu():
+    """The optimisation itself: ε is computed inside a conditional, not fused into consumers."""
+    hlo = jax.jit(lambda k, m: m + standard_normal(k, m.shape)).lower(
+        jax.random.key(0), jnp.zeros((4, 4))).compile().as_text()
+    assert "conditional(" in hlo
+
+
 def test_distribution_and_pairwise_independence():
     n = 200_000
     z = np.asarray(standard_normal(jax.random.key(3), (n,)))

@@ -30,10 +30,12 @@ draw (:func:`materialized`): a conditional is a fusion boundary, so ε is comput
 to memory. Without it XLA:CPU, which treats the hash and erf⁻¹ as cheap elementwise work, fuses
 the whole generator into every consumer of ε — the forward output, the gradient of σ and, after a
 conv, the max-pool gradient — and recomputes it in each. ``lax.optimization_barrier`` does not
-survive to XLA:CPU's fusion passes and does not prevent this. Measured with ``benchmarks/
-train_speed.py`` on this 2-core CPU (one process, alternating calls): a LeNet-5 Sparse VD step
-87 → 74 ms, a LeNet-5 BC-GHS step 86 → 71 ms, LeNet-300-100 Sparse VD 3.67 → 3.56 ms. The values
-are unchanged (both branches draw the same ε).
+survive to XLA:CPU's fusion passes and does not prevent this. Measured on this 2-core CPU (the
+training step of ``benchmarks/train_speed.py``, old and new code called alternately in one
+process): a LeNet-5 Sparse VD step 87 → 74 ms, a LeNet-5 BC-GHS step 86 → 71 ms; LeNet-300-100
+Sparse VD, whose noise is small (100 × 410 values a step), 3.67 → 3.56 ms, within this VM's noise.
+The values are unchanged (both branches draw the same ε). Other backends draw without the
+conditional: there a conditional may cost a device-to-host read of the predicate.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ error. The run's ``metrics.json`` gains:
   ``quantized_test_error``: the same weights, bit for bit);
 * ``compression.max_compression_measured``: float32 bytes of all original weights / file bytes;
 * ``compression_file``: for honesty beside it — the file's entropy bound (Σ −log2 p̂ of the coded
-  symbols with their empirical models, plus the raw parts), the header bytes, and the bytes of
+  symbols under their empirical models, plus every byte that is not a coded symbol stream: the
+  stored models, bitmaps, biases, codebooks, header, preamble and checksum), the header bytes, and the bytes of
   gzip and zstd applied to the same quantized arrays (the kernels as float32 with removed weights
   zeroed, and the biases), with a per-layer table.
 """
@@ -21,9 +22,10 @@ error. The run's ``metrics.json`` gains:
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import pathlib
 import sys
+import tempfile
 import zlib
 
 import numpy as np
@@ -32,8 +34,8 @@ from flax import nnx
 
 from bayescomp import data as data_lib
 from bayescomp import provenance, pruning, train
-from bayescomp.compression import codec, quantize
-from bayescomp.errors import BayescompError
+from bayescomp.compression import codec, container, quantize
+from bayescomp.errors import BayescompError, ConfigError
 
 
 def compress_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = None,
@@ -58,20 +60,32 @@ def compress_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = N
         quantized = quantize.quantize(model, pruning.propagated_masks(model))
     spec = data_lib.REGISTRY[cfg.data.name]
     out = pathlib.Path(out) if out else run_dir / "model.bcz"
-    # The file is written beside its destination, decoded, checked and evaluated there, and only
-    # then moved over an existing file: if anything fails, the previous file and the metrics
-    # that describe it stay as they were.
-    staging = out.with_name(out.name + ".new")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; give the path of the file to write, "
+                          f"e.g. {out / 'model.bcz'}")
+    # Read first: an unreadable metrics.json is refused before anything is written.
+    metrics = train.read_metrics(run_dir) if (run_dir / "metrics.json").exists() else None
+    # The file is written beside its destination under a fresh name, decoded, checked and
+    # evaluated there, and only then moved over an existing file, after which nothing can fail
+    # but the metrics write: if anything fails, the previous file and the metrics that
+    # describe it stay as they were.
     try:
-        measured = _write_and_measure(staging, quantized, cfg, spec, evaluate)
-        staging.replace(out)
-    finally:
-        staging.unlink(missing_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.",
+                                                suffix=".staging")
+        os.close(handle)
+        staging = pathlib.Path(staging_name)
+        try:
+            measured = _write_and_measure(staging, quantized, cfg, spec, evaluate)
+            staging.replace(out)
+        finally:
+            staging.unlink(missing_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot write {out}: {error.strerror or error}; check that its "
+                          "directory exists and is writable") from None
     measured["compressed_file"] = str(out)
 
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.exists():
-        metrics = json.loads(metrics_path.read_text())
+    if metrics is not None:
         metrics["compressed_bytes"] = measured["compressed_bytes"]
         if "compressed_test_error" in measured:
             metrics["compressed_test_error"] = measured["compressed_test_error"]
@@ -91,24 +105,38 @@ def _write_and_measure(out: pathlib.Path, quantized, cfg, spec, evaluate: bool) 
                             dataset=cfg.data.name,
                             preprocess=cfg.data.get("preprocess", "reference"))
     decoded_model, decoded = codec.load(out)
-    for original, restored in zip(quantized.kernels, decoded.kernels):
-        if not np.array_equal(np.asarray(original).view(np.uint32),
-                              np.asarray(restored).view(np.uint32)):
-            raise AssertionError("the decoded kernels differ from the encoded ones")  # a bug
+    # A mismatch here is a codec bug, never bad input: the file just written must decode to the
+    # network that was encoded, bit for bit (kernels up to the sign of removed zeros).
+    for what, originals, restored_all in (("kernels", quantized.kernels, decoded.kernels),
+                                          ("biases", quantized.biases, decoded.biases),
+                                          ("masks", quantized.masks, decoded.masks)):
+        for original, restored in zip(originals, restored_all, strict=True):
+            original, restored = np.asarray(original), np.asarray(restored)
+            if what == "kernels":
+                original, restored = original + np.float32(0), restored + np.float32(0)
+            same = (np.array_equal(original.view(np.uint32), restored.view(np.uint32))
+                    if original.dtype == np.float32 else np.array_equal(original, restored))
+            if not same or original.shape != restored.shape:
+                raise AssertionError(f"the decoded {what} differ from the encoded ones")
 
     weights_total = sum(int(np.size(k)) for k in quantized.kernels)
     raw = b"".join(np.asarray(a, "<f4").tobytes() for a in quantized.kernels + quantized.biases)
+    # Every byte of the file that is not a coded symbol stream counts at its size: the symbol
+    # tables (value and position models), bitmaps, raw biases and codebooks, the header, and the
+    # container's preamble and checksum. What remains between this bound and the file is then
+    # the coders' own overhead.
     entropy_bits = sum(layer.value_entropy_bits + layer.position_entropy_bits
                        + 8 * (layer.bitmap_bytes + layer.bias_bytes + layer.value_model_bytes
-                              + layer.codebook_bytes)
+                              + layer.position_model_bytes + layer.codebook_bytes)
                        for layer in decoded.layers)
+    framing_bytes = container.PREAMBLE_SIZE + container.CHECKSUM_SIZE
     measured = {
         "compressed_bytes": file_bytes,
         "max_compression_measured": 4.0 * weights_total / file_bytes,
         "compression_file": {
             "file_bytes": file_bytes,
             "header_bytes": decoded.header_bytes,
-            "entropy_bound_bytes": (entropy_bits / 8 + decoded.header_bytes),
+            "entropy_bound_bytes": entropy_bits / 8 + decoded.header_bytes + framing_bytes,
             "gzip_bytes": len(zlib.compress(raw, 9)),
             "zstd_bytes": len(zstandard.ZstdCompressor(level=19).compress(raw)),
             "float32_bytes": 4 * weights_total,
@@ -127,7 +155,10 @@ def _write_and_measure(out: pathlib.Path, quantized, cfg, spec, evaluate: bool) 
                      100.0 * (8 * layer.value_bytes / layer.value_entropy_bits - 1)
                      if layer.value_entropy_bits > 0 else 0.0),
                  "value_model_bytes": layer.value_model_bytes,
-                 "position_bytes": layer.position_bytes, "bitmap_bytes": layer.bitmap_bytes,
+                 "position_bytes": layer.position_bytes,
+                 "position_model_bytes": layer.position_model_bytes,
+                 "position_entropy_bytes": layer.position_entropy_bits / 8,
+                 "bitmap_bytes": layer.bitmap_bytes,
                  "bias_bytes": layer.bias_bytes}
                 for layer in decoded.layers],
         },
@@ -143,8 +174,6 @@ def _write_and_measure(out: pathlib.Path, quantized, cfg, spec, evaluate: bool) 
 def _run_config(run_dir: pathlib.Path):
     """The resolved config a run wrote (``config.yaml``, or Hydra's ``.hydra/config.yaml``)."""
     from omegaconf import OmegaConf
-
-    from bayescomp.errors import ConfigError
 
     for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
         if path.is_file():

@@ -35,7 +35,6 @@ the model inside a traced function. :func:`kernels_of`, :func:`biases_of` and
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import pathlib
@@ -126,7 +125,7 @@ def load_pretrained(cfg: DictConfig) -> tuple[nnx.Module, dict]:
     if not metrics_path.is_file():
         raise ConfigError(f"method.pretrained_run={run_dir} has not finished (no metrics.json); "
                           f"rerun its command to finish it, or {hint}")
-    return model, json.loads(metrics_path.read_text())
+    return model, train.read_metrics(run_dir)
 
 
 # --------------------------------------------------------------------------------------------

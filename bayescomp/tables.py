@@ -30,6 +30,7 @@ import sys
 import numpy as np
 import yaml
 
+from bayescomp import atomic
 from bayescomp.errors import BayescompError, ConfigError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -353,10 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    atomic.write_text(out, text)
     print(f"wrote {out} ({len(runs)} runs)")
     return 0
 

@@ -32,6 +32,7 @@ import optax
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
+from bayescomp import atomic
 from bayescomp import data as data_lib
 from bayescomp import models
 from bayescomp import nn as bnn
@@ -241,7 +242,7 @@ def load_trained_model(run_dir: str | os.PathLike) -> tuple[DictConfig, nnx.Modu
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
         # Thresholds the run chose (prune.select) or was configured with: the run's own masks.
-        stored = json.loads(metrics_path.read_text()).get("prune_thresholds")
+        stored = read_metrics(run_dir).get("prune_thresholds")
         if stored:
             threshold_selection.set_thresholds(model, stored)
     return cfg, model, meta
@@ -626,18 +627,32 @@ def write_config(workdir: pathlib.Path, cfg: DictConfig) -> None:
     ``python -m bayescomp.compress``). Written after a checkpoint, never before: a run that fails
     (bad input, a NaN loss) leaves the previous one in place.
     """
-    path = pathlib.Path(workdir) / "config.yaml"
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    tmp.replace(path)
+    atomic.write_text(pathlib.Path(workdir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def read_metrics(workdir: pathlib.Path) -> dict:
+    """A run's ``metrics.json``.
+
+    Raises:
+        ConfigError: it cannot be read or is not a JSON object (nothing is written first, so
+            a caller that reads it before writing anything loses nothing).
+    """
+    path = pathlib.Path(workdir) / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path} cannot be read as JSON ({error}); rerun the run's command in "
+                          "its directory to rewrite it") from None
+    if not isinstance(metrics, dict):
+        raise ConfigError(f"{path} holds a JSON {type(metrics).__name__}, not an object; rerun "
+                          "the run's command in its directory to rewrite it")
+    return metrics
 
 
 def write_metrics(workdir: pathlib.Path, metrics: dict) -> None:
     """Write ``metrics.json`` atomically (a crash never leaves a half-written file)."""
-    path = pathlib.Path(workdir) / "metrics.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    atomic.write_text(pathlib.Path(workdir) / "metrics.json",
+                      json.dumps(metrics, indent=2, sort_keys=False) + "\n")
 
 
 # --------------------------------------------------------------------------------------------

@@ -89,3 +89,46 @@ def test_propagation_does_not_change_predictions(model_cls, group_pruned):
         if key in masks:
             layer.posterior.w_mean[...] = layer.posterior.w_mean[...] * masks[key]
     np.testing.assert_allclose(np.asarray(pruned(x)), np.asarray(before), rtol=1e-5, atol=1e-5)
+
+
+def _unsorted_chain(with_order: bool):
+    """A GNJ chain whose forward order (layer2 → layer10 → b → a) is not its names' sort order."""
+    factory = LayerFactory(posterior="group_normal", prior="group_nj", threshold=-3.0)
+
+    class Chain(nnx.Module):
+        if with_order:
+            layer_names = ("layer2", "layer10", "b", "a")
+
+        def __init__(self, rngs):
+            self.layer2 = factory.dense("layer2", 12, 6, rngs=rngs)
+            self.layer10 = factory.dense("layer10", 6, 5, rngs=rngs)
+            self.b = factory.dense("b", 5, 4, rngs=rngs)
+            self.a = factory.dense("a", 4, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.a(self.b(self.layer10(self.layer2(x))))
+
+    return Chain(nnx.Rngs(0))
+
+
+def test_masks_follow_the_declared_forward_order_not_attribute_names():
+    # nnx.iter_modules sorts attributes by name (a, b, layer10, layer2); pairing layers in that
+    # order would propagate masks between unconnected layers and prune the last layer's outputs.
+    model = _unsorted_chain(with_order=True)
+    for layer in (model.layer2, model.layer10, model.b, model.a):
+        layer.posterior.z_log_var[...] = jnp.full_like(layer.posterior.z_log_var[...], -9.0)
+    z_log_var = np.full(5, -9.0)
+    z_log_var[[0, 3]] = 5.0        # b drops inputs 0 and 3, i.e. layer10's output units 0 and 3
+    model.b.posterior.z_log_var[...] = jnp.asarray(z_log_var)
+    masks = propagated_masks(model)
+    assert list(masks) == ["layer2", "layer10", "b", "a"]
+    assert masks["layer10"].any(axis=0).tolist() == [False, True, True, False, True]
+    assert masks["a"].any(axis=0).all()            # the last layer's outputs are never removed
+    assert [s[0] for s in (m.shape for m in masks.values())] == [12, 6, 5, 4]
+
+
+def test_several_layers_without_a_declared_order_is_a_clear_error():
+    from bayescomp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="layer_names"):
+        propagated_masks(_unsorted_chain(with_order=False))

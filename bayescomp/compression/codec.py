@@ -35,13 +35,12 @@ Version-1 files (fixed point only) are read as before.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from flax import nnx
 
+from bayescomp import atomic
 from bayescomp.bit_precision import BitPrecision
 from bayescomp.compression import container, entropy
 from bayescomp.compression.container import file_error
@@ -81,6 +80,8 @@ class LayerCoding:
         values_kind: ``"fixed_point"`` (integers ``k`` of ``k·2^-t``) or ``"codebook"``
             (indices into the stored codebook).
         codebook_bytes: Bytes of the raw float32 codebook (0 for fixed point).
+        position_model_bytes: Bytes of the position symbol table (included in
+            ``position_bytes``; 0 for ``"full"``).
     """
 
     name: str
@@ -100,6 +101,7 @@ class LayerCoding:
     bias_bytes: int
     values_kind: str = "fixed_point"
     codebook_bytes: int = 0
+    position_model_bytes: int = 0
 
     @property
     def value_overhead(self) -> float:
@@ -512,9 +514,10 @@ def _decode_layer(index: int, layer, payload: bytes, version: int):
     bias = np.frombuffer(bias_bytes, "<f4").astype(np.float32)
 
     value_model = _stream(payload, streams, "values_model")
-    position_bytes, position_bits = 0, 0.0
+    position_bytes, position_bits, position_model_bytes = 0, 0.0, 0
     if positions != "full":
         position_model = _stream(payload, streams, "positions_model")
+        position_model_bytes = len(position_model)
         position_bytes = len(position_model) + len(_stream(payload, streams, "positions"))
         position_bits = entropy.empirical_entropy_bits(entropy.parse_model(position_model)[1])
     coding = LayerCoding(
@@ -527,7 +530,8 @@ def _decode_layer(index: int, layer, payload: bytes, version: int):
         bitmap_bytes=len(_stream(payload, streams, "input_keep"))
         + len(_stream(payload, streams, "output_keep")),
         bias_bytes=len(bias_bytes), values_kind=values_kind,
-        codebook_bytes=0 if codebook is None else 4 * codebook.size)
+        codebook_bytes=0 if codebook is None else 4 * codebook.size,
+        position_model_bytes=position_model_bytes)
     return name, kernel, bias, mask, bits, codebook, coding
 
 
@@ -597,16 +601,7 @@ def save(path, quantized: QuantizedNetwork, *, model_name: str, input_shape,
     """
     data = encode_network(quantized, model_name=model_name, input_shape=input_shape,
                           num_classes=num_classes, dataset=dataset, preprocess=preprocess)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_bytes(path, data)
     return len(data)
 
 

@@ -90,8 +90,8 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict, bytes]:
 def read(data: bytes, source: str = "<bytes>") -> tuple[int, dict, bytes]:
     """Check the framing and checksum of a file and return ``(version, header, payload)``.
 
-    Checks, in order: empty, magic (foreign file), preamble complete, version, flags, length
-    (truncated or trailing bytes), CRC32 (bit flips), header length, header JSON.
+    Checks, in order: empty, magic (foreign file), preamble complete, version, length
+    (truncated or trailing bytes), CRC32 (bit flips), flags, header length, header JSON.
 
     Raises:
         CompressedFileError: On any problem, naming ``source``.

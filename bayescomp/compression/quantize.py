@@ -9,11 +9,13 @@ its error is measured by the same evaluation code as every other network.
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bayescomp import atomic
 from bayescomp.bit_precision import BitPrecision, bit_precision, round_to_bits
 from bayescomp.models import hidden_widths
 from bayescomp.nn.factory import LayerFactory
@@ -121,10 +123,6 @@ def save_quantized(path, quantized: QuantizedNetwork) -> None:
             :data:`QUANTIZED_FILE`).
         quantized: The network.
     """
-    import os
-    import pathlib
-    import tempfile
-
     count = len(quantized.names)
     codebooks = quantized.codebooks
     arrays = {
@@ -141,16 +139,9 @@ def save_quantized(path, quantized: QuantizedNetwork) -> None:
         arrays[f"mask_{i:03d}"] = np.asarray(quantized.masks[i], bool)
         if codebooks is not None and codebooks[i] is not None:
             arrays[f"codebook_{i:03d}"] = np.asarray(codebooks[i], np.float32)
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def load_quantized(path) -> QuantizedNetwork:

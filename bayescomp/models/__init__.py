@@ -2,7 +2,9 @@
 
 Every model takes ``widths``, its hidden layer widths (``conf/model/*.yaml``), and
 :func:`hidden_widths` recovers them from a list of kernels (used when a compressed file is
-decoded).
+decoded). Every model declares ``layer_names``, the dotted paths of its weight layers in the
+order of the forward pass: pruning, compression and export pair consecutive layers by it
+(:func:`bayescomp.objectives.variational_layers`), and attribute order cannot stand in for it.
 """
 
 from bayescomp.errors import unknown_name_error

@@ -6,7 +6,10 @@ and the file size in metrics.json must be the size on disk.
 """
 
 import json
+import os
 import pathlib
+import shutil
+import stat
 import subprocess
 import sys
 
@@ -14,7 +17,7 @@ import pytest
 
 from bayescomp import compress, evaluate, train
 from bayescomp.compression import codec
-from bayescomp.errors import BayescompError
+from bayescomp.errors import BayescompError, ConfigError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -110,7 +113,57 @@ def test_a_failure_after_writing_keeps_the_previous_file_and_metrics(run_dir, mo
     with pytest.raises(BayescompError, match="could not be read"):
         compress.compress_run(run_dir)
     assert {name: (run_dir / name).read_bytes() for name in before} == before
-    assert sorted(p.name for p in run_dir.glob("model.bcz*")) == ["model.bcz"]
+    assert sorted(p.name for p in run_dir.iterdir() if "model.bcz" in p.name) == ["model.bcz"]
+
+
+@pytest.fixture
+def run_copy(run_dir, tmp_path):
+    compress.compress_run(run_dir, evaluate=False)
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def test_an_unreadable_metrics_file_is_refused_before_the_old_file_is_replaced(run_copy):
+    (run_copy / "metrics.json").write_text('{"truncated": ')
+    (run_copy / "model.bcz").write_bytes(b"the previous file")
+    with pytest.raises(ConfigError, match="metrics.json cannot be read as JSON"):
+        compress.compress_run(run_copy, evaluate=False)
+    assert (run_copy / "model.bcz").read_bytes() == b"the previous file"
+    assert (run_copy / "metrics.json").read_text() == '{"truncated": '
+
+
+def test_bad_output_paths_end_in_one_error_line(run_copy, capsys):
+    blocker = run_copy / "a_file"
+    blocker.write_text("not a directory")
+    for out in (run_copy, blocker / "model.bcz"):
+        assert compress.main([str(run_copy), "--out", str(out), "--no-eval"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        assert str(out) in err
+
+
+def test_written_files_get_the_mode_of_a_normally_created_file(run_copy):
+    # tempfile.mkstemp creates 0600 files; shared results must stay readable by others.
+    umask = os.umask(0o022)
+    try:
+        compress.compress_run(run_copy, evaluate=False)
+    finally:
+        os.umask(umask)
+    for name in ("model.bcz", "metrics.json"):
+        assert stat.S_IMODE((run_copy / name).stat().st_mode) == 0o644, name
+
+
+def test_the_gap_to_the_entropy_bound_is_exactly_the_coded_streams_excess(run_copy):
+    # Byte accounting of the file, independent of how the bound is summed: every byte outside
+    # the coded value and position streams is counted in the bound at its size, so
+    # file - bound = Σ over coded streams of (payload bytes - Σ -log2 p̂ / 8).
+    info = compress.compress_run(run_copy, evaluate=False)["compression_file"]
+    excess = sum(layer["value_bytes"] - layer["value_entropy_bytes"]
+                 + layer["position_bytes"] - layer["position_model_bytes"]
+                 - layer["position_entropy_bytes"] for layer in info["layers"])
+    assert info["file_bytes"] - info["entropy_bound_bytes"] == pytest.approx(excess, abs=1e-6)
+    assert any(layer["positions"] != "full" for layer in info["layers"])  # positions are tested
 
 
 def test_summary_marks_fixed_width_layers_instead_of_an_overhead(capsys):

@@ -196,8 +196,8 @@ def exponent_bits(max_abs_weight: float) -> int:
     if not math.isfinite(m) or m <= 0.0:
         raise ConfigError(
             f"the largest kept weight magnitude must be finite and > 0 to size the exponent, got "
-            f"{m!r}; a model with no kept weight (or a diverged one) has no bit precision. Lower "
-            "the pruning thresholds or check the posterior."
+            f"{m!r}; a model with no kept weight (or a diverged one) has no bit precision. Raise "
+            "the pruning thresholds (log α >= threshold is removed) or check the posterior."
         )
     m = max(m, 1.0)
     return int(math.ceil(math.log2(math.log2(m) + 1.0) + 1.0))

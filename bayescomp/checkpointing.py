@@ -12,6 +12,7 @@ check them on resume with :func:`check_same_config`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import pathlib
@@ -105,6 +106,7 @@ class Checkpointer:
     def __init__(self, directory: str | pathlib.Path, max_to_keep: int = 2,
                  read_only: bool = False):
         self.directory = pathlib.Path(directory).absolute()
+        self.max_to_keep = max_to_keep
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
@@ -125,9 +127,10 @@ class Checkpointer:
 
     def metadata(self, step: int) -> dict:
         """The JSON metadata of step ``step`` alone (cheap: no arrays are read)."""
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(restored["meta"])
+        with self._readable(step):
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            return dict(restored["meta"])
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict]:
         """Restore step ``step`` into the structure of ``like``.
@@ -136,10 +139,11 @@ class Checkpointer:
             ConfigError: The checkpoint does not match ``like`` (written by another config).
         """
         leaves, treedef = jax.tree.flatten(like)
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                          meta=ocp.args.JsonRestore()),
-        )
+        with self._readable(step):
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                              meta=ocp.args.JsonRestore()),
+            )
         arrays = restored["state"]
         shapes_ok = len(arrays) == len(leaves) and all(
             np.shape(arrays[f"leaf_{i:05d}"]) == np.shape(leaf) for i, leaf in enumerate(leaves)
@@ -152,6 +156,27 @@ class Checkpointer:
             )
         new_leaves = [arrays[f"leaf_{i:05d}"] for i in range(len(leaves))]
         return jax.tree.unflatten(treedef, new_leaves), dict(restored["meta"])
+
+    @contextlib.contextmanager
+    def _readable(self, step: int):
+        """Turn any failure of Orbax to read step ``step`` into one ConfigError saying what to do.
+
+        A checkpoint damaged on disk (a killed copy, a full disk, bit rot) fails deep inside
+        Orbax or TensorStore with a JSON or ``OUT_OF_RANGE`` error that names neither the step
+        nor a remedy. Earlier steps are still there (``max_to_keep``), so deleting the damaged
+        one resumes from the epoch before it.
+        """
+        try:
+            yield
+        except ConfigError:
+            raise
+        except Exception as error:  # noqa: BLE001 -- any Orbax/TensorStore/JSON failure
+            first_line = (str(error).strip().splitlines() or [""])[0][:300]
+            raise ConfigError(
+                f"the checkpoint {self.directory / str(step)} cannot be read "
+                f"({type(error).__name__}: {first_line}); delete that step directory to resume "
+                f"from the previous epoch's checkpoint (the last {self.max_to_keep} are kept), "
+                "or run in a new output directory (hydra.run.dir=...)") from None
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

@@ -390,6 +390,8 @@ class Retrainer:
                  data: DeviceData, pretrained_run: str = ""):
         self.cfg = cfg
         self.workdir = pathlib.Path(workdir)
+        train.check_trainer_settings(cfg)
+        train.check_run_identity(cfg, self.workdir)
         self.data = data
         # Resolved, so `~/runs/x` and `/root/runs/x` are recognised as the same run on resume.
         self.pretrained_run = str(pathlib.Path(str(pretrained_run)).expanduser().resolve())
@@ -528,7 +530,8 @@ class Retrainer:
                         f"the loss became {chunk_sums[0]} in phase {phase.name}, epoch "
                         f"{phase_epoch} (steps {c * self.chunk}-{(c + 1) * self.chunk - 1}); the "
                         f"checkpoint of the last good epoch in {checkpointer.directory} is kept. "
-                        "Lower the phase's learning rates, then rerun.")
+                        "Lower the phase's learning rates, then run again in a new output "
+                        "directory (hydra.run.dir=...)")
                 sums += chunk_sums
                 if progress is not None:
                     done = (c + 1) * self.chunk
@@ -537,6 +540,14 @@ class Retrainer:
                                          acc=f"{sums[3] / (done * self.batch_size):.4f}")
             seconds = time.perf_counter() - epoch_start
             self.train_seconds += seconds
+            if not train.all_finite(params):  # the epoch's last update follows its last loss
+                checkpointer.wait()
+                checkpointer.close()
+                raise TrainingDivergedError(
+                    f"the parameters became non-finite at the end of phase {phase.name}, epoch "
+                    f"{phase_epoch}; the checkpoint of the last good epoch in "
+                    f"{checkpointer.directory} is kept. Lower the phase's learning rates, then "
+                    "run again in a new output directory (hydra.run.dir=...)")
             steps = self.steps_per_epoch
             record_ = {"epoch": len(self.history), "phase": phase.name,
                        "phase_epoch": phase_epoch, "loss": sums[0] / steps,
@@ -656,6 +667,8 @@ def write_results(cfg: DictConfig, workdir: str | os.PathLike, *,
     metrics = {
         **train.run_identity(cfg, dataset),
         "epochs": len(history),
+        # A retraining's length cannot change on resume (RESUMABLE_CHANGES_RETRAINING).
+        "planned_epochs": [len(history)],
         "test_error": float(test_error),
         "pruned_test_error": float(pruned_test_error),
         # The variational runs' log-alpha thresholds (train._final_metrics); a retrained point

@@ -60,7 +60,7 @@ DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "synthetic
 
 def find_runs(paths: list[pathlib.Path]) -> list[dict]:
     """Load every ``metrics.json`` below ``paths`` (a path may also be a metrics file itself)."""
-    runs = []
+    runs, seen = [], set()
     for path in paths:
         if not path.exists():
             raise ConfigError(f"no such run directory: {path}")
@@ -68,6 +68,9 @@ def find_runs(paths: list[pathlib.Path]) -> list[dict]:
             f for f in path.rglob("metrics.json")
             if STUDIES_DIR not in f.relative_to(path).parts[:-1])
         for file in files:
+            if file.resolve() in seen:  # reached through two of the given paths
+                continue
+            seen.add(file.resolve())
             try:
                 metrics = json.loads(file.read_text())
             except json.JSONDecodeError as err:
@@ -91,13 +94,20 @@ def _flatten(config, prefix: str = "") -> dict:
 def recipe(run: dict) -> tuple:
     """The run's resolved config without the seed and :data:`WHERE_NOT_WHAT`, hashable.
 
+    A run resumed with another ``trainer.epochs`` adds its ``planned_epochs`` (the run lengths
+    its epochs were trained for), so it is never averaged with runs trained straight through.
     Keys set to ``null`` are left out: an option added after a run was made (``prune.select``,
     say) appears as ``null`` (off) in later configs and not at all in the older one, and both
     ran the same recipe.
     """
-    return tuple(sorted((k, json.dumps(v, sort_keys=True))
-                        for k, v in _flatten(run.get("config")).items()
-                        if k not in WHERE_NOT_WHAT and v is not None))
+    items = [(k, json.dumps(v, sort_keys=True))
+             for k, v in _flatten(run.get("config")).items()
+             if k not in WHERE_NOT_WHAT and v is not None]
+    # A run resumed with another trainer.epochs followed another trajectory under a decaying
+    # learning rate than one run straight through, though its final config is the same.
+    if len(run.get("planned_epochs") or []) > 1:
+        items.append(("planned_epochs", json.dumps(run["planned_epochs"])))
+    return tuple(sorted(items))
 
 
 def _recipe_labels(recipes: list[tuple]) -> list[tuple[str, tuple]]:
@@ -199,6 +209,17 @@ def render(runs: list[dict], published: dict, sources: list[str],
     groups: dict = collections.defaultdict(list)
     for run in runs:
         groups[(run["dataset"], run["model"], run["method"], recipe(run))].append(run)
+    for group in groups.values():  # a mean ± std over seeds counts each seed once
+        by_seed = collections.defaultdict(list)
+        for run in group:
+            by_seed[run.get("seed")].append(run["_path"])
+        repeated = {seed: dirs for seed, dirs in by_seed.items() if len(dirs) > 1}
+        if repeated:
+            seed, dirs = next(iter(repeated.items()))
+            raise ConfigError(
+                f"seed {seed} of {group[0]['model']} {group[0]['method']} on "
+                f"{group[0]['dataset']} appears in {len(dirs)} runs of the same recipe "
+                f"({', '.join(map(str, dirs))}); pass only one of them")
     # Where one method ran several recipes, each row names the config values it differs in.
     labels: dict = {}
     label_order: dict = {}

@@ -285,6 +285,69 @@ def trajectory_config(cfg: DictConfig,
                        for skip in resumable)}
 
 
+#: What makes a run directory's run that run: another value for one of these is another run,
+#: which must not overwrite it (whichever procedure either one uses; their checkpoints live in
+#: different folders, so :func:`resume_checks` alone would not see the clash).
+RUN_IDENTITY = ("model.name", "method.name", "data.name", "seed")
+
+
+#: What to do after a divergence. Resuming the same directory with another learning rate is
+#: refused (it would continue a trajectory under new settings), so the advice is a new one.
+_DIVERGED_ADVICE = ("the checkpoint of the last good epoch in {} is kept. Lower optimizer.lr, "
+                    "lengthen trainer.kl_warmup, or check the data, then run again in a new "
+                    "output directory (hydra.run.dir=...)")
+
+
+def all_finite(tree) -> bool:
+    """Whether every array of ``tree`` is free of NaN and ±inf (one host sync)."""
+    flags = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]
+    return bool(jnp.all(jnp.stack(flags))) if flags else True
+
+
+def check_trainer_settings(cfg: DictConfig) -> None:
+    """Refuse trainer settings that cannot describe a run (before anything is loaded or written).
+
+    Raises:
+        ConfigError: ``trainer.epochs``, ``trainer.batch_size``, ``trainer.eval_batch_size`` or
+            ``trainer.chunk_steps`` is not a positive integer.
+    """
+    for key in ("epochs", "batch_size", "eval_batch_size", "chunk_steps"):
+        value = cfg.trainer.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"trainer.{key}={value!r} must be a positive integer")
+
+
+def check_run_identity(cfg: DictConfig, workdir) -> None:
+    """Refuse to start a run in a directory that holds another run.
+
+    ``workdir/config.yaml`` (:func:`write_config`) records the run that wrote the directory's
+    checkpoints and results. If it names another model, method, dataset or seed, writing this
+    run there would overwrite that run's ``metrics.json`` and leave a mixture of both runs'
+    files, which ``bayescomp.compress`` would then read as one run.
+
+    Raises:
+        ConfigError: Naming each differing key as ``key: saved -> current``.
+    """
+    path = pathlib.Path(workdir) / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        saved = OmegaConf.load(path)
+    except Exception as error:  # noqa: BLE001 -- any YAML or OmegaConf parse failure
+        raise ConfigError(f"{path} cannot be read ({type(error).__name__}); it records the run "
+                          "in that directory: use a new hydra.run.dir") from None
+    differing = [f"{key}: {OmegaConf.select(saved, key)!r} -> {OmegaConf.select(cfg, key)!r}"
+                 for key in RUN_IDENTITY
+                 if OmegaConf.select(saved, key) is not None
+                 and OmegaConf.select(saved, key) != OmegaConf.select(cfg, key)]
+    if differing:
+        raise ConfigError(
+            f"{workdir} holds another run ({'; '.join(differing)}), whose files this run would "
+            "overwrite; run in a new output directory (hydra.run.dir=...)")
+
+
 def resume_checks(meta: dict, cfg: DictConfig, directory, workdir,
                   resumable: tuple[str, ...] = RESUMABLE_CHANGES) -> None:
     """Raise if ``meta`` (a checkpoint's metadata) was saved under other training settings.
@@ -352,6 +415,8 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    check_trainer_settings(cfg)
+    check_run_identity(cfg, workdir)
     trainer = cfg.trainer
     seed = int(cfg.seed)
     commit = log_code_version()
@@ -425,9 +490,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
                 checkpointer.wait()
                 raise TrainingDivergedError(
                     f"the loss became {chunk_sums[0]} in epoch {epoch} (steps {c * chunk}-"
-                    f"{(c + 1) * chunk - 1}); the checkpoint of the last good epoch in "
-                    f"{checkpointer.directory} is kept. Lower optimizer.lr, lengthen "
-                    "trainer.kl_warmup, or check the data, then rerun.")
+                    f"{(c + 1) * chunk - 1}); {_DIVERGED_ADVICE.format(checkpointer.directory)}")
             sums += chunk_sums
             done = (c + 1) * chunk
             if progress is not None:
@@ -437,6 +500,13 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
                                      acc=f"{sums[3] / (done * batch_size):.4f}")
         epoch_seconds = time.perf_counter() - epoch_start
         train_seconds += epoch_seconds
+        # A finite loss does not prove finite parameters: the last update of the epoch comes
+        # after its loss. Never checkpoint a non-finite state as the "last good" one.
+        if not all_finite(params):
+            checkpointer.wait()
+            raise TrainingDivergedError(
+                f"the parameters became non-finite at the end of epoch {epoch}; "
+                f"{_DIVERGED_ADVICE.format(checkpointer.directory)}")
 
         test_error = error_mean(params, x_test, y_test)
         record = dict(epoch=epoch, loss=sums[0] / steps_per_epoch, nll=sums[1] / steps_per_epoch,
@@ -445,7 +515,12 @@ def train_and_evaluate(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str,
                       test_error=test_error, seconds=epoch_seconds)
         if (epoch + 1) % int(trainer.pruned_eval_every) == 0 or epoch + 1 == epochs:
             record["pruned_test_error"] = error_pruned(params, x_test, y_test)
-        history.append({**{k: float(v) for k, v in record.items()}, "git_commit": commit})
+        history.append({**{k: float(v) for k, v in record.items()}, "git_commit": commit,
+                        # this process compiled the step during its first epoch
+                        "includes_compilation": float(epoch == start_epoch),
+                        # the run length this epoch was trained for (a resumed run may change
+                        # it, which changes a decaying learning-rate schedule)
+                        "planned_epochs": float(epochs)})
         _log_epoch(writer, model, params, record)
         checkpointer.save(epoch, (params, opt_state, jax.random.key_data(key)),
                           dict(epoch=epoch, history=history, train_seconds=train_seconds,
@@ -498,7 +573,6 @@ def compression_snapshot(cfg: DictConfig, model: nnx.Module, dataset,
     prune_thresholds = {name: layer.prune_threshold
                         for name, layer in objectives.variational_layers(model)}
     masks = pruning.propagated_masks(model)
-    pruning.save_log_alpha_histograms(model, workdir / "plots")
 
     # The compressed network: kept posterior means rounded to the posterior-derived bits.
     quantized = quantize_lib.quantize(model, masks)
@@ -509,6 +583,9 @@ def compression_snapshot(cfg: DictConfig, model: nnx.Module, dataset,
     quantized_error = make_evaluate(q_graphdef, eval_batch)(q_params, x_test, y_test)
     report = compression_report(quantized.masks, quantized.precision.bits_per_layer,
                                 quantized.precision.exponent_bits, weights=quantized.kernels)
+    # Last, once everything above has succeeded: a re-evaluation that fails (say, thresholds
+    # that remove every weight) leaves the plots describing the metrics that are still there.
+    pruning.save_log_alpha_histograms(model, workdir / "plots")
     return {
         "pruned_test_error": pruned_error,
         "prune_thresholds": prune_thresholds,
@@ -522,16 +599,23 @@ def _final_metrics(cfg, model, params, dataset, error_mean, x_test, y_test, hist
                    train_seconds, steps_per_epoch, batch_size,
                    workdir: pathlib.Path) -> dict[str, Any]:
     snapshot = compression_snapshot(cfg, model, dataset, workdir)
-    epoch_times = [h["seconds"] for h in history]
-    seconds_per_epoch = float(np.median(epoch_times[1:] if len(epoch_times) > 1 else epoch_times)) \
-        if epoch_times else float("nan")
+    # Epochs that include compilation (the first of every process: a resumed run compiles
+    # again) are left out; histories written before that flag existed: their first epoch.
+    compiled = [h.get("includes_compilation", float(i == 0)) for i, h in enumerate(history)]
+    epoch_times = [h["seconds"] for h, c in zip(history, compiled) if not c]
+    epoch_times = epoch_times or [h["seconds"] for h in history]
+    seconds_per_epoch = float(np.median(epoch_times))
+    planned = [int(h["planned_epochs"]) for h in history if "planned_epochs" in h]
     return {
         **run_identity(cfg, dataset),
         "epochs": len(history),
+        # The run lengths its epochs were trained for, in order, each listed once: more than
+        # one value means the run was resumed with another trainer.epochs (tables.recipe).
+        "planned_epochs": list(dict.fromkeys(planned)),
         "test_error": error_mean(params, x_test, y_test),
         **snapshot,
-        # Median over epochs of the training time of one epoch (excluding the first, which
-        # includes compilation); evaluation and checkpointing are not included.
+        # Median over epochs of the training time of one epoch (excluding each process's
+        # first, which includes compilation); evaluation and checkpointing are not included.
         "seconds_per_epoch": seconds_per_epoch,
         "images_per_second": steps_per_epoch * batch_size / seconds_per_epoch,
         "peak_memory_mib": peak_memory_mib(),

@@ -9,6 +9,7 @@ option) exit non-zero and list the available options.
 import hashlib
 import json
 import pathlib
+import shutil
 
 
 from bayescomp import data, priors
@@ -106,9 +107,42 @@ def test_checkpoint_of_another_configuration(tmp_path):
     before = _snapshot(run_dir)
     assert any(name.startswith("checkpoints/") for name in before)
 
+    result = run_cli(run_dir, "+experiment=lenet300_dense", *SMOKE, "optimizer.lr=0.5")
+    line = _assert_one_line_error(result, "error: ")
+    # Named by the settings stored with the checkpoint.
+    assert "different training settings" in line and "optimizer.lr: " in line and "-> 0.5" in line
+    assert "hydra.run.dir" in line  # says what to do
+    assert _snapshot(run_dir) == before
+
+    # Another model: another run, refused before any array shape is compared.
     result = run_cli(run_dir, "+experiment=lenet300_dense", *SMOKE, "model=lenet5")
     line = _assert_one_line_error(result, "error: ")
-    # Named by the settings stored with the checkpoint, before any array shape is compared.
-    assert "different training settings" in line and "model.name: 'lenet300' -> 'lenet5'" in line
-    assert "hydra.run.dir" in line  # says what to do
+    assert "holds another run" in line and "model.name: 'lenet300' -> 'lenet5'" in line, line
+    assert _snapshot(run_dir) == before
+
+    # Another method in the same directory: a retraining procedure keeps its checkpoints in
+    # another folder, so only the directory's record of its run can refuse it.
+    result = run_cli(run_dir, "+experiment=lenet300_dc", *SMOKE, f"method.pretrained_run={run_dir}")
+    line = _assert_one_line_error(result, "error: ")
+    assert "holds another run" in line and "method.name: 'dense' -> 'dc'" in line, line
+    assert "hydra.run.dir" in line
+    assert _snapshot(run_dir) == before
+
+    # A checkpoint damaged on disk: one error naming the step and what to do.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run_dir, damaged)
+    step = max(int(p.name) for p in (damaged / "checkpoints").iterdir() if p.name.isdigit())
+    (damaged / "checkpoints" / str(step) / "meta" / "metadata").write_text("{not json")
+    before_damaged = _snapshot(damaged)
+    result = run_cli(damaged, "+experiment=lenet300_dense", *SMOKE)
+    line = _assert_one_line_error(result, "error: the checkpoint ")
+    assert f"checkpoints/{step} cannot be read" in line and "delete that step" in line, line
+    assert _snapshot(damaged) == before_damaged
+
+
+def test_non_positive_trainer_settings(tmp_path):
+    run_dir = _existing_run_dir(tmp_path)
+    before = _snapshot(run_dir)
+    result = run_cli(run_dir, "+experiment=lenet300_dense", *SMOKE, "trainer.epochs=0")
+    _assert_one_line_error(result, "error: trainer.epochs=0 must be a positive integer")
     assert _snapshot(run_dir) == before

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bayescomp import objectives
 from bayescomp.compression.report import kept_architecture
 from bayescomp.models import LeNet5, LeNet300
 from bayescomp.nn import LayerFactory
@@ -78,11 +79,22 @@ def test_unstructured_masks_only_propagate_backward():
 
 @pytest.mark.parametrize("model_cls", [LeNet300, LeNet5])
 def test_propagation_does_not_change_predictions(model_cls, group_pruned):
-    model = group_pruned(model_cls, {"conv1" if model_cls is LeNet5 else "fc1": [0, 1]})
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 28, 28, 1)), jnp.float32)
+    # Groups removed in every layer, and non-zero biases: a unit whose inputs are all removed
+    # still outputs relu(bias) unless its z scales the bias too, so propagating such a removal
+    # forward would move the outputs; with zero biases that mistake could not be seen.
+    removed = ({"conv1": [0, 1], "conv2": [3, 7, 11], "fc1": [5, 60, 700], "fc2": [2, 9, 400]}
+               if model_cls is LeNet5 else
+               {"fc1": [0, 1, 400], "fc2": [3, 7, 250], "fc3": [4, 50]})
+    model = group_pruned(model_cls, removed)
+    rng = np.random.default_rng(1)
+    for _, layer in objectives.variational_layers(model):
+        layer.bias[...] = jnp.asarray(rng.normal(0.0, 0.1, layer.bias[...].shape), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(8, 28, 28, 1)), jnp.float32)
     pruned = nnx.view(model, deterministic=True, pruned=True)
     before = pruned(x)
     masks = propagated_masks(model)
+    own = own_masks(model)
+    assert sum(m.sum() for m in masks.values()) < sum(m.sum() for m in own.values())
     # Zero the propagated-away weights in the means and check the outputs do not move.
     for name, layer in nnx.iter_modules(model):
         key = ".".join(map(str, name))

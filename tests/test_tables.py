@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from bayescomp import tables
@@ -96,3 +97,34 @@ def test_run_list_names_the_inputs_and_the_commits_that_trained_a_reevaluated_ru
     assert lines["seed0"].endswith(
         "commit `abc`, cpu, inputs `signed`; epochs trained by 0–199 `old`")
     assert lines["seed1"].endswith("commit `abc`, cpu, inputs `signed`")
+
+
+def test_a_seed_given_twice_is_refused_and_a_path_given_twice_is_read_once(tmp_path):
+    # mean ± std is over seeds: two run directories of one recipe and seed would count twice.
+    import shutil
+
+    from bayescomp.errors import ConfigError
+
+    source = tables.REPO_ROOT / "results/fashion_mnist/lenet300_gnj/seed0/metrics.json"
+    first = tmp_path / "runs" / "a" / "metrics.json"
+    first.parent.mkdir(parents=True)
+    shutil.copy(source, first)
+    runs = tables.find_runs([tmp_path / "runs", tmp_path / "runs" / "a"])
+    assert len(runs) == 1
+    published = yaml.safe_load(tables.PUBLISHED.read_text())
+    tables.render(runs, published, ["runs"])
+    second = tmp_path / "runs" / "b" / "metrics.json"
+    second.parent.mkdir(parents=True)
+    shutil.copy(source, second)
+    with pytest.raises(ConfigError, match="seed 0 .* appears in 2 runs"):
+        tables.render(tables.find_runs([tmp_path / "runs"]), published, ["runs"])
+
+
+def test_a_run_resumed_with_another_length_gets_its_own_row(tmp_path):
+    # Same final config, but seed 1 trained its first epochs for a 100-epoch schedule.
+    _run(tmp_path, 0, [447, 130, 19], [6, 3, 9], 10.4, 22.0, planned_epochs=[200])
+    _run(tmp_path, 1, [450, 128, 19], [6, 3, 9], 10.6, 24.0, planned_epochs=[100, 200])
+    runs = tables.find_runs([tmp_path])
+    assert tables.recipe(runs[0]) != tables.recipe(runs[1])
+    text = tables.render(runs, yaml.safe_load(tables.PUBLISHED.read_text()), ["x"])
+    assert "planned_epochs=[100, 200]" in text

@@ -54,6 +54,11 @@ class DatasetSpec:
         idx_files: The IDX file names if the dataset is distributed as IDX files.
         standard_dirs: Local directories where a system package puts the data, checked in order.
         how_to_get: Ways to obtain the data, shown when it cannot be found.
+        train_pixel_mean: ``(low, high)`` bounds on the mean pixel (0..1) of the full training
+            split, or ``None``. MNIST and Fashion-MNIST ship as identical IDX files of identical
+            shapes, so a ``data.dir`` holding the other one would otherwise load silently and
+            be reported (and tabled against published numbers) under the wrong name; their
+            training means, 0.1307 and 0.2860, tell them apart.
     """
 
     name: str
@@ -65,6 +70,7 @@ class DatasetSpec:
     idx_files: idx.IdxFiles | None = None
     standard_dirs: tuple[str, ...] = ()
     how_to_get: tuple[str, ...] = ()
+    train_pixel_mean: tuple[float, float] | None = None
 
 
 def _tfds_hint(name: str) -> str:
@@ -82,6 +88,7 @@ REGISTRY: dict[str, DatasetSpec] = {
         tfds_name="mnist",
         idx_files=idx.MNIST_IDX_FILES,
         standard_dirs=("/usr/share/datasets/mnist",),
+        train_pixel_mean=(0.10, 0.16),  # 0.1307
         how_to_get=(
             "put the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
             "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in a directory and pass "
@@ -98,6 +105,7 @@ REGISTRY: dict[str, DatasetSpec] = {
         tfds_name="fashion_mnist",
         idx_files=idx.MNIST_IDX_FILES,
         standard_dirs=("/usr/share/datasets/fashion-mnist",),
+        train_pixel_mean=(0.25, 0.32),  # 0.2860
         how_to_get=(
             "on Debian/Ubuntu `sudo apt-get install dataset-fashion-mnist` (installs the IDX "
             "files in /usr/share/datasets/fashion-mnist/)",
@@ -219,7 +227,30 @@ def _validated(spec: DatasetSpec, x_train, y_train, x_test, y_test, source: str)
             raise DataError(f"{spec.name} y_{split} from {source} has labels in "
                             f"[{labels.min()}, {labels.max()}]; expected 0..{spec.num_classes - 1}")
         splits[split] = (images, labels.astype(np.int32))
+    _check_identity(spec, splits["train"][0], source)
     return RawData(*splits["train"], *splits["test"], source=source)
+
+
+#: Training-split size of the datasets whose pixel mean is checked (MNIST, Fashion-MNIST); a
+#: smaller split (a test fixture, a subset) is not the published data and is not checked.
+_FULL_TRAIN_SIZE = 60_000
+
+
+def _check_identity(spec: DatasetSpec, x_train: np.ndarray, source: str) -> None:
+    """Refuse a full training split whose mean pixel is not ``spec``'s (another dataset)."""
+    if spec.train_pixel_mean is None or x_train.shape[0] != _FULL_TRAIN_SIZE:
+        return
+    mean = float(x_train.mean(dtype=np.float64)) / 255.0
+    low, high = spec.train_pixel_mean
+    if not low <= mean <= high:
+        others = [other.name for other in REGISTRY.values()
+                  if other.train_pixel_mean is not None and other.name != spec.name
+                  and other.train_pixel_mean[0] <= mean <= other.train_pixel_mean[1]]
+        looks_like = f"; it looks like {others[0]}" if others else ""
+        raise DataError(
+            f"the {spec.name} data from {source} has a mean training pixel of {mean:.4f}, outside "
+            f"{spec.name}'s [{low}, {high}]{looks_like}. Point data.dir at the {spec.name} files, "
+            f"or choose the dataset the files hold (data=...)")
 
 
 # --------------------------------------------------------------------------------------------

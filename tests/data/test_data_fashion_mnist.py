@@ -53,3 +53,12 @@ def test_load_dataset_finds_debian_files_and_preprocesses(idx_paths):
     raw_train, _ = idx.read_idx_split(idx_paths.train_images, idx_paths.train_labels)
     mean_image = raw_train.mean(axis=0, dtype=np.float64) / 255.0
     np.testing.assert_allclose(data.x_test, raw_test / 255.0 - mean_image, atol=1e-6)
+
+
+def test_fashion_mnist_files_given_as_mnist_are_refused(idx_paths):
+    # The two datasets ship as identical IDX files of identical shapes; only their content
+    # tells them apart (mean training pixel 0.2860 here, 0.1307 for MNIST).
+    from bayescomp.errors import DataError
+
+    with pytest.raises(DataError, match=r"mean training pixel of 0\.2860.*looks like fashion_mnist"):
+        load_dataset("mnist", data_dir=DEBIAN_DIR, download=False)

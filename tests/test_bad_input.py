@@ -146,3 +146,17 @@ def test_non_positive_trainer_settings(tmp_path):
     result = run_cli(run_dir, "+experiment=lenet300_dense", *SMOKE, "trainer.epochs=0")
     _assert_one_line_error(result, "error: trainer.epochs=0 must be a positive integer")
     assert _snapshot(run_dir) == before
+
+
+def test_a_failed_reevaluation_leaves_the_plots_of_the_metrics_it_keeps(tmp_path):
+    # Rerunning a finished run at thresholds that remove every weight fails (no bit precision
+    # without a kept weight); the log α histograms must still describe the metrics left behind.
+    run_dir = tmp_path / "run"
+    first = run_cli(run_dir, "+experiment=lenet300_gnj", *SMOKE)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = _snapshot(run_dir)
+    assert any(name.startswith("plots/log_alpha_") for name in before)
+    result = run_cli(run_dir, "+experiment=lenet300_gnj", *SMOKE, "method.prune.per_layer={fc1:-1000,fc2:-1000,fc3:-1000}")
+    line = _assert_one_line_error(result, "error: ")
+    assert "Raise the pruning thresholds" in line, line
+    assert _snapshot(run_dir) == before

@@ -302,3 +302,14 @@ def test_nothing_pruned_is_the_posterior_mean(compose, key):
 def test_metrics_file_is_json(one_epoch_run):
     workdir, metrics = one_epoch_run
     assert json.loads((workdir / "metrics.json").read_text())["epochs"] == metrics["epochs"] == 1
+
+
+def test_all_finite_sees_nan_and_inf_in_any_leaf():
+    # The end-of-epoch guard that keeps a non-finite state from being checkpointed.
+    import jax.numpy as jnp
+
+    good = {"a": jnp.ones((3,)), "b": [jnp.zeros((2, 2))]}
+    assert train.all_finite(good)
+    for bad in (jnp.nan, jnp.inf, -jnp.inf):
+        tree = {"a": jnp.ones((3,)), "b": [jnp.zeros((2, 2)).at[1, 0].set(bad)]}
+        assert not train.all_finite(tree)

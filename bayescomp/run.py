@@ -17,6 +17,7 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from bayescomp.errors import BayescompError
@@ -38,6 +39,10 @@ def main(cfg: DictConfig) -> float | None:
     except BayescompError as err:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # An exception (unlike SystemExit) lets Hydra's sweeper run the remaining jobs of
+            # the sweep and then report this one's failure with a non-zero exit status.
+            raise
         sys.exit(2)
     log.info("test error %.2f %% (pruned %.2f %%), %d of %d weights kept (%.2f %%), "
              "metrics in %s/metrics.json", metrics["test_error"], metrics["pruned_test_error"],

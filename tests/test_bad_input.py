@@ -160,3 +160,16 @@ def test_a_failed_reevaluation_leaves_the_plots_of_the_metrics_it_keeps(tmp_path
     line = _assert_one_line_error(result, "error: ")
     assert "Raise the pruning thresholds" in line, line
     assert _snapshot(run_dir) == before
+
+
+def test_a_failing_job_of_a_sweep_does_not_stop_the_others(tmp_path):
+    # In --multirun a user error is raised, not exited on: Hydra runs the remaining jobs, then
+    # reports the failure with a non-zero exit status.
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(tmp_path / "unused", "--multirun", "+experiment=lenet300_dense", *SMOKE,
+                     "trainer.epochs=0,1", f"hydra.sweep.dir={sweep_dir}",
+                     "hydra.sweep.subdir=job${hydra.job.num}")
+    assert result.returncode != 0
+    assert "trainer.epochs=0 must be a positive integer" in result.stderr
+    assert not (sweep_dir / "job0" / "metrics.json").exists()
+    assert json.loads((sweep_dir / "job1" / "metrics.json").read_text())["epochs"] == 1

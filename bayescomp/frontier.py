@@ -1,0 +1,261 @@
+r"""Error against Pruning across methods: where a compression target can sit on a dataset.
+
+``python -m bayescomp.frontier [ROOTS...] --model lenet5 --dataset fashion_mnist
+[--within 1.0] [--min-pruning 30] [--out DIR]``
+
+A target such as "Pruning ≥ 30× within 1 point of the dense error" is a point in the plane of
+Pruning against quantized test error. Whether any method reaches it on a dataset is read off
+the lower-left frontier of every result we have for that model there:
+
+* finished runs (``metrics.json``) of the methods that prune whole units or keep all of them,
+  at the full widths (dense, Sparse VD, BC-GNJ, BC-GHS) and at reduced widths (dense LeNets
+  trained from scratch at the widths of a pruned architecture, ``model.widths``): the question
+  "can a network this small reach this error" asked directly;
+* the threshold sweeps of :mod:`bayescomp.tradeoff` (``tradeoff.json``): the same trained
+  posterior pruned harder or softer, without retraining.
+
+Pruning is always against the *full-width* model, ``|W_full| / |W_kept|`` with ``|W_kept|``
+the weights of the pruned dense matrices (:mod:`bayescomp.compression.report`), so a narrow
+network trained from scratch and a pruned wide one are on one axis: a dense LeNet-5 of widths
+8-16-40 has 14,040 weights, Pruning 430,500 / 14,040 = 30.7×. Deep Compression and soft
+weight-sharing are left out: their Pruning counts unstructured sparse storage (an index per
+weight), another quantity.
+
+The errors are test errors of finished runs and sweep points; nothing here chooses an operating
+point (see :mod:`bayescomp.tradeoff` on why a sweep's test errors must not). Output: the table
+on stdout, and with ``--out DIR`` also ``DIR/frontier.md`` and ``DIR/frontier.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import pathlib
+import statistics
+import sys
+from typing import Any, Sequence
+
+from bayescomp import atomic, models, tables
+from bayescomp.errors import BayescompError, ConfigError
+
+#: Methods whose Pruning column counts the weights of pruned dense matrices (structured).
+STRUCTURED_METHODS = ("dense", "svd", "bc_gnj", "bc_ghs")
+METHOD_NAMES = {"dense": "dense", "svd": "Sparse VD", "bc_gnj": "BC-GNJ", "bc_ghs": "BC-GHS"}
+
+
+def default_widths(model: str) -> list[int]:
+    """The widths a model class is built with unless ``model.widths`` says otherwise."""
+    return list(inspect.signature(models.get(model).__init__).parameters["widths"].default)
+
+
+def _json_files(roots: Sequence[pathlib.Path], name: str) -> list[pathlib.Path]:
+    files = []
+    for root in roots:
+        if not root.exists():
+            raise ConfigError(f"no such directory: {root}")
+        files += sorted(root.rglob(name)) if root.is_dir() else [root]
+    return files
+
+
+def _read(path: pathlib.Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path} cannot be read as JSON ({error}); regenerate it") from None
+
+
+def collect(roots: Sequence[pathlib.Path], model: str, dataset: str) -> tuple[list[dict], float]:
+    """Every point of ``model`` on ``dataset`` under ``roots``, and the full model's size.
+
+    Returns:
+        ``(points, full_weights)``; each point has ``source`` (``"run"`` or ``"sweep"``),
+        ``method``, ``variant``, ``seed``, ``architecture``, ``pruning`` (vs the full model),
+        ``quantized_test_error``, ``path``.
+
+    Raises:
+        ConfigError: no full-width run of ``model`` on ``dataset`` to size the full model by.
+    """
+    full = default_widths(model)
+    runs = {}
+    for path in _json_files(roots, "metrics.json"):
+        metrics = _read(path)
+        if (metrics.get("model"), metrics.get("dataset")) != (model, dataset):
+            continue
+        if metrics.get("method") not in STRUCTURED_METHODS:
+            continue
+        widths = ((metrics.get("config") or {}).get("model") or {}).get("widths") or full
+        runs[path.parent] = dict(metrics, widths=list(widths))
+    full_sizes = {run["weights_total"] for run in runs.values() if run["widths"] == full}
+    if not full_sizes:
+        raise ConfigError(f"no full-width {model} run on {dataset} under "
+                          f"{', '.join(map(str, roots))}; the full model's size is read from one")
+    if len(full_sizes) > 1:
+        raise ConfigError(f"full-width {model} runs on {dataset} disagree on its size: "
+                          f"{sorted(full_sizes)}")
+    full_weights = float(full_sizes.pop())
+
+    def study_label(run_dir: pathlib.Path) -> str:
+        # results/studies/<dataset>/<study>/<variant>/seed<s>: "<study>/<variant>"
+        parts = run_dir.parts
+        if tables.STUDIES_DIR not in parts:
+            return ""
+        return "/".join(parts[parts.index(tables.STUDIES_DIR) + 2:-1])
+
+    points = []
+    for run_dir, run in runs.items():
+        # compression.pruning = weights_total / kept weights of the pruned dense matrices
+        kept = run["weights_total"] / run["compression"]["pruning"]
+        points.append({
+            "source": "run", "method": run["method"],
+            "variant": (study_label(run_dir) if run["widths"] == full
+                        else "widths " + "-".join(map(str, run["widths"]))),
+            "seed": run["seed"], "architecture": "-".join(map(str, run["architecture"])),
+            "full_width": run["widths"] == full, "pruning": full_weights / kept,
+            "quantized_test_error": run["quantized_test_error"], "path": str(run_dir)})
+    # A sweep belongs to the run it was computed from: the same commit and the same
+    # <dataset>/<experiment>/seed<s> at the end of its directory (results/ mirrors the run
+    # directories; a study's runs end in <study>/<variant>/seed<s> instead).
+    by_identity = {(run_dir.parts[-3:], r.get("git_commit")): r for run_dir, r in runs.items()}
+    for path in _json_files(roots, "tradeoff.json"):
+        record = _read(path)
+        run = by_identity.get((pathlib.Path(str(record.get("run_dir"))).parts[-3:],
+                               record.get("run_git_commit")))
+        if record.get("dataset") != dataset or run is None:
+            continue  # another dataset or model, or a sweep of a run not among the runs given
+        for point in record["points"]:
+            kept = run["weights_total"] / point["compression"]["pruning"]
+            setting = (f"threshold {point['threshold']:g}" if "threshold" in point
+                       else f"tolerance {point['tolerance']:g}")
+            points.append({
+                "source": "sweep", "method": run["method"], "variant": setting,
+                "seed": record["seed"], "architecture": point["architecture_string"],
+                "full_width": True, "pruning": full_weights / kept,
+                "quantized_test_error": point["quantized_test_error"], "path": str(path)})
+    return sorted(points, key=lambda p: p["pruning"]), full_weights
+
+
+def dense_error(points: list[dict]) -> float:
+    """Mean quantized error of the full-width dense runs (the reference of the target)."""
+    errors = [p["quantized_test_error"] for p in points
+              if p["method"] == "dense" and p["source"] == "run" and p["full_width"]
+              and not p["variant"]]
+    if not errors:
+        raise ConfigError("no full-width dense run among the points: the target is relative to "
+                          "its error")
+    return statistics.fmean(errors)
+
+
+def render(points: list[dict], model: str, dataset: str, full_weights: float, within: float,
+           min_pruning: float, command: str) -> str:
+    """The markdown report: the target, the best point past it, every point."""
+    reference = dense_error(points)
+    bar = reference + within
+    past = [p for p in points if p["pruning"] >= min_pruning]
+    best = min(past, key=lambda p: p["quantized_test_error"]) if past else None
+    met = [p for p in past if p["quantized_test_error"] <= bar]
+    lines = [
+        f"# Error against Pruning: {model} on {dataset}", "",
+        f"Generated by `{command}`; do not edit by hand. Pruning is against the full-width "
+        f"model ({full_weights:,.0f} weights): |W_full| / weights of the pruned dense matrices. "
+        "*run*: a finished run (narrow widths: a dense network of those widths trained from "
+        "scratch); *sweep*: a trained run pruned at other thresholds without retraining "
+        "(`python -m bayescomp.tradeoff`). Errors are quantized test errors in %; see "
+        "`bayescomp/frontier.py`.", "",
+        f"Target: Pruning ≥ {min_pruning:g}× at ≤ {bar:.2f} % (the full-width dense mean "
+        f"{reference:.2f} % + {within:g} point).", "",
+    ]
+    if best is None:
+        lines.append(f"No point reaches Pruning ≥ {min_pruning:g}×.")
+    else:
+        lines.append(f"Best error at Pruning ≥ {min_pruning:g}×: {best['quantized_test_error']:.2f}"
+                     f" % ({METHOD_NAMES[best['method']]} {best['variant']}, seed "
+                     f"{best['seed']}, Pruning {best['pruning']:.1f}×); {len(met)} of "
+                     f"{len(past)} points there meet the target.")
+    lines += ["", "| Source | Method | Variant | Seed | Architecture | Pruning (vs full) | "
+              "Error (quantized) % | Meets target |", "|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        meets = p["pruning"] >= min_pruning and p["quantized_test_error"] <= bar
+        lines.append(f"| {p['source']} | {METHOD_NAMES[p['method']]} | {p['variant'] or '–'} | "
+                     f"{p['seed']} | {p['architecture']} | {p['pruning']:.1f} | "
+                     f"{p['quantized_test_error']:.2f} | {'yes' if meets else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(points: list[dict], reference: float, within: float, min_pruning: float, title: str,
+         path: pathlib.Path) -> None:
+    """Quantized error against Pruning (log x), the target region shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(7, 4.5))
+    for method in STRUCTURED_METHODS:
+        for source, variant_kind, marker in (("run", False, "o"), ("run", True, "D"),
+                                             ("sweep", None, "x")):
+            chosen = [p for p in points if p["method"] == method and p["source"] == source
+                      and (variant_kind is None or (not p["full_width"]) == variant_kind)]
+            if chosen:
+                label = METHOD_NAMES[method] + {("run", False): "", ("run", True): " (narrow)",
+                                                ("sweep", None): " (threshold sweep)"}[
+                    (source, variant_kind)]
+                axis.scatter([p["pruning"] for p in chosen],
+                             [p["quantized_test_error"] for p in chosen], marker=marker,
+                             label=label)
+    errors = [p["quantized_test_error"] for p in points]
+    axis.axhline(reference, color="grey", linewidth=0.8)
+    axis.fill_between([min_pruning, max(max(p["pruning"] for p in points), min_pruning) * 1.5],
+                      0, reference + within, color="green", alpha=0.12, label="target")
+    axis.set_xscale("log")
+    # Points pruned into collapse (tens of % error) would flatten the region that matters.
+    top = min(max(errors), 1.8 * reference) + 0.5
+    axis.set_ylim(min(errors) - 0.5, top)
+    hidden = sum(error > top for error in errors)
+    if hidden:
+        axis.text(0.01, 0.99, f"{hidden} point(s) above {top:.0f} % not shown",
+                  transform=axis.transAxes, va="top", fontsize=7)
+    axis.set_xlabel("Pruning vs the full-width model (×)")
+    axis.set_ylabel("quantized test error (%)")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=7)
+    axis.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bayescomp.frontier",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("roots", nargs="*", default=["results"],
+                        help="directories searched for metrics.json and tradeoff.json")
+    parser.add_argument("--model", default="lenet5")
+    parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--within", type=float, default=1.0,
+                        help="points of error above the dense mean allowed (default 1.0)")
+    parser.add_argument("--min-pruning", type=float, default=30.0)
+    parser.add_argument("--out", default=None, help="write frontier.md and frontier.png here")
+    args = parser.parse_args(argv)
+    command = "python -m bayescomp.frontier " + " ".join(argv if argv is not None
+                                                         else sys.argv[1:])
+    try:
+        points, full_weights = collect([pathlib.Path(r) for r in args.roots], args.model,
+                                       args.dataset)
+        text = render(points, args.model, args.dataset, full_weights, args.within,
+                      args.min_pruning, command.strip())
+    except BayescompError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(text)
+    if args.out:
+        out = pathlib.Path(args.out)
+        atomic.write_text(out / "frontier.md", text)
+        plot(points, dense_error(points), args.within, args.min_pruning,
+             f"{args.model} on {args.dataset}", out / "frontier.png")
+        print(f"wrote {out / 'frontier.md'} and {out / 'frontier.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

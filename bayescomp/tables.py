@@ -177,6 +177,11 @@ def _render_deep_compression(published_dc: dict) -> list[str]:
             return "–"
         return "-".join(map(str, value)) if isinstance(value, list) else fmt.format(value)
 
+    def field(row, key):
+        # † marks a value recalled in methods.md §7 rather than read from the seed slides.
+        value = cell(row.get(key))
+        return value + "†" if key in row.get("recalled", ()) and value != "–" else value
+
     lines = [f"## MNIST: published Deep Compression ({', '.join(cite['authors'])} "
              f"{cite['year']})", "",
              "| Network | Error % before → after | \\|W≠0\\|/\\|W\\| % | Kept per layer % | "
@@ -186,17 +191,26 @@ def _render_deep_compression(published_dc: dict) -> list[str]:
         lines.append(
             f"| {row['name']} | {row['error_before_percent']:.2f} → "
             f"{row['error_after_percent']:.2f} | {cell(row.get('percent_kept'))} | "
-            f"{cell(row.get('percent_kept_per_layer'))} | {cell(row.get('weight_bits_pq'))} | "
-            f"{cell(row.get('index_bits_pq'))} | {cell(row.get('size_percent_pq'))} % "
-            f"({cell(row.get('ratio_pq'))}×) | {cell(row.get('size_percent_pqh'))} % "
-            f"({cell(row.get('ratio_pqh'))}×) |")
+            f"{field(row, 'percent_kept_per_layer')} | {field(row, 'weight_bits_pq')} | "
+            f"{field(row, 'index_bits_pq')} | {field(row, 'size_percent_pq')} % "
+            f"({field(row, 'ratio_pq')}×) | {field(row, 'size_percent_pqh')} % "
+            f"({field(row, 'ratio_pqh')}×) |")
     lines += ["", f"{cite['title'].strip()}, {cite['venue']}, arXiv:{cite['arxiv']}; from "
               + "; ".join(f"`{s['file']}`" for s in cite["sources"])
               + " (see the notes at the top of `experiments/published/han2016_dc.yaml`). Our "
               "DC rows above: the *pruned* error is after pruning and retraining, the "
               "*quantized* error after weight sharing and fine-tuning; their Pruning column is "
-              "the unstructured |W| / (2|W≠0|), as the published DC row's.", ""]
+              "the unstructured |W| / (2|W≠0|), as the published DC row's. †: recalled from "
+              "Han et al. in `shared/docs/methods.md` §7, marked unverified there; not in the "
+              "seed slides, which give only the errors, the 8.0 % kept and the final ratio.", ""]
     return lines
+
+
+def _identifiable(run: dict) -> bool:
+    """Whether the code that produced ``run`` is a known commit (clean, and recorded)."""
+    commits = [run.get("git_commit")] + [s.get("git_commit")
+                                         for s in run.get("code_history") or []]
+    return all(c and c != "unknown" and not str(c).endswith("-dirty") for c in commits)
 
 
 def render(runs: list[dict], published: dict, sources: list[str],
@@ -319,6 +333,9 @@ def render(runs: list[dict], published: dict, sources: list[str],
                     line += "; epochs trained by " + ", ".join(
                         f"{a}–{b} `{s['git_commit']}`" for s in segments
                         for a, b in [s["epochs"]])
+                if not _identifiable(r):
+                    line += (" — **code not identifiable**: trained with uncommitted changes "
+                             "(`-dirty`) or no recorded commit; rerun it from a clean checkout")
                 lines.append(line)
         lines.append("")
 

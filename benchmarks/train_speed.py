@@ -65,15 +65,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="conf/experiment names (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=20,
                         help="optimisation steps per timed jitted call (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=100,
-                        help="training batch size (default: %(default)s, the recipe's)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="training batch size (default: each experiment's trainer.batch_size)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed calls per experiment; the median is reported "
                              "(default: %(default)s)")
     parser.add_argument("--loop", choices=["auto", "scan", "python"], default="auto",
                         help="trainer.loop to time (default: %(default)s, as a run chooses)")
     parser.add_argument("--profile", metavar="DIR", default=None,
-                        help="trace the timed calls into DIR and print the costliest XLA ops")
+                        help="trace one extra call, after the timed ones, into DIR and print "
+                             "the costliest XLA ops")
     parser.add_argument("--top", type=int, default=15,
                         help="operations listed per experiment with --profile "
                              "(default: %(default)s)")
@@ -93,9 +94,10 @@ class ExperimentTimer:
     the ratio of two experiments can be taken within a round.
     """
 
-    def __init__(self, name: str, steps: int, batch_size: int, repeats: int,
+    def __init__(self, name: str, steps: int, batch_size: int | None, repeats: int,
                  loop: str = "auto"):
         cfg = compose_experiment(name)
+        batch_size = int(cfg.trainer.batch_size) if batch_size is None else batch_size
         self.name, self.steps, self.batch_size = name, steps, batch_size
         self.model_name, self.method = cfg.model.name, cfg.method.name
         model = train.build_model(cfg, INPUT_SHAPE, NUM_CLASSES, seed=0)
@@ -141,7 +143,8 @@ class ExperimentTimer:
         assert compiled._cache_size() == 1, "the train step was compiled more than once"
         step_seconds = statistics.median(self.times) / self.steps
         return dict(experiment=self.name, model=self.model_name, method=self.method,
-                    loop=self.loop, compile_seconds=self.compile_seconds,
+                    loop=self.loop, batch_size=self.batch_size,
+                    compile_seconds=self.compile_seconds,
                     step_seconds=step_seconds,
                     step_seconds_range=(min(self.times) / self.steps,
                                         max(self.times) / self.steps),
@@ -155,13 +158,13 @@ def ratio_within_rounds(times: list[float], reference_times: list[float]) -> flo
     return statistics.median(own / ref for own, ref in zip(times, reference_times))
 
 
-def time_experiments(names: list[str], steps: int, batch_size: int, repeats: int,
+def time_experiments(names: list[str], steps: int, batch_size: int | None, repeats: int,
                      loop: str = "auto", profile_dir: str | None = None) -> list[dict]:
     """Compile every experiment, then time ``repeats`` rounds of one call each, round-robin.
 
     Each result also holds ``vs_dense``: the median over rounds of this step's time divided by
     the dense step of the same model *in the same round* (None without a dense experiment of
-    that model), and, with ``profile_dir``, ``op_ms_per_step`` (XLA operation -> milliseconds of
+    that model at the same batch size), and, with ``profile_dir``, ``op_ms_per_step`` (XLA operation -> milliseconds of
     self time per step, summed over threads) from one extra traced call.
     """
     timers = []
@@ -176,6 +179,8 @@ def time_experiments(names: list[str], steps: int, batch_size: int, repeats: int
     for timer in timers:
         result = timer.result()
         reference = dense.get(timer.model_name)
+        if reference is not None and reference.batch_size != timer.batch_size:
+            reference = None  # steps of different batch sizes are not comparable
         result["vs_dense"] = (None if reference is None
                               else ratio_within_rounds(timer.times, reference.times))
         if profile_dir is not None:  # after the timed calls, so tracing never slows them
@@ -233,20 +238,23 @@ def xla_op_times(trace_dir: pathlib.Path, steps: int) -> dict[str, float]:
 def main(argv=None) -> None:
     args = parse_args(argv)
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
-          f"{os.cpu_count()} CPUs; batch {args.batch_size}, {args.steps} steps per call, "
+          f"{os.cpu_count()} CPUs; batch {args.batch_size or 'of each recipe'}, "
+          f"{args.steps} steps per call, "
           f"median of {args.repeats} calls", flush=True)
     rows = time_experiments(args.experiments, args.steps, args.batch_size, args.repeats,
                             args.loop, args.profile)
-    steps_per_epoch = FASHION_MNIST_TRAIN / args.batch_size
-    header = (f"{'experiment':<18} {'ms/step':>9} {'images/s':>10} {'s/epoch (FMNIST)':>17} "
-              f"{'vs dense':>9} {'compile s':>10} {'loop':>7} {'ms/step min-max':>16}")
+    # "first call s": the warm-up call, tracing and compilation plus one call's steps.
+    header = (f"{'experiment':<18} {'batch':>5} {'ms/step':>9} {'images/s':>10} "
+              f"{'s/epoch (FMNIST)':>17} {'vs dense':>9} {'first call s':>13} {'loop':>7} "
+              f"{'ms/step min-max':>16}")
     print(header)
     print("-" * len(header))
     for r in rows:
         ratio = "-" if r["vs_dense"] is None else f"{r['vs_dense']:.2f}x"
-        print(f"{r['experiment']:<18} {1e3 * r['step_seconds']:>9.2f} "
+        steps_per_epoch = FASHION_MNIST_TRAIN // r["batch_size"]  # a run drops the remainder
+        print(f"{r['experiment']:<18} {r['batch_size']:>5} {1e3 * r['step_seconds']:>9.2f} "
               f"{r['images_per_second']:>10.0f} {steps_per_epoch * r['step_seconds']:>17.1f} "
-              f"{ratio:>9} {r['compile_seconds']:>10.1f} {r['loop']:>7} "
+              f"{ratio:>9} {r['compile_seconds']:>13.1f} {r['loop']:>7} "
               f"{1e3 * r['step_seconds_range'][0]:>7.2f}-{1e3 * r['step_seconds_range'][1]:<8.2f}")
     for r in rows:
         ops = r.get("op_ms_per_step")

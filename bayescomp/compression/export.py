@@ -261,7 +261,9 @@ def export_pruned(kernels: Sequence[np.ndarray], biases: Sequence[np.ndarray],
     def rows_used(l: int, columns: np.ndarray) -> np.ndarray:
         """Input rows of layer l keeping a weight to one of ``columns`` (any tap)."""
         mask = masks[l][..., columns]
-        return mask.reshape(-1, *mask.shape[-2:]).any(axis=(0, 2))
+        # Reduce over every axis but the inputs (the taps of a conv, and the columns), without
+        # a reshape that cannot infer its size when no column is read.
+        return mask.any(axis=tuple(a for a in range(mask.ndim) if a != mask.ndim - 2))
 
     # Backward: read units. The classes are always read.
     read = [None] * n

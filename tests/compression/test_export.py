@@ -263,3 +263,25 @@ def test_export_from_file_matches_decoded_model(tmp_path, key):
                                atol=1e-5 * np.abs(expected).max())
     full_size = sum(k.size + b.size for k, b in zip(network.kernels, network.biases))
     assert net.num_params() < full_size
+
+
+@pytest.mark.parametrize("dead", [0, 2])
+def test_a_layer_that_keeps_no_weight_exports_as_constant_logits(dead):
+    # Every weight of one layer removed: nothing before it is read (rows_used of no column),
+    # and the logits are constants folded through the layers after it. Expected: the masked
+    # network computed directly in numpy.
+    rng = np.random.default_rng(3)
+    masks = [rng.random(s) < 0.4 for s in ((784, 30), (30, 12), (12, 10))]
+    masks[dead][:] = False
+    kernels = _kernels(masks, rng)
+    biases = [rng.normal(size=m.shape[-1]).astype(np.float32) for m in masks]
+    net = export_pruned(kernels, biases, masks, model_name="lenet300",
+                        input_shape=INPUT_SHAPE, num_classes=10, channel_multiple=1)
+    x = rng.normal(size=(4, *INPUT_SHAPE)).astype(np.float32)
+    h = x.reshape(4, -1)
+    for i, (k, b) in enumerate(zip(kernels, biases)):
+        h = h @ k + b
+        h = np.maximum(h, 0.0) if i < 2 else h
+    got = np.asarray(net(jnp.asarray(x)))
+    np.testing.assert_allclose(got, h, rtol=1e-5, atol=1e-5)
+    assert np.ptp(got, axis=0).max() < 1e-6  # no input reaches the logits

@@ -8,6 +8,7 @@ published=$2
 python -m bayescomp.compress "$run_dir" || { echo "compress $run_dir failed" >&2; exit 1; }
 mkdir -p "$published"
 cp "$run_dir/metrics.json" "$run_dir/run.log" "$run_dir/model.bcz" "$published/"
+rm -f "$published/config.yaml"  # never leave an earlier publish's config beside new metrics
 if [ -f "$run_dir/config.yaml" ]; then cp "$run_dir/config.yaml" "$published/"; fi
 rm -rf "$published/.hydra" "$published/plots"
 cp -r "$run_dir/.hydra" "$run_dir/plots" "$published/"

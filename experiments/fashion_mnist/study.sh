@@ -40,7 +40,9 @@ case "$study" in
               "tau0_1e-1:method.prior.tau0=1e-1") ;;
   lenet300_gnj_100ep)
     experiment=lenet300_gnj
-    variants=("epochs_100:trainer.epochs=100") ;;
+    # data.preprocess pinned: the published runs used mean-image inputs, the recipe's default
+    # before lenet300_gnj moved to [-1, 1]; rerunning reproduces them.
+    variants=("epochs_100:trainer.epochs=100 data.preprocess=reference") ;;
   lenet300_gnj_bc_recipe)
     experiment=lenet300_gnj
     variants=("mean_image_inputs:data.preprocess=reference"

@@ -29,12 +29,11 @@ on stdout, and with ``--out DIR`` also ``DIR/frontier.md`` and ``DIR/frontier.pn
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import pathlib
 import statistics
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 from bayescomp import atomic, models, provenance, tables
 from bayescomp.errors import BayescompError, ConfigError
@@ -42,11 +41,6 @@ from bayescomp.errors import BayescompError, ConfigError
 #: Methods whose Pruning column counts the weights of pruned dense matrices (structured).
 STRUCTURED_METHODS = ("dense", "svd", "bc_gnj", "bc_ghs")
 METHOD_NAMES = {"dense": "dense", "svd": "Sparse VD", "bc_gnj": "BC-GNJ", "bc_ghs": "BC-GHS"}
-
-
-def default_widths(model: str) -> list[int]:
-    """The widths a model class is built with unless ``model.widths`` says otherwise."""
-    return list(inspect.signature(models.get(model).__init__).parameters["widths"].default)
 
 
 def _json_files(roots: Sequence[pathlib.Path], name: str) -> list[pathlib.Path]:
@@ -76,7 +70,7 @@ def collect(roots: Sequence[pathlib.Path], model: str, dataset: str) -> tuple[li
     Raises:
         ConfigError: no full-width run of ``model`` on ``dataset`` to size the full model by.
     """
-    full = default_widths(model)
+    full = models.default_widths(model)
     runs = {}
     for path in _json_files(roots, "metrics.json"):
         metrics = _read(path)

@@ -30,7 +30,7 @@ import sys
 import numpy as np
 import yaml
 
-from bayescomp import atomic
+from bayescomp import atomic, models
 from bayescomp.errors import BayescompError, ConfigError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -96,12 +96,17 @@ def recipe(run: dict) -> tuple:
 
     A run resumed with another ``trainer.epochs`` adds its ``planned_epochs`` (the run lengths
     its epochs were trained for), so it is never averaged with runs trained straight through.
-    Keys set to ``null`` are left out: an option added after a run was made (``prune.select``,
+    ``model.widths`` at the model's default widths is left out too (the key postdates the first
+    runs, which used those widths). Keys set to ``null`` are left out: an option added after a run was made (``prune.select``,
     say) appears as ``null`` (off) in later configs and not at all in the older one, and both
     ran the same recipe.
     """
-    items = [(k, json.dumps(v, sort_keys=True))
-             for k, v in _flatten(run.get("config")).items()
+    flat = _flatten(run.get("config"))
+    # model.widths was added after the first runs; at the model's default it is their recipe.
+    model = flat.get("model.name")
+    if model in models.REGISTRY and flat.get("model.widths") == models.default_widths(model):
+        flat.pop("model.widths")
+    items = [(k, json.dumps(v, sort_keys=True)) for k, v in flat.items()
              if k not in WHERE_NOT_WHAT and v is not None]
     # A run resumed with another trainer.epochs followed another trajectory under a decaying
     # learning rate than one run straight through, though its final config is the same.

@@ -7,6 +7,8 @@ order of the forward pass: pruning, compression and export pair consecutive laye
 (:func:`bayescomp.objectives.variational_layers`), and attribute order cannot stand in for it.
 """
 
+import inspect
+
 from bayescomp.errors import unknown_name_error
 from bayescomp.models.lenet import LeNet5, LeNet300, hidden_widths
 
@@ -16,6 +18,11 @@ REGISTRY = {
 }
 
 
+def default_widths(name: str) -> list[int]:
+    """The widths model ``name`` is built with unless ``model.widths`` says otherwise."""
+    return list(inspect.signature(get(name).__init__).parameters["widths"].default)
+
+
 def get(name: str):
     """Return the model class registered as ``name`` (ConfigError listing names otherwise)."""
     if name not in REGISTRY:
@@ -23,4 +30,4 @@ def get(name: str):
     return REGISTRY[name]
 
 
-__all__ = ["REGISTRY", "get", "hidden_widths", "LeNet300", "LeNet5"]
+__all__ = ["REGISTRY", "default_widths", "get", "hidden_widths", "LeNet300", "LeNet5"]

@@ -285,12 +285,6 @@ def trajectory_config(cfg: DictConfig,
                        for skip in resumable)}
 
 
-#: What makes a run directory's run that run: another value for one of these is another run,
-#: which must not overwrite it (whichever procedure either one uses; their checkpoints live in
-#: different folders, so :func:`resume_checks` alone would not see the clash).
-RUN_IDENTITY = ("model.name", "method.name", "data.name", "seed")
-
-
 #: What to do after a divergence. Resuming the same directory with another learning rate is
 #: refused (it would continue a trajectory under new settings), so the advice is a new one.
 _DIVERGED_ADVICE = ("the checkpoint of the last good epoch in {} is kept. Lower optimizer.lr, "
@@ -317,6 +311,12 @@ def check_trainer_settings(cfg: DictConfig) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"trainer.{key}={value!r} must be a positive integer")
+
+
+#: What makes a run directory's run that run: another value for one of these is another run,
+#: which must not overwrite it (whichever procedure either one uses; their checkpoints live in
+#: different folders, so :func:`resume_checks` alone would not see the clash).
+RUN_IDENTITY = ("model.name", "method.name", "data.name", "seed")
 
 
 def check_run_identity(cfg: DictConfig, workdir) -> None:

@@ -595,16 +595,23 @@ def compression_snapshot(cfg: DictConfig, model: nnx.Module, dataset,
     }
 
 
+def median_epoch_seconds(history: list[dict]) -> float:
+    """Median training time of one epoch, leaving out epochs that include compilation.
+
+    Those are the first epoch of every process (a resumed run compiles again), flagged
+    ``includes_compilation``; in histories written before the flag existed, the first epoch.
+    With no other epoch, the median of all of them.
+    """
+    compiled = [h.get("includes_compilation", float(i == 0)) for i, h in enumerate(history)]
+    epoch_times = [h["seconds"] for h, c in zip(history, compiled) if not c]
+    return float(np.median(epoch_times or [h["seconds"] for h in history]))
+
+
 def _final_metrics(cfg, model, params, dataset, error_mean, x_test, y_test, history,
                    train_seconds, steps_per_epoch, batch_size,
                    workdir: pathlib.Path) -> dict[str, Any]:
     snapshot = compression_snapshot(cfg, model, dataset, workdir)
-    # Epochs that include compilation (the first of every process: a resumed run compiles
-    # again) are left out; histories written before that flag existed: their first epoch.
-    compiled = [h.get("includes_compilation", float(i == 0)) for i, h in enumerate(history)]
-    epoch_times = [h["seconds"] for h, c in zip(history, compiled) if not c]
-    epoch_times = epoch_times or [h["seconds"] for h in history]
-    seconds_per_epoch = float(np.median(epoch_times))
+    seconds_per_epoch = median_epoch_seconds(history)
     planned = [int(h["planned_epochs"]) for h in history if "planned_epochs" in h]
     return {
         **run_identity(cfg, dataset),

@@ -128,3 +128,15 @@ def test_a_run_resumed_with_another_length_gets_its_own_row(tmp_path):
     assert tables.recipe(runs[0]) != tables.recipe(runs[1])
     text = tables.render(runs, yaml.safe_load(tables.PUBLISHED.read_text()), ["x"])
     assert "planned_epochs=[100, 200]" in text
+
+
+def test_unidentifiable_code_and_recalled_published_cells_are_marked(tmp_path):
+    _run(tmp_path, 0, [447, 130, 19], [6, 3, 9], 10.4, 22.0, git_commit="abc-dirty")
+    runs = tables.find_runs([tmp_path])
+    published = yaml.safe_load(tables.PUBLISHED.read_text())
+    published_dc = yaml.safe_load(tables.PUBLISHED_DC.read_text())
+    text = tables.render(runs, published, ["x"], published_dc)
+    assert "commit `abc-dirty`, cpu" in text and "**code not identifiable**" in text
+    # Deep Compression: the seed gives LeNet-300-100's CR 40, methods.md its bits (6-6-6).
+    row = next(line for line in text.splitlines() if line.startswith("| LeNet-300-100 | 1.64"))
+    assert "6-6-6†" in row and "(40×)" in row

@@ -313,3 +313,13 @@ def test_all_finite_sees_nan_and_inf_in_any_leaf():
     for bad in (jnp.nan, jnp.inf, -jnp.inf):
         tree = {"a": jnp.ones((3,)), "b": [jnp.zeros((2, 2)).at[1, 0].set(bad)]}
         assert not train.all_finite(tree)
+
+
+def test_epoch_time_leaves_out_every_compiling_epoch():
+    # A run resumed once: epochs 0 and 3 compiled (10 s), the others took 1-3 s.
+    history = [{"seconds": s, "includes_compilation": float(c)}
+               for s, c in ((10, 1), (1, 0), (2, 0), (10, 1), (3, 0))]
+    assert train.median_epoch_seconds(history) == 2.0
+    legacy = [{"seconds": s} for s in (10, 1, 2, 3)]  # no flag: only the first epoch compiled
+    assert train.median_epoch_seconds(legacy) == 2.0
+    assert train.median_epoch_seconds([{"seconds": 7.0, "includes_compilation": 1.0}]) == 7.0

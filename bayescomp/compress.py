@@ -14,9 +14,9 @@ error. The run's ``metrics.json`` gains:
 * ``compression.max_compression_measured``: float32 bytes of all original weights / file bytes;
 * ``compression_file``: for honesty beside it — the file's entropy bound (Σ −log2 p̂ of the coded
   symbols under their empirical models, plus every byte that is not a coded symbol stream: the
-  stored models, bitmaps, biases, codebooks, header, preamble and checksum), the header bytes, and the bytes of
-  gzip and zstd applied to the same quantized arrays (the kernels as float32 with removed weights
-  zeroed, and the biases), with a per-layer table.
+  stored models, bitmaps, biases, codebooks, header, preamble and checksum), the header bytes,
+  and the bytes of gzip and zstd applied to the same quantized arrays (the kernels as float32
+  with removed weights zeroed, and the biases), with a per-layer table.
 """
 
 from __future__ import annotations

@@ -43,20 +43,18 @@ STRUCTURED_METHODS = ("dense", "svd", "bc_gnj", "bc_ghs")
 METHOD_NAMES = {"dense": "dense", "svd": "Sparse VD", "bc_gnj": "BC-GNJ", "bc_ghs": "BC-GHS"}
 
 
-def _json_files(roots: Sequence[pathlib.Path], name: str) -> list[pathlib.Path]:
-    files = []
-    for root in roots:
-        if not root.exists():
-            raise ConfigError(f"no such directory: {root}")
-        files += sorted(root.rglob(name)) if root.is_dir() else [root]
-    return files
-
-
-def _read(path: pathlib.Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"{path} cannot be read as JSON ({error}); regenerate it") from None
+def _sweeps(roots: Sequence[pathlib.Path]) -> list[tuple[pathlib.Path, dict]]:
+    """Every ``tradeoff.json`` below ``roots`` (the roots exist: :func:`tables.find_runs`)."""
+    paths = [path for root in roots if root.is_dir()
+             for path in sorted(root.rglob("tradeoff.json"))]
+    sweeps = []
+    for path in paths:
+        try:
+            sweeps.append((path, json.loads(path.read_text())))
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"{path} cannot be read as JSON ({error}); regenerate it with "
+                              "python -m bayescomp.tradeoff") from None
+    return sweeps
 
 
 def collect(roots: Sequence[pathlib.Path], model: str, dataset: str) -> tuple[list[dict], float]:
@@ -72,14 +70,13 @@ def collect(roots: Sequence[pathlib.Path], model: str, dataset: str) -> tuple[li
     """
     full = models.default_widths(model)
     runs = {}
-    for path in _json_files(roots, "metrics.json"):
-        metrics = _read(path)
+    for metrics in tables.find_runs(list(roots), include_studies=True):
         if (metrics.get("model"), metrics.get("dataset")) != (model, dataset):
             continue
         if metrics.get("method") not in STRUCTURED_METHODS:
             continue
         widths = ((metrics.get("config") or {}).get("model") or {}).get("widths") or full
-        runs[path.parent] = dict(metrics, widths=list(widths))
+        runs[pathlib.Path(metrics["_path"])] = dict(metrics, widths=list(widths))
     full_sizes = {run["weights_total"] for run in runs.values() if run["widths"] == full}
     if not full_sizes:
         raise ConfigError(f"no full-width {model} run on {dataset} under "
@@ -111,8 +108,7 @@ def collect(roots: Sequence[pathlib.Path], model: str, dataset: str) -> tuple[li
     # <dataset>/<experiment>/seed<s> at the end of its directory (results/ mirrors the run
     # directories; a study's runs end in <study>/<variant>/seed<s> instead).
     by_identity = {(run_dir.parts[-3:], r.get("git_commit")): r for run_dir, r in runs.items()}
-    for path in _json_files(roots, "tradeoff.json"):
-        record = _read(path)
+    for path, record in _sweeps(roots):
         run = by_identity.get((pathlib.Path(str(record.get("run_dir"))).parts[-3:],
                                record.get("run_git_commit")))
         if record.get("dataset") != dataset or run is None:
@@ -175,8 +171,9 @@ def render(points: list[dict], model: str, dataset: str, full_weights: float, wi
         lines.append(f"| {p['source']} | {METHOD_NAMES[p['method']]} | {p['variant'] or '–'} | "
                      f"{p['seed']} | {p['architecture']} | {p['pruning']:.1f} | "
                      f"{p['quantized_test_error']:.2f} | {'yes' if meets else ''} |")
-    lines += ["", "Files (runs: `metrics.json` with config, seed and commit; sweeps: `tradeoff.json`):",
-              ""] + [f"- `{path}`" for path in sorted({p["path"] for p in points})]
+    files = sorted({p["path"] for p in points})
+    lines += ["", "Files (runs: `metrics.json` with config, seed and commit; sweeps: "
+              "`tradeoff.json`):", ""] + [f"- `{path}`" for path in files]
     return "\n".join(lines) + "\n"
 
 

@@ -58,15 +58,19 @@ DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "synthetic
                   "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 
-def find_runs(paths: list[pathlib.Path]) -> list[dict]:
-    """Load every ``metrics.json`` below ``paths`` (a path may also be a metrics file itself)."""
+def find_runs(paths: list[pathlib.Path], include_studies: bool = False) -> list[dict]:
+    """Load every ``metrics.json`` below ``paths`` (a path may also be a metrics file itself).
+
+    Runs under a ``studies/`` folder are skipped unless ``include_studies``. Each run gets
+    ``_path``, its directory.
+    """
     runs, seen = [], set()
     for path in paths:
         if not path.exists():
             raise ConfigError(f"no such run directory: {path}")
         files = [path] if path.is_file() else sorted(
             f for f in path.rglob("metrics.json")
-            if STUDIES_DIR not in f.relative_to(path).parts[:-1])
+            if include_studies or STUDIES_DIR not in f.relative_to(path).parts[:-1])
         for file in files:
             if file.resolve() in seen:  # reached through two of the given paths
                 continue
@@ -97,9 +101,9 @@ def recipe(run: dict) -> tuple:
     A run resumed with another ``trainer.epochs`` adds its ``planned_epochs`` (the run lengths
     its epochs were trained for), so it is never averaged with runs trained straight through.
     ``model.widths`` at the model's default widths is left out too (the key postdates the first
-    runs, which used those widths). Keys set to ``null`` are left out: an option added after a run was made (``prune.select``,
-    say) appears as ``null`` (off) in later configs and not at all in the older one, and both
-    ran the same recipe.
+    runs, which used those widths). Keys set to ``null`` are left out: an option added after a
+    run was made (``prune.select``, say) appears as ``null`` (off) in later configs and not at
+    all in the older one, and both ran the same recipe.
     """
     flat = _flatten(run.get("config"))
     # model.widths was added after the first runs; at the model's default it is their recipe.

@@ -338,10 +338,10 @@ def check_run_identity(cfg: DictConfig, workdir) -> None:
     except Exception as error:  # noqa: BLE001 -- any YAML or OmegaConf parse failure
         raise ConfigError(f"{path} cannot be read ({type(error).__name__}); it records the run "
                           "in that directory: use a new hydra.run.dir") from None
-    differing = [f"{key}: {OmegaConf.select(saved, key)!r} -> {OmegaConf.select(cfg, key)!r}"
-                 for key in RUN_IDENTITY
-                 if OmegaConf.select(saved, key) is not None
-                 and OmegaConf.select(saved, key) != OmegaConf.select(cfg, key)]
+    pairs = {key: (OmegaConf.select(saved, key), OmegaConf.select(cfg, key))
+             for key in RUN_IDENTITY}
+    differing = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in pairs.items()
+                 if old is not None and old != new]
     if differing:
         raise ConfigError(
             f"{workdir} holds another run ({'; '.join(differing)}), whose files this run would "

@@ -164,8 +164,9 @@ def time_experiments(names: list[str], steps: int, batch_size: int | None, repea
 
     Each result also holds ``vs_dense``: the median over rounds of this step's time divided by
     the dense step of the same model *in the same round* (None without a dense experiment of
-    that model at the same batch size), and, with ``profile_dir``, ``op_ms_per_step`` (XLA operation -> milliseconds of
-    self time per step, summed over threads) from one extra traced call.
+    that model at the same batch size), and, with ``profile_dir``, ``op_ms_per_step`` (XLA
+    operation -> milliseconds of self time per step, summed over threads) from one extra traced
+    call.
     """
     timers = []
     for name in names:

@@ -156,7 +156,8 @@ def test_a_failed_reevaluation_leaves_the_plots_of_the_metrics_it_keeps(tmp_path
     assert first.returncode == 0, first.stderr[-3000:]
     before = _snapshot(run_dir)
     assert any(name.startswith("plots/log_alpha_") for name in before)
-    result = run_cli(run_dir, "+experiment=lenet300_gnj", *SMOKE, "method.prune.per_layer={fc1:-1000,fc2:-1000,fc3:-1000}")
+    result = run_cli(run_dir, "+experiment=lenet300_gnj", *SMOKE,
+                     "method.prune.per_layer={fc1:-1000,fc2:-1000,fc3:-1000}")
     line = _assert_one_line_error(result, "error: ")
     assert "Raise the pruning thresholds" in line, line
     assert _snapshot(run_dir) == before

@@ -60,5 +60,6 @@ def test_fashion_mnist_files_given_as_mnist_are_refused(idx_paths):
     # tells them apart (mean training pixel 0.2860 here, 0.1307 for MNIST).
     from bayescomp.errors import DataError
 
-    with pytest.raises(DataError, match=r"mean training pixel of 0\.2860.*looks like fashion_mnist"):
+    with pytest.raises(DataError,
+                       match=r"mean training pixel of 0\.2860.*looks like fashion_mnist"):
         load_dataset("mnist", data_dir=DEBIAN_DIR, download=False)

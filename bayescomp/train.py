@@ -32,7 +32,7 @@ import optax
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
-from bayescomp import atomic
+from bayescomp import atomic, fusion
 from bayescomp import data as data_lib
 from bayescomp import models
 from bayescomp import nn as bnn
@@ -89,6 +89,15 @@ def make_train_chunk(graphdef, optimizer, n_train: int, batch_size: int,
     and returns ``(params, opt_state, sums)`` where ``sums`` holds the summed loss, NLL, KL and
     number of correct training predictions over the chunk.
 
+    A step differentiates ``mean NLL + β·KL/N`` but does not output its value: it needs ∇KL, not
+    KL, and the KL's value costs as much again as its gradient where the gradient is written out
+    (log-uniform: a ``log1p`` and a sum over every weight, 8 % of a LeNet-300-100 Sparse VD
+    step on this 2-core CPU, ``benchmarks/train_speed.py``). With the value not an output of the
+    jitted step, XLA drops its computation. The KL in ``sums`` is therefore the KL of the
+    chunk's final parameters, counted once per step (``steps · KL``), and the loss is
+    ``Σ NLL + steps · β · KL / N``: per-step NLL and accuracy, the KL sampled every chunk
+    (100 steps by default, where it moves by a fraction of a percent).
+
     Args:
         graphdef: The training view's graph definition.
         optimizer: The optax transformation.
@@ -106,30 +115,40 @@ def make_train_chunk(graphdef, optimizer, n_train: int, batch_size: int,
         model = nnx.merge(graphdef, params)
         logits = model(x, rngs=nnx.Rngs(noise=key))
         nll = objectives.mean_nll(logits, y)
-        kl = objectives.total_kl(model)
-        loss = nll + beta * kl / n_train
+        loss = nll + beta * objectives.total_kl(model) / n_train
         correct = jnp.sum(jnp.argmax(logits, -1) == y)
-        return loss, (nll, kl, correct)
+        return loss, (nll, correct)
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    # jax.grad, not value_and_grad: the loss value (and with it the KL's) is not computed.
+    grad_fn = jax.grad(loss_fn, has_aux=True)
 
     def step(carry, inputs, x_all, y_all, beta):
         params, opt_state = carry
         idx, step_key = inputs
-        (loss, (nll, kl, correct)), grads = grad_fn(
-            params, x_all[idx], y_all[idx], step_key, beta)
+        grads, (nll, correct) = grad_fn(params, x_all[idx], y_all[idx], step_key, beta)
+        # Adam reads each gradient three times; without this XLA:CPU recomputes the gradient
+        # expression in each of those fusions (bayescomp/fusion.py).
+        grads = fusion.computed_once(grads)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = _project(graphdef, optax.apply_updates(params, updates))
-        return (params, opt_state), jnp.stack([loss, nll, kl, correct.astype(jnp.float32)])
+        return (params, opt_state), jnp.stack([nll, correct.astype(jnp.float32)])
+
+    def chunk_sums(params, per_step_sums, steps, beta):
+        """[Σ loss, Σ NLL, Σ KL, Σ correct] with the KL of the chunk's final parameters."""
+        kl = objectives.total_kl(nnx.merge(graphdef, params))
+        nll_sum, correct_sum = per_step_sums[0], per_step_sums[1]
+        return jnp.stack([nll_sum + steps * beta * kl / n_train, nll_sum, steps * kl,
+                          correct_sum])
 
     if loop == "scan":
         @jax.jit
         def train_chunk(params, opt_state, x_all, y_all, batch_index, key, beta):
-            keys = jax.random.split(key, batch_index.shape[0])
+            steps = batch_index.shape[0]
+            keys = jax.random.split(key, steps)
             (params, opt_state), per_step = jax.lax.scan(
                 lambda carry, inputs: step(carry, inputs, x_all, y_all, beta),
                 (params, opt_state), (batch_index, keys))
-            return params, opt_state, per_step.sum(0)
+            return params, opt_state, chunk_sums(params, per_step.sum(0), steps, beta)
 
         return train_chunk
 
@@ -137,14 +156,16 @@ def make_train_chunk(graphdef, optimizer, n_train: int, batch_size: int,
         raise ConfigError(f"unknown trainer.loop {loop!r}; known: auto, scan, python")
     jitted_step = jax.jit(step)
     split_keys = jax.jit(jax.random.split, static_argnums=1)
+    jitted_sums = jax.jit(chunk_sums, static_argnums=2)
 
     def train_chunk(params, opt_state, x_all, y_all, batch_index, key, beta):
-        keys = split_keys(key, batch_index.shape[0])
+        steps = batch_index.shape[0]
+        keys = split_keys(key, steps)
         carry, per_step = (params, opt_state), []
-        for i in range(batch_index.shape[0]):
+        for i in range(steps):
             carry, stats = jitted_step(carry, (batch_index[i], keys[i]), x_all, y_all, beta)
             per_step.append(stats)
-        return (*carry, jnp.stack(per_step).sum(0))
+        return (*carry, jitted_sums(carry[0], jnp.stack(per_step).sum(0), steps, beta))
 
     train_chunk.jitted_step = jitted_step  # exposed for compile-count checks
     return train_chunk

@@ -26,8 +26,8 @@ Keys of other PRNG implementations (``jax_default_prng_impl=rbg``), non-float32 
 arrays of 2³² elements or more fall back to ``jax.random.normal``.
 
 On the CPU backend the samples are drawn inside a ``lax.cond`` whose two branches are the same
-draw (:func:`materialized`): a conditional is a fusion boundary, so ε is computed once and written
-to memory. Without it XLA:CPU, which treats the hash and erf⁻¹ as cheap elementwise work, fuses
+draw (:func:`bayescomp.fusion.materialized`): a conditional is a fusion boundary, so ε is
+computed once and written to memory. Without it XLA:CPU, which treats the hash and erf⁻¹ as cheap elementwise work, fuses
 the whole generator into every consumer of ε — the forward output, the gradient of σ and, after a
 conv, the max-pool gradient — and recomputes it in each. ``lax.optimization_barrier`` does not
 survive to XLA:CPU's fusion passes and does not prevent this. Measured on this 2-core CPU (the
@@ -47,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from bayescomp.fusion import materialized
 
 # Threefry-2x32 (Salmon et al. 2011, Table 4; Random123's threefry.h): per-round rotation
 # distances, alternating between two groups of four rounds, and the key-schedule parity constant.
@@ -85,29 +87,7 @@ def standard_normal(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
             or not _is_threefry_key(key)):
         return jax.random.normal(key, shape, dtype)
     draw = functools.partial(_normal_from_key_words, shape=shape)
-    key_words = jax.random.key_data(key)
-    if jax.default_backend() == "cpu":
-        return materialized(draw, key_words)
-    return draw(key_words)
-
-
-def materialized(fn, key_words: jax.Array) -> jax.Array:
-    """``fn(key_words)``, computed once into its own buffer instead of fused into its consumers.
-
-    ``lax.cond`` on a predicate known only at run time (the low bit of the first key word), with
-    ``fn`` as both branches: the result is ``fn(key_words)`` whichever branch runs, and XLA
-    cannot fuse across a conditional's boundary (see the module docstring for why that matters on
-    CPU). Under ``vmap`` the conditional becomes a select of the two (equal) branches.
-
-    Args:
-        fn: A function of the uint32 key words.
-        key_words: ``jax.random.key_data`` of a scalar key, shape (2,).
-
-    Returns:
-        ``fn(key_words)``.
-    """
-    runtime_predicate = (key_words[0] & np.uint32(1)) == np.uint32(1)
-    return lax.cond(runtime_predicate, fn, fn, key_words)
+    return materialized(draw, jax.random.key_data(key))
 
 
 def _normal_from_key_words(key_words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -142,7 +122,7 @@ def threefry2x32(key0, key1, count0, count1) -> tuple[jax.Array, jax.Array]:
     outputs runs as one loop, 3.5 ms against 4.3 ms with JAX's rolled hash and 8.5 ms with
     ``jax.random.normal`` (this 2-core CPU). Inside a training step, where ε has several
     consumers, the whole LeNet-5 Sparse VD step went from ~93 to ~87 ms, and to ~74 ms once the
-    draw was also kept out of its consumers' fusions (:func:`materialized`).
+    draw was also kept out of its consumers' fusions (:func:`bayescomp.fusion.materialized`).
 
     Args:
         key0: First key word, uint32 scalar.

@@ -74,12 +74,14 @@ def kl_log_uniform(log_alpha: jax.Array, clip: tuple[float, float] = (-8.0, 8.0)
 
 def _kl_and_grad(log_alpha, low, high):
     la = jnp.clip(log_alpha, low, high)
-    e = jnp.exp(-la)  # 1/α, within [e^-8, e^8] after the clip
+    # α = exp(clip(log α)) is written exactly as the factorized Gaussian's forward variance
+    # writes it (posteriors/gaussian.py), so that XLA computes the exponential once for both.
+    alpha = jnp.exp(la)  # within [e^-8, e^8] after the clip
     s = jax.nn.sigmoid(K2 + K3 * la)
-    kl = -jnp.sum(K1 * s - 0.5 * jnp.log1p(e) - K1)
-    # d/d la of -(k1 σ(k2 + k3 la) - ½ log(1 + e^-la)) = -(k1 k3 s (1 - s) + ½ e / (1 + e)).
+    kl = -jnp.sum(K1 * s - 0.5 * jnp.log1p(1.0 / alpha) - K1)
+    # d/d la of -(k1 σ(k2 + k3 la) - ½ log(1 + 1/α)) = -(k1 k3 s (1 - s) + ½ / (1 + α)).
     inside = (log_alpha >= low) & (log_alpha <= high)
-    grad = jnp.where(inside, -(K1 * K3 * s * (1.0 - s) + 0.5 * e / (1.0 + e)), 0.0)
+    grad = jnp.where(inside, -(K1 * K3 * s * (1.0 - s) + 0.5 / (1.0 + alpha)), 0.0)
     return kl, grad
 
 

@@ -32,7 +32,7 @@ import optax
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
-from bayescomp import atomic, fusion
+from bayescomp import atomic
 from bayescomp import data as data_lib
 from bayescomp import models
 from bayescomp import nn as bnn
@@ -126,9 +126,6 @@ def make_train_chunk(graphdef, optimizer, n_train: int, batch_size: int,
         params, opt_state = carry
         idx, step_key = inputs
         grads, (nll, correct) = grad_fn(params, x_all[idx], y_all[idx], step_key, beta)
-        # Adam reads each gradient three times; without this XLA:CPU recomputes the gradient
-        # expression in each of those fusions (bayescomp/fusion.py).
-        grads = fusion.computed_once(grads)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = _project(graphdef, optax.apply_updates(params, updates))
         return (params, opt_state), jnp.stack([nll, correct.astype(jnp.float32)])

@@ -65,6 +65,12 @@ def test_resume_continues_at_the_next_epoch(one_epoch_run, smoke_cfg, tmp_path):
         for field in ("loss", "nll", "train_accuracy", "test_error"):
             assert got[field] == pytest.approx(want[field], rel=1e-6, abs=1e-7), field
     assert resumed["test_error"] == straight["test_error"]
+    # Each process compiles the step in its first epoch; the history says which epochs those
+    # are (seconds_per_epoch leaves them out) and the run length each epoch was trained for.
+    assert [h["includes_compilation"] for h in resumed["history"]] == [1.0, 1.0]
+    assert [h["includes_compilation"] for h in straight["history"]] == [1.0, 0.0]
+    assert [h["planned_epochs"] for h in resumed["history"]] == [1.0, 2.0]
+    assert [h["planned_epochs"] for h in straight["history"]] == [2.0, 2.0]
 
 
 def test_rerun_of_a_finished_run_trains_nothing(one_epoch_run, smoke_cfg, tmp_path):

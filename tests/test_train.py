@@ -149,6 +149,21 @@ def test_nan_loss_raises_and_keeps_the_last_good_state(one_epoch_run, smoke_cfg,
     assert not (workdir / "checkpoints" / "1").exists()
 
 
+def test_non_finite_parameters_after_a_finite_loss_are_caught(smoke_cfg, tmp_path):
+    """One step per epoch (batch = the 512 synthetic images) at learning rate ∞: the step's loss is
+    computed before its update, so it is finite, and only the parameter check at the end of the
+    epoch sees that the update made the parameters non-finite. No checkpoint of that state may
+    be written, since a resume would start from it."""
+    cfg = smoke_cfg(EXPERIMENT, CONSTANT_LR, "optimizer.lr=inf", "trainer.batch_size=512")
+    with pytest.raises(TrainingDivergedError) as info:
+        train.train_and_evaluate(cfg, tmp_path)
+    message = str(info.value)
+    assert "parameters became non-finite at the end of epoch 0" in message
+    assert "hydra.run.dir" in message and "\n" not in message
+    assert not (tmp_path / "checkpoints" / "0").exists()
+    assert not (tmp_path / "metrics.json").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # (b) no retrace, (c) learning: through the library's building blocks
 

@@ -185,3 +185,18 @@ def test_summary_marks_fixed_width_layers_instead_of_an_overhead(capsys):
     fc1, fc2 = (next(l for l in lines if l.startswith(n)) for n in ("fc1", "fc2"))
     assert "fixed" in fc1 and "50.00%" not in fc1
     assert "0.50%" in fc2
+
+
+def test_the_staging_file_has_its_own_name_and_is_removed(run_copy):
+    # The file is staged beside its destination under a fresh name: a file that merely looks
+    # like a staging file (another compress writing to the same place, or a leftover) is
+    # neither overwritten nor removed, and nothing of this compress is left behind.
+    others = {run_copy / ".model.bcz.staging": b"someone else's",
+              run_copy / ".model.bcz.abc123.staging": b"another compress"}
+    for path, content in others.items():
+        path.write_bytes(content)
+    before = {p.name for p in run_copy.iterdir()}
+    compress.compress_run(run_copy, evaluate=False)
+    assert {p.name for p in run_copy.iterdir()} == before
+    for path, content in others.items():
+        assert path.read_bytes() == content

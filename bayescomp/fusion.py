@@ -2,22 +2,29 @@ r"""Fusion boundaries for XLA:CPU: compute a value once, into its own buffers.
 
 XLA fuses element-wise producers into their consumers and, on the CPU backend, treats most
 element-wise work as cheap enough to *recompute* in every consumer rather than write to memory
-once. The reparameterization noise ε (:mod:`bayescomp.posteriors.noise`) paid for that: its
-Threefry hash and erf⁻¹ were recomputed inside every fusion that reads ε.
+once. Two places in a training step paid for that:
+
+* the reparameterization noise ε (:mod:`bayescomp.posteriors.noise`): its Threefry hash and
+  erf⁻¹ were recomputed inside every fusion that reads ε;
+* the gradients of a factorized Gaussian posterior's θ and log σ², long expressions of matmul
+  cotangents and clipped-variance, log α and KL terms, rebuilt inside each of Adam's fusions
+  (first moment, second moment, update): see
+  :func:`bayescomp.train.materialize_posterior_gradients`.
 
 :func:`materialized` puts a computation inside ``lax.cond`` with the same function in both
 branches. Whichever branch runs, the result is the function's value; but a conditional is a
 fusion boundary, so the value is computed once and written out, and consumers read it.
 ``lax.optimization_barrier`` would say the same thing more directly, but it does not survive to
-XLA:CPU's fusion passes and does not prevent the recomputation. The function must do real work:
-XLA turns a conditional with trivial branches (an identity, say) into a select and removes it.
+XLA:CPU's fusion passes and does not prevent the recomputation. The function must do real work
+that XLA cannot fold away: a conditional whose branches only pass their operands through is
+turned into a select and removed, boundary and all.
 
 Two costs limit where it pays. XLA:CPU runs convolutions inside control flow an order of
 magnitude slower (jax-ml/jax#12868), so a branch must not hold one. And the boundary itself
-costs: materializing the whole gradient of a step (``grad`` inside the conditional) took a
-LeNet-300-100 Sparse VD step from 3.19 to 3.00 ms but made the dense, BC-GNJ and BC-GHS steps
-3–6 % slower, so the training step does not use it (one-process A/B runs on the 2-core
-development CPU, the two variants called alternately).
+costs a pass over memory: around the gradients of the dense, group normal-Jeffreys and group
+horseshoe posteriors, whose expressions are short, it made those steps 4–8 % slower, so only
+the factorized Gaussian asks for it (one-process A/B runs on the 2-core development CPU, the
+two variants called alternately).
 
 Other backends get the plain computation: there a conditional can cost a device-to-host read of
 its predicate, and GPU fusion heuristics do not recompute expensive producers this way.

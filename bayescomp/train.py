@@ -32,7 +32,7 @@ import optax
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
-from bayescomp import atomic
+from bayescomp import atomic, fusion
 from bayescomp import data as data_lib
 from bayescomp import models
 from bayescomp import nn as bnn
@@ -78,6 +78,31 @@ def _project(graphdef, params):
     for _, layer in objectives.variational_layers(model):
         layer.posterior.project()
     return nnx.state(model)
+
+
+def materialize_posterior_gradients(graphdef, grads, runtime_one: jax.Array):
+    """``grads`` unchanged, with the gradients of every posterior that asks for it
+    (``Posterior.materialize_gradients``) computed once into memory (:mod:`bayescomp.fusion`).
+
+    The boundary's function multiplies by ``runtime_one``, a 1 that XLA cannot see is 1 (it is
+    computed from a traced value): XLA removes a conditional whose branches only pass their
+    operands through, and with them the boundary.
+
+    Args:
+        graphdef: The training view's graph definition (``grads`` has its parameter structure).
+        grads: Gradients, an ``nnx.State`` shaped like the parameters.
+        runtime_one: A traced float32 scalar equal to 1.
+
+    Returns:
+        The gradients, equal to ``grads``.
+    """
+    grad_model = nnx.merge(graphdef, grads)
+    for _, layer in objectives.variational_layers(grad_model):
+        if layer.posterior.materialize_gradients:
+            state = nnx.state(layer.posterior, nnx.Param)
+            nnx.update(layer.posterior, fusion.materialized(
+                lambda tree, one: jax.tree.map(lambda g: g * one, tree), state, runtime_one))
+    return nnx.state(grad_model)
 
 
 def make_train_chunk(graphdef, optimizer, n_train: int, batch_size: int,
@@ -127,6 +152,7 @@ def make_train_chunk(graphdef, optimizer, n_train: int, batch_size: int,
         params, opt_state = carry
         idx, step_key = inputs
         grads, (nll, correct) = grad_fn(params, x_all[idx], y_all[idx], step_key, beta)
+        grads = materialize_posterior_gradients(graphdef, grads, 1.0 + 0.0 * beta)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = _project(graphdef, optax.apply_updates(params, updates))
         return (params, opt_state), jnp.stack([nll, correct.astype(jnp.float32)])

@@ -292,6 +292,27 @@ def test_step_applies_the_gradient_of_nll_plus_weighted_kl(compose):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("experiment, boundaries", [("lenet300_svd", 3), ("lenet300_dense", 0),
+                                                    ("lenet300_gnj", 0)])
+def test_posterior_gradients_are_materialized_unchanged(compose, experiment, boundaries):
+    # Values pass through exactly (a multiplication by a run-time 1); only posteriors that ask
+    # for it (the factorized Gaussian, one per Sparse VD layer) get a conditional boundary.
+    _, _, graphdef, params = _building_blocks(compose, experiment, 10)
+    leaves, treedef = jax.tree.flatten(params)
+    grads = jax.tree.unflatten(treedef, [
+        jax.random.normal(jax.random.key(i), leaf.shape, leaf.dtype)
+        for i, leaf in enumerate(leaves)])
+    one = jnp.float32(1.0)
+    out = jax.jit(lambda g, u: train.materialize_posterior_gradients(graphdef, g, u))(grads, one)
+    assert jax.tree.structure(out) == jax.tree.structure(grads)
+    for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(grads)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    jaxpr = jax.make_jaxpr(lambda g, u: train.materialize_posterior_gradients(graphdef, g, u))(
+        grads, one)
+    conds = [e for e in jaxpr.jaxpr.eqns if e.primitive is jax.lax.cond_p]
+    assert len(conds) == (boundaries if jax.default_backend() == "cpu" else 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # (e) schedules
 

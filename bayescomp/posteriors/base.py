@@ -18,7 +18,7 @@ always the last one and the input axis the second to last.
 from __future__ import annotations
 
 import abc
-from typing import Callable
+from typing import Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,12 @@ class Posterior(nnx.Module, abc.ABC):
             layers) or ``-1`` (output channels, conv layers). Per-weight posteriors ignore it.
         rngs: Random streams for initialisation.
     """
+
+    #: A hint to the training step: this posterior's parameter gradients are long element-wise
+    #: expressions (clipped variances, KL terms) that the optimiser's fusions would each
+    #: recompute on XLA:CPU, so the step writes them to memory once first
+    #: (:func:`bayescomp.train.materialize_posterior_gradients`). Set where measured to pay.
+    materialize_gradients: ClassVar[bool] = False
 
     #: Whether a pruned group also removes the layer's bias (a group on the output axis does).
     @property

@@ -41,6 +41,12 @@ class FactorizedGaussian(Posterior):
         log_alpha_clip: Range ``log α`` is clipped to in the forward variance (reference: [−8, 8]).
     """
 
+    # θ's and log σ²'s gradients combine the matmul cotangents with the clipped-variance, log α
+    # and KL terms; Adam's three fusions recomputed them on XLA:CPU. Writing them once took a
+    # LeNet-300-100 Sparse VD step from 3.44 to 3.13 ms (one-process A/B on the 2-core CPU);
+    # the same boundary on the dense and group posteriors made their steps 4–8 % slower.
+    materialize_gradients = True
+
     def __init__(
         self,
         kernel_shape: tuple[int, ...],

@@ -51,3 +51,19 @@ def test_ratio_is_taken_within_rounds(train_speed):
     assert train_speed.ratio_within_rounds(svd, dense) == pytest.approx(2.5)
     with pytest.raises(ValueError):
         train_speed.ratio_within_rounds(svd, dense[:2])
+
+
+def test_each_experiment_is_timed_at_its_own_batch_size(train_speed):
+    # Soft weight-sharing retrains at batch 256 (its recipe), dense at 100: each is timed at its
+    # own batch, and their steps are not compared (no vs-dense ratio across batch sizes).
+    rows = {r["experiment"]: r for r in train_speed.time_experiments(
+        ["lenet300_dense", "lenet300_sws"], steps=2, batch_size=None, repeats=1)}
+    assert rows["lenet300_dense"]["batch_size"] == 100
+    assert rows["lenet300_sws"]["batch_size"] == 256
+    assert rows["lenet300_dense"]["vs_dense"] == pytest.approx(1.0)
+    assert rows["lenet300_sws"]["vs_dense"] is None
+    # An explicit --batch-size applies to every experiment, and then the ratio is taken.
+    rows = {r["experiment"]: r for r in train_speed.time_experiments(
+        ["lenet300_dense", "lenet300_sws"], steps=2, batch_size=64, repeats=1)}
+    assert {r["batch_size"] for r in rows.values()} == {64}
+    assert rows["lenet300_sws"]["vs_dense"] is not None

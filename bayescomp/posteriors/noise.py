@@ -27,9 +27,9 @@ arrays of 2³² elements or more fall back to ``jax.random.normal``.
 
 On the CPU backend the samples are drawn inside a ``lax.cond`` whose two branches are the same
 draw (:func:`bayescomp.fusion.materialized`): a conditional is a fusion boundary, so ε is
-computed once and written to memory. Without it XLA:CPU, which treats the hash and erf⁻¹ as cheap elementwise work, fuses
-the whole generator into every consumer of ε — the forward output, the gradient of σ and, after a
-conv, the max-pool gradient — and recomputes it in each. ``lax.optimization_barrier`` does not
+computed once and written to memory. Without it XLA:CPU, which treats the hash and erf⁻¹ as
+cheap elementwise work, fuses the whole generator into every consumer of ε — the forward output,
+the gradient of σ and, after a conv, the max-pool gradient — and recomputes it in each. ``lax.optimization_barrier`` does not
 survive to XLA:CPU's fusion passes and does not prevent this. Measured on this 2-core CPU (the
 training step of ``benchmarks/train_speed.py``, old and new code called alternately in one
 process): a LeNet-5 Sparse VD step 87 → 74 ms, a LeNet-5 BC-GHS step 86 → 71 ms; LeNet-300-100

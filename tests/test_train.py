@@ -9,11 +9,13 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 from bayescomp import data, objectives, train
 from bayescomp.errors import ConfigError, TrainingDivergedError
+from bayescomp.priors.log_uniform import neg_kl_log_uniform_approx
 
 # lenet300_dense compiles fastest; its runs depend on the PRNG key (batch order) and the Adam
 # state, which is what resuming has to restore.
@@ -264,10 +266,6 @@ def test_step_applies_the_gradient_of_nll_plus_weighted_kl(compose):
     differentiation of mean NLL + β·KL/N written out here, the KL by the plain Eq. 14 formula
     (not the library's hand-written VJP) and the same noise key as the step's. N = 2 so that
     the KL's share of the gradient (~β/N per weight) is far above the tolerance."""
-    import optax
-
-    from bayescomp.priors.log_uniform import neg_kl_log_uniform_approx
-
     run = _one_chunk(compose, "scan", optimizer=optax.sgd(1.0), steps=1, n_train=2)
     graphdef, params, beta = run["graphdef"], run["params"], run["beta"]
     step_key = jax.random.split(run["key"], 1)[0]

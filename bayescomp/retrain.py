@@ -51,7 +51,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from bayescomp import data as data_lib
-from bayescomp import objectives, provenance, train
+from bayescomp import objectives, provenance, train, xla_options
 from bayescomp.checkpointing import Checkpointer
 from bayescomp.compression import quantize as quantize_lib
 from bayescomp.compression.report import compression_report
@@ -319,7 +319,7 @@ def make_chunk(step: Callable, loop: str) -> Callable:
     loops in Python (conv models on CPU; see :func:`bayescomp.train.make_train_chunk`).
     """
     if loop == "scan":
-        @jax.jit
+        @xla_options.jit_train_step
         def chunk(params, opt_state, constants, masks, x_all, y_all, batch_index):
             carry, stats = jax.lax.scan(
                 lambda c, idx: step(c, idx, constants, masks, x_all, y_all),
@@ -329,7 +329,7 @@ def make_chunk(step: Callable, loop: str) -> Callable:
         return chunk
     if loop != "python":
         raise ConfigError(f"unknown trainer.loop {loop!r}; known: auto, scan, python")
-    jitted = jax.jit(step)
+    jitted = xla_options.jit_train_step(step)
 
     def chunk(params, opt_state, constants, masks, x_all, y_all, batch_index):
         carry, stats = (params, opt_state), []

@@ -1,5 +1,8 @@
 """Compile options of training steps (bayescomp/xla_options.py)."""
 
+import importlib
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,3 +89,24 @@ def test_training_and_retraining_chunks_use_the_options(compose):
     hlo = _hlo(retrain_chunk, dense_params, optimizer.init(dense_params), None, masks, x, y,
                index)
     assert " dot(" in hlo and "__ynn_fusion" not in hlo
+
+
+def test_ab_benchmark_compiles_each_variant_with_its_options(monkeypatch, capsys):
+    # benchmarks/compile_options_ab.py: one call per variant per round, and each variant's step
+    # compiled with exactly its option set (the HLO of B has no library fusions, A's does).
+    benchmarks = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))
+    ab = importlib.import_module("compile_options_ab")
+    ab.main(["lenet300_dense", "--steps", "2", "--rounds", "2"])
+    out = capsys.readouterr().out
+    assert "A: " in out and "B: " in out and "2 rounds of 2 steps" in out
+    timers = [ab.build("lenet300_dense", ab.option_set(s), 2, 1) for s in ("none", "default")]
+    hlos = [t.train_chunk.lower(t.params, t.opt_state, t.x, t.y,
+                                jnp.zeros((2, t.batch_size), jnp.int32), jax.random.key(0),
+                                jnp.float32(1.0)).compile().as_text() for t in timers]
+    if CPU:
+        assert "__ynn_fusion" in hlos[0] and "__ynn_fusion" not in hlos[1]
+    with pytest.raises(SystemExit, match="does not accept"):
+        ab.build("lenet300_dense", {"xla_cpu_option_that_does_not_exist": 1}, 2, 1)
+    with pytest.raises(SystemExit, match="JSON object"):
+        ab.option_set("[1, 2]")

@@ -6,11 +6,12 @@ XNNPACK) as "library fusions" (``xla_cpu_experimental_ynn_fusion_type``). For th
 matrices of a LeNet training step at batch 100 — a (100 × 784) · (784 × 300) product, conv
 gradients over 100 × 24 × 24 × 20 activations — those fusions are slower than the Eigen
 kernels XLA uses otherwise. Turning them off for the training step, measured on the 2-core
-development CPU as the median within-round ratio of one-process A/B runs (both variants of the
-step compiled in one process and called alternately, 7–21 rounds):
+development CPU as the median within-round ratio of one-process A/B runs
+(``benchmarks/compile_options_ab.py EXPERIMENT``: both variants of the step compiled in one
+process and called alternately, 5–21 rounds, several runs):
 
-* LeNet-5 Sparse VD step 0.78× (86 → 69 ms), LeNet-5 dense 0.83× (40 → 32 ms);
-* LeNet-300-100 dense 0.92×, LeNet-300-100 Sparse VD 0.98–0.99×.
+* LeNet-5 Sparse VD step 0.74–0.78× (e.g. 86 → 69 ms), LeNet-5 dense 0.71–0.83×;
+* LeNet-300-100 dense 0.92–0.96×, LeNet-300-100 Sparse VD 0.92–0.99×.
 
 Evaluation is left as XLA chooses: the forward pass of the posterior-mean LeNet-5 over 10,000
 test images at batch 1,000 is faster with YNNPACK (0.65 against 0.77 s).

@@ -24,7 +24,8 @@ import json
 import statistics
 import sys
 
-from train_speed import REPO_ROOT, ExperimentTimer  # noqa: F401  (puts the checkout on sys.path)
+import jax
+from train_speed import ExperimentTimer  # importing it puts the checkout on sys.path
 
 from bayescomp import xla_options  # noqa: E402
 
@@ -50,7 +51,8 @@ def build(name: str, options: dict, steps: int, rounds: int) -> ExperimentTimer:
     xla_options.CPU_TRAIN_STEP_OPTIONS = options
     try:
         if xla_options.train_step_compiler_options() != options:
-            raise SystemExit(f"this XLA does not accept the options {options}")
+            raise SystemExit(f"this XLA ({jax.default_backend()} backend) does not accept the "
+                             f"options {options}; they are XLA:CPU debug options")
         return ExperimentTimer(name, steps, None, rounds)
     finally:
         xla_options.CPU_TRAIN_STEP_OPTIONS = saved

@@ -308,3 +308,20 @@ def bit_precision(
         bits_per_weight=[1 + exponent + bits for bits in bits_per_layer],
         max_abs_weight=max_abs_weight,
     )
+
+
+def codebook_precision(codebooks, kernels, masks) -> BitPrecision:
+    """The :class:`~bayescomp.bit_precision.BitPrecision` of a weight-shared network.
+
+    A codebook layer stores for each kept weight an index into ``K`` shared values, so its
+    "bits per layer" (Table 2's bit precision) is the width of a fixed-length index,
+    ``ceil(log2 K)`` (Han et al. 2016, §3: ``log2(k)`` bits per weight for ``k`` clusters; 0 for
+    ``K = 1``). The index is the whole code (the shared value carries sign and magnitude), so
+    there are no sign or exponent bits: ``exponent_bits = 0`` and ``bits_per_weight`` equals
+    the index width. ``max_abs_weight`` is the largest kept magnitude.
+    """
+    bits = [(int(np.size(c)) - 1).bit_length() if c is not None else 0 for c in codebooks]
+    kept = [np.abs(np.asarray(k))[np.asarray(m, bool)] for k, m in zip(kernels, masks)]
+    max_abs = max((float(k.max()) for k in kept if k.size), default=0.0)
+    return BitPrecision(bits_per_layer=bits, exponent_bits=0, bits_per_weight=list(bits),
+                        max_abs_weight=max_abs)

@@ -132,8 +132,15 @@ class Checkpointer:
                 step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
             return dict(restored["meta"])
 
-    def restore(self, step: int, like: Any) -> tuple[Any, dict]:
+    def restore(self, step: int, like: Any, prefix: bool = False) -> tuple[Any, dict]:
         """Restore step ``step`` into the structure of ``like``.
+
+        Args:
+            step: The step.
+            like: A pytree with the structure and shapes of what was saved.
+            prefix: ``like`` describes only the first leaves of the saved tree (e.g. the model
+                state of a ``(model, optimizer state, key)`` checkpoint); the rest is not read
+                back.
 
         Raises:
             ConfigError: The checkpoint does not match ``like`` (written by another config).
@@ -145,7 +152,8 @@ class Checkpointer:
                                               meta=ocp.args.JsonRestore()),
             )
         arrays = restored["state"]
-        shapes_ok = len(arrays) == len(leaves) and all(
+        count_ok = len(arrays) >= len(leaves) if prefix else len(arrays) == len(leaves)
+        shapes_ok = count_ok and all(
             np.shape(arrays[f"leaf_{i:05d}"]) == np.shape(leaf) for i, leaf in enumerate(leaves)
         )
         if not shapes_ok:

@@ -1,12 +1,10 @@
 """Compress a finished run into a ``.bcz`` file: ``python -m bayescomp.compress RUN_DIR [--out PATH]``.
 
-Where the run saved its quantized network (``RUN_DIR/quantized_network.npz``, written by the
-retraining procedures: Deep Compression, soft weight-sharing) that network is compressed as it is.
-Otherwise (variational runs) the run's model is rebuilt from its last checkpoint, pruned
-(propagated group masks) and its kept posterior means rounded to the posterior-derived bits per
-layer. Either way the network is written as the entropy-coded file
-(:mod:`bayescomp.compression.codec`), decodes it again, and measures the decoded network's test
-error. The run's ``metrics.json`` gains:
+Every procedure ends by saving its quantized network (``RUN_DIR/quantized_network.npz``,
+:func:`bayescomp.metrics.finish_run`): the kept posterior means rounded to their bits for the
+variational methods, the weight-shared network for Deep Compression and soft weight-sharing.
+That artifact is written as the entropy-coded file (:mod:`bayescomp.compression.codec`), decoded
+again, and the decoded network's test error measured. The run's ``metrics.json`` gains:
 
 * ``compressed_bytes``: the size of the file on disk;
 * ``compressed_test_error``: the error of the network decoded from the file (equal to
@@ -33,9 +31,10 @@ import zstandard
 from flax import nnx
 
 from bayescomp import data as data_lib
-from bayescomp import provenance, pruning, train
+from bayescomp import metrics, provenance, runs
 from bayescomp.compression import codec, container, quantize
 from bayescomp.errors import BayescompError, ConfigError
+from bayescomp.evaluation import Evaluator
 
 
 def compress_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = None,
@@ -52,19 +51,20 @@ def compress_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = N
     """
     run_dir = pathlib.Path(run_dir)
     saved = run_dir / quantize.QUANTIZED_FILE
-    if saved.is_file():  # a retrained network: its weights are not a function of a checkpoint
-        cfg = _run_config(run_dir)
-        quantized = quantize.load_quantized(saved)
-    else:
-        cfg, model, _ = train.load_trained_model(run_dir)
-        quantized = quantize.quantize(model, pruning.propagated_masks(model))
+    if not saved.is_file():
+        raise ConfigError(f"{run_dir} holds no {quantize.QUANTIZED_FILE}, which every finished "
+                          "run writes; rerun the run's command in that directory to finish it "
+                          "(a finished run is re-evaluated without training)")
+    cfg = _run_config(run_dir)
+    quantized = quantize.load_quantized(saved)
     spec = data_lib.REGISTRY[cfg.data.name]
     out = pathlib.Path(out) if out else run_dir / "model.bcz"
     if out.is_dir():
         raise ConfigError(f"--out {out} is a directory; give the path of the file to write, "
                           f"e.g. {out / 'model.bcz'}")
     # Read first: an unreadable metrics.json is refused before anything is written.
-    metrics = train.read_metrics(run_dir) if (run_dir / "metrics.json").exists() else None
+    run_metrics = (metrics.read_metrics(run_dir) if (run_dir / "metrics.json").exists()
+                   else None)
     # The file is written beside its destination under a fresh name, decoded, checked and
     # evaluated there, and only then moved over an existing file, after which nothing can fail
     # but the metrics write: if anything fails, the previous file and the metrics that
@@ -85,16 +85,16 @@ def compress_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = N
                           "directory exists and is writable") from None
     measured["compressed_file"] = str(out)
 
-    if metrics is not None:
-        metrics["compressed_bytes"] = measured["compressed_bytes"]
+    if run_metrics is not None:
+        run_metrics["compressed_bytes"] = measured["compressed_bytes"]
         if "compressed_test_error" in measured:
-            metrics["compressed_test_error"] = measured["compressed_test_error"]
+            run_metrics["compressed_test_error"] = measured["compressed_test_error"]
         else:  # not measured for this file (--no-eval): an older file's error would mislead
-            metrics.pop("compressed_test_error", None)
-        metrics.setdefault("compression", {})["max_compression_measured"] = measured[
+            run_metrics.pop("compressed_test_error", None)
+        run_metrics.setdefault("compression", {})["max_compression_measured"] = measured[
             "max_compression_measured"]
-        metrics["compression_file"] = measured["compression_file"]
-        train.write_metrics(run_dir, metrics)
+        run_metrics["compression_file"] = measured["compression_file"]
+        metrics.write_metrics(run_dir, run_metrics)
     return measured
 
 
@@ -164,7 +164,7 @@ def _write_and_measure(out: pathlib.Path, quantized, cfg, spec, evaluate: bool) 
         },
     }
     if evaluate:
-        dataset = train.load_run_dataset(cfg)
+        dataset = runs.load_run_dataset(cfg)
         measured["compressed_test_error"] = test_error(decoded_model, dataset,
                                                        int(cfg.trainer.eval_batch_size))
 
@@ -189,9 +189,8 @@ def test_error(model: nnx.Module, dataset, batch_size: int = 1000) -> float:
     """Test error (%) of a deterministic model on ``dataset``'s test split."""
     import jax.numpy as jnp
 
-    graphdef, params = nnx.split(nnx.view(model, deterministic=True))
-    evaluate = train.make_evaluate(graphdef, batch_size)
-    return evaluate(params, jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test))
+    return Evaluator(batch_size).error(model, jnp.asarray(dataset.x_test),
+                                       jnp.asarray(dataset.y_test))
 
 
 test_error.__test__ = False  # not a pytest test

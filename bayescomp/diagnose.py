@@ -15,7 +15,7 @@ disagreement says where to look:
   missing ``E[z]`` on conv biases was found: ``Posterior.mean_bias``).
 * **compression snapshot**: the pruning, bit precision, quantized error and compression
   ratios the run would report if it stopped at this checkpoint (the run's own thresholds or
-  threshold selection; :func:`bayescomp.train.compression_snapshot`).
+  threshold selection; :func:`bayescomp.procedures.variational.compression_snapshot`).
 
 Nothing is written into ``RUN_DIR``, so a run may be diagnosed while it trains (it reads the
 latest completed epoch checkpoint). ``--out FILE`` writes the figures as JSON.
@@ -40,8 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bayescomp import objectives, train
+from bayescomp import objectives, runs
 from bayescomp.errors import BayescompError, ConfigError
+from bayescomp.procedures import variational
 
 
 def make_probabilities(graphdef, batch_size: int) -> Callable:
@@ -91,7 +92,7 @@ def diagnose(model: nnx.Module, x_test, y_test, *, samples: int = 5, seed: int =
     """Errors of the posterior-mean, sampled, ensembled and one-layer-sampled networks.
 
     Args:
-        model: A variational model (e.g. from :func:`bayescomp.train.load_trained_model`).
+        model: A variational model (e.g. from :func:`bayescomp.runs.load_trained_model`).
         x_test, y_test: Evaluation images and labels.
         samples: Stochastic passes for the sampled and ensemble errors (``>= 1``).
         seed: Seed of the sampling noise.
@@ -186,12 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         run_dir = pathlib.Path(args.run_dir)
-        cfg, model, meta = train.load_trained_model(run_dir)
-        dataset = train.load_run_dataset(cfg)
+        cfg, model, meta = runs.load_trained_model(run_dir)
+        dataset = runs.load_run_dataset(cfg)
         snapshot = None
         if not args.no_compression:
             with tempfile.TemporaryDirectory() as scratch:  # its plots are not kept
-                snapshot = train.compression_snapshot(cfg, model, dataset, pathlib.Path(scratch))
+                snapshot = variational.compression_snapshot(cfg, model, dataset, pathlib.Path(scratch))
         figures = diagnose(model, dataset.x_test, dataset.y_test, samples=args.samples,
                            seed=args.seed, batch_size=int(cfg.trainer.eval_batch_size))
         report = {"run_dir": str(run_dir), "epoch": int(meta["epoch"]), **figures,

@@ -9,7 +9,7 @@ once. Two places in a training step paid for that:
 * the gradients of a factorized Gaussian posterior's θ and log σ², long expressions of matmul
   cotangents and clipped-variance, log α and KL terms, rebuilt inside each of Adam's fusions
   (first moment, second moment, update): see
-  :func:`bayescomp.train.materialize_posterior_gradients`.
+  :func:`bayescomp.step.materialize_posterior_gradients`.
 
 :func:`materialized` puts a computation inside ``lax.cond`` with the same function in both
 branches. Whichever branch runs, the result is the function's value; but a conditional is a

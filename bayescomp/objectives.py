@@ -60,9 +60,21 @@ def variational_layers(model: nnx.Module) -> list[tuple[str, VariationalLayer]]:
     return [(name, found[name]) for name in order]
 
 
+def kl_modules(model: nnx.Module) -> list[tuple[str, nnx.Module]]:
+    """Every module of ``model`` that carries a KL term (defines ``kl()``), by dotted path.
+
+    Weight layers (their posterior against their prior), soft weight-sharing's mixture, and any
+    later stochastic module (channel saliencies, Dirichlet switches): the objective needs no
+    change for a new one. Ordered by path (``nnx.iter_modules``), so the sum is reproducible.
+    """
+    return [(".".join(str(p) for p in path), module)
+            for path, module in nnx.iter_modules(model)
+            if callable(getattr(type(module), "kl", None))]
+
+
 def total_kl(model: nnx.Module) -> jax.Array:
-    """Σ over layers of KL(q(W_l) || p(W_l)) (nats); a pure function of the parameters."""
-    kls = [layer.kl() for _, layer in variational_layers(model)]
+    """Σ of ``kl()`` over every module that has one (nats); a pure function of the variables."""
+    kls = [module.kl() for _, module in kl_modules(model)]
     return jnp.sum(jnp.stack(kls)) if kls else jnp.zeros((), jnp.float32)
 
 
@@ -87,33 +99,3 @@ def kl_weight(epoch: int, start_epoch: float, end_epoch: float) -> float:
     if epoch >= end_epoch:
         return 1.0
     return float(epoch - start_epoch) / float(end_epoch - start_epoch)
-
-
-def learning_rate_schedule(lr: float, schedule: str, total_steps: int,
-                           decay_start: float = 0.0) -> optax.Schedule:
-    """Learning-rate schedule over optimisation steps.
-
-    Args:
-        lr: Peak learning rate.
-        schedule: ``"constant"``, or ``"linear_decay"``: ``lr`` until ``decay_start`` (a fraction
-            of training), then linearly to 0 at the end. Sparse VD's LeNet-300-100 recipe is
-            ``decay_start=0.5`` (1e-3 for 100 of 200 epochs, then to 0), its LeNet-5 recipe
-            ``decay_start=0`` (methods.md §2.5).
-        total_steps: Steps in the whole run.
-        decay_start: See ``schedule``.
-
-    Returns:
-        An optax schedule.
-    """
-    if schedule == "constant":
-        return optax.constant_schedule(lr)
-    if schedule == "linear_decay":
-        if not 0.0 <= decay_start < 1.0:
-            raise ConfigError(f"optimizer.decay_start must be in [0, 1), got {decay_start}")
-        flat_steps = int(round(decay_start * total_steps))
-        return optax.join_schedules(
-            [optax.constant_schedule(lr),
-             optax.linear_schedule(lr, 0.0, max(1, total_steps - flat_steps))],
-            [flat_steps],
-        )
-    raise ConfigError(f"unknown learning-rate schedule {schedule!r}; known: constant, linear_decay")

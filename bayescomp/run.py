@@ -2,7 +2,7 @@
 
 Hydra composes ``conf/config.yaml`` with the experiment's delta and the overrides, then
 the method's procedure (:mod:`bayescomp.procedures`; for variational methods
-:func:`bayescomp.train.train_and_evaluate`) does the work in Hydra's output directory
+:func:`bayescomp.procedures.variational.run`) does the work in Hydra's output directory
 (``hydra.run.dir=DIR`` picks it; rerunning in the same directory resumes). ``--multirun``
 sweeps, e.g. ``python -m bayescomp.run --multirun +experiment=lenet300_svd seed=0,1,2``.
 

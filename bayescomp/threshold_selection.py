@@ -25,7 +25,7 @@ module makes the choice reproducible and honest:
   its incoming ones too.
 
 The result is a ``{layer: threshold}`` mapping; the run stores it as ``prune_thresholds`` in
-``metrics.json``, and :func:`bayescomp.train.load_trained_model` applies it, so the compressed
+``metrics.json``, and :func:`bayescomp.runs.load_trained_model` applies it, so the compressed
 file and every later evaluation prune exactly the same groups.
 """
 

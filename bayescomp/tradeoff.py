@@ -15,7 +15,7 @@ curve for a finished run, with no retraining, at two kinds of operating point:
   error on the selection subset (the rule ``conf/method/bc_ghs.yaml`` uses with E = 0.5).
 
 Each point is scored exactly as the run's own end of training is
-(:func:`bayescomp.train.compression_snapshot`): masks propagated across layers, kept posterior
+(:func:`bayescomp.procedures.variational.compression_snapshot`): masks propagated across layers, kept posterior
 means rounded to their posterior-derived bits, the quantized network evaluated on the test set,
 and the paper's compression columns (Pruning, Fast Prediction, Maximum Compression estimate).
 
@@ -42,8 +42,9 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, open_dict
 
-from bayescomp import objectives, provenance, threshold_selection, train
+from bayescomp import objectives, provenance, runs, threshold_selection
 from bayescomp.errors import BayescompError, ConfigError
+from bayescomp.procedures import variational
 
 #: Training examples the threshold selection scores on (as in ``conf/method/bc_ghs.yaml``).
 SELECTION_EXAMPLES = 10_000
@@ -68,8 +69,8 @@ def sweep(cfg: DictConfig, model, dataset, points: list[dict[str, float]]) -> li
 
     Args:
         cfg: The run's resolved config.
-        model: The trained model (:func:`bayescomp.train.load_trained_model`).
-        dataset: The run's dataset (:func:`bayescomp.train.load_run_dataset`).
+        model: The trained model (:func:`bayescomp.runs.load_trained_model`).
+        dataset: The run's dataset (:func:`bayescomp.runs.load_run_dataset`).
         points: From :func:`operating_points`.
 
     Returns:
@@ -101,7 +102,7 @@ def sweep(cfg: DictConfig, model, dataset, points: list[dict[str, float]]) -> li
                     threshold_selection.set_thresholds(
                         model, {name: point["threshold"] for name, _ in layers})
             with tempfile.TemporaryDirectory() as scratch:  # the histograms are not kept
-                snapshot = train.compression_snapshot(point_cfg, model, dataset,
+                snapshot = variational.compression_snapshot(point_cfg, model, dataset,
                                                       pathlib.Path(scratch))
             rows.append({**point, **{key: snapshot[key] for key in (
                 "prune_thresholds", "architecture_string", "kept_per_layer", "percent_kept",
@@ -218,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         if out is not None and not out.parent.is_dir():
             raise ConfigError(f"--out {out}: directory {out.parent} does not exist")
         run_dir = pathlib.Path(args.run_dir)
-        cfg, model, meta = train.load_trained_model(run_dir)
-        dataset = train.load_run_dataset(cfg)
+        cfg, model, meta = runs.load_trained_model(run_dir)
+        dataset = runs.load_run_dataset(cfg)
         rows = sweep(cfg, model, dataset, points)
     except BayescompError as err:
         print(f"error: {err}", file=sys.stderr)

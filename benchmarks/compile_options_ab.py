@@ -1,7 +1,7 @@
 """A/B timing of one experiment's train step under two sets of XLA compile options.
 
 Builds the step twice in one process, exactly as ``benchmarks/train_speed.py`` does (through
-``bayescomp.train``), once with each option set, and calls the two alternately, one call each
+``bayescomp.step``), once with each option set, and calls the two alternately, one call each
 per round. It prints each variant's median step time and the median over rounds of the
 within-round ratio B / A, the number that survives the 2-core VM's drifts in speed (separate
 processes, or one variant timed after the other, put those drifts straight into the ratio).

@@ -1,7 +1,7 @@
 """Speed of the jitted training step, per experiment, on random data of the right shape.
 
 Builds each experiment's model and optimizer through the library (Hydra compose of
-``conf/config.yaml`` + ``+experiment=NAME``, then ``bayescomp.train.build_model``,
+``conf/config.yaml`` + ``+experiment=NAME``, then ``bayescomp.runs.build_model``,
 ``build_optimizer``, ``choose_loop`` and ``make_train_chunk``), so what is timed is exactly the
 step a run uses: ``--steps`` optimisation steps per call, as one jitted ``lax.scan`` or as a jitted
 step in a Python loop (``trainer.loop``). No dataset is needed.
@@ -48,10 +48,12 @@ sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without `pip install -
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from bayescomp import train  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from bayescomp import optim, runs, step  # noqa: E402
+from bayescomp.loop import train_view  # noqa: E402
 
 DEFAULT_EXPERIMENTS = ["lenet300_dense", "lenet300_svd", "lenet5_dense", "lenet5_svd"]
 FASHION_MNIST_TRAIN = 60_000
@@ -100,14 +102,18 @@ class ExperimentTimer:
         batch_size = int(cfg.trainer.batch_size) if batch_size is None else batch_size
         self.name, self.steps, self.batch_size = name, steps, batch_size
         self.model_name, self.method = cfg.model.name, cfg.method.name
-        model = train.build_model(cfg, INPUT_SHAPE, NUM_CLASSES, seed=0)
-        optimizer = train.build_optimizer(cfg, total_steps=(repeats + 2) * steps)
-        graphdef, self.params = nnx.split(nnx.view(model, deterministic=False, pruned=False))
+        model = runs.build_model(cfg, INPUT_SHAPE, NUM_CLASSES, seed=0)
+        split = step.StateSplit()
+        graphdef, self.params, self.batch_stats, self.frozen = split.split(
+            train_view(model, "batch_stats"))
+        optimizer = optim.make_optimizer(
+            OmegaConf.to_container(cfg.optimizer, resolve=True), self.params,
+            total_steps=(repeats + 2) * steps, steps_per_epoch=steps)
         self.opt_state = optimizer.init(self.params)
         # The KL is divided by the size of the real training set, as in a Fashion-MNIST run.
-        self.loop = train.choose_loop(model, loop)
-        self.train_chunk = train.make_train_chunk(graphdef, optimizer, FASHION_MNIST_TRAIN,
-                                                  batch_size, self.loop)
+        self.loop = step.choose_loop(model, loop)
+        self.train_chunk = step.make_chunk(graphdef, split, optimizer,
+                                           n_train=FASHION_MNIST_TRAIN, loop=self.loop)
         self.key = jax.random.key(0)
         n = steps * batch_size  # every image is used once per call
         self.x = jax.random.normal(jax.random.fold_in(self.key, 1), (n, *INPUT_SHAPE),
@@ -125,9 +131,9 @@ class ExperimentTimer:
         index = jax.random.permutation(jax.random.fold_in(self.key, 100 + self.calls), n)
         index = jax.block_until_ready(index.reshape(self.steps, self.batch_size))
         start = time.perf_counter()
-        self.params, self.opt_state, sums = self.train_chunk(
-            self.params, self.opt_state, self.x, self.y, index,
-            jax.random.fold_in(self.key, 1000 + self.calls), jnp.float32(1.0))
+        self.params, self.batch_stats, self.opt_state, sums = self.train_chunk(
+            self.params, self.batch_stats, self.frozen, self.opt_state, None, self.x, self.y,
+            index, jax.random.fold_in(self.key, 1000 + self.calls), jnp.float32(1.0))
         jax.block_until_ready((self.params, self.opt_state, sums))
         return time.perf_counter() - start
 

@@ -82,7 +82,7 @@ def finished_smoke_run(tmp_path_factory):
     Trained on first use per experiment and shared by the whole session (per xdist worker), so
     tests that read a finished run (diagnose, tradeoff) do not each train one. Read-only.
     """
-    from bayescomp.train import train_and_evaluate
+    from bayescomp.procedures.variational import run as train_and_evaluate
 
     runs = {}
 
@@ -105,7 +105,7 @@ def pretrained_dense_run(tmp_path_factory):
     run (``method.pretrained_run``); one is trained per model (``"lenet300"``, ``"lenet5"``) on
     first use and shared by the whole session (per xdist worker). Do not modify it: copy it.
     """
-    from bayescomp.train import train_and_evaluate
+    from bayescomp.procedures.variational import run as train_and_evaluate
 
     runs = {}
 

@@ -131,12 +131,13 @@ def test_checkpoint_of_another_configuration(tmp_path):
     # A checkpoint damaged on disk: one error naming the step and what to do.
     damaged = tmp_path / "damaged"
     shutil.copytree(run_dir, damaged)
-    step = max(int(p.name) for p in (damaged / "checkpoints").iterdir() if p.name.isdigit())
-    (damaged / "checkpoints" / str(step) / "meta" / "metadata").write_text("{not json")
+    step = max(int(p.name) for p in (damaged / "checkpoints" / "train").iterdir()
+               if p.name.isdigit())
+    (damaged / "checkpoints" / "train" / str(step) / "meta" / "metadata").write_text("{not json")
     before_damaged = _snapshot(damaged)
     result = run_cli(damaged, "+experiment=lenet300_dense", *SMOKE)
     line = _assert_one_line_error(result, "error: the checkpoint ")
-    assert f"checkpoints/{step} cannot be read" in line and "delete that step" in line, line
+    assert f"checkpoints/train/{step} cannot be read" in line and "delete that step" in line, line
     assert _snapshot(damaged) == before_damaged
 
 

@@ -88,7 +88,7 @@ def test_experiment_trains_two_steps(experiment, smoke_cfg, tmp_path, pretrained
         {"epochs": [0, len(written["history"]) - 1], "git_commit": written["git_commit"]}]
     assert math.isfinite(written["history"][0]["loss"])
     if procedure == "variational":  # 2 steps: the checkpoint of the only epoch exists.
-        assert (tmp_path / "checkpoints" / "0").is_dir()
+        assert (tmp_path / "checkpoints" / "train" / "0").is_dir()
     else:  # one checkpoint directory per retraining phase
         assert any((tmp_path / "checkpoints").iterdir())
 

@@ -15,13 +15,14 @@ import scipy.stats
 from flax import nnx
 from omegaconf import OmegaConf
 
-from bayescomp import compress, retrain, soft_weight_sharing
+from bayescomp import compress, loop, runs
+from bayescomp.procedures import soft_weight_sharing
 from bayescomp.compression import codec, quantize
 from bayescomp.errors import ConfigError
 from bayescomp.models import LeNet300
 from bayescomp.nn import LayerFactory
 from bayescomp.priors.gaussian_mixture import GaussianMixture, MixtureParams
-from bayescomp.soft_weight_sharing import (MergedMixture, assign_components, layer_codebooks,
+from bayescomp.procedures.soft_weight_sharing import (MergedMixture, assign_components, layer_codebooks,
                                            merge_components, post_process, quantize_to_mixture,
                                            save_weight_figure, settings_from_config,
                                            tau_at)
@@ -181,22 +182,41 @@ def test_bad_settings_are_config_errors(override, match):
         settings_from_config(method)
 
 
-def test_retrainer_passes_each_epoch_its_scheduled_constants(smoke_cfg, tmp_path):
-    # The annealed tau reaches the jitted step as a per-epoch constant. A penalty equal to that
-    # constant (whatever the parameters) makes the logged mean penalty of every epoch the
-    # scheduled value exactly, and one compiled step must serve all epochs.
-    cfg = smoke_cfg("lenet300_dense", "trainer.epochs=3")
-    model = LeNet300(LayerFactory(), rngs=nnx.Rngs(0))
-    retrainer = retrain.Retrainer(cfg, tmp_path, model, retrain.load_data(cfg))
-    schedule = [0.5, 0.25, 0.125]  # powers of 2: sums and means of them are exact in float32
-    params = retrainer.run(retrain.Phase("p", 3, {"w": 1e-3}), retrain.point_params(model),
-                           penalty=lambda p, c: c["scale"],
-                           constants=lambda epoch: {"scale": jnp.float32(schedule[epoch])})
-    assert [h["penalty"] for h in retrainer.history] == schedule
-    (_, chunk), = retrainer._compiled.values()
-    compiled = chunk if retrainer.loop == "scan" else chunk.jitted_step
+class _UnitKL(nnx.Module):
+    """A network whose only KL term is the constant N (the training-set size)."""
+
+    def __init__(self, network, n_train: int):
+        self.network = network
+        self.n_train = n_train
+
+    def __call__(self, x, *, rngs=None):
+        return self.network(x, rngs=rngs)
+
+    def kl(self):
+        return jnp.float32(self.n_train)
+
+
+def test_each_epoch_gets_its_scheduled_kl_weight(smoke_cfg, tmp_path):
+    # The annealed tau reaches the jitted step as the phase's per-epoch KL weight. With a KL of
+    # exactly N, every epoch's mean loss is its mean NLL plus beta_e, and one compiled step must
+    # serve all epochs.
+    cfg = smoke_cfg("lenet300_dense", "trainer.epochs=3", "trainer.tensorboard=false")
+    dataset = runs.load_run_dataset(cfg)
+    model = _UnitKL(LeNet300(LayerFactory(), rngs=nnx.Rngs(0)), len(dataset.y_train))
+    training = loop.TrainingRun(cfg, tmp_path, dataset)
+    schedule = [0.5, 0.25, 0.125]  # powers of 2: exact in float32
+    training.fit(model, loop.Phase(
+        "p", 3, optimizer={"name": "adam", "lr": 1e-3, "b1": 0.9, "b2": 0.999,
+                           "schedule": "constant"},
+        key=jax.random.key(0), kl_weight=lambda epoch: schedule[epoch]))
+    assert [h["kl_weight"] for h in training.history] == schedule
+    assert [h["kl"] for h in training.history] == [float(len(dataset.y_train))] * 3
+    for h, beta in zip(training.history, schedule):
+        # loss = NLL + beta·KL/N summed in float32 over the epoch's steps: ~1e-7 relative.
+        assert h["loss"] - h["nll"] == pytest.approx(beta, rel=1e-5)
+    (_, chunk), = training._compiled.values()
+    compiled = chunk if not hasattr(chunk, "jitted_step") else chunk.jitted_step
     assert compiled._cache_size() == 1
-    assert jax.tree.structure(params) == jax.tree.structure(retrain.point_params(model))
 
 
 # ---------------------------------------------------------------------------------------------

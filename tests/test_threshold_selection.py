@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bayescomp import threshold_selection, train
+from bayescomp import runs, threshold_selection
+from bayescomp.procedures import variational
 from bayescomp.models import LeNet300
 from bayescomp.nn import LayerFactory
 
@@ -88,7 +89,7 @@ def test_zero_tolerance_with_free_groups_prunes_only_free_ones():
 
 def test_run_stores_and_reuses_selected_thresholds(smoke_cfg, tmp_path):
     cfg = smoke_cfg("lenet300_ghs", "+method.prune.select={tolerance: 1.0, examples: 64}")
-    metrics = train.train_and_evaluate(cfg, tmp_path)
+    metrics = variational.run(cfg, tmp_path)
     stored = metrics["prune_thresholds"]
     assert set(stored) == {"fc1", "fc2", "fc3"}
     selection = metrics["threshold_selection"]
@@ -96,7 +97,7 @@ def test_run_stores_and_reuses_selected_thresholds(smoke_cfg, tmp_path):
         assert layer["error"] <= layer["bound"] + 1e-9
         assert layer["threshold"] == stored[name]
     # Rebuilding the run (compress, evaluate) prunes with the same thresholds.
-    _, model, _ = train.load_trained_model(tmp_path)
+    _, model, _ = runs.load_trained_model(tmp_path)
     assert {name: getattr(model, name).prune_threshold for name in stored} == stored
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from bayescomp import objectives, tradeoff, train
+from bayescomp import objectives, runs, tradeoff
 from bayescomp.errors import ConfigError
 
 
@@ -20,8 +20,8 @@ def svd_run(finished_smoke_run):
 def test_the_runs_own_threshold_reproduces_its_metrics_and_the_curve_is_monotone(svd_run):
     run_dir, metrics = svd_run
     assert set(metrics["prune_thresholds"].values()) == {3.0}  # the svd default, every layer
-    cfg, model, _ = train.load_trained_model(run_dir)
-    dataset = train.load_run_dataset(cfg)
+    cfg, model, _ = runs.load_trained_model(run_dir)
+    dataset = runs.load_run_dataset(cfg)
     log_alphas = [np.asarray(layer.log_alpha())
                   for _, layer in objectives.variational_layers(model)]
     thresholds = [-6.0, 0.0, 3.0, 6.0]

@@ -8,9 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 
-from bayescomp import retrain, train, xla_options
+from bayescomp import loop, runs, step, xla_options
 
 CPU = jax.default_backend() == "cpu"
 
@@ -67,27 +66,27 @@ def test_other_backends_get_no_options(monkeypatch):
 
 
 @pytest.mark.skipif(not CPU, reason="the option is XLA:CPU's")
-def test_training_and_retraining_chunks_use_the_options(compose):
+@pytest.mark.parametrize("loop_kind", ["scan", "python"])
+def test_training_chunks_use_the_options(compose, loop_kind):
+    # Every procedure trains through step.make_chunk; both of its loops compile with the options
+    # (a masked point-weight phase, as Deep Compression's, included).
     cfg = compose(["+experiment=lenet300_svd", "+debug=smoke"])
-    model = train.build_model(cfg, (28, 28, 1), 10, seed=0)
+    model = runs.build_model(cfg, (28, 28, 1), 10, seed=0)
     optimizer = optax.adam(1e-3)
-    graphdef, params = nnx.split(nnx.view(model, deterministic=False, pruned=False))
+    split = step.StateSplit()
+    graphdef, params, batch_stats, frozen = split.split(loop.train_view(model, "batch_stats"))
     x = jnp.zeros((64, 28, 28, 1), jnp.float32)
     y = jnp.zeros((64,), jnp.int32)
     index = jnp.zeros((2, 32), jnp.int32)
-    chunk = train.make_train_chunk(graphdef, optimizer, n_train=64, batch_size=32)
-    hlo = _hlo(chunk, params, optimizer.init(params), x, y, index, jax.random.key(0),
-               jnp.float32(1.0))
-    assert " dot(" in hlo and "__ynn_fusion" not in hlo
-
-    dense = train.build_model(compose(["+experiment=lenet300_dense", "+debug=smoke"]),
-                              (28, 28, 1), 10, seed=0)
-    dense_graphdef, _ = nnx.split(nnx.view(dense, deterministic=True))
-    dense_params = retrain.point_params(dense)
-    masks = jax.tree.map(lambda p: None, dense_params)
-    retrain_chunk = retrain.make_chunk(retrain.make_step(dense_graphdef, optimizer), "scan")
-    hlo = _hlo(retrain_chunk, dense_params, optimizer.init(dense_params), None, masks, x, y,
-               index)
+    chunk = step.make_chunk(graphdef, split, optimizer, n_train=64, loop=loop_kind)
+    masks = [None] * len(jax.tree.leaves(params))
+    masks[-1] = jnp.ones(jax.tree.leaves(params)[-1].shape, bool)
+    args = (params, batch_stats, frozen, optimizer.init(params), masks, x, y)
+    if loop_kind == "scan":
+        hlo = _hlo(chunk, *args, index, jax.random.key(0), jnp.float32(1.0))
+    else:
+        hlo = _hlo(chunk.jitted_step, (params, batch_stats, optimizer.init(params)),
+                   (index[0], jax.random.key(0)), frozen, masks, x, y, jnp.float32(1.0))
     assert " dot(" in hlo and "__ynn_fusion" not in hlo
 
 
@@ -101,7 +100,7 @@ def test_ab_benchmark_compiles_each_variant_with_its_options(monkeypatch, capsys
     out = capsys.readouterr().out
     assert "A: " in out and "B: " in out and "2 rounds of 2 steps" in out
     timers = [ab.build("lenet300_dense", ab.option_set(s), 2, 1) for s in ("none", "default")]
-    hlos = [t.train_chunk.lower(t.params, t.opt_state, t.x, t.y,
+    hlos = [t.train_chunk.lower(t.params, t.batch_stats, t.frozen, t.opt_state, None, t.x, t.y,
                                 jnp.zeros((2, t.batch_size), jnp.int32), jax.random.key(0),
                                 jnp.float32(1.0)).compile().as_text() for t in timers]
     if CPU:

@@ -17,6 +17,7 @@ from bayescomp import posteriors, priors
 from bayescomp.errors import ConfigError
 from bayescomp.nn.conv import VariationalConv
 from bayescomp.nn.dense import VariationalDense
+from bayescomp.nn.norm import BatchNorm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,9 @@ class LayerFactory:
         layer_thresholds: Per-layer overrides, by layer name.
         layer_posterior_kwargs: Per-layer posterior options merged over ``posterior_kwargs``,
             by layer name (e.g. ``{"fc1": {"max_weight_var": 0.04}}``).
+        norm_momentum: Weight of the new batch in BatchNorm running averages (PyTorch's
+            convention; ``trainer.batch_norm.momentum``).
+        norm_epsilon: BatchNorm's variance epsilon.
     """
 
     posterior: str = "delta"
@@ -42,6 +46,8 @@ class LayerFactory:
     layer_thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)
     layer_posterior_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(
         default_factory=dict)
+    norm_momentum: float = 0.1
+    norm_epsilon: float = 1e-5
 
     def _common(self, name: str) -> dict:
         return dict(
@@ -62,6 +68,11 @@ class LayerFactory:
         return VariationalConv(in_features, out_features, kernel_size, rngs=rngs,
                                padding=padding, **self._common(name))
 
+    def norm(self, name: str, features: int):
+        """A :class:`~bayescomp.nn.norm.BatchNorm` over ``features`` channels named ``name``."""
+        del name  # a method with its own normalisation (channel saliencies) will use it
+        return BatchNorm(features, momentum=self.norm_momentum, epsilon=self.norm_epsilon)
+
     def check_layer_names(self, layer_names: Sequence[str]) -> None:
         """Raise ConfigError if a per-layer threshold names a layer the model does not have."""
         unknown = sorted((set(self.layer_thresholds) | set(self.layer_posterior_kwargs))
@@ -73,8 +84,10 @@ class LayerFactory:
             )
 
 
-def from_config(method_cfg: Mapping[str, Any]) -> LayerFactory:
-    """Build a :class:`LayerFactory` from a ``conf/method/*.yaml`` mapping."""
+def from_config(method_cfg: Mapping[str, Any],
+                batch_norm: Mapping[str, Any] | None = None) -> LayerFactory:
+    """Build a :class:`LayerFactory` from a ``conf/method/*.yaml`` mapping (and the
+    ``trainer.batch_norm`` settings)."""
     prune = dict(method_cfg.get("prune") or {})
     prior_cfg = dict(method_cfg.get("prior") or {"name": "flat"})
     prior_name = prior_cfg.pop("name")
@@ -94,4 +107,6 @@ def from_config(method_cfg: Mapping[str, Any]) -> LayerFactory:
         layer_thresholds=dict(prune.get("per_layer") or {}),
         layer_posterior_kwargs={name: dict(kwargs or {}) for name, kwargs in
                                 dict(method_cfg.get("posterior_per_layer") or {}).items()},
+        norm_momentum=float((batch_norm or {}).get("momentum", 0.1)),
+        norm_epsilon=float((batch_norm or {}).get("epsilon", 1e-5)),
     )

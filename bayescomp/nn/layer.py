@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bayescomp.posteriors.base import Posterior
+from bayescomp.posteriors.variables import Bias
 from bayescomp.priors.base import Prior, kl_divergence
 
 
@@ -58,7 +59,7 @@ class VariationalLayer(nnx.Module):
     ):
         self.posterior = posterior
         self.prior = prior
-        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
+        self.bias = Bias(jnp.zeros((out_features,), jnp.float32))
         self.prune_threshold = None if prune_threshold is None else float(prune_threshold)
         self.deterministic = deterministic
         self.pruned = False

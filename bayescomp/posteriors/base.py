@@ -44,7 +44,7 @@ class Posterior(nnx.Module, abc.ABC):
     #: A hint to the training step: this posterior's parameter gradients are long element-wise
     #: expressions (clipped variances, KL terms) that the optimiser's fusions would each
     #: recompute on XLA:CPU, so the step writes them to memory once first
-    #: (:func:`bayescomp.train.materialize_posterior_gradients`). Set where measured to pay.
+    #: (:func:`bayescomp.step.materialize_posterior_gradients`). Set where measured to pay.
     materialize_gradients: ClassVar[bool] = False
 
     #: Whether a pruned group also removes the layer's bias (a group on the output axis does).

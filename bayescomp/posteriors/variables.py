@@ -32,3 +32,7 @@ class GlobalScaleParam(nnx.Param):
 
 class PointWeight(nnx.Param):
     """A point-estimated weight (a delta posterior): the dense baseline and soft weight-sharing."""
+
+
+class Bias(nnx.Param):
+    """The point-estimated bias of a weight layer (every method; see :mod:`bayescomp.nn.layer`)."""

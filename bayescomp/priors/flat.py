@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
+from bayescomp.posteriors.codebook import SharedCodebook
 from bayescomp.posteriors.delta import Delta
 from bayescomp.priors.base import Prior, register_kl
 
@@ -24,5 +25,11 @@ class Flat(Prior):
 
 @register_kl(Delta, Flat)
 def _kl_delta_flat(q: Delta, p: Flat):
+    del q, p
+    return jnp.zeros((), jnp.float32)
+
+
+@register_kl(SharedCodebook, Flat)
+def _kl_codebook_flat(q: SharedCodebook, p: Flat):
     del q, p
     return jnp.zeros((), jnp.float32)

@@ -21,7 +21,7 @@ with
   more concentrated).
 
 The parameters are point estimates learned jointly with the weights (empirical Bayes); the
-retraining loss is ``CE + (τ/N)·(−log p(w) − log p(λ))`` (:mod:`bayescomp.soft_weight_sharing`).
+retraining loss is ``CE + (τ/N)·(−log p(w) − log p(λ))`` (:mod:`bayescomp.procedures.soft_weight_sharing`).
 
 Conventions fixed here, used alike in training and post-processing:
 
@@ -309,7 +309,7 @@ def gaussian_kl(mean_a, log_precision_a, mean_b, log_precision_b):
 def _kl_delta_gaussian_mixture(q: Delta, p: GaussianMixture):
     # The mixture is one prior over the whole network with learnable parameters, so it has no
     # per-layer term: soft weight-sharing adds −log p(w) − log p(λ) of all layers at once
-    # (bayescomp.soft_weight_sharing). As for the flat prior, KL(δ‖p) would otherwise hold the
+    # (bayescomp.procedures.soft_weight_sharing). As for the flat prior, KL(δ‖p) would otherwise hold the
     # infinite, gradient-free entropy of a delta.
     del q, p
     return jnp.zeros((), jnp.float32)

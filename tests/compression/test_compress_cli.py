@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-from bayescomp import compress, evaluate, train
+from bayescomp import compress, evaluate
+from bayescomp.procedures import variational
 from bayescomp.compression import codec
 from bayescomp.errors import BayescompError, ConfigError
 
@@ -25,7 +26,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, smoke_cfg):
     workdir = tmp_path_factory.mktemp("run")
-    train.train_and_evaluate(smoke_cfg("lenet300_svd"), workdir)
+    variational.run(smoke_cfg("lenet300_svd"), workdir)
     return workdir
 
 

@@ -32,8 +32,8 @@ N the training-set size, τ the complexity weight (paper 5e-3, tutorial 3e-3).
 The result is a :class:`~bayescomp.compression.quantize.QuantizedNetwork` whose ``codebooks``
 hold, per layer, the sorted distinct non-zero means its weights took.
 
-Entry point: :func:`run`, on the shared retraining machinery of :mod:`bayescomp.retrain` (one
-phase ``sws``, checkpointed every epoch; rerunning resumes).
+Entry point: :func:`run`: one phase ``sws`` of the training loop (:mod:`bayescomp.loop`),
+checkpointed every epoch; rerunning resumes.
 """
 
 from __future__ import annotations
@@ -45,14 +45,22 @@ import os
 import pathlib
 from typing import Any, Sequence
 
+import zlib
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.special
+from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
-from bayescomp import priors, retrain
+from bayescomp import metrics, models, objectives, pretrained, priors, runs
+from bayescomp.bit_precision import codebook_precision
+from bayescomp.compression import quantize as quantize_lib
 from bayescomp.compression.quantize import QuantizedNetwork
 from bayescomp.errors import ConfigError
+from bayescomp.loop import Phase, TrainingRun
+from bayescomp.posteriors.variables import Bias, PointWeight
 from bayescomp.priors.gaussian_mixture import (GaussianMixture, MixtureParams, component_means,
                                                gaussian_kl, init_mixture, log_mixing_proportions,
                                                negative_log_prior)
@@ -388,14 +396,14 @@ def quantize_network(names: Sequence[str], kernels, biases, mixture: MergedMixtu
     (:func:`quantize_to_mixture`); the masks are the weights that did not quantise to 0; each
     layer's codebook is the sorted distinct non-zero values it uses (``None`` for a layer with
     nothing kept); bits per layer are the index widths ``ceil(log2 K)``
-    (:func:`bayescomp.retrain.codebook_precision`).
+    (:func:`bayescomp.bit_precision.codebook_precision`).
     """
     q_kernels = [quantize_to_mixture(np.asarray(kernels[n]), mixture) for n in names]
     q_biases = [quantize_to_mixture(np.asarray(biases[n]), mixture) if include_biases
                 else np.asarray(biases[n], np.float32) for n in names]
     masks = [kernel != 0 for kernel in q_kernels]
     codebooks = [book if book.size else None for book in layer_codebooks(q_kernels)]
-    precision = retrain.codebook_precision(codebooks, q_kernels, masks)
+    precision = codebook_precision(codebooks, q_kernels, masks)
     return QuantizedNetwork(list(names), q_kernels, q_biases, masks, precision, codebooks)
 
 
@@ -408,12 +416,104 @@ def _mixture_summary(mixture: MergedMixture) -> dict[str, Any]:
             "zero_index": int(mixture.zero_index)}
 
 
+class MixtureMeans(nnx.Param):
+    """μ_1..μ_{J−1} of the learned mixture prior."""
+
+
+class MixtureLogPrecisions(nnx.Param):
+    """γ_j = log λ_j of the learned mixture prior, zero component first."""
+
+
+class MixtureRhos(nnx.Param):
+    """Logits ρ of π_1..π_{J−1} of the learned mixture prior."""
+
+
+class MixturePriorNetwork(nnx.Module):
+    """A point-weight network under a learned Gaussian-mixture prior.
+
+    Its :meth:`kl` is the complexity term ``−log p(w | θ) − log p(λ)`` (the KL of a point
+    posterior against the prior, up to the delta's constant entropy), so the one training loop
+    minimises ``mean NLL + τ·KL/N`` with the phase's KL weight β = τ.
+
+    Args:
+        network: The point-weight model (its kernels, and with ``prior.include_biases`` its
+            biases, are under the prior).
+        mixture: The mixture's starting parameters.
+        prior: The mixture's hyper-parameters.
+    """
+
+    def __init__(self, network: nnx.Module, mixture: MixtureParams, prior: GaussianMixture):
+        self.network = network
+        self.means = MixtureMeans(jnp.asarray(mixture.means))
+        self.log_precisions = MixtureLogPrecisions(jnp.asarray(mixture.log_precisions))
+        self.rhos = MixtureRhos(jnp.asarray(mixture.rhos))
+        self.prior = prior
+
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        return self.network(x, rngs=rngs)
+
+    def mixture(self) -> MixtureParams:
+        return MixtureParams(self.means[...], self.log_precisions[...], self.rhos[...])
+
+    def under_prior(self) -> list:
+        """The tensors the mixture covers, in a fixed order (kernels, then biases)."""
+        layers = objectives.variational_layers(self.network)
+        tensors = [layer.posterior.weight[...] for _, layer in layers]
+        if self.prior.include_biases:
+            tensors += [layer.bias[...] for _, layer in layers]
+        return tensors
+
+    def kl(self) -> jax.Array:
+        return negative_log_prior(self.under_prior(), self.mixture(), self.prior)
+
+
+def _layer_arrays(network) -> tuple[list[str], dict, dict]:
+    layers = objectives.variational_layers(network)
+    return ([name for name, _ in layers],
+            {n: np.asarray(layer.posterior.weight[...]) for n, layer in layers},
+            {n: np.asarray(layer.bias[...]) for n, layer in layers})
+
+
+def _retrain(cfg, training: TrainingRun, root: MixturePriorNetwork, settings: Settings,
+             quantized_error) -> None:
+    """The one retraining phase: weights and mixture under ``τ_e``, every epoch recorded."""
+    prior, epochs = settings.prior, int(cfg.trainer.epochs)
+    rates = settings.learning_rates
+
+    def record(model) -> dict[str, float]:
+        # Where post-processing would stand after this epoch: weights in the zero component and
+        # the error of the quantised network (cheap next to an epoch; shows when to stop).
+        names, kernels, biases = _layer_arrays(model.network)
+        mixture = MixtureParams(*(np.asarray(a) for a in model.mixture()))
+        quantized = quantize_network(names, kernels, biases,
+                                     post_process(mixture, prior, settings.merge_tolerance),
+                                     prior.include_biases)
+        total = sum(m.size for m in quantized.masks)
+        kept = sum(int(m.sum()) for m in quantized.masks)
+        return {"percent_kept": 100.0 * kept / total,
+                "quantized_test_error": quantized_error(quantized),
+                "zero_component_std": float(np.exp(-0.5 * float(mixture.log_precisions[0]))),
+                "components_used": float(len({float(v) for book in quantized.codebooks
+                                              if book is not None for v in book}))}
+
+    training.fit(root, Phase(
+        "sws", epochs,
+        optimizer={**OmegaConf.to_container(cfg.optimizer, resolve=True),
+                   "schedule": "constant"},
+        key=jax.random.fold_in(jax.random.key(int(cfg.seed)), zlib.crc32(b"sws")),
+        learning_rates=(((PointWeight, Bias), rates["weights"]),
+                        (MixtureMeans, rates["means"]),
+                        (MixtureLogPrecisions, rates["log_precisions"]),
+                        (MixtureRhos, rates["rhos"])),
+        kl_weight=lambda epoch: tau_at(settings, epoch, epochs), record=record))
+
+
 def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     """Soft weight-sharing of ``cfg.method.pretrained_run``: retrain, merge, quantise, report.
 
     Rerunning in the same ``workdir`` resumes the retraining from its last epoch checkpoint (a
     finished retraining is restored, not repeated). Writes ``metrics.json`` (keys as the
-    variational runs, :func:`bayescomp.retrain.write_results`; SWS specifics under ``sws``),
+    variational runs, :func:`bayescomp.metrics.finish_run`; SWS specifics under ``sws``),
     ``quantized_network.npz``, ``config.yaml``, TensorBoard events and
     ``plots/sws_weights.png``.
 
@@ -441,70 +541,44 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     settings = settings_from_config(cfg.method)
     prior = settings.prior
-    model, pretrained_metrics = retrain.load_pretrained(cfg)
-    data = retrain.load_data(cfg)
-    names = retrain.layer_names(model)
-    pretrained = retrain.point_params(model)
-    retrainer = retrain.Retrainer(cfg, workdir, model, data,
-                                  pretrained_run=cfg.method.pretrained_run)
-    dense_error = retrainer.error(pretrained)
+    runs.check_trainer_settings(cfg)
+    runs.check_run_identity(cfg, workdir)
+    model, pretrained_metrics = pretrained.load_pretrained(cfg)
+    dataset = runs.load_run_dataset(cfg)
+    training = TrainingRun(cfg, workdir, dataset, resumable=runs.RESUMABLE_CHANGES_RETRAINING,
+                           pretrained_run=str(cfg.method.pretrained_run))
+    dense_error = training.error(model)
     log.info("pretrained %s: test error %.2f %% (its run reported %.2f %%)",
              cfg.method.pretrained_run, dense_error,
              pretrained_metrics.get("test_error", math.nan))
+    model_cls = models.get(cfg.model.name)
 
-    def under_prior(kernels, biases) -> list:
-        """The tensors the mixture covers, in a fixed order (kernels, then biases)."""
-        tensors = [kernels[n] for n in names]
-        return tensors + [biases[n] for n in names] if prior.include_biases else tensors
+    def point_error(kernels, biases) -> float:
+        return training.error(quantize_lib.point_model(
+            model_cls, kernels, biases, input_shape=dataset.x_train.shape[1:],
+            num_classes=dataset.num_classes))
 
-    kernels0 = {n: jnp.asarray(k) for n, k in retrain.kernels_of(pretrained, names).items()}
-    biases0 = {n: jnp.asarray(b) for n, b in retrain.biases_of(pretrained, names).items()}
-    params = {"kernels": kernels0, "biases": biases0,
-              "mixture": init_mixture(prior, [np.asarray(t) for t in
-                                              under_prior(kernels0, biases0)])}
-    labels = {"kernels": {n: "weights" for n in names}, "biases": {n: "weights" for n in names},
-              "mixture": MixtureParams("means", "log_precisions", "rhos")}
-    epochs = int(cfg.trainer.epochs)
+    names, kernels0, biases0 = _layer_arrays(model)
+    root = MixturePriorNetwork(model, init_mixture(prior, [np.asarray(t) for t in (
+        [kernels0[n] for n in names] + ([biases0[n] for n in names] if prior.include_biases
+                                        else []))]), prior)
+    pretrained_flat = np.concatenate([np.ravel(t) for t in root.under_prior()])
+    try:
+        _retrain(cfg, training, root, settings,
+                 lambda q: point_error(q.kernels, q.biases))
+    finally:
+        training.close()
+    return _post_process_and_report(cfg, workdir, training, root, settings, dense_error,
+                                    pretrained_flat, point_error, dataset)
 
-    def constants_at(epoch: int) -> dict:
-        # τ/N as a jit argument: an annealed τ changes it every epoch without retracing.
-        return {"scale": jnp.float32(tau_at(settings, epoch, epochs) / retrainer.n_train)}
 
-    def to_model(p, constants):
-        del constants
-        return retrain.model_params(p["kernels"], p["biases"])
-
-    def penalty(p, constants):
-        # (τ/N)(−log p(w|θ) − log p(λ)): the complexity term of the retraining loss.
-        return constants["scale"] * negative_log_prior(
-            under_prior(p["kernels"], p["biases"]), p["mixture"], prior)
-
-    def record(p) -> dict[str, float]:
-        # Where post-processing would stand after this epoch: weights in the zero component and
-        # the error of the quantised network (cheap next to an epoch; shows when to stop).
-        merged = post_process(p["mixture"], prior, settings.merge_tolerance)
-        quantized = quantize_network(names, p["kernels"], p["biases"], merged,
-                                     prior.include_biases)
-        total = sum(m.size for m in quantized.masks)
-        kept = sum(int(m.sum()) for m in quantized.masks)
-        return {"percent_kept": 100.0 * kept / total,
-                "quantized_test_error": retrain.point_error(retrainer, quantized),
-                "zero_component_std": float(np.exp(-0.5 * float(p["mixture"].log_precisions[0]))),
-                "components_used": float(len({float(v) for book in quantized.codebooks
-                                              if book is not None for v in book}))}
-
-    phase = retrain.Phase("sws", epochs, settings.learning_rates, labels,
-                          schedule="constant")
-    params = retrainer.run(phase, params, to_model=to_model, penalty=penalty, record=record,
-                           constants=constants_at)
-    retrainer.close()
-
-    kernels = {n: np.asarray(k) for n, k in params["kernels"].items()}
-    biases = {n: np.asarray(b) for n, b in params["biases"].items()}
-    mixture_params = MixtureParams(*(np.asarray(a) for a in params["mixture"]))
-    retrained_error = retrainer.error(retrain.model_params(kernels, biases))
-
-    # Post-processing.
+def _post_process_and_report(cfg, workdir, training, root, settings, dense_error,
+                             pretrained_flat, point_error, dataset) -> dict[str, Any]:
+    """Merge the mixture, quantise the retrained weights, evaluate, write the results."""
+    prior = settings.prior
+    names, kernels, biases = _layer_arrays(root.network)
+    mixture_params = MixtureParams(*(np.asarray(a) for a in root.mixture()))
+    retrained_error = training.error(root)
     merged = post_process(mixture_params, prior, settings.merge_tolerance)
     quantized = quantize_network(names, kernels, biases, merged, prior.include_biases)
     if not any(mask.any() for mask in quantized.masks):
@@ -514,21 +588,19 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
             "quantised network is empty; retrain longer (trainer.epochs), or lower method.tau or "
             "method.prior.pi_zero. The retraining checkpoints in "
             f"{workdir / 'checkpoints'} are kept; rerun in a new hydra.run.dir to change them.")
-    pruned_only = {n: np.where(m, kernels[n], np.float32(0.0))
-                   for n, m in zip(names, quantized.masks)}
-    pruned_error = retrainer.error(retrain.model_params(pruned_only, biases))
-    quantized_error = retrain.point_error(retrainer, quantized)
-
-    pretrained_flat = np.concatenate([np.ravel(t) for t in under_prior(
-        retrain.kernels_of(pretrained, names), retrain.biases_of(pretrained, names))])
-    retrained_flat = np.concatenate([np.ravel(t) for t in under_prior(kernels, biases)])
+    pruned_error = point_error([np.where(m, kernels[n], np.float32(0.0))
+                                for n, m in zip(names, quantized.masks)],
+                               [biases[n] for n in names])
+    quantized_error = point_error(quantized.kernels, quantized.biases)
+    retrained_flat = np.concatenate([np.ravel(np.asarray(t)) for t in root.under_prior()])
     figure = save_weight_figure(pretrained_flat, retrained_flat, merged,
                                 workdir / "plots" / FIGURE_NAME)
-
-    metrics = retrain.write_results(
-        cfg, workdir, quantized=quantized, dataset=data.dataset, test_error=dense_error,
-        pruned_test_error=pruned_error, quantized_test_error=quantized_error,
-        retrainer=retrainer, pruning_accounting="unstructured",
+    metrics_ = metrics.finish_run(
+        cfg, workdir, dataset=dataset, quantized=quantized, history=training.history,
+        train_seconds=training.train_seconds,
+        images_per_epoch=training.steps_per_epoch * training.batch_size,
+        test_error=dense_error, pruned_test_error=pruned_error,
+        quantized_test_error=quantized_error, pruning_accounting="unstructured",
         extra={"sws": {
             "pretrained_run": str(cfg.method.pretrained_run),
             "pretrained_test_error": dense_error,
@@ -543,6 +615,6 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         }})
     log.info("soft weight-sharing: retrained %.2f %%, pruned %.2f %%, quantized %.2f %% test "
              "error; %d of %d weights kept (%.2f %%), %d merged components", retrained_error,
-             pruned_error, quantized_error, metrics["weights_kept"], metrics["weights_total"],
-             metrics["percent_kept"], len(merged.means))
-    return metrics
+             pruned_error, quantized_error, metrics_["weights_kept"], metrics_["weights_total"],
+             metrics_["percent_kept"], len(merged.means))
+    return metrics_

@@ -1,4 +1,5 @@
-"""The training loop: resuming, compiling once, learning, divergence, schedules, pruned view."""
+"""The training loop and step: resuming, compiling once, learning, divergence, KL warm-up,
+pruned view."""
 
 import hashlib
 import json
@@ -13,7 +14,11 @@ import optax
 import pytest
 from flax import nnx
 
-from bayescomp import data, objectives, train
+from omegaconf import OmegaConf
+
+from bayescomp import data, loop, metrics, objectives, optim, runs, step
+from bayescomp.evaluation import make_evaluate
+from bayescomp.procedures import variational
 from bayescomp.errors import ConfigError, TrainingDivergedError
 from bayescomp.priors.log_uniform import neg_kl_log_uniform_approx
 
@@ -21,6 +26,8 @@ from bayescomp.priors.log_uniform import neg_kl_log_uniform_approx
 # state, which is what resuming has to restore.
 EXPERIMENT = "lenet300_dense"
 CONSTANT_LR = "optimizer.schedule=constant"  # so 1 + 1 epochs and 2 epochs train alike
+SPLIT = step.StateSplit()  # every Param trains
+EMPTY = nnx.State({})  # the LeNets have no batch statistics and nothing frozen
 
 
 def _snapshot(directory: pathlib.Path) -> dict[str, str]:
@@ -34,7 +41,7 @@ def one_epoch_run(tmp_path_factory, smoke_cfg):
     """A finished 1-epoch (2-step) smoke run; tests copy its directory before touching it."""
     workdir = tmp_path_factory.mktemp("one_epoch")
     cfg = smoke_cfg(EXPERIMENT, CONSTANT_LR)
-    metrics = train.train_and_evaluate(cfg, workdir)
+    metrics = variational.run(cfg, workdir)
     return workdir, metrics
 
 
@@ -52,7 +59,7 @@ def test_resume_continues_at_the_next_epoch(one_epoch_run, smoke_cfg, tmp_path):
     first_dir, first = one_epoch_run
     workdir = _copy(first_dir, tmp_path)
     cfg = smoke_cfg(EXPERIMENT, CONSTANT_LR, "trainer.epochs=2")
-    resumed = train.train_and_evaluate(cfg, workdir)
+    resumed = variational.run(cfg, workdir)
 
     assert [h["epoch"] for h in resumed["history"]] == [0.0, 1.0]
     assert resumed["history"][0] == first["history"][0]  # epoch 0 was not retrained
@@ -62,7 +69,7 @@ def test_resume_continues_at_the_next_epoch(one_epoch_run, smoke_cfg, tmp_path):
         first["train_seconds"] + resumed["history"][1]["seconds"], rel=1e-9)
     # The same run in one go trains identically: params, Adam state and PRNG key were restored
     # exactly (same XLA programs on the same inputs: bitwise equal up to float32 rounding).
-    straight = train.train_and_evaluate(cfg, tmp_path / "straight")
+    straight = variational.run(cfg, tmp_path / "straight")
     for got, want in zip(resumed["history"], straight["history"]):
         for field in ("loss", "nll", "train_accuracy", "test_error"):
             assert got[field] == pytest.approx(want[field], rel=1e-6, abs=1e-7), field
@@ -78,7 +85,7 @@ def test_resume_continues_at_the_next_epoch(one_epoch_run, smoke_cfg, tmp_path):
 def test_rerun_of_a_finished_run_trains_nothing(one_epoch_run, smoke_cfg, tmp_path):
     first_dir, first = one_epoch_run
     workdir = _copy(first_dir, tmp_path)
-    again = train.train_and_evaluate(smoke_cfg(EXPERIMENT, CONSTANT_LR), workdir)
+    again = variational.run(smoke_cfg(EXPERIMENT, CONSTANT_LR), workdir)
     assert again["history"] == first["history"]
     assert again["test_error"] == first["test_error"]
 
@@ -89,7 +96,7 @@ def test_resume_with_other_training_settings_is_refused(one_epoch_run, smoke_cfg
     cfg = smoke_cfg(EXPERIMENT, CONSTANT_LR, "trainer.epochs=2", "optimizer.lr=5e-4",
                     "trainer.kl_warmup.end_epoch=7")
     with pytest.raises(ConfigError) as info:
-        train.train_and_evaluate(cfg, workdir)
+        variational.run(cfg, workdir)
     message = str(info.value)
     assert "optimizer.lr: 0.001 -> 0.0005" in message
     assert "trainer.kl_warmup.end_epoch: 0 -> 7" in message
@@ -103,7 +110,7 @@ def test_resume_may_change_logging_pruning_and_epochs(one_epoch_run, smoke_cfg, 
     cfg = smoke_cfg(EXPERIMENT, CONSTANT_LR, "trainer.tensorboard=false",
                     "trainer.pruned_eval_every=3", "trainer.eval_batch_size=50",
                     "experiment_name=renamed", "method.prune.threshold=1.5")
-    again = train.train_and_evaluate(cfg, workdir)
+    again = variational.run(cfg, workdir)
     assert again["history"] == one_epoch_run[1]["history"]
     # trainer.epochs is accepted too: test_resume_continues_at_the_next_epoch extends the run.
 
@@ -135,34 +142,37 @@ def test_nan_loss_raises_and_keeps_the_last_good_state(one_epoch_run, smoke_cfg,
     workdir = _copy(one_epoch_run[0], tmp_path)
     # The diverging lr is set on resume, which the settings check would refuse (tested below);
     # here the run must get as far as the bad step.
-    monkeypatch.setattr(train, "resume_checks", lambda *args, **kwargs: None)
+    monkeypatch.setattr(runs, "resume_checks", lambda *args, **kwargs: None)
     before = _snapshot(workdir)
     assert "metrics.json" in before
     # Adam's step is ~lr whatever the gradient: the first step of epoch 1 moves the weights by
     # 1e30, so the second step's logits overflow and its loss is NaN.
     cfg = smoke_cfg(EXPERIMENT, CONSTANT_LR, "trainer.epochs=2", "optimizer.lr=1e30")
     with pytest.raises(TrainingDivergedError) as info:
-        train.train_and_evaluate(cfg, workdir)
+        variational.run(cfg, workdir)
     message = str(info.value)
     assert "epoch 1" in message and "is kept" in message and "optimizer.lr" in message
     assert "\n" not in message
     # Nothing that was written before changed, and no checkpoint of the bad epoch appeared.
     assert _snapshot(workdir) == before
-    assert not (workdir / "checkpoints" / "1").exists()
+    assert not (workdir / "checkpoints" / "train" / "1").exists()
 
 
-def test_non_finite_parameters_after_a_finite_loss_are_caught(smoke_cfg, tmp_path):
-    """One step per epoch (batch = the 512 synthetic images) at learning rate ∞: the step's loss is
-    computed before its update, so it is finite, and only the parameter check at the end of the
-    epoch sees that the update made the parameters non-finite. No checkpoint of that state may
-    be written, since a resume would start from it."""
-    cfg = smoke_cfg(EXPERIMENT, CONSTANT_LR, "optimizer.lr=inf", "trainer.batch_size=512")
+def test_non_finite_parameters_after_a_finite_loss_are_caught(smoke_cfg, tmp_path, monkeypatch):
+    """One step per epoch (batch = the 512 synthetic images) of an optimiser whose update is
+    g·∞ (a configured learning rate cannot be ∞: optim refuses it): the step's loss is computed
+    before its update, so it is finite, and only the parameter check at the end of the epoch
+    sees that the update made the parameters non-finite. No checkpoint of that state may be
+    written, since a resume would start from it."""
+    monkeypatch.setattr(optim, "make_optimizer",
+                        lambda *args, **kwargs: optax.scale(float("inf")))
+    cfg = smoke_cfg(EXPERIMENT, CONSTANT_LR, "trainer.batch_size=512")
     with pytest.raises(TrainingDivergedError) as info:
-        train.train_and_evaluate(cfg, tmp_path)
+        variational.run(cfg, tmp_path)
     message = str(info.value)
-    assert "parameters became non-finite at the end of epoch 0" in message
+    assert "parameters became non-finite at the end of phase train, epoch 0" in message
     assert "hydra.run.dir" in message and "\n" not in message
-    assert not (tmp_path / "checkpoints" / "0").exists()
+    assert not (tmp_path / "checkpoints" / "train" / "0").exists()
     assert not (tmp_path / "metrics.json").exists()
 
 
@@ -172,9 +182,11 @@ def test_non_finite_parameters_after_a_finite_loss_are_caught(smoke_cfg, tmp_pat
 
 def _building_blocks(compose, experiment, total_steps, *overrides):
     cfg = compose([f"+experiment={experiment}", "+debug=smoke", *overrides])
-    model = train.build_model(cfg, (28, 28, 1), 10, seed=0)
-    optimizer = train.build_optimizer(cfg, total_steps)
-    graphdef, params = nnx.split(nnx.view(model, deterministic=False, pruned=False))
+    model = runs.build_model(cfg, (28, 28, 1), 10, seed=0)
+    graphdef, params, batch_stats, frozen = SPLIT.split(loop.train_view(model, "batch_stats"))
+    assert not jax.tree.leaves(batch_stats) and not jax.tree.leaves(frozen)  # LeNets: params only
+    optimizer = optim.make_optimizer(OmegaConf.to_container(cfg.optimizer, resolve=True), params,
+                                     total_steps=total_steps, steps_per_epoch=total_steps)
     return model, optimizer, graphdef, params
 
 
@@ -196,8 +208,8 @@ def learning_run(compose):
         compose, "lenet300_svd", steps, "optimizer.schedule=constant")
     ds = data.load_dataset("synthetic", seed=0)
     pruned_graphdef, _ = nnx.split(nnx.view(model, deterministic=True, pruned=True))
-    error = train.make_evaluate(pruned_graphdef, 256)
-    train_chunk = train.make_train_chunk(graphdef, optimizer, n_train=60_000, batch_size=batch)
+    error = make_evaluate(pruned_graphdef, 256)
+    train_chunk = step.make_chunk(graphdef, SPLIT, optimizer, n_train=60_000)
     opt_state = optimizer.init(params)
     rng = np.random.default_rng(0)
     losses, cache_sizes = [], []
@@ -207,8 +219,8 @@ def learning_run(compose):
         order = np.concatenate([rng.permutation(len(ds.y_train))
                                 for _ in range(chunk * batch // len(ds.y_train) + 1)])
         index = jnp.asarray(order[: chunk * batch].reshape(chunk, batch), jnp.int32)
-        params, opt_state, sums = train_chunk(params, opt_state, x, y, index,
-                                              jax.random.key(c), jnp.float32(beta))
+        params, _, opt_state, sums = train_chunk(params, EMPTY, EMPTY, opt_state, None, x, y,
+                                                 index, jax.random.key(c), jnp.float32(beta))
         assert sums.shape == (4,)
         losses.append(float(sums[0]) / chunk)
         cache_sizes.append(train_chunk._cache_size())
@@ -238,11 +250,10 @@ def _one_chunk(compose, loop, optimizer=None, steps=3, batch=32, beta=0.7, n_tra
     ds = data.load_dataset("synthetic", seed=0)
     x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
     index = jnp.arange(steps * batch, dtype=jnp.int32).reshape(steps, batch)
-    train_chunk = train.make_train_chunk(graphdef, optimizer, n_train=n_train, batch_size=batch,
-                                         loop=loop)
+    train_chunk = step.make_chunk(graphdef, SPLIT, optimizer, n_train=n_train, loop=loop)
     key = jax.random.key(3)
-    new_params, _, sums = train_chunk(params, optimizer.init(params), x, y, index, key,
-                                      jnp.float32(beta))
+    new_params, _, _, sums = train_chunk(params, EMPTY, EMPTY, optimizer.init(params), None, x,
+                                         y, index, key, jnp.float32(beta))
     return dict(graphdef=graphdef, params=params, new_params=new_params, sums=np.asarray(sums),
                 x=x, y=y, index=index, key=key, steps=steps, beta=beta, n_train=n_train)
 
@@ -301,12 +312,13 @@ def test_posterior_gradients_are_materialized_unchanged(compose, experiment, bou
         jax.random.normal(jax.random.key(i), leaf.shape, leaf.dtype)
         for i, leaf in enumerate(leaves)])
     one = jnp.float32(1.0)
-    out = jax.jit(lambda g, u: train.materialize_posterior_gradients(graphdef, g, u))(grads, one)
+    out = jax.jit(lambda g, u: step.materialize_posterior_gradients(
+        lambda s: nnx.merge(graphdef, s), SPLIT, g, u))(grads, one)
     assert jax.tree.structure(out) == jax.tree.structure(grads)
     for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(grads)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    jaxpr = jax.make_jaxpr(lambda g, u: train.materialize_posterior_gradients(graphdef, g, u))(
-        grads, one)
+    jaxpr = jax.make_jaxpr(lambda g, u: step.materialize_posterior_gradients(
+        lambda s: nnx.merge(graphdef, s), SPLIT, g, u))(grads, one)
     conds = [e for e in jaxpr.jaxpr.eqns if e.primitive is jax.lax.cond_p]
     assert len(conds) == (boundaries if jax.default_backend() == "cpu" else 0)
 
@@ -332,34 +344,6 @@ def test_kl_warmup_step(epoch, want):
 
 def test_kl_warmup_smoke_config_is_on_from_the_start():
     assert objectives.kl_weight(0, 0, 0) == 1.0
-
-
-@pytest.mark.parametrize(
-    "decay_start, step, want",
-    [
-        # LeNet-300-100 recipe: 1e-3 for the first half of 200 steps, then linearly to 0.
-        (0.5, 0, 1e-3), (0.5, 99, 1e-3), (0.5, 100, 1e-3), (0.5, 150, 5e-4), (0.5, 190, 1e-4),
-        (0.5, 200, 0.0),
-        # LeNet-5 recipe: linear from the start, 1e-3·(200 − t)/200.
-        (0.0, 0, 1e-3), (0.0, 50, 7.5e-4), (0.0, 100, 5e-4), (0.0, 200, 0.0),
-    ],
-)
-def test_linear_decay_schedule(decay_start, step, want):
-    schedule = objectives.learning_rate_schedule(1e-3, "linear_decay", 200, decay_start)
-    # float32 arithmetic inside optax: ~1e-7 relative to the peak of 1e-3.
-    assert float(schedule(step)) == pytest.approx(want, abs=1e-10)
-
-
-def test_constant_schedule():
-    schedule = objectives.learning_rate_schedule(3e-4, "constant", 100)
-    assert [float(schedule(t)) for t in (0, 50, 100)] == pytest.approx([3e-4] * 3)
-
-
-@pytest.mark.parametrize("schedule, decay_start", [("linear_decay", 1.0), ("linear_decay", -0.1),
-                                                   ("cosine", 0.0)])
-def test_bad_schedule_is_a_config_error(schedule, decay_start):
-    with pytest.raises(ConfigError):
-        objectives.learning_rate_schedule(1e-3, schedule, 100, decay_start)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,17 +397,17 @@ def test_all_finite_sees_nan_and_inf_in_any_leaf():
     import jax.numpy as jnp
 
     good = {"a": jnp.ones((3,)), "b": [jnp.zeros((2, 2))]}
-    assert train.all_finite(good)
+    assert loop.all_finite(good)
     for bad in (jnp.nan, jnp.inf, -jnp.inf):
         tree = {"a": jnp.ones((3,)), "b": [jnp.zeros((2, 2)).at[1, 0].set(bad)]}
-        assert not train.all_finite(tree)
+        assert not loop.all_finite(tree)
 
 
 def test_epoch_time_leaves_out_every_compiling_epoch():
     # A run resumed once: epochs 0 and 3 compiled (10 s), the others took 1-3 s.
     history = [{"seconds": s, "includes_compilation": float(c)}
                for s, c in ((10, 1), (1, 0), (2, 0), (10, 1), (3, 0))]
-    assert train.median_epoch_seconds(history) == 2.0
+    assert metrics.median_epoch_seconds(history) == 2.0
     legacy = [{"seconds": s} for s in (10, 1, 2, 3)]  # no flag: only the first epoch compiled
-    assert train.median_epoch_seconds(legacy) == 2.0
-    assert train.median_epoch_seconds([{"seconds": 7.0, "includes_compilation": 1.0}]) == 7.0
+    assert metrics.median_epoch_seconds(legacy) == 2.0
+    assert metrics.median_epoch_seconds([{"seconds": 7.0, "includes_compilation": 1.0}]) == 7.0

@@ -6,11 +6,11 @@ metrics. ``conf/method/*.yaml`` names its procedure with the key ``procedure`` (
 ``variational``):
 
 * ``variational``: variational inference over the weights, then pruning and bit reduction
-  (:func:`bayescomp.train.train_and_evaluate`; dense baselines, Sparse VD, Bayesian Compression).
+  (:func:`bayescomp.procedures.variational.run`; dense baselines, Sparse VD, Bayesian Compression).
 * ``deep_compression``: magnitude pruning with retraining, k-means weight sharing and centroid
-  fine-tuning of a finished dense run (:func:`bayescomp.deep_compression.run`; Han et al. 2016).
+  fine-tuning of a finished dense run (:func:`bayescomp.procedures.deep_compression.run`; Han et al. 2016).
 * ``soft_weight_sharing``: retraining of a finished dense run under a learned Gaussian-mixture
-  prior, then quantisation to the mixture means (:func:`bayescomp.soft_weight_sharing.run`;
+  prior, then quantisation to the mixture means (:func:`bayescomp.procedures.soft_weight_sharing.run`;
   Ullrich, Meeds & Welling 2017).
 
 Retraining procedures (Deep Compression, soft weight-sharing) start from a finished dense run
@@ -26,9 +26,9 @@ from typing import Any, Callable
 from bayescomp.errors import unknown_name_error
 
 REGISTRY: dict[str, str] = {
-    "variational": "bayescomp.train:train_and_evaluate",
-    "deep_compression": "bayescomp.deep_compression:run",
-    "soft_weight_sharing": "bayescomp.soft_weight_sharing:run",
+    "variational": "bayescomp.procedures.variational:run",
+    "deep_compression": "bayescomp.procedures.deep_compression:run",
+    "soft_weight_sharing": "bayescomp.procedures.soft_weight_sharing:run",
 }
 
 

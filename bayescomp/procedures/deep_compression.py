@@ -13,7 +13,7 @@ Quantization and Huffman Coding", ICLR 2016 (methods.md §7). From a finished de
    quality to reach those fractions; we prune to the fractions directly (the ``k`` largest
    ``|w|`` of the weights still kept, ties to the lower index), which makes the result exact and
    the schedule independent of the weight scale. Removed weights stay ``+0.0`` (their gradient
-   and value are masked, :func:`bayescomp.retrain.apply_masks`).
+   and value are masked, :func:`bayescomp.step.apply_masks`).
 2. **Weight sharing** (§3.1): per layer, 1-D k-means over the kept weights with ``k = 2^b``
    clusters, ``b`` = 8 for conv and 5 for fully connected layers (§3; Tables 2–3 use 6 bits for
    LeNet-300-100), initialised linearly between the smallest and largest kept weight (§3.2: the
@@ -47,13 +47,21 @@ import os
 import pathlib
 from typing import Any, Mapping, Sequence
 
+import zlib
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from bayescomp import retrain
+from bayescomp import metrics, models, objectives, pretrained, runs
+from bayescomp.bit_precision import codebook_precision
+from bayescomp.compression import quantize as quantize_lib
 from bayescomp.compression.quantize import QuantizedNetwork
 from bayescomp.errors import ConfigError
+from bayescomp.loop import Phase, TrainingRun
+from bayescomp.posteriors.codebook import CodebookValues, SharedCodebook
+from bayescomp.posteriors.variables import Bias, PointWeight
 
 log = logging.getLogger(__name__)
 
@@ -183,36 +191,40 @@ def shared_weights(weights: np.ndarray, mask: np.ndarray, bits: int,
     return centroids[used].astype(np.float32), index
 
 
-def shared_kernel(centroids, index, mask):
-    """``W = where(mask, C[I], 0)``: the weight-shared kernel (works on traced arrays).
+def share_weights(model, masks: Mapping[str, np.ndarray], bits: Mapping[str, int],
+                  max_iterations: int) -> None:
+    """Replace every layer's kernel by a weight-shared one, in place (§3.1).
 
-    Its gradient with respect to ``C`` is Han et al.'s Eq. 3: the gradients of the kept weights
-    summed per centroid.
+    Each layer's kept weights are clustered (:func:`shared_weights`) and its posterior becomes a
+    :class:`~bayescomp.posteriors.codebook.SharedCodebook` of the centroids, the weights'
+    cluster indices and the mask, so the next phase trains the centroids (Eq. 3).
     """
-    return jnp.where(mask, jnp.asarray(centroids)[index], jnp.zeros((), jnp.float32))
+    for name, layer in objectives.variational_layers(model):
+        centroids, index = shared_weights(np.asarray(layer.posterior.mean()), masks[name],
+                                          bits[name], max_iterations)
+        layer.posterior = SharedCodebook(centroids, index, masks[name])
 
 
-def codebook_network(names: Sequence[str], centroids: Mapping[str, Any],
-                     constants: Mapping[str, Any], biases: Mapping[str, Any]) -> QuantizedNetwork:
-    """The final :class:`QuantizedNetwork`: shared kernels with their codebooks.
+def codebook_network(model) -> QuantizedNetwork:
+    """The final :class:`QuantizedNetwork` of a weight-shared model: kernels with codebooks.
 
     A layer's codebook is the sorted distinct values its kept weights take (a fine-tuned centroid
     can meet another; a centroid of exactly ``-0.0`` is stored as ``+0.0``, so that kernels and
     codebook agree bit for bit).
     """
-    kernels, codebooks, masks = [], [], []
-    for name in names:
-        mask = np.asarray(constants[name]["mask"], bool)
+    names, kernels, biases, codebooks, masks = [], [], [], [], []
+    for name, layer in objectives.variational_layers(model):
+        mask = np.asarray(layer.posterior.keep[...], bool)
         # + 0.0 turns a -0.0 centroid into +0.0 (IEEE: -0 + +0 = +0); removed weights are +0.0.
-        values = np.asarray(centroids[name], np.float32) + np.float32(0.0)
-        kernel = np.where(mask, values[np.asarray(constants[name]["index"])], np.float32(0.0))
+        values = np.asarray(layer.posterior.values[...], np.float32) + np.float32(0.0)
+        kernel = np.where(mask, values[np.asarray(layer.posterior.index[...])], np.float32(0.0))
+        names.append(name)
         kernels.append(kernel.astype(np.float32))
+        biases.append(np.asarray(layer.bias[...], np.float32))
         codebooks.append(np.unique(kernel[mask]).astype(np.float32))
         masks.append(mask)
-    precision = retrain.codebook_precision(codebooks, kernels, masks)
-    return QuantizedNetwork(list(names), kernels,
-                            [np.asarray(biases[n], np.float32) for n in names], masks, precision,
-                            codebooks)
+    precision = codebook_precision(codebooks, kernels, masks)
+    return QuantizedNetwork(names, kernels, biases, masks, precision, codebooks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,6 +271,47 @@ def _epochs(value, cfg: DictConfig) -> int:
     return epochs
 
 
+def _phase(cfg: DictConfig, name: str, epochs, settings, trains, learning_rates,
+           masks=None, record=None) -> Phase:
+    """A retraining phase: the run's optimiser with the phase's schedule and per-type rates."""
+    return Phase(
+        name, _epochs(epochs, cfg),
+        optimizer={**OmegaConf.to_container(cfg.optimizer, resolve=True),
+                   "schedule": str(settings.schedule),
+                   "decay_start": float(settings.get("decay_start", 0.0))},
+        key=jax.random.fold_in(jax.random.key(int(cfg.seed)), zlib.crc32(name.encode())),
+        trains=trains, learning_rates=learning_rates, masks=masks, record=record)
+
+
+def _prune_rounds(cfg, model, training: TrainingRun, settings: dict) -> tuple[dict, list]:
+    """Iterative magnitude pruning, each round followed by retraining with the mask fixed."""
+    retrain_cfg = cfg.method.retrain
+    rates = ((PointWeight, float(retrain_cfg.lr)), (Bias, float(retrain_cfg.bias_lr)))
+    layers = objectives.variational_layers(model)
+    masks: dict = {name: None for name, _ in layers}
+    rounds = []
+    for r in range(settings["rounds"]):
+        for name, layer in layers:
+            kernel = np.asarray(layer.posterior.weight[...])
+            masks[name] = magnitude_mask(kernel, settings["schedule"][name][r], masks[name])
+            layer.posterior.weight[...] = jnp.where(masks[name], kernel, 0.0)
+        kept = sum(int(m.sum()) for m in masks.values())
+        percent_kept = 100.0 * kept / sum(m.size for m in masks.values())
+        before = training.error(model)
+        phase = _phase(cfg, f"prune{r + 1}", retrain_cfg.epochs, retrain_cfg,
+                       (PointWeight, Bias), rates, masks=dict(masks),
+                       record=lambda _, p=percent_kept: {"percent_kept": p})
+        training.fit(model, phase)
+        after = training.error(model)
+        rounds.append({"round": r + 1, "percent_kept": percent_kept,
+                       "percent_kept_per_layer": {n: 100.0 * float(m.mean())
+                                                  for n, m in masks.items()},
+                       "error_after_pruning": before, "error_after_retraining": after})
+        log.info("pruning round %d: %.2f %% kept, test error %.2f %% after pruning, %.2f %% after "
+                 "%d retraining epochs", r + 1, percent_kept, before, after, phase.epochs)
+    return masks, rounds
+
+
 def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     """Deep Compression of ``cfg.method.pretrained_run``: prune, retrain, share, fine-tune.
 
@@ -276,83 +329,40 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    model, pretrained_metrics = retrain.load_pretrained(cfg)
-    data = retrain.load_data(cfg)
-    names = retrain.layer_names(model)
-    params = retrain.point_params(model)
-    kinds = {n: "conv" if np.ndim(k) == 4 else "dense"
-             for n, k in retrain.kernels_of(params, names).items()}
+    runs.check_trainer_settings(cfg)
+    runs.check_run_identity(cfg, workdir)
+    model, pretrained_metrics = pretrained.load_pretrained(cfg)
+    dataset = runs.load_run_dataset(cfg)
+    layers = objectives.variational_layers(model)
+    names = [name for name, _ in layers]
+    kinds = {n: "conv" if layer.posterior.weight[...].ndim == 4 else "dense" for n, layer in layers}
     settings = _settings(cfg, names, kinds)
     method = cfg.method
-    retrainer = retrain.Retrainer(
-        cfg, workdir, model, data,
-        pretrained_run=method.pretrained_run)
-    pretrained_kernels = {n: np.asarray(k) for n, k in retrain.kernels_of(params, names).items()}
-    dense_error = retrainer.error(params)
+    training = TrainingRun(cfg, workdir, dataset, resumable=runs.RESUMABLE_CHANGES_RETRAINING,
+                           pretrained_run=str(method.pretrained_run))
+    pretrained_kernels = {n: np.asarray(layer.posterior.weight[...]) for n, layer in layers}
+    dense_error = training.error(model)
     log.info("pretrained %s: test error %.2f %% (its run reported %.2f %%)",
              method.pretrained_run, dense_error, pretrained_metrics.get("test_error", math.nan))
-
-    # 1. Iterative pruning, each round followed by retraining with the mask fixed.
-    retrain_cfg = method.retrain
-    labels = {n: {"bias": "biases", "posterior": {"weight": "weights"}} for n in names}
-    rates = {"weights": float(retrain_cfg.lr), "biases": float(retrain_cfg.bias_lr)}
-    masks = {n: None for n in names}
-    rounds = []
-    for r in range(settings["rounds"]):
-        kernels = retrain.kernels_of(params, names)
-        masks = {n: magnitude_mask(np.asarray(kernels[n]), settings["schedule"][n][r], masks[n])
-                 for n in names}
-        tree_masks = {n: {"bias": None, "posterior": {"weight": masks[n]}} for n in names}
-        params = retrain.apply_masks(params, tree_masks)
-        kept = sum(int(m.sum()) for m in masks.values())
-        total = sum(m.size for m in masks.values())
-        before = retrainer.error(params)
-        phase = retrain.Phase(f"prune{r + 1}", _epochs(retrain_cfg.epochs, cfg), rates, labels,
-                              schedule=str(retrain_cfg.schedule),
-                              decay_start=float(retrain_cfg.get("decay_start", 0.0)))
-        params = retrainer.run(phase, params, masks=tree_masks,
-                               record=lambda _: {"percent_kept": 100.0 * kept / total})
-        after = retrainer.error(params)
-        rounds.append({"round": r + 1, "percent_kept": 100.0 * kept / total,
-                       "percent_kept_per_layer": {n: 100.0 * float(masks[n].mean())
-                                                  for n in names},
-                       "error_after_pruning": before, "error_after_retraining": after})
-        log.info("pruning round %d: %.2f %% kept, test error %.2f %% after pruning, %.2f %% after "
-                 "%d retraining epochs", r + 1, 100.0 * kept / total, before, after, phase.epochs)
-    pruned_error = retrainer.error(params)
-
-    # 2. Weight sharing: k-means per layer over the kept weights, linear initialisation.
-    quantize_cfg = method.quantize
-    kernels = {n: np.asarray(k) for n, k in retrain.kernels_of(params, names).items()}
-    centroids, constants = {}, {}
-    for n in names:
-        centroids[n], index = shared_weights(kernels[n], masks[n], settings["bits"][n],
-                                             int(quantize_cfg.kmeans_iterations))
-        constants[n] = {"index": index, "mask": masks[n]}
-    biases = {n: np.asarray(b) for n, b in retrain.biases_of(params, names).items()}
-    shared = {"centroids": centroids, "biases": biases}
-
-    def to_model(p, c):
-        return retrain.model_params(
-            {n: shared_kernel(p["centroids"][n], c[n]["index"], c[n]["mask"]) for n in names},
-            p["biases"])
-
-    kmeans_error = retrainer.error(to_model(shared, constants))
-
-    # 3. Fine-tuning of the centroids (gradients summed per cluster, Eq. 3) and the biases.
-    finetune = quantize_cfg.finetune
-    phase = retrain.Phase("finetune", _epochs(finetune.epochs, cfg),
-                          {"centroids": float(finetune.lr), "biases": float(finetune.bias_lr)},
-                          {"centroids": {n: "centroids" for n in names},
-                           "biases": {n: "biases" for n in names}},
-                          schedule=str(finetune.schedule),
-                          decay_start=float(finetune.get("decay_start", 0.0)))
-    shared = retrainer.run(phase, shared, to_model=to_model, constants=constants)
-
+    try:
+        masks, rounds = _prune_rounds(cfg, model, training, settings)
+        pruned_error = training.error(model)
+        # 2. Weight sharing: k-means per layer over the kept weights, linear initialisation.
+        quantize_cfg = method.quantize
+        share_weights(model, masks, settings["bits"], int(quantize_cfg.kmeans_iterations))
+        kmeans_error = training.error(model)
+        # 3. Fine-tuning of the centroids (gradients summed per cluster, Eq. 3) and the biases.
+        finetune = quantize_cfg.finetune
+        phase = _phase(cfg, "finetune", finetune.epochs, finetune, (CodebookValues, Bias),
+                       ((CodebookValues, float(finetune.lr)), (Bias, float(finetune.bias_lr))))
+        training.fit(model, phase)
+    finally:
+        training.close()
     # 4. The quantized network and its error.
-    quantized = codebook_network(names, shared["centroids"], constants, shared["biases"])
-    quantized_error = retrain.point_error(retrainer, quantized)
-    retrainer.close()
+    quantized = codebook_network(model)
+    quantized_error = training.error(quantize_lib.point_model(
+        models.get(cfg.model.name), quantized.kernels, quantized.biases,
+        input_shape=dataset.x_train.shape[1:], num_classes=dataset.num_classes))
     log.info("weight sharing (%s bits): test error %.2f %% after k-means, %.2f %% after %d "
              "epochs of centroid fine-tuning", settings["bits"], kmeans_error, quantized_error,
              phase.epochs)
@@ -365,10 +375,12 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
             "error_after_kmeans": kmeans_error, "error_after_finetuning": quantized_error,
         },
     }
-    return retrain.write_results(
-        cfg, workdir, quantized=quantized, dataset=data.dataset, test_error=dense_error,
-        pruned_test_error=pruned_error, quantized_test_error=quantized_error,
-        retrainer=retrainer, pruning_accounting="unstructured", extra=extra)
+    return metrics.finish_run(
+        cfg, workdir, dataset=dataset, quantized=quantized, history=training.history,
+        train_seconds=training.train_seconds,
+        images_per_epoch=training.steps_per_epoch * training.batch_size,
+        test_error=dense_error, pruned_test_error=pruned_error,
+        quantized_test_error=quantized_error, pruning_accounting="unstructured", extra=extra)
 
 
 def _save_weight_plots(directory: pathlib.Path, names, pretrained: Mapping[str, np.ndarray],

@@ -21,43 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from bayescomp.errors import ConfigError
-from bayescomp.nn.layer import VariationalLayer
-
-
-def variational_layers(model: nnx.Module) -> list[tuple[str, VariationalLayer]]:
-    """The model's variational layers with their dotted paths, in forward order.
-
-    Pruning propagates masks between consecutive entries (a removed unit removes its row in the
-    next layer), and compression, export and retraining pair layers the same way, so the order
-    must be the order of the forward pass. ``nnx.iter_modules`` cannot give it: it visits
-    attributes sorted by name (``conv10`` before ``conv2``). The model therefore declares it,
-    as a class attribute ``layer_names`` of dotted paths (see :mod:`bayescomp.models`); a module
-    with a single variational layer needs none.
-
-    Raises:
-        ConfigError: the model has several variational layers and no ``layer_names``, or its
-            ``layer_names`` do not name exactly its variational layers.
-    """
-    found = {
-        ".".join(str(p) for p in path): module
-        for path, module in nnx.iter_modules(model)
-        if isinstance(module, VariationalLayer)
-    }
-    order = getattr(model, "layer_names", None)
-    if order is None:
-        if len(found) > 1:
-            raise ConfigError(
-                f"{type(model).__name__} has {len(found)} variational layers "
-                f"({', '.join(sorted(found))}) but no `layer_names`: declare their dotted "
-                "paths, in the order the forward pass applies them, as the class attribute "
-                "`layer_names`")
-        return list(found.items())
-    if sorted(order) != sorted(found):
-        raise ConfigError(
-            f"{type(model).__name__}.layer_names = {tuple(order)!r} must name exactly its "
-            f"variational layers, which are {tuple(sorted(found))!r}")
-    return [(name, found[name]) for name in order]
+from bayescomp.models.graph import weight_layers as variational_layers  # noqa: F401 (re-export)
 
 
 def kl_modules(model: nnx.Module) -> list[tuple[str, nnx.Module]]:

@@ -1,4 +1,4 @@
-"""Pruning masks from posterior statistics, propagated across layers, and what remains.
+"""Pruning masks from posterior statistics, propagated through the channel groups, and what remains.
 
 A weight (or a group of weights) is removed when its log dropout rate reaches the layer's
 threshold, ``log α >= t``. Sparse VD uses t = 3 per weight (Molchanov et al. 2017, §5.1: dropout
@@ -6,36 +6,44 @@ rate above 0.95; the log α histogram is bimodal around it). Bayesian Compressio
 with per-layer thresholds picked from the histograms (the authors' example: −2.8, −3, −5 for
 LeNet-300-100's three layers; methods.md §3.3) — :func:`save_log_alpha_histograms` draws them.
 
-Removing a unit has consequences across layers (Louizos et al. 2017, §3; methods.md §3.3):
+Removing a channel has consequences across layers (Louizos et al. 2017, §3; methods.md §3.3).
+Which layers share a channel is the model's declaration (:mod:`bayescomp.models.graph`): the
+producers that write it, the BatchNorms that normalise it and the consumers that read it, one
+group per residual add, the flatten's ``H·W`` rows per channel declared, not guessed. Within a
+prunable group, channel c is removed from every producer (output column) and every consumer
+(input rows, every flatten position) when
 
-* **backward**: when every outgoing weight of a unit is removed in layer l+1 (e.g. its group z in
-  a dense layer with scales on the inputs), the unit is unused and its incoming weights in layer l
-  go too (its row there);
-* **forward**: when a unit's output is exactly zero (a conv channel whose group scale removed its
-  kernel *and* its bias), its outgoing weights in layer l+1 go too;
-* at the conv → dense boundary one channel is ``H·W`` inputs of the dense layer (NHWC flatten:
-  input ``j`` of fc1 is channel ``j mod C``);
-* the outputs of the last layer are never removed.
+* **backward**: no consumer keeps a weight reading it, so its value is never used;
+* **forward**: it is exactly zero: every producer removed its whole column *and* its bias with
+  it (a conv channel whose group scale removed its kernel), and no BatchNorm normalises it. The
+  operations a model applies between a group's producers and its consumers (ReLU, pooling, the
+  residual add) keep a zero at zero; a BatchNorm does not: it turns 0 into
+  ``β − μ·γ/√(σ²+ε)``, a constant that export folds into the consumers' biases
+  (:mod:`bayescomp.compression.survivors`), so here its consumers keep their weights.
 
-These rules never change the network's predictions; they only make the count of what must be
-stored honest. Per-weight (unstructured) masks propagate backward only: a unit with no incoming
-weights still outputs ``relu(bias)``.
+The network input and the classifier outputs are not prunable. These rules never change the
+network's predictions; they only make the count of what must be stored honest. Per-weight
+(unstructured) masks propagate backward only: a unit with no incoming weights still outputs
+``relu(bias)``.
 """
 
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Mapping
 
 import numpy as np
 from flax import nnx
 
-from bayescomp.objectives import variational_layers
+from bayescomp.errors import ConfigError
+from bayescomp.models.graph import ChannelGraph, ChannelGroup, channel_graph, weight_layers
+from bayescomp.nn.layer import VariationalLayer
 
 
 def own_masks(model: nnx.Module) -> dict[str, np.ndarray]:
     """Each layer's keep mask from its own log α and threshold, kernel-shaped (bool)."""
     masks = {}
-    for name, layer in variational_layers(model):
+    for name, layer in weight_layers(model):
         kernel_shape = layer.posterior.mean().shape
         mask = layer.keep_mask()
         masks[name] = np.ones(kernel_shape, bool) if mask is None else np.array(
@@ -43,45 +51,113 @@ def own_masks(model: nnx.Module) -> dict[str, np.ndarray]:
     return masks
 
 
-def _input_to_unit(n_inputs: int, n_prev_units: int) -> np.ndarray:
-    """Map each input of a layer to the unit of the previous layer that feeds it."""
-    if n_inputs % n_prev_units:
-        raise ValueError(f"cannot map {n_inputs} inputs onto {n_prev_units} previous units")
-    return np.arange(n_inputs) % n_prev_units  # identity, or NHWC flatten (channel fastest)
+def masked_bias(layer: VariationalLayer, mask: np.ndarray) -> np.ndarray:
+    """The layer's posterior-mean bias under ``mask`` (float32).
+
+    A posterior whose groups scale the bias (output-channel group scales) removes the bias of an
+    output channel that keeps no weight, as its pruned view does; any other bias stays.
+    """
+    bias = np.asarray(layer.mean_bias(), np.float32)
+    if not layer.posterior.masks_bias:
+        return bias
+    return np.where(mask.reshape(-1, mask.shape[-1]).any(axis=0), bias, 0.0).astype(np.float32)
+
+
+def input_rows_kept(mask: np.ndarray) -> np.ndarray:
+    """Input rows (kernel axis ``-2``) that keep a weight, over every tap and output."""
+    return mask.any(axis=tuple(a for a in range(mask.ndim) if a != mask.ndim - 2))
+
+
+def output_columns_kept(mask: np.ndarray) -> np.ndarray:
+    """Output columns (kernel axis ``-1``) that keep a weight."""
+    return mask.reshape(-1, mask.shape[-1]).any(axis=0)
+
+
+def channels_read(graph: ChannelGraph, group: ChannelGroup,
+                  masks: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Channels of ``group`` that some consumer keeps a weight from (at any flatten position)."""
+    read = np.zeros(graph.sizes[group.name], bool)
+    for consumer in group.consumers:
+        rows = input_rows_kept(masks[consumer.layer])
+        read |= rows.reshape(consumer.positions, -1).any(axis=0)  # row p·C + c is channel c
+    return read
+
+
+def _with_group_mask(graph: ChannelGraph, masks: dict[str, np.ndarray], group: ChannelGroup,
+                     keep: np.ndarray) -> bool:
+    """Remove the channels ``~keep`` of ``group`` from its producers and consumers in place.
+
+    Returns:
+        Whether any mask changed.
+    """
+    changed = False
+    for producer in group.producers:
+        new = masks[producer] & keep
+        changed |= bool((new != masks[producer]).any())
+        masks[producer] = new
+    for consumer in group.consumers:
+        rows = np.tile(keep, consumer.positions)  # row p·C + c is channel c at position p
+        new = masks[consumer.layer] & rows[:, None]
+        changed |= bool((new != masks[consumer.layer]).any())
+        masks[consumer.layer] = new
+    return changed
+
+
+def apply_group_masks(model: nnx.Module, masks: Mapping[str, np.ndarray],
+                      group_masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Remove whole channels: ``group_masks[g][c] = False`` removes channel c of group g.
+
+    The channel goes from every producer's output column and every consumer's input rows (all
+    ``H·W`` rows of a flatten); its BatchNorm entries go when the network is exported
+    (:func:`bayescomp.compression.export.export_model`), which keeps the channels that some
+    weight still reads.
+
+    Args:
+        model: The model whose channel groups are meant.
+        masks: Kernel-shaped keep masks by layer path.
+        group_masks: Group name → boolean keep vector over its channels.
+
+    Returns:
+        New masks (the arguments are not modified).
+
+    Raises:
+        ConfigError: a group that is unknown, not prunable, or a keep vector of the wrong size.
+    """
+    graph = channel_graph(model)
+    masks = {name: np.asarray(mask, bool).copy() for name, mask in masks.items()}
+    for name, keep in group_masks.items():
+        if name not in graph.sizes:
+            raise ConfigError(f"no channel group {name!r}; the groups are {list(graph.sizes)}")
+        group, keep = graph.group(name), np.asarray(keep, bool)
+        if not group.prunable:
+            raise ConfigError(f"channel group {name!r} is not prunable (network input or output)")
+        if keep.shape != (graph.sizes[name],):
+            raise ConfigError(f"group {name!r} has {graph.sizes[name]} channels; its keep mask "
+                              f"has shape {keep.shape}")
+        _with_group_mask(graph, masks, group, keep)
+    return masks
 
 
 def propagated_masks(model: nnx.Module) -> dict[str, np.ndarray]:
-    """Keep masks after cross-layer propagation (see the module docstring), by layer path.
+    """Keep masks after propagation through the channel groups (module docstring), by layer path.
 
-    Layers are taken in definition order and assumed to feed each other in that order (true of
-    the LeNets and VGG-like chains; a residual model needs its own wiring).
+    Removals only shrink masks, so applying the two rules group by group until nothing changes
+    reaches the same fixed point in any order.
     """
-    layers = variational_layers(model)
+    graph = channel_graph(model)
+    layers = dict(weight_layers(model))
     masks = own_masks(model)
-    names = [name for name, _ in layers]
-    zero_output = {name: layer.posterior.masks_bias for name, layer in layers}
-    for _ in range(len(names)):  # reaches a fixed point in at most one pass per boundary
+    changed = True
+    while changed:
         changed = False
-        for prev, nxt in zip(names[:-1], names[1:]):
-            prev_mask, next_mask = masks[prev], masks[nxt]
-            n_prev_units = prev_mask.shape[-1]
-            to_unit = _input_to_unit(next_mask.shape[-2], n_prev_units)
-            # An input of `nxt` is used if any of its weights is kept.
-            input_used = next_mask.reshape(-1, *next_mask.shape[-2:]).any(axis=(0, 2))
-            unit_used = np.zeros(n_prev_units, bool)
-            np.logical_or.at(unit_used, to_unit, input_used)
-            new_prev = prev_mask & unit_used  # backward: unused units lose their weights
-            new_next = next_mask
-            if zero_output[prev]:  # forward: a removed channel outputs exactly zero
-                unit_alive = prev_mask.reshape(-1, n_prev_units).any(axis=0)
-                shape = [1] * next_mask.ndim
-                shape[-2] = next_mask.shape[-2]
-                new_next = next_mask & unit_alive[to_unit].reshape(shape)
-            if (new_prev != prev_mask).any() or (new_next != next_mask).any():
-                changed = True
-            masks[prev], masks[nxt] = new_prev, new_next
-        if not changed:
-            break
+        for group in graph.groups:
+            if not group.prunable:
+                continue
+            zero = np.zeros(graph.sizes[group.name], bool)
+            if not group.norms and all(layers[p].posterior.masks_bias for p in group.producers):
+                zero = ~np.any([output_columns_kept(masks[p]) for p in group.producers], axis=0)
+            keep = channels_read(graph, group, masks) & ~zero
+            changed |= _with_group_mask(graph, masks, group, keep)
     return masks
 
 
@@ -113,7 +189,7 @@ def save_log_alpha_histograms(model: nnx.Module, directory: str | pathlib.Path) 
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, layer in variational_layers(model):
+    for name, layer in weight_layers(model):
         log_alpha = layer.log_alpha()
         if log_alpha is None:
             continue

@@ -11,16 +11,16 @@ module makes the choice reproducible and honest:
   set; never the test set).
 * **Reference.** e₀, the selection-set error (%) of the posterior-mean network with nothing
   pruned.
-* **Greedy, layer by layer** in definition order: layer k (of L) gets the *smallest* threshold
-  among its candidates (the most pruning) whose pruned network — layers before k at their
-  chosen thresholds, layers after k unpruned — has selection error
+* **Greedy, layer by layer** in the model's declared order (``layer_names``): layer k (of L)
+  gets the *smallest* threshold among its candidates (the most pruning) whose pruned network —
+  layers before k at their chosen thresholds, layers after k unpruned — has selection error
   ``≤ e₀ + tolerance · k / L``. The tolerance budget is spread evenly over the layers so the first
   layer cannot spend all of it. Candidates lie between the layer's consecutive distinct log α
   values (pruning one more group per step, and never on a value, so no group sits exactly at
   its threshold), searched by bisection: the error is assumed to grow with the number of
   pruned groups (true up to selection noise; a violated assumption can only cost pruning, never
   the error bound, because the chosen threshold is always one that was evaluated and met it).
-* Masks are propagated across layers exactly as for the final report
+* Masks are propagated through the model's channel groups exactly as for the final report
   (:func:`bayescomp.pruning.propagated_masks`), so a unit that loses every outgoing weight loses
   its incoming ones too.
 
@@ -32,7 +32,7 @@ file and every later evaluation prune exactly the same groups.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -40,14 +40,14 @@ import numpy as np
 from flax import nnx
 
 from bayescomp import pruning
-from bayescomp.objectives import variational_layers
+from bayescomp.models.graph import weight_layers
 
 log = logging.getLogger(__name__)
 
 
 def set_thresholds(model: nnx.Module, thresholds: Mapping[str, float | None]) -> None:
     """Set ``prune_threshold`` of the named layers of ``model`` (in place)."""
-    layers = dict(variational_layers(model))
+    layers = dict(weight_layers(model))
     unknown = sorted(set(thresholds) - set(layers))
     if unknown:
         raise ValueError(f"thresholds name unknown layers {unknown}; layers: {list(layers)}")
@@ -65,15 +65,11 @@ def masked_mean_params(model: nnx.Module, masks: Mapping[str, np.ndarray]):
         ``(kernels, biases)`` lists in layer order (float32 numpy arrays).
     """
     kernels, biases = [], []
-    for name, layer in variational_layers(model):
+    for name, layer in weight_layers(model):
         mask = masks[name]
         kernels.append(np.where(mask, np.asarray(layer.posterior.mean(), np.float32), 0.0)
                        .astype(np.float32))
-        bias = np.asarray(layer.mean_bias(), np.float32)
-        if layer.posterior.masks_bias:
-            bias = np.where(mask.reshape(-1, mask.shape[-1]).any(axis=0), bias, 0.0).astype(
-                np.float32)
-        biases.append(bias)
+        biases.append(pruning.masked_bias(layer, mask))
     return kernels, biases
 
 
@@ -97,7 +93,7 @@ def select_thresholds(
         log α) and a record of the search (reference error, per-layer chosen error, number of
         evaluations) for ``metrics.json``.
     """
-    layers = variational_layers(model)
+    layers = weight_layers(model)
     names = [name for name, _ in layers]
     thresholds: dict[str, float | None] = {name: None for name in names}
     set_thresholds(model, thresholds)

@@ -2,7 +2,8 @@
 
 Expected counts are worked out by hand in the comments from the LeNet-5 shapes:
 conv1 (5,5,1,20), conv2 (5,5,20,50), fc1 (800,500) with input j fed by conv2 channel j mod 50
-(NHWC flatten of a 4x4x50 map), fc2 (500,10).
+(NHWC flatten of a 4x4x50 map, declared as 16 positions in ``LeNet5.channel_groups``),
+fc2 (500,10).
 """
 
 import jax.numpy as jnp
@@ -13,8 +14,10 @@ from flax import nnx
 from bayescomp import objectives
 from bayescomp.compression.report import kept_architecture
 from bayescomp.models import LeNet5, LeNet300
+from bayescomp.models.graph import ChannelGroup
 from bayescomp.nn import LayerFactory
 from bayescomp.pruning import kept_weight_counts, own_masks, propagated_masks
+
 
 def test_lenet5_masks_across_the_conv_dense_boundary(group_pruned):
     model = group_pruned(LeNet5, {
@@ -103,7 +106,7 @@ def test_propagation_does_not_change_predictions(model_cls, group_pruned):
     np.testing.assert_allclose(np.asarray(pruned(x)), np.asarray(before), rtol=1e-5, atol=1e-5)
 
 
-def _unsorted_chain(with_order: bool):
+def _unsorted_chain(with_order: bool, with_groups: bool = True):
     """A GNJ chain whose forward order (layer2 → layer10 → b → a) is not its names' sort order."""
     factory = LayerFactory(posterior="group_normal", prior="group_nj", threshold=-3.0)
 
@@ -120,10 +123,18 @@ def _unsorted_chain(with_order: bool):
         def __call__(self, x):
             return self.a(self.b(self.layer10(self.layer2(x))))
 
+        if with_groups:
+            def channel_groups(self):
+                return (ChannelGroup("x", consumers=("layer2",), prunable=False),
+                        ChannelGroup("h2", producers=("layer2",), consumers=("layer10",)),
+                        ChannelGroup("h10", producers=("layer10",), consumers=("b",)),
+                        ChannelGroup("hb", producers=("b",), consumers=("a",)),
+                        ChannelGroup("y", producers=("a",), prunable=False))
+
     return Chain(nnx.Rngs(0))
 
 
-def test_masks_follow_the_declared_forward_order_not_attribute_names():
+def test_masks_follow_the_declared_groups_not_attribute_names():
     # nnx.iter_modules sorts attributes by name (a, b, layer10, layer2); pairing layers in that
     # order would propagate masks between unconnected layers and prune the last layer's outputs.
     model = _unsorted_chain(with_order=True)
@@ -139,8 +150,10 @@ def test_masks_follow_the_declared_forward_order_not_attribute_names():
     assert [s[0] for s in (m.shape for m in masks.values())] == [12, 6, 5, 4]
 
 
-def test_several_layers_without_a_declared_order_is_a_clear_error():
+def test_several_layers_without_a_declaration_is_a_clear_error():
     from bayescomp.errors import ConfigError
 
     with pytest.raises(ConfigError, match="layer_names"):
         propagated_masks(_unsorted_chain(with_order=False))
+    with pytest.raises(ConfigError, match="channel_groups"):
+        propagated_masks(_unsorted_chain(with_order=True, with_groups=False))

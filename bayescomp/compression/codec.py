@@ -633,15 +633,15 @@ def load(path):
     model_cls = registry[network.model_name]
     from bayescomp.errors import ConfigError
     from bayescomp.models import hidden_widths
+    from bayescomp.models.graph import weight_layers
     from bayescomp.nn.factory import LayerFactory
-    from bayescomp.objectives import variational_layers
 
     try:  # the shapes the model class has for this input shape, before any weight is set
         template = model_cls(LayerFactory(), rngs=nnx.Rngs(params=0),
                              input_shape=network.input_shape, num_classes=network.num_classes,
                              widths=hidden_widths(network.kernels))
         expected = [(name, tuple(layer.posterior.weight[...].shape))
-                    for name, layer in variational_layers(template)]
+                    for name, layer in weight_layers(template)]
     except (ValueError, TypeError, ConfigError) as error:
         raise file_error(source, f"{model_cls.__name__} cannot be built for input shape "
                          f"{network.input_shape} and {network.num_classes} classes: {error}"

@@ -1,102 +1,64 @@
-"""Export a pruned network as a plain dense Flax model with physically smaller matrices.
+"""Export a pruned network as plain Flax layers with physically smaller kernels.
 
 The quantized network (:mod:`bayescomp.compression.quantize`) keeps the original shapes and
 zeros the removed weights, so predicting with it costs as much as with the unpruned network.
-:func:`export_pruned` instead keeps only the units that carry information and builds a
-:class:`PrunedNetwork` whose kernels are the kept blocks, so the forward pass does less work.
+:func:`export_model` instead keeps only the channels that carry information. Which ones, and
+which input-independent ones are folded into biases, is decided per channel group of the model's
+declaration (:mod:`bayescomp.models.graph`, :mod:`bayescomp.compression.survivors`); a group's
+kept index set is taken from every producer's output columns, every BatchNorm's γ, β and running
+statistics, and every consumer's input rows (all ``H·W`` rows of a flatten), so the operands of
+a residual add stay aligned.
 
-Which units survive, for the chain of weighted layers ``L_0 … L_{k-1}`` (kernels in Flax layout:
-dense ``(in, out)``, conv ``(kh, kw, in, out)``):
+**The forward pass is the model's own.** The exported network is the model with each weight
+layer replaced by a :class:`PrunedDense` or :class:`PrunedConv` holding its kept block and each
+BatchNorm by one over its kept channels in running-average mode; the model's ``__call__`` runs
+unchanged over them. The alternative, a stage list derived from the declaration, would write
+every model's forward pass a second time (ReLUs, pooling, adds), the duplication the channel
+groups exist to remove. What this asks of a model: its forward pass uses its weight layers and
+BatchNorms only by calling them, and does not hard-code channel counts (``reshape(n, -1)``).
 
-* **read** (backward pass): a unit of ``L_l`` is read if ``L_{l+1}`` keeps a weight from it to a
-  read unit of ``L_{l+1}`` (``mask.any`` over all axes but ``-2``). The classes (outputs of the
-  last layer) are always read. A unit nobody reads is dead: its output never matters.
-* **varying** (forward pass): a unit of ``L_l`` varies with the input if it keeps a weight from a
-  varying input of ``L_l``. Network inputs vary (the first dense layer keeps only the pixels it
-  has a weight for).
-* A unit that is read but does not vary outputs a constant ``relu(b)`` (unstructured pruning can
-  remove every incoming weight and leave the bias). Its contribution ``relu(b) · W_next`` (summed
-  over the conv taps or flattened positions that read it) is folded into the next layer's bias,
-  which is exact and removes the unit. This cascades: a unit fed only by constant units is
-  constant too.
-* Kept units = read and varying. Layer ``l+1`` keeps the input rows of kept units. At the
-  conv → dense boundary (NHWC flatten: input ``p·C + c`` is channel ``c`` at position ``p``)
-  the rows of kept channels are taken in order, which is the flatten of the exported
-  ``C'``-channel feature map (``p·C' + c'``); rows that still keep no weight (a position of a
-  kept channel that the dense layer never reads) are then dropped by a static gather of the
-  flattened features, as are unread pixels before LeNet-300's first layer.
+* **Constant channels** (:mod:`bayescomp.compression.survivors`): a read channel that does not
+  depend on the input (every incoming weight removed; or a BatchNorm after a removed channel,
+  which outputs ``β − μ·γ/√(σ²+ε)``) adds ``Σ_taps,positions W·v`` to each consumer's output, a
+  bias. Its values ``v`` at each consumer's input are read off the model's own forward pass at
+  full size, with the masked weights, in float64 (:func:`_constant_inputs`), and the sums are
+  folded into the consumers' biases in float64 before the one rounding to float32. Exact for
+  dense consumers and unpadded convolutions; a channel read by a padded convolution is kept.
+* **Gathers**: a dense consumer keeps the rows of its input group's kept channels, ``p·C' + c'``
+  in the flatten of the exported ``C'``-channel map; rows that still keep no weight to a read
+  output (an unread pixel before LeNet-300's first layer, a position of a kept channel that
+  LeNet-5's fc1 never reads) are dropped by a static gather of the flattened features.
+* **Channel padding** (``channel_multiple``). XLA's CPU convolutions are several times slower
+  when a conv's input channels are not a multiple of the vector width: on a 2-core AVX2 CPU,
+  LeNet-5 with 7 and 39 kept channels predicted *slower* than the unpruned 20-50 network, and
+  1.7x faster once padded to 8 and 40 (``benchmarks/inference_speed.py --channel-multiple 1 8``).
+  With ``channel_multiple = m > 1`` every prunable group written by convolutions gets zero
+  channels up to a multiple of ``m``: zero filters and biases in its producers, γ = β = 0
+  (mean 0, variance 1) in its BatchNorms, zero input weights in its conv consumers, and its
+  dense consumers' gathers skip them; they are exactly 0 everywhere, so the logits are
+  unchanged. ``kept_units`` lists only real channels. Whether it pays depends on the backend and
+  shapes, so the default is no padding and the benchmark measures both.
 
-**Channel padding** (``channel_multiple``). XLA's CPU convolutions are several times slower when a
-conv's input channels are not a multiple of the vector width: on a 2-core AVX2 CPU, LeNet-5 with
-7 and 39 kept channels predicted *slower* than the unpruned 20-50 network, and 1.7x faster once
-padded to 8 and 40 (``benchmarks/inference_speed.py --channel-multiple 1 8``). With
-``channel_multiple = m > 1`` every conv layer but the last gets zero filters (zero bias) up to a
-multiple of ``m`` output channels; they output relu(0) = 0, the next conv gets zero input
-weights for them and the dense layer after a flatten skips them in its gather, so the logits are
-unchanged. The padding costs ``< m`` zero channels per layer; ``kept_units`` still lists only
-real units. Whether it pays depends on the backend and shapes, so the default is no padding
-and the benchmark measures both.
-
-Folding a constant through a conv is exact only with ``VALID`` padding (a padded conv would see
-zeros at the borders instead of the constant), which is what both LeNets use; max-pooling a
-constant map gives the constant back.
-
-The exported network computes the same function as the full-size quantized one; its logits differ
-only by float32 rounding, because the smaller matmuls (and the folded biases) add the same
+The exported network computes the same function as the full-size masked one; its logits differ
+only by float32 rounding, because the smaller contractions (and the folded biases) add the same
 non-zero terms in a different order without the zero terms.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """One step of a model's forward pass.
-
-    Attributes:
-        kind: ``"conv"`` (VALID, stride 1), ``"dense"``, ``"relu"``, ``"pool"`` (2x2 max, stride
-            2) or ``"flatten"`` (NHWC, channel fastest).
-        layer: Layer path for ``"conv"`` and ``"dense"`` (the kernel order of the network);
-            ``None`` otherwise.
-    """
-
-    kind: str
-    layer: str | None = None
-
-
-#: Forward pass of each model of :data:`bayescomp.models.REGISTRY`, as written in
-#: :mod:`bayescomp.models.lenet`.
-LAYOUTS: dict[str, tuple[Stage, ...]] = {
-    "lenet300": (
-        Stage("flatten"),
-        Stage("dense", "fc1"), Stage("relu"),
-        Stage("dense", "fc2"), Stage("relu"),
-        Stage("dense", "fc3"),
-    ),
-    "lenet5": (
-        Stage("conv", "conv1"), Stage("relu"), Stage("pool"),
-        Stage("conv", "conv2"), Stage("relu"), Stage("pool"),
-        Stage("flatten"),
-        Stage("dense", "fc1"), Stage("relu"),
-        Stage("dense", "fc2"),
-    ),
-}
-
-
-def _max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max-pool, stride 2, NHWC; the reshape form of :mod:`bayescomp.models.lenet`."""
-    n, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2, :]
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+from bayescomp.compression.survivors import GroupChannels, rows_reaching, surviving_channels
+from bayescomp.errors import ConfigError
+from bayescomp.models.graph import ChannelGraph, batch_norms, channel_graph, weight_layers
+from bayescomp.nn.norm import BatchNorm
+from bayescomp.pruning import masked_bias
 
 
 class PrunedDense(nnx.Module):
@@ -107,18 +69,20 @@ class PrunedDense(nnx.Module):
         bias: ``(kept_out,)``.
         input_index: Sorted indices of the input features read (a static gather applied before
             the matmul), or ``None`` to read all of them.
+        dtype: Of the parameters (float64 only for the constant probe).
     """
 
     def __init__(self, kernel: np.ndarray, bias: np.ndarray,
-                 input_index: Sequence[int] | None = None):
-        self.kernel = nnx.Param(jnp.asarray(kernel, jnp.float32))
-        self.bias = nnx.Param(jnp.asarray(bias, jnp.float32))
+                 input_index: Sequence[int] | None = None, *, dtype=jnp.float32):
+        self.kernel = nnx.Param(jnp.asarray(kernel, dtype))
+        self.bias = nnx.Param(jnp.asarray(bias, dtype))
         # A tuple, not an array: it stays in the graph definition, so the gather indices are
         # compile-time constants under jit instead of a traced argument.
         self.input_index = None if input_index is None else tuple(int(i) for i in input_index)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``(batch, in) -> (batch, kept_out)``."""
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """``(batch, in) -> (batch, kept_out)``; ``rngs`` is accepted and unused (point weights)."""
+        del rngs
         if self.input_index is not None:
             x = jnp.take(x, np.asarray(self.input_index, np.int32), axis=1,
                          indices_are_sorted=True, unique_indices=True)
@@ -126,222 +90,301 @@ class PrunedDense(nnx.Module):
 
 
 class PrunedConv(nnx.Module):
-    """A plain 2-D convolution, VALID padding, stride 1, NHWC.
+    """A plain 2-D convolution, NHWC, with the original layer's strides and padding.
 
     Args:
         kernel: ``(kh, kw, kept_in, kept_out)``.
         bias: ``(kept_out,)``.
+        strides: As the original layer's.
+        padding: As the original layer's (``"VALID"`` for the LeNets).
+        dtype: Of the parameters.
     """
 
-    def __init__(self, kernel: np.ndarray, bias: np.ndarray):
-        self.kernel = nnx.Param(jnp.asarray(kernel, jnp.float32))
-        self.bias = nnx.Param(jnp.asarray(bias, jnp.float32))
+    def __init__(self, kernel: np.ndarray, bias: np.ndarray, *, strides=(1, 1),
+                 padding="VALID", dtype=jnp.float32):
+        self.kernel = nnx.Param(jnp.asarray(kernel, dtype))
+        self.bias = nnx.Param(jnp.asarray(bias, dtype))
+        self.strides = tuple(strides)
+        self.padding = padding if isinstance(padding, str) else tuple(map(tuple, padding))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``(batch, h, w, kept_in) -> (batch, h - kh + 1, w - kw + 1, kept_out)``."""
-        y = jax.lax.conv_general_dilated(x, self.kernel[...], window_strides=(1, 1),
-                                         padding="VALID",
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """``(batch, h, w, kept_in) -> (batch, h', w', kept_out)``."""
+        del rngs
+        y = jax.lax.conv_general_dilated(x, self.kernel[...], window_strides=self.strides,
+                                         padding=self.padding,
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + self.bias[...]
 
 
 class PrunedNetwork(nnx.Module):
-    """The exported network: plain point weights, only the kept units.
+    """The exported network: the model's forward pass over plain, smaller layers.
 
-    Layers are attributes named by their layer path (``fc1``, ``conv2``, …), so
+    Attribute access falls through to the model, so ``net.fc1`` is the exported ``fc1`` and
     ``nnx.state(net, nnx.Param)`` lists the kept kernels and biases.
 
     Args:
-        stages: The forward pass (:data:`LAYOUTS`).
-        layers: Layer path → :class:`PrunedDense` or :class:`PrunedConv`.
+        network: The model with its weight layers and BatchNorms replaced.
         input_shape: ``(h, w, c)`` of one example.
         num_classes: Number of outputs.
-        kept_units: Layer path → indices of the original output units kept (documentation and
-            tests; the last layer keeps every class).
+        kept_units: Layer path → indices of the original output channels kept (the classes for
+            the last layer), padding excluded.
     """
 
-    def __init__(self, stages: Sequence[Stage], layers: dict[str, nnx.Module], *,
-                 input_shape, num_classes: int, kept_units: dict[str, np.ndarray]):
-        self.stages = tuple(stages)
+    def __init__(self, network: nnx.Module, *, input_shape, num_classes: int,
+                 kept_units: Mapping[str, Sequence[int]]):
+        self.network = network
         self.input_shape = tuple(int(d) for d in input_shape)
         self.num_classes = int(num_classes)
         self.kept_units = {name: tuple(int(i) for i in idx) for name, idx in kept_units.items()}
-        for name, layer in layers.items():
-            setattr(self, name, layer)
+
+    def __getattr__(self, name: str):
+        # Only reached for names the wrapper lacks; guard the attribute it delegates to.
+        network = self.__dict__.get("network")
+        if network is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(network, name)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Logits ``(batch, num_classes)`` for images ``(batch, h, w, c)``."""
-        for stage in self.stages:
-            if stage.kind in ("dense", "conv"):
-                x = getattr(self, stage.layer)(x)
-            elif stage.kind == "relu":
-                x = jax.nn.relu(x)
-            elif stage.kind == "pool":
-                x = _max_pool_2x2(x)
-            elif stage.kind == "flatten":
-                x = x.reshape(x.shape[0], -1)
-            else:  # pragma: no cover - LAYOUTS only uses the kinds above
-                raise ValueError(f"unknown stage kind {stage.kind!r}")
-        return x
+        return self.network(x)
 
     def num_params(self) -> int:
-        """Number of kernel and bias entries."""
-        return sum(int(p.size) for p in jax.tree.leaves(nnx.state(self, nnx.Param)))
+        """Stored numbers: kernels, biases, and BatchNorm scales, shifts and statistics."""
+        return sum(int(p.size) for p in jax.tree.leaves(nnx.state(self, nnx.Param))) + sum(
+            int(p.size) for p in jax.tree.leaves(nnx.state(self, nnx.BatchStat)))
 
 
-def _constant_map(stages: Sequence[Stage], start: int, stop: int):
-    """What the element-wise stages strictly between ``start`` and ``stop`` do to a constant.
+def _set_module(root: nnx.Module, path: str, module) -> None:
+    """Put ``module`` at dotted ``path`` under ``root`` (integer parts index lists)."""
+    *parents, last = path.split(".")
+    parent = root
+    for part in parents:
+        parent = parent[int(part)] if part.isdigit() else getattr(parent, part)
+    if last.isdigit():
+        parent[int(last)] = module
+    else:
+        setattr(parent, last, module)
 
-    ReLU applies; a max-pool or flatten of a constant map is the same constant.
+
+def _with_modules(model: nnx.Module, modules: Mapping[str, object]) -> nnx.Module:
+    """A copy of ``model`` with the modules at the given paths replaced."""
+    network = nnx.clone(model)
+    for path, module in modules.items():
+        _set_module(network, path, module)
+    return network
+
+
+def _plain_layer(layer, kernel, bias, input_index=None, dtype=jnp.float32):
+    if kernel.ndim == 4:
+        return PrunedConv(kernel, bias, strides=layer.strides, padding=layer.padding, dtype=dtype)
+    return PrunedDense(kernel, bias, input_index, dtype=dtype)
+
+
+def _plain_norm(norm: BatchNorm, index: np.ndarray, width: int, dtype=jnp.float32) -> BatchNorm:
+    """``norm`` over the channels ``index``, zero-padded to ``width``, running-average view.
+
+    A padding channel has γ = β = 0, mean 0 and variance 1, so it outputs exactly 0.
     """
-    def apply(value: np.ndarray) -> np.ndarray:
-        for stage in stages[start + 1: stop]:
-            if stage.kind == "relu":
-                value = np.maximum(value, 0.0)
-            elif stage.kind not in ("pool", "flatten"):
-                raise ValueError(f"cannot carry a constant through a {stage.kind!r} stage")
-        return value
+    exported = BatchNorm(width, momentum=norm.momentum, epsilon=norm.epsilon,
+                         use_running_average=True)
+    extra = width - index.size
+    for variable, source, fill in ((exported.scale, norm.scale, 0.0),
+                                   (exported.bias, norm.bias, 0.0),
+                                   (exported.mean, norm.mean, 0.0),
+                                   (exported.var, norm.var, 1.0)):
+        kept = np.asarray(source[...])[index]
+        variable.set_value(jnp.asarray(np.pad(kept, (0, extra), constant_values=fill), dtype))
+    return exported
 
-    return apply
+
+def _absorbs_constants(layer) -> bool:
+    """Whether a constant input channel can be folded into ``layer``'s bias exactly."""
+    padding = getattr(layer, "padding", "VALID")  # a dense layer has none: it always absorbs
+    if isinstance(padding, str):
+        return padding == "VALID"
+    return all(low == high == 0 for low, high in padding)
+
+
+class _InputRecorder:
+    """Stands in for a layer during the constant probe and keeps the input it was called with."""
+
+    def __init__(self, layer):
+        self.layer, self.inputs = layer, None
+
+    def __call__(self, x, **kwargs):
+        self.inputs = np.asarray(x)
+        return self.layer(x, **kwargs)
+
+
+def _constant_inputs(model, graph: ChannelGraph, kernels, biases, readers: Sequence[str],
+                     input_shape) -> dict[str, np.ndarray]:
+    """Each reader's input on two random examples, from the full-size masked float64 network."""
+    layers = dict(weight_layers(model))
+    with jax.enable_x64(True):
+        modules = {name: _plain_layer(layers[name], kernels[name], biases[name],
+                                      dtype=jnp.float64) for name in graph.layers}
+        for path, norm in batch_norms(model).items():
+            modules[path] = _plain_norm(norm, np.arange(norm.num_features), norm.num_features,
+                                        jnp.float64)
+        recorders = {name: _InputRecorder(modules[name]) for name in readers}
+        network = _with_modules(model, {**modules, **recorders})
+        x = jax.random.normal(jax.random.key(0), (2, *input_shape), jnp.float64)
+        network(x)
+    return {name: recorder.inputs for name, recorder in recorders.items()}
+
+
+def _fold_constants(model, graph: ChannelGraph, channels: Mapping[str, GroupChannels],
+                    kernels, biases, input_shape) -> dict[str, np.ndarray]:
+    """Biases with every folded channel's ``Σ W·v`` added (float64), by layer path."""
+    readers = [c.layer for g in graph.groups for c in g.consumers if channels[g.name].folded.any()]
+    if not readers:
+        return biases
+    inputs = _constant_inputs(model, graph, kernels, biases, readers, input_shape)
+    biases = dict(biases)
+    for name in readers:
+        group, consumer = graph.input_of(name)
+        folded, x = channels[group.name].folded, inputs[name]
+        # Per input row of the reader: a dense layer's flattened rows, a conv's channels.
+        samples = x.reshape(-1, x.shape[-1])
+        value = samples[0]
+        rows = np.tile(folded, consumer.positions)
+        if not np.allclose(samples[:, rows], value[rows], rtol=1e-9, atol=1e-12):
+            raise ConfigError(
+                f"{type(model).__name__}: channels of group {group.name!r} that every producer "
+                f"pruned still vary at the input of {name}; its forward pass must only apply "
+                "per-channel element-wise operations (BatchNorm, ReLU, add, unpadded pooling) "
+                "between a group's producers and its consumers, or declare the group "
+                "prunable=False")
+        kernel = kernels[name]
+        # Σ over taps / positions of the rows fed by a folded channel, times its constant.
+        contribution = (kernel[..., rows, :] * value[rows][:, None]).reshape(-1, kernel.shape[-1])
+        biases[name] = biases[name] + contribution.sum(axis=0)
+    return biases
+
+
+def _widths(graph: ChannelGraph, channels, kernels, channel_multiple: int) -> dict[str, int]:
+    """Exported channels per group: kept, plus zero channels for prunable conv groups."""
+    widths = {}
+    for group in graph.groups:
+        kept = int(channels[group.name].kept.sum())
+        conv = group.producers and all(kernels[p].ndim == 4 for p in group.producers)
+        widths[group.name] = kept + (-kept % channel_multiple if group.prunable and conv else 0)
+    return widths
+
+
+def _exported_layer(name, layer, graph: ChannelGraph, channels, widths, kernel, bias, mask):
+    """The kept block of one weight layer, zero-padded, as a plain layer."""
+    out_group, (in_group, consumer) = graph.output_of(name), graph.input_of(name)
+    out_index = np.flatnonzero(channels[out_group.name].kept)
+    in_kept = channels[in_group.name].kept
+    out_extra = widths[out_group.name] - out_index.size
+    in_extra = widths[in_group.name] - int(in_kept.sum())
+    bias = np.pad(bias[out_index], (0, out_extra))
+    if kernel.ndim == 4:
+        kernel = kernel[..., np.flatnonzero(in_kept), :][..., out_index]
+        kernel = np.pad(kernel, [(0, 0), (0, 0), (0, in_extra), (0, out_extra)])
+        return _plain_layer(layer, kernel, bias)
+    # Rows of the kept channels, p·C + c in order: the flatten of the exported map, p·C' + c'.
+    flat_rows = np.flatnonzero(np.tile(in_kept, consumer.positions))
+    row_read = rows_reaching(mask, channels[out_group.name].read)[flat_rows]
+    exported_rows = (np.arange(consumer.positions)[:, None] * widths[in_group.name]
+                     + np.arange(int(in_kept.sum()))[None, :]).ravel()
+    gather = None if row_read.all() and not in_extra else exported_rows[row_read]
+    kernel = np.pad(kernel[flat_rows[row_read]][:, out_index], [(0, 0), (0, out_extra)])
+    return _plain_layer(layer, kernel, bias, gather)
+
+
+def export_model(model: nnx.Module, masks: Mapping[str, np.ndarray], *, input_shape,
+                 channel_multiple: int = 1) -> PrunedNetwork:
+    """Build the physically pruned network of ``model`` under ``masks``.
+
+    Args:
+        model: A model of :mod:`bayescomp.models` (point or variational weights; the posterior
+            means are exported) with its BatchNorms' running statistics.
+        masks: Kernel-shaped keep masks by layer path (e.g.
+            :func:`bayescomp.pruning.propagated_masks`). Removed weights are exported as 0
+            even where a mean is not; a removed output channel loses its bias where the
+            posterior's groups scale it (:func:`bayescomp.pruning.masked_bias`).
+        input_shape: ``(h, w, c)`` of one example.
+        channel_multiple: Zero-pad conv groups to a multiple of this (module docstring).
+
+    Returns:
+        A :class:`PrunedNetwork` with the logits of the masked model (posterior means times
+        masks, BatchNorms in running-average mode) up to float32 rounding.
+    """
+    if int(channel_multiple) < 1:
+        raise ValueError(f"channel_multiple must be >= 1, got {channel_multiple}")
+    graph, layers = channel_graph(model), dict(weight_layers(model))
+    masks = {name: np.asarray(masks[name], bool) for name in graph.layers}
+    for name in graph.layers:
+        shape = tuple(layers[name].posterior.mean().shape)
+        if masks[name].shape != shape:
+            raise ValueError(f"{name}: mask {masks[name].shape} for kernel {shape}")
+    # float64: the folded biases. The structure comes from the masks, not from kernel != 0 (a
+    # kept weight may be 0); removed weights are zeroed so that no fold picks one up.
+    kernels = {name: np.where(masks[name], np.asarray(layers[name].posterior.mean(), np.float64),
+                              0.0) for name in graph.layers}
+    biases = {name: masked_bias(layers[name], masks[name]).astype(np.float64)
+              for name in graph.layers}
+    channels = surviving_channels(graph, masks, {n: _absorbs_constants(layers[n])
+                                                 for n in graph.layers})
+    biases = _fold_constants(model, graph, channels, kernels, biases, input_shape)
+    widths = _widths(graph, channels, kernels, int(channel_multiple))
+    modules = {name: _exported_layer(name, layers[name], graph, channels, widths, kernels[name],
+                                     biases[name], masks[name]) for name in graph.layers}
+    norms = batch_norms(model)
+    for group in graph.groups:
+        for path in group.norms:
+            modules[path] = _plain_norm(norms[path], np.flatnonzero(channels[group.name].kept),
+                                        widths[group.name])
+    kept_units = {name: np.flatnonzero(channels[graph.output_of(name).name].kept)
+                  for name in graph.layers}
+    num_classes = sum(graph.sizes[g.name] for g in graph.groups if not g.consumers)
+    return PrunedNetwork(_with_modules(model, modules), input_shape=input_shape,
+                         num_classes=num_classes, kept_units=kept_units)
 
 
 def export_pruned(kernels: Sequence[np.ndarray], biases: Sequence[np.ndarray],
                   masks: Sequence[np.ndarray], *, model_name: str, input_shape,
                   num_classes: int, channel_multiple: int = 1) -> PrunedNetwork:
-    """Build the physically pruned network from the quantized (full-size) one.
+    """:func:`export_model` of the quantized (full-size) network given as per-layer lists.
 
     Args:
-        kernels: One kernel per layer in definition order, Flax layout (dense ``(in, out)``,
-            conv ``(kh, kw, in, out)``), removed weights exactly 0.
+        kernels: One kernel per layer in the model's ``layer_names`` order, Flax layout (dense
+            ``(in, out)``, conv ``(kh, kw, in, out)``), removed weights exactly 0.
         biases: One bias ``(out,)`` per layer.
         masks: Keep masks, kernel-shaped (bool).
-        model_name: A key of :data:`LAYOUTS` (``"lenet300"`` or ``"lenet5"``).
+        model_name: A key of :data:`bayescomp.models.REGISTRY`.
         input_shape: ``(h, w, c)`` of one example.
         num_classes: Number of outputs (checked against the last kernel).
-        channel_multiple: Pad the output channels of every conv layer but the last with zero
-            filters up to a multiple of this (module docstring, *Channel padding*); 1: none.
+        channel_multiple: See :func:`export_model`.
 
-    Returns:
-        A :class:`PrunedNetwork` with the same logits as the quantized network up to float32
-        summation-order rounding.
+    Raises:
+        ConfigError: an unknown model, or one with BatchNorms, whose statistics per-layer
+            kernel lists do not carry (export the model itself with :func:`export_model`).
     """
-    if int(channel_multiple) < 1:
-        raise ValueError(f"channel_multiple must be >= 1, got {channel_multiple}")
-    if model_name not in LAYOUTS:
-        raise ValueError(f"no export layout for model {model_name!r} (known: "
-                         f"{', '.join(sorted(LAYOUTS))})")
-    stages = LAYOUTS[model_name]
-    positions = [i for i, s in enumerate(stages) if s.kind in ("dense", "conv")]
-    names = [stages[i].layer for i in positions]
+    from bayescomp import models
+    from bayescomp.compression.quantize import point_model  # late: quantize imports models
+
+    model_cls = models.get(model_name)
+    names = list(model_cls.layer_names)
     if not len(kernels) == len(biases) == len(masks) == len(names):
         raise ValueError(f"{model_name} has layers {names}; got {len(kernels)} kernels, "
                          f"{len(biases)} biases and {len(masks)} masks")
-    kernels = [np.asarray(k, np.float64) for k in kernels]  # float64: the folded biases
-    biases = [np.asarray(b, np.float64).copy() for b in biases]
-    masks = [np.asarray(m, bool) for m in masks]
     for name, kernel, bias, mask in zip(names, kernels, biases, masks):
-        if kernel.shape != mask.shape or bias.shape != kernel.shape[-1:]:
-            raise ValueError(f"{name}: kernel {kernel.shape}, mask {mask.shape}, bias "
-                             f"{bias.shape} do not fit")
-    if kernels[-1].shape[-1] != num_classes:
-        raise ValueError(f"the last layer has {kernels[-1].shape[-1]} outputs, not "
+        if np.shape(kernel) != np.shape(mask) or np.shape(bias) != np.shape(kernel)[-1:]:
+            raise ValueError(f"{name}: kernel {np.shape(kernel)}, mask {np.shape(mask)}, bias "
+                             f"{np.shape(bias)} do not fit")
+    if np.shape(kernels[-1])[-1] != num_classes:
+        raise ValueError(f"the last layer has {np.shape(kernels[-1])[-1]} outputs, not "
                          f"{num_classes} classes")
-    # The structure comes from the masks, not from kernel != 0: a kept weight may round to 0.
-    # Removed weights are zeroed again so that a folded bias never picks one up.
-    kernels = [np.where(m, k, 0.0) for k, m in zip(kernels, masks)]
-    n = len(names)
-
-    def input_unit(l: int) -> np.ndarray:
-        """Unit of layer l-1 feeding each input row of layer l (NHWC flatten: channel fastest)."""
-        n_in, n_prev = kernels[l].shape[-2], kernels[l - 1].shape[-1]
-        if n_in % n_prev:
-            raise ValueError(f"{names[l]} has {n_in} inputs for {n_prev} units of {names[l - 1]}")
-        return np.arange(n_in) % n_prev
-
-    def rows_used(l: int, columns: np.ndarray) -> np.ndarray:
-        """Input rows of layer l keeping a weight to one of ``columns`` (any tap)."""
-        mask = masks[l][..., columns]
-        # Reduce over every axis but the inputs (the taps of a conv, and the columns), without
-        # a reshape that cannot infer its size when no column is read.
-        return mask.any(axis=tuple(a for a in range(mask.ndim) if a != mask.ndim - 2))
-
-    # Backward: read units. The classes are always read.
-    read = [None] * n
-    read[-1] = np.ones(kernels[-1].shape[-1], bool)
-    for l in range(n - 1, 0, -1):
-        unit_read = np.zeros(kernels[l - 1].shape[-1], bool)
-        np.logical_or.at(unit_read, input_unit(l), rows_used(l, read[l]))
-        read[l - 1] = unit_read
-
-    # Forward: varying units, constants folded into the next bias, kept rows of every layer.
-    kept_rows = [None] * n  # input rows of layer l kept (bool over its original inputs)
-    kept_out = [None] * n
-    for l in range(n):
-        if l == 0:
-            if stages[positions[0]].kind == "dense":  # unread pixels are dropped by the gather
-                kept_rows[0] = rows_used(0, read[0])
-            else:  # conv input channels of the image: few, all kept
-                kept_rows[0] = np.ones(kernels[0].shape[-2], bool)
-        mask = masks[l][..., kept_rows[l], :]
-        varying = mask.reshape(-1, mask.shape[-1]).any(axis=0)
-        if l == n - 1:
-            kept_out[l] = np.ones_like(read[l])  # classes are never removed, constant or not
-            break
-        kept_out[l] = read[l] & varying
-        constant = read[l] & ~varying
-        to_unit = input_unit(l + 1)
-        if constant.any():
-            value = _constant_map(stages, positions[l], positions[l + 1])(biases[l])
-            rows = constant[to_unit]
-            # Σ over taps / positions of the rows fed by a constant unit, times its constant.
-            contribution = (kernels[l + 1][..., rows, :]
-                            * value[to_unit[rows]][:, None]).reshape(-1, kernels[l + 1].shape[-1])
-            biases[l + 1] += contribution.sum(axis=0)
-        rows = kept_out[l][to_unit]
-        if stages[positions[l + 1]].kind == "dense" and kernels[l].ndim == 4:
-            # After the flatten: also drop positions of kept channels the dense layer never reads.
-            rows &= rows_used(l + 1, read[l + 1])
-        kept_rows[l + 1] = rows
-
-    layers, kept_units = {}, {}
-    padded_channels = {}  # conv layer index -> (kept channels, channels after zero padding)
-    for l, name in enumerate(names):
-        out_index = np.flatnonzero(kept_out[l])
-        kept_units[name] = out_index
-        kernel = kernels[l][..., out_index]
-        if kernels[l].ndim == 4:
-            in_index = np.flatnonzero(kept_out[l - 1]) if l > 0 else np.flatnonzero(kept_rows[0])
-            kernel, bias = kernel[..., in_index, :], biases[l][out_index]
-            if l - 1 in padded_channels:  # zero weights from the previous layer's zero channels
-                extra = padded_channels[l - 1][1] - kernel.shape[-2]
-                kernel = np.pad(kernel, [(0, 0), (0, 0), (0, extra), (0, 0)])
-            if l < n - 1:
-                kept = kernel.shape[-1]
-                extra = -kept % int(channel_multiple)
-                padded_channels[l] = (kept, kept + extra)
-                kernel = np.pad(kernel, [(0, 0), (0, 0), (0, 0), (0, extra)])
-                bias = np.pad(bias, (0, extra))
-            layers[name] = PrunedConv(kernel, bias)
-            continue
-        if l > 0 and kernels[l - 1].ndim == 2:  # dense after dense: rows are the kept units
-            layers[name] = PrunedDense(kernel[np.flatnonzero(kept_out[l - 1])],
-                                       biases[l][out_index])
-            continue
-        # Dense after a flatten (of the image or of the last conv's kept channels).
-        if l == 0:
-            flat_rows = np.arange(kernel.shape[0])
-        else:  # rows of kept channels, in order: the flatten of the C'-channel map, p·C' + c'
-            flat_rows = np.flatnonzero(kept_out[l - 1][input_unit(l)])
-        read_rows = kept_rows[l][flat_rows]
-        gather = None if read_rows.all() else np.flatnonzero(read_rows)
-        if l - 1 in padded_channels:  # the flatten interleaves zero channels: skip them
-            kept, padded = padded_channels[l - 1]
-            if padded != kept:
-                index = np.arange(read_rows.size) if gather is None else gather
-                gather = index // kept * padded + index % kept  # p·C' + c' -> p·C'' + c'
-        layers[name] = PrunedDense(kernel[flat_rows[read_rows]], biases[l][out_index], gather)
-    return PrunedNetwork(stages, layers, input_shape=input_shape, num_classes=num_classes,
-                         kept_units=kept_units)
+    model = point_model(model_cls, kernels, biases, input_shape=input_shape,
+                        num_classes=num_classes)
+    if batch_norms(model):
+        raise ConfigError(f"{model_name} has BatchNorms, which per-layer kernel lists do not "
+                          "carry; export the trained model with export.export_model")
+    return export_model(model, dict(zip(names, masks)), input_shape=input_shape,
+                        channel_multiple=channel_multiple)
 
 
 def export_decoded(network, channel_multiple: int = 1) -> PrunedNetwork:

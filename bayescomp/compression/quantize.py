@@ -18,8 +18,9 @@ from flax import nnx
 from bayescomp import atomic
 from bayescomp.bit_precision import BitPrecision, bit_precision, round_to_bits
 from bayescomp.models import hidden_widths
+from bayescomp.models.graph import weight_layers
 from bayescomp.nn.factory import LayerFactory
-from bayescomp.objectives import variational_layers
+from bayescomp.pruning import masked_bias
 
 
 @dataclasses.dataclass
@@ -27,7 +28,7 @@ class QuantizedNetwork:
     """The kept, rounded weights of every layer (kernel layout of the model).
 
     Attributes:
-        names: Layer paths, in definition order.
+        names: Layer paths, in the model's declared order (``layer_names``).
         kernels: Rounded posterior-mean kernels with removed weights set to exactly 0.
         biases: Biases (float32; zero for removed output channels).
         masks: Keep masks after propagation.
@@ -57,7 +58,7 @@ def quantize(model: nnx.Module, masks: dict[str, np.ndarray]) -> QuantizedNetwor
     Returns:
         The :class:`QuantizedNetwork`.
     """
-    layers = variational_layers(model)
+    layers = weight_layers(model)
     names = [name for name, _ in layers]
     means = [np.asarray(layer.posterior.mean(), np.float64) for _, layer in layers]
     variances = [np.asarray(layer.posterior.variance(), np.float64) for _, layer in layers]
@@ -69,11 +70,7 @@ def quantize(model: nnx.Module, masks: dict[str, np.ndarray]) -> QuantizedNetwor
         # survive a round trip through the compressed file bit for bit.
         kernels.append(np.where(mask, np.asarray(round_to_bits(mean, bits)), 0.0).astype(
             np.float32))
-        bias = np.asarray(layer.mean_bias(), np.float32)
-        if layer.posterior.masks_bias:  # a removed output channel takes its bias with it
-            bias = np.where(mask.reshape(-1, mask.shape[-1]).any(axis=0), bias, 0.0).astype(
-                np.float32)
-        biases.append(bias)
+        biases.append(masked_bias(layer, mask))  # a removed output channel may take its bias
     return QuantizedNetwork(names, kernels, biases, mask_list, precision)
 
 
@@ -82,7 +79,7 @@ def point_model(model_cls, kernels, biases, *, input_shape, num_classes) -> nnx.
 
     Args:
         model_cls: A model class from :mod:`bayescomp.models`.
-        kernels: One kernel per layer, in definition order, the model's layout.
+        kernels: One kernel per layer, in the model's ``layer_names`` order and layout.
         biases: One bias per layer.
         input_shape: ``(h, w, c)``.
         num_classes: Number of outputs.
@@ -94,7 +91,7 @@ def point_model(model_cls, kernels, biases, *, input_shape, num_classes) -> nnx.
     """
     model = model_cls(LayerFactory(), rngs=nnx.Rngs(params=0), input_shape=tuple(input_shape),
                       num_classes=num_classes, widths=hidden_widths(kernels))
-    layers = variational_layers(model)
+    layers = weight_layers(model)
     if len(layers) != len(kernels):
         raise ValueError(f"{model_cls.__name__} has {len(layers)} layers, got {len(kernels)} kernels")
     for (_, layer), kernel, bias in zip(layers, kernels, biases):

@@ -2,9 +2,11 @@
 
 Every model takes ``widths``, its hidden layer widths (``conf/model/*.yaml``), and
 :func:`hidden_widths` recovers them from a list of kernels (used when a compressed file is
-decoded). Every model declares ``layer_names``, the dotted paths of its weight layers in the
-order of the forward pass: pruning, compression and export pair consecutive layers by it
-(:func:`bayescomp.objectives.variational_layers`), and attribute order cannot stand in for it.
+decoded). Every model declares its topology once (:mod:`bayescomp.models.graph`): the class
+attribute ``layer_names``, the order of its weight layers in every per-layer list, and the method
+``channel_groups()``, which layers' outputs, BatchNorms and layers' inputs share one channel
+index (residual adds and flattens included). Pruning, export, quantization and threshold
+selection read that declaration and nothing else.
 """
 
 import inspect

@@ -9,6 +9,10 @@ baseline and every variational method share this code.
   430,500 weights. (The original Caffe prototxt has no ReLU after the convs; the Bayesian
   compression codes all put one there, methods.md §1.)
 
+Both declare their wiring in ``channel_groups()`` (:mod:`bayescomp.models.graph`): a chain, the
+image unprunable, the classes unprunable, and for LeNet-5 the flatten of conv2's 4x4 map into fc1
+(16 positions per channel).
+
 Both take ``widths``, the hidden layer widths (LeNet-300-100: ``(300, 100)``; LeNet-5: conv1 and
 conv2 channels and fc1 units, ``(20, 50, 500)``), so that a smaller architecture, e.g. one a
 compression method pruned to, can be trained from scratch as a baseline (Liu et al. 2019,
@@ -22,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bayescomp.errors import ConfigError
+from bayescomp.models.graph import ChannelGroup, Consumer
 from bayescomp.nn.factory import LayerFactory
 
 
@@ -66,6 +71,7 @@ class LeNet300(nnx.Module):
     def __init__(self, layers: LayerFactory, *, rngs: nnx.Rngs,
                  input_shape=(28, 28, 1), num_classes: int = 10, widths=(300, 100)):
         fc1_units, fc2_units = _check_widths("lenet300", widths, 2)
+        self.input_shape = tuple(int(d) for d in input_shape)
         in_features = int(jnp.prod(jnp.array(input_shape)))
         self.fc1 = layers.dense("fc1", in_features, fc1_units, rngs=rngs)
         self.fc2 = layers.dense("fc2", fc1_units, fc2_units, rngs=rngs)
@@ -77,6 +83,17 @@ class LeNet300(nnx.Module):
         x = jax.nn.relu(self.fc1(x, rngs=rngs))
         x = jax.nn.relu(self.fc2(x, rngs=rngs))
         return self.fc3(x, rngs=rngs)
+
+    def channel_groups(self) -> tuple[ChannelGroup, ...]:
+        """The image's channels (fc1 reads its flatten: h·w positions) and each layer's units."""
+        height, width, _ = self.input_shape
+        return (
+            ChannelGroup("image", consumers=(Consumer("fc1", positions=height * width),),
+                         prunable=False),
+            ChannelGroup("fc1", producers=("fc1",), consumers=("fc2",)),
+            ChannelGroup("fc2", producers=("fc2",), consumers=("fc3",)),
+            ChannelGroup("logits", producers=("fc3",), prunable=False),
+        )
 
 
 class LeNet5(nnx.Module):
@@ -111,3 +128,14 @@ class LeNet5(nnx.Module):
         x = x.reshape(x.shape[0], -1)  # NHWC flatten: channel is the fastest-varying index
         x = jax.nn.relu(self.fc1(x, rngs=rngs))
         return self.fc2(x, rngs=rngs)
+
+    def channel_groups(self) -> tuple[ChannelGroup, ...]:
+        """conv1's and conv2's channels, fc1's units; fc1 reads conv2's pooled map flattened."""
+        return (
+            ChannelGroup("image", consumers=("conv1",), prunable=False),
+            ChannelGroup("conv1", producers=("conv1",), consumers=("conv2",)),
+            ChannelGroup("conv2", producers=("conv2",), consumers=(
+                Consumer("fc1", positions=self.feature_hw[0] * self.feature_hw[1]),)),
+            ChannelGroup("fc1", producers=("fc1",), consumers=("fc2",)),
+            ChannelGroup("logits", producers=("fc2",), prunable=False),
+        )

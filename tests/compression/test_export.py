@@ -231,8 +231,10 @@ def test_jit_gather_is_static(key):
 
 
 def test_bad_arguments():
+    from bayescomp.errors import ConfigError
+
     kernels, biases, masks, _, _ = _lenet300_case()
-    with pytest.raises(ValueError, match="no export layout"):
+    with pytest.raises(ConfigError, match="unknown model 'vgg'"):
         export_pruned(kernels, biases, masks, model_name="vgg", input_shape=INPUT_SHAPE,
                       num_classes=10)
     with pytest.raises(ValueError, match="layers"):

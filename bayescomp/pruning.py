@@ -147,17 +147,14 @@ def propagated_masks(model: nnx.Module) -> dict[str, np.ndarray]:
     graph = channel_graph(model)
     layers = dict(weight_layers(model))
     masks = own_masks(model)
-    changed = True
-    while changed:
-        changed = False
-        for group in graph.groups:
-            if not group.prunable:
-                continue
-            zero = np.zeros(graph.sizes[group.name], bool)
-            if not group.norms and all(layers[p].posterior.masks_bias for p in group.producers):
-                zero = ~np.any([output_columns_kept(masks[p]) for p in group.producers], axis=0)
-            keep = channels_read(graph, group, masks) & ~zero
-            changed |= _with_group_mask(graph, masks, group, keep)
+
+    def propagate(group) -> bool:
+        zero = np.zeros(graph.sizes[group.name], bool)
+        if not group.norms and all(layers[p].posterior.masks_bias for p in group.producers):
+            zero = ~np.any([output_columns_kept(masks[p]) for p in group.producers], axis=0)
+        return _with_group_mask(graph, masks, group, channels_read(graph, group, masks) & ~zero)
+
+    graph.until_stable(propagate)
     return masks
 
 

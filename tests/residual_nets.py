@@ -20,7 +20,6 @@ from flax import nnx
 
 from bayescomp.models.graph import ChannelGroup, Consumer
 from bayescomp.nn.factory import LayerFactory
-from bayescomp.nn.norm import BatchNorm
 
 
 class IdentityResNet(nnx.Module):
@@ -42,11 +41,11 @@ class IdentityResNet(nnx.Module):
         trunk, hidden = widths
         self.positions = height * width
         self.stem = layers.conv("stem", channels, trunk, (3, 3), rngs=rngs, padding="SAME")
-        self.bn0 = BatchNorm(trunk)
+        self.bn0 = layers.norm("bn0", trunk)
         self.conv1 = layers.conv("conv1", trunk, hidden, (3, 3), rngs=rngs, padding="SAME")
-        self.bn1 = BatchNorm(hidden)
+        self.bn1 = layers.norm("bn1", hidden)
         self.conv2 = layers.conv("conv2", hidden, trunk, (3, 3), rngs=rngs, padding="SAME")
-        self.bn2 = BatchNorm(trunk)
+        self.bn2 = layers.norm("bn2", trunk)
         self.fc = layers.dense("fc", trunk * self.positions, num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -84,11 +83,11 @@ class ProjectionResNet(nnx.Module):
         hidden, out = widths
         self.positions = height * width
         self.conv1 = layers.conv("conv1", channels, hidden, (3, 3), rngs=rngs, padding="SAME")
-        self.bn1 = BatchNorm(hidden)
+        self.bn1 = layers.norm("bn1", hidden)
         self.conv2 = layers.conv("conv2", hidden, out, (3, 3), rngs=rngs, padding="SAME")
-        self.bn2 = BatchNorm(out)
+        self.bn2 = layers.norm("bn2", out)
         self.shortcut = layers.conv("shortcut", channels, out, (1, 1), rngs=rngs)
-        self.bn_s = BatchNorm(out)
+        self.bn_s = layers.norm("bn_s", out)
         self.fc = layers.dense("fc", out * self.positions, num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:

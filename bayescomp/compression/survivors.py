@@ -88,20 +88,19 @@ def read_channels(graph: ChannelGraph, masks: Mapping[str, np.ndarray]
 def _varying(graph: ChannelGraph, masks, read, foldable) -> dict[str, np.ndarray]:
     """Non-constant channels (module docstring), a least fixed point grown from the input."""
     varying = {g.name: np.full(graph.sizes[g.name], not g.prunable) for g in graph.groups}
-    changed = True
-    while changed:
-        changed = False
-        for group in graph.groups:
-            if not group.prunable:
-                continue
-            new = varying[group.name].copy()
-            for producer in group.producers:
-                source, consumer = graph.input_of(producer)
-                live = varying[source.name] | ~(read[source.name] & foldable[source.name])
-                rows = np.tile(live, consumer.positions)
-                new |= output_columns_kept(masks[producer][..., rows, :])
-            changed |= bool((new != varying[group.name]).any())
-            varying[group.name] = new
+
+    def grow(group) -> bool:
+        new = varying[group.name].copy()
+        for producer in group.producers:
+            source, consumer = graph.input_of(producer)
+            live = varying[source.name] | ~(read[source.name] & foldable[source.name])
+            rows = np.tile(live, consumer.positions)
+            new |= output_columns_kept(masks[producer][..., rows, :])
+        changed = bool((new != varying[group.name]).any())
+        varying[group.name] = new
+        return changed
+
+    graph.until_stable(grow)
     return varying
 
 

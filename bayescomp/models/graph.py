@@ -154,6 +154,20 @@ class ChannelGraph:
         """The group ``layer`` reads, and how (its :class:`Consumer` entry)."""
         return next((g, c) for g in self.groups for c in g.consumers if c.layer == layer)
 
+    def until_stable(self, update) -> None:
+        """Apply ``update(group) -> changed`` to every prunable group until none changes.
+
+        The analyses over groups (mask propagation, which channels vary with the input) are
+        monotone, and an identity shortcut makes the groups a loop that no order sorts, so each
+        is iterated to its fixed point instead.
+        """
+        changed = True
+        while changed:
+            changed = False
+            for group in self.groups:
+                if group.prunable:
+                    changed |= bool(update(group))
+
 
 def channel_graph(model: nnx.Module) -> ChannelGraph:
     """Check ``model.channel_groups()`` against the model.

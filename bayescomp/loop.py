@@ -199,15 +199,18 @@ class TrainingRun:
         if epochs <= 0:
             return model
         split = step.StateSplit(phase.trains)
-        graphdef, trainable, batch_stats, frozen = split.split(train_view(model, phase.batch_norm))
+        graphdef, trainable, _, _ = split.split(train_view(model, phase.batch_norm))
         optimizer, chunk = self._compile(graphdef, split, phase, trainable, model)
         masks = kernel_masks(model, split, phase.masks)
-        trainable = step.apply_masks(trainable, masks)
-        state = [trainable, batch_stats, optimizer.init(trainable), phase.key]
         checkpointer = Checkpointer(self.workdir / "checkpoints" / phase.name)
         try:
-            start = self._resume(checkpointer, phase, model, state)
+            opt_state, key, start = self._resume(checkpointer, phase, model,
+                                                 optimizer.init(trainable))
             if start < epochs:
+                # Split after a resume: the restored model holds every variable, frozen ones too.
+                graphdef, trainable, batch_stats, frozen = split.split(
+                    train_view(model, phase.batch_norm))
+                state = [step.apply_masks(trainable, masks), batch_stats, opt_state, key]
                 self._train_epochs(model, phase, graphdef, frozen, masks, chunk, state,
                                    checkpointer, start)
         finally:
@@ -229,11 +232,16 @@ class TrainingRun:
                 graphdef, split, optimizer, n_train=self.n_train, loop=loop))
         return self._compiled[cache_key]
 
-    def _resume(self, checkpointer: Checkpointer, phase: Phase, model, state: list) -> int:
-        """Restore the phase's latest checkpoint into ``model`` and ``state``; the next epoch."""
+    def _resume(self, checkpointer: Checkpointer, phase: Phase, model, opt_state):
+        """Restore the phase's latest checkpoint into ``model``, the history and the time.
+
+        Returns:
+            ``(optimiser state, key, next epoch)``: ``opt_state`` and the phase's key with 0
+            where there is no checkpoint.
+        """
         latest = checkpointer.latest_step()
         if latest is None:
-            return 0
+            return opt_state, phase.key, 0
         # Settings first: a changed setting is named rather than a shape mismatch.
         meta = checkpointer.metadata(latest)
         saved_pretrained = meta.get("pretrained_run")
@@ -243,21 +251,17 @@ class TrainingRun:
                 f"the checkpoints in {checkpointer.directory} were retrained from "
                 f"{saved_pretrained}, not {self.pretrained_run}; run in a new output directory "
                 "(hydra.run.dir=...) or delete those checkpoints to start over")
-        runs.resume_checks(meta, self.cfg, checkpointer.directory, self.workdir,
-                              self.resumable)
+        runs.resume_checks(meta, self.cfg, checkpointer.directory, self.workdir, self.resumable)
         (model_state, opt_state, key_data), meta = checkpointer.restore(
-            latest, (nnx.state(model), state[2], jax.random.key_data(state[3])))
+            latest, (nnx.state(model), opt_state, jax.random.key_data(phase.key)))
         nnx.update(model, model_state)
-        split = step.StateSplit(phase.trains)
-        _, state[0], state[1], _ = split.split(train_view(model, phase.batch_norm))
-        state[2], state[3] = opt_state, jax.random.wrap_key_data(jnp.asarray(key_data))
         self.history = list(meta["history"])
         self.train_seconds = float(meta["train_seconds"])
         start = int(meta["phase_epoch"]) + 1
         if start < int(phase.epochs):
             log.info("resuming phase %s from %s at epoch %d", phase.name,
                      checkpointer.directory, start)
-        return start
+        return opt_state, jax.random.wrap_key_data(jnp.asarray(key_data)), start
 
     def _train_epochs(self, model, phase: Phase, graphdef, frozen, masks, chunk, state: list,
                       checkpointer: Checkpointer, start: int) -> None:
@@ -334,8 +338,8 @@ class TrainingRun:
         return record
 
     def _checkpoint_meta(self, phase: Phase, phase_epoch: int) -> dict:
-        meta = dict(phase=phase.name, phase_epoch=phase_epoch, epoch=len(self.history) - 1, epochs=int(phase.epochs),
-                    history=self.history, train_seconds=self.train_seconds,
+        meta = dict(phase=phase.name, phase_epoch=phase_epoch, epoch=len(self.history) - 1,
+                    epochs=int(phase.epochs), history=self.history, train_seconds=self.train_seconds,
                     config=runs.trajectory_config(self.cfg, self.resumable))
         if self.pretrained_run is not None:
             meta["pretrained_run"] = self.pretrained_run

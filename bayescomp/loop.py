@@ -19,6 +19,7 @@ Random numbers: a phase starts from the key its procedure gives it; every epoch 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import pathlib
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from omegaconf import DictConfig
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bayescomp import objectives, optim, runs, step
 from bayescomp.checkpointing import Checkpointer
@@ -267,7 +269,18 @@ class TrainingRun:
                       checkpointer: Checkpointer, start: int) -> None:
         epochs = int(phase.epochs)
         progress = self._progress_bar(phase, epochs - start)
-        for phase_epoch in range(start, epochs):
+        try:
+            # Log lines go through the progress bar, so they are not glued onto its end.
+            with contextlib.nullcontext() if progress is None else logging_redirect_tqdm():
+                self._epochs(model, phase, graphdef, frozen, masks, chunk, state, checkpointer,
+                             start, progress)
+        finally:
+            if progress is not None:
+                progress.close()
+
+    def _epochs(self, model, phase: Phase, graphdef, frozen, masks, chunk, state: list,
+                checkpointer: Checkpointer, start: int, progress) -> None:
+        for phase_epoch in range(start, int(phase.epochs)):
             beta = 0.0 if phase.kl_weight is None else float(phase.kl_weight(phase_epoch))
             state[3], perm_key, noise_key = jax.random.split(state[3], 3)
             sums, seconds = self._train_epoch(phase, frozen, masks, chunk, state, perm_key,
@@ -286,8 +299,6 @@ class TrainingRun:
                                             jax.random.key_data(state[3])),
                               self._checkpoint_meta(phase, phase_epoch))
             runs.write_config(self.workdir, self.cfg)
-        if progress is not None:
-            progress.close()
 
     def _train_epoch(self, phase, frozen, masks, chunk, state, perm_key, noise_key, beta,
                      checkpointer, progress):

@@ -41,6 +41,9 @@ def parse(argv: list[str]) -> tuple[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     try:
         path, options = parse(argv)
         model, decoded = codec.load(path)

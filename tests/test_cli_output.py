@@ -57,3 +57,23 @@ def test_ctrl_c_says_how_to_resume_and_that_command_resumes(tmp_path):
     # short): nothing is refused, the finished epochs are not trained again.
     resumed = run_cli(run_dir, *overrides[:-1], "trainer.epochs=1", timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_help_lists_every_experiment_and_the_other_commands():
+    result = subprocess.run([sys.executable, "-m", "bayescomp.run", "--help"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    listed = {line.split()[0] for line in result.stdout.splitlines()
+              if line.startswith("  ") and line.split() and "_" in line.split()[0]
+              and not line.split()[0].startswith(("data", "python", "+", "hydra", "method",
+                                                   "model", "seed", "trainer", "optimizer"))}
+    experiments = {p.stem for p in (REPO_ROOT / "conf" / "experiment").glob("*.yaml")}
+    assert listed == experiments
+    for command in ("compress", "evaluate", "tables", "diagnose", "tradeoff", "frontier"):
+        assert f"python -m bayescomp.{command}" in result.stdout
+
+
+def test_evaluate_help_is_help_not_a_file_name():
+    result = subprocess.run([sys.executable, "-m", "bayescomp.evaluate", "--help"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "python -m bayescomp.evaluate PATH" in result.stdout

@@ -95,13 +95,24 @@ def _flatten(config, prefix: str = "") -> dict:
     return flat
 
 
+#: Settings introduced after the first published runs, with the value at which a run trains as
+#: those runs did (no weight decay, no warm-up; BatchNorm settings, which the LeNets do not use,
+#: at their defaults). A run with one of these values has the recipe of a run without the key.
+NEUTRAL_SETTINGS = {
+    "optimizer.weight_decay": 0.0,
+    "optimizer.warmup_epochs": 0,
+    "trainer.batch_norm.momentum": 0.1,
+    "trainer.batch_norm.epsilon": 1e-5,
+}
+
+
 def recipe(run: dict) -> tuple:
     """The run's resolved config without the seed and :data:`WHERE_NOT_WHAT`, hashable.
 
     A run resumed with another ``trainer.epochs`` adds its ``planned_epochs`` (the run lengths
     its epochs were trained for), so it is never averaged with runs trained straight through.
     ``model.widths`` at the model's default widths is left out too (the key postdates the first
-    runs, which used those widths). Keys set to ``null`` are left out: an option added after a
+    runs, which used those widths), as are :data:`NEUTRAL_SETTINGS` at their neutral values. Keys set to ``null`` are left out: an option added after a
     run was made (``prune.select``, say) appears as ``null`` (off) in later configs and not at
     all in the older one, and both ran the same recipe.
     """
@@ -110,6 +121,12 @@ def recipe(run: dict) -> tuple:
     model = flat.get("model.name")
     if model in models.REGISTRY and flat.get("model.widths") == models.default_widths(model):
         flat.pop("model.widths")
+    # Settings added later, at the value that trains as the runs before them did.
+    for key, neutral in NEUTRAL_SETTINGS.items():
+        if key in flat and flat[key] == neutral:
+            flat.pop(key)
+    if not flat.get("optimizer.weight_decay"):
+        flat.pop("optimizer.decay", None)  # which types decay matters only when they decay
     items = [(k, json.dumps(v, sort_keys=True)) for k, v in flat.items()
              if k not in WHERE_NOT_WHAT and v is not None]
     # A run resumed with another trainer.epochs followed another trajectory under a decaying

@@ -140,3 +140,19 @@ def test_unidentifiable_code_and_recalled_published_cells_are_marked(tmp_path):
     # Deep Compression: the seed gives LeNet-300-100's CR 40, methods.md its bits (6-6-6).
     row = next(line for line in text.splitlines() if line.startswith("| LeNet-300-100 | 1.64"))
     assert "6-6-6†" in row and "(40×)" in row
+
+
+def test_settings_added_later_at_their_neutral_value_keep_the_recipe():
+    # A run made before optimizer.weight_decay / warmup_epochs / trainer.batch_norm existed, and
+    # one made after with those settings at the values that train alike: one recipe. A run that
+    # decays its weights is another recipe, and then the decayed types matter.
+    before = {"config": {"seed": 0, "optimizer": {"name": "adam", "lr": 1e-3}}}
+    after = {"config": {"seed": 1, "optimizer": {
+        "name": "adam", "lr": 1e-3, "weight_decay": 0.0, "decay": ["weights"],
+        "warmup_epochs": 0}, "trainer": {"batch_norm": {"momentum": 0.1, "epsilon": 1e-5}}}}
+    assert tables.recipe(before) == tables.recipe(after)
+    decayed = json.loads(json.dumps(after))
+    decayed["config"]["optimizer"]["weight_decay"] = 5e-4
+    other_types = json.loads(json.dumps(decayed))
+    other_types["config"]["optimizer"]["decay"] = ["weights", "norm"]
+    assert len({tables.recipe(r) for r in (before, decayed, other_types)}) == 3

@@ -126,10 +126,18 @@ def kernel_masks(model: nnx.Module, split: step.StateSplit, masks) -> list | Non
 
 #: What to do after a divergence. Resuming the same directory with another learning rate is
 #: refused (it would continue a trajectory under new settings), so the advice is a new one.
-DIVERGED_ADVICE = ("the checkpoint of the last good epoch in {} is kept. Lower the learning "
-                   "rate (optimizer.lr, or the phase's rates), lengthen trainer.kl_warmup, or "
-                   "check the data, then run again in a new output directory "
-                   "(hydra.run.dir=...)")
+DIVERGED_ADVICE = ("Lower the learning rate (optimizer.lr, or the phase's rates), lengthen "
+                   "trainer.kl_warmup, or check the data, then run again in a new output "
+                   "directory (hydra.run.dir=...)")
+
+
+def diverged(checkpointer: Checkpointer, what: str) -> TrainingDivergedError:
+    """The one-line error of a divergence: what happened, what is kept, what to do."""
+    latest = checkpointer.latest_step()
+    kept = ("no epoch of this phase finished, so nothing of it is kept" if latest is None else
+            f"the checkpoint of the last good epoch ({latest}) in {checkpointer.directory} is "
+            "kept")
+    return TrainingDivergedError(f"{what}; {kept}. {DIVERGED_ADVICE}")
 
 
 class TrainingRun:
@@ -290,9 +298,9 @@ class TrainingRun:
             # A finite loss does not prove finite parameters: the last update of the epoch
             # comes after its loss. Never checkpoint a non-finite state as the "last good" one.
             if not all_finite(state[0]):
-                raise TrainingDivergedError(
-                    f"the parameters became non-finite at the end of phase {phase.name}, epoch "
-                    f"{phase_epoch}; {DIVERGED_ADVICE.format(checkpointer.directory)}")
+                checkpointer.wait()
+                raise diverged(checkpointer, f"the parameters became non-finite at the end of "
+                                             f"phase {phase.name}, epoch {phase_epoch}")
             record = self._record(model, phase, phase_epoch, start, sums, beta, seconds)
             self._log(model, record)
             checkpointer.save(phase_epoch, (nnx.state(model), state[2],
@@ -314,10 +322,11 @@ class TrainingRun:
                 batch_index[c * self.chunk:(c + 1) * self.chunk], chunk_key, jnp.float32(beta))
             chunk_sums = np.asarray(chunk_sums)  # blocks: timing and NaN checks are per chunk
             if not np.all(np.isfinite(chunk_sums)):
-                raise TrainingDivergedError(
-                    f"the loss became {chunk_sums[0]} in phase {phase.name} (steps "
-                    f"{c * self.chunk}-{(c + 1) * self.chunk - 1} of its epoch "
-                    f"{len(self.history)}); {DIVERGED_ADVICE.format(checkpointer.directory)}")
+                checkpointer.wait()
+                raise diverged(checkpointer, f"the loss became {chunk_sums[0]} in phase "
+                                             f"{phase.name} (steps {c * self.chunk}-"
+                                             f"{(c + 1) * self.chunk - 1} of its epoch "
+                                             f"{len(self.history)})")
             sums += chunk_sums
             if progress is not None:
                 done = (c + 1) * self.chunk

@@ -151,7 +151,8 @@ def test_nan_loss_raises_and_keeps_the_last_good_state(one_epoch_run, smoke_cfg,
     with pytest.raises(TrainingDivergedError) as info:
         variational.run(cfg, workdir)
     message = str(info.value)
-    assert "epoch 1" in message and "is kept" in message and "optimizer.lr" in message
+    assert "epoch 1" in message and "optimizer.lr" in message
+    assert "the checkpoint of the last good epoch (0)" in message and "is kept" in message
     assert "\n" not in message
     # Nothing that was written before changed, and no checkpoint of the bad epoch appeared.
     assert _snapshot(workdir) == before
@@ -171,6 +172,8 @@ def test_non_finite_parameters_after_a_finite_loss_are_caught(smoke_cfg, tmp_pat
         variational.run(cfg, tmp_path)
     message = str(info.value)
     assert "parameters became non-finite at the end of phase train, epoch 0" in message
+    # Epoch 0 never finished: no checkpoint is claimed to be kept.
+    assert "no epoch of this phase finished, so nothing of it is kept" in message
     assert "hydra.run.dir" in message and "\n" not in message
     assert not (tmp_path / "checkpoints" / "train" / "0").exists()
     assert not (tmp_path / "metrics.json").exists()

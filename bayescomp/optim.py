@@ -331,6 +331,43 @@ def _decay_types(cfg: Mapping) -> tuple[type, ...]:
     return types
 
 
+def _checked(cfg: Mapping, total_steps: int, steps_per_epoch: int):
+    """Every setting of ``cfg`` checked: ``(base optimiser, λ, decayed types, schedule)``."""
+    name = cfg.get("name")
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer.name: {unknown_name_error('optimizer', name, OPTIMIZERS)}")
+    optimizer = _base_optimizer(cfg, name)
+    weight_decay = _real(cfg, "weight_decay", 0.0)
+    if weight_decay < 0:
+        raise _bad("weight_decay", weight_decay, "is negative",
+                   "give the L2 coefficient λ >= 0 (0: no decay)")
+    decay_types = _decay_types(cfg)
+    peak = _check_lr("optimizer.lr", cfg.get("lr"))
+    schedule = learning_rate_schedule(peak, cfg, total_steps, steps_per_epoch)
+    return optimizer, weight_decay, decay_types, schedule
+
+
+#: Steps per epoch assumed by :func:`check`, before the dataset (and so the real number) is
+#: known: large enough that fractions of the run and epoch milestones fall on distinct steps.
+NOMINAL_STEPS_PER_EPOCH = 1000
+
+
+def check(cfg: Mapping, epochs: int) -> None:
+    """Check the ``optimizer`` settings of a run of ``epochs`` epochs before any data is loaded.
+
+    The same checks as :func:`make_optimizer`, at :data:`NOMINAL_STEPS_PER_EPOCH`, and a run-wide
+    learning rate must be positive (0 trains nothing; a per-group rate of 0, which freezes a
+    group, is a procedure's choice, not a setting).
+
+    Raises:
+        ConfigError: The first invalid setting, named by its key.
+    """
+    lr = cfg.get("lr")
+    if not isinstance(lr, bool) and isinstance(lr, numbers.Real) and lr == 0:
+        raise ConfigError("optimizer.lr=0 trains nothing; give a learning rate > 0")
+    _checked(cfg, int(epochs) * NOMINAL_STEPS_PER_EPOCH, NOMINAL_STEPS_PER_EPOCH)
+
+
 def make_optimizer(cfg: Mapping, params: nnx.State, *, total_steps: int, steps_per_epoch: int,
                    learning_rates: Sequence[tuple[Any, float]] | None = None
                    ) -> optax.GradientTransformation:
@@ -379,17 +416,7 @@ def make_optimizer(cfg: Mapping, params: nnx.State, *, total_steps: int, steps_p
             its key), a parameter that matches none of ``learning_rates``, or weight decay that
             selects no parameter.
     """
-    name = cfg.get("name")
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"optimizer.name: {unknown_name_error('optimizer', name, OPTIMIZERS)}")
-    optimizer = _base_optimizer(cfg, name)
-    weight_decay = _real(cfg, "weight_decay", 0.0)
-    if weight_decay < 0:
-        raise _bad("weight_decay", weight_decay, "is negative",
-                   "give the L2 coefficient λ >= 0 (0: no decay)")
-    decay_types = _decay_types(cfg)
-    peak = _check_lr("optimizer.lr", cfg.get("lr"))
-    schedule = learning_rate_schedule(peak, cfg, total_steps, steps_per_epoch)
+    optimizer, weight_decay, decay_types, schedule = _checked(cfg, total_steps, steps_per_epoch)
 
     if learning_rates is None:
         transform = optimizer(schedule)

@@ -16,7 +16,7 @@ from typing import Any
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
-from bayescomp import atomic, metrics, models, provenance, threshold_selection
+from bayescomp import atomic, metrics, models, provenance, settings, threshold_selection
 from bayescomp import data as data_lib
 from bayescomp import nn as bnn
 from bayescomp.checkpointing import Checkpointer, check_same_config, flatten_config
@@ -143,19 +143,14 @@ def trajectory_config(cfg: DictConfig,
                        for skip in resumable)}
 
 
-def check_trainer_settings(cfg: DictConfig) -> None:
-    """Refuse trainer settings that cannot describe a run (before anything is loaded or written).
+def check_settings(cfg: DictConfig) -> None:
+    """Refuse settings that cannot describe a run, before anything is loaded or written
+    (:func:`bayescomp.settings.check`).
 
     Raises:
-        ConfigError: ``trainer.epochs``, ``trainer.batch_size``, ``trainer.eval_batch_size`` or
-            ``trainer.chunk_steps`` is not a positive integer.
+        ConfigError: Naming the first bad key and what it must be.
     """
-    for key in ("epochs", "batch_size", "eval_batch_size", "chunk_steps"):
-        value = cfg.trainer.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"trainer.{key}={value!r} must be a positive integer")
+    settings.check(cfg)
 
 
 #: What makes a run directory's run that run: another value for one of these is another run,

@@ -1,7 +1,8 @@
 r"""Deep Compression: iterative magnitude pruning, k-means weight sharing, centroid fine-tuning.
 
 Han, Mao & Dally, "Deep Compression: Compressing Deep Neural Networks with Pruning, Trained
-Quantization and Huffman Coding", ICLR 2016 (methods.md §7). From a finished dense run
+Quantization and Huffman Coding", ICLR 2016, arXiv:1510.00149 (§2 pruning, §3 trained quantization,
+§4 Huffman coding). From a finished dense run
 (``method.pretrained_run``):
 
 1. **Pruning** (§2; Han et al., "Learning both Weights and Connections", NIPS 2015): the
@@ -122,12 +123,13 @@ def kmeans_1d(values, clusters: int, max_iterations: int = 300) -> tuple[np.ndar
     mean of its values.
 
     Empty clusters: pruning leaves a gap around 0 (and the tails are sparse), so some linearly
-    initialised centroids start with no value and Lloyd's update never moves them. As
-    scikit-learn's ``KMeans`` does (which the third-party DC code calls with this linear
-    initialisation, methods.md §7), an empty cluster is moved onto the value farthest from its
-    current centroid (distinct values, farthest first), so that all ``k = 2^b`` shared values
-    the index width pays for are used where the data allow. It stops when no assignment changes
-    and no cluster can be refilled, or after ``max_iterations``.
+    initialised centroids start with no value and Lloyd's update never moves them. As scikit-learn's
+    ``KMeans`` does (which the third-party DC code calls with this linear initialisation,
+    ``net/quantization.py`` of github.com/mightydeveloper/Deep-Compression-PyTorch), an empty
+    cluster is moved onto the value farthest from its current centroid (distinct values, farthest
+    first), so that all ``k = 2^b`` shared values the index width pays for are used where the data
+    allow. It stops when no assignment changes and no cluster can be refilled, or after
+    ``max_iterations``.
 
     Args:
         values: The values (any shape; flattened), finite.
@@ -329,7 +331,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    runs.check_trainer_settings(cfg)
+    runs.check_settings(cfg)
     runs.check_run_identity(cfg, workdir)
     model, pretrained_metrics = pretrained.load_pretrained(cfg)
     dataset = runs.load_run_dataset(cfg)

@@ -3,7 +3,7 @@ quantise every weight to the mean of its most responsible component.
 
 Ullrich, Meeds & Welling, "Soft Weight-Sharing for Neural Network Compression", ICLR 2017;
 the authors' tutorial ``KarenUllrich/Tutorial-SoftWeightSharingForNNCompression``
-(methods.md §4). Procedure key ``soft_weight_sharing`` (:mod:`bayescomp.procedures`).
+(arXiv:1702.04008). Procedure key ``soft_weight_sharing`` (:mod:`bayescomp.procedures`).
 
 **Retraining.** Starting from a finished dense run (``method.pretrained_run``), the weights
 ``w`` and the mixture parameters θ = (μ, γ, ρ) of
@@ -17,7 +17,7 @@ learning rate per group (tutorial: w 5e-4, μ 1e-4, γ 3e-3, ρ 3e-3) on
 
 N the training-set size, τ the complexity weight (paper 5e-3, tutorial 3e-3).
 
-**Post-processing** (the tutorial's ``discretesize``, methods.md §4.2), :func:`post_process`:
+**Post-processing** (the tutorial's ``discretesize``, its ``helpers.py``), :func:`post_process`:
 
 1. Merge components whose Gaussian KL is below ``merge_tolerance`` (either direction; merging
    is transitive). A merged component has the summed π, and the π-weighted means of μ and λ.
@@ -333,7 +333,7 @@ def tau_at(settings: Settings, epoch: int, epochs: int) -> float:
     Constant ``settings.tau``, or, with ``tau_final``, the geometric path
     ``τ_e = τ·(τ_final/τ)^(e/(E−1))`` from ``tau`` in the first epoch to ``tau_final`` in the
     last. Annealing τ upwards is the tutorial's first suggested improvement over a fixed τ
-    (methods.md §4.1): a small τ early lets the network keep its accuracy while the mixture
+    (its last notebook cell): a small τ early lets the network keep its accuracy while the mixture
     forms; a large τ late pulls the weights onto the component means, so quantising to the
     means (post-processing) moves them little.
     """
@@ -541,7 +541,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     settings = settings_from_config(cfg.method)
     prior = settings.prior
-    runs.check_trainer_settings(cfg)
+    runs.check_settings(cfg)
     runs.check_run_identity(cfg, workdir)
     model, pretrained_metrics = pretrained.load_pretrained(cfg)
     dataset = runs.load_run_dataset(cfg)

@@ -46,7 +46,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    runs.check_trainer_settings(cfg)
+    runs.check_settings(cfg)
     runs.check_run_identity(cfg, workdir)
     dataset = runs.load_run_dataset(cfg)
     model = runs.build_model(cfg, dataset.x_train.shape[1:], dataset.num_classes,

@@ -1,0 +1,116 @@
+"""The composed configuration checked once, up front, against a declared schema.
+
+Every procedure calls :func:`check` before it loads data or writes anything, so a wrong value
+(``seed=abc``, ``optimizer.lr=-1``, a KL warm-up that ends before it starts) ends the command
+with one line naming the key, instead of a traceback after data loading and compilation, or a
+run that trains uphill. A new option is checked by declaring it in :data:`SCHEMA`; the optimiser's
+own keys are checked by :mod:`bayescomp.optim`, which builds the schedule and the update rule
+from them (:func:`bayescomp.optim.check`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from bayescomp.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Number:
+    """A real (or, with ``integer``, an integer) value in ``[low, high]`` (``open_low``:
+    ``(low, high]``), or ``None`` where ``optional``."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    integer: bool = False
+    open_low: bool = False
+    optional: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        if value is None:
+            return None if self.optional else "must be set"
+        kind = "an integer" if self.integer else "a number"
+        if self.integer and self.low == 1 and self.high == math.inf:
+            kind = "a positive integer"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                self.integer and not isinstance(value, int)):
+            return f"must be {kind}"
+        if not math.isfinite(value):
+            return "must be a finite number"
+        below = value <= self.low if self.open_low else value < self.low
+        if below or value > self.high:
+            if kind == "a positive integer":
+                return f"must be {kind}"
+            left = "(" if self.open_low else "["
+            return f"must be {kind} in {left}{self.low:g}, {self.high:g}]"
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """One of ``options``."""
+
+    options: Sequence[str]
+
+    def problem(self, value: Any) -> str | None:
+        if value in self.options:
+            return None
+        return f"must be one of {', '.join(self.options)}"
+
+
+POSITIVE_INT = Number(low=1, integer=True)
+
+#: Dotted key -> what its value must be. Keys absent from a configuration are not checked (a
+#: method without ``prune`` has no threshold).
+SCHEMA = {
+    "seed": Number(low=0, high=2**32 - 1, integer=True),
+    "trainer.epochs": POSITIVE_INT,
+    "trainer.batch_size": POSITIVE_INT,
+    "trainer.eval_batch_size": POSITIVE_INT,
+    "trainer.chunk_steps": POSITIVE_INT,
+    "trainer.pruned_eval_every": POSITIVE_INT,
+    "trainer.kl_warmup.start_epoch": Number(low=0),
+    "trainer.kl_warmup.end_epoch": Number(low=0),
+    "trainer.loop": Choice(("auto", "scan", "python")),
+    "trainer.batch_norm.momentum": Number(low=0, high=1),
+    "trainer.batch_norm.epsilon": Number(low=0, open_low=True),
+    "method.prune.threshold": Number(optional=True),
+}
+
+
+def check(cfg: DictConfig) -> None:
+    """Refuse a configuration that cannot describe a run, naming the first bad key.
+
+    Raises:
+        ConfigError: A value of :data:`SCHEMA` is of the wrong type or out of range, the KL
+            warm-up ends before it starts, a per-layer threshold is not a number, or the
+            optimiser's settings are invalid (:func:`bayescomp.optim.check`).
+    """
+    from bayescomp import optim  # late: optim imports the model stack
+
+    for key, rule in SCHEMA.items():
+        node = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+        if node is _ABSENT:
+            continue
+        problem = rule.problem(node)
+        if problem is not None:
+            raise ConfigError(f"{key}={node!r} {problem}")
+    warmup = cfg.trainer.get("kl_warmup")
+    if warmup is not None and warmup.end_epoch < warmup.start_epoch:
+        raise ConfigError(f"trainer.kl_warmup ends (end_epoch={warmup.end_epoch}) before it "
+                          f"starts (start_epoch={warmup.start_epoch}); set end_epoch >= "
+                          "start_epoch (equal: a step from 0 to 1)")
+    per_layer = OmegaConf.select(cfg, "method.prune.per_layer", default=None) or {}
+    for layer, threshold in dict(per_layer).items():
+        problem = Number().problem(threshold)
+        if problem is not None:
+            raise ConfigError(f"method.prune.per_layer.{layer}={threshold!r} {problem}")
+    optim.check(OmegaConf.to_container(cfg.optimizer, resolve=True), int(cfg.trainer.epochs))
+
+
+_ABSENT = object()

@@ -4,7 +4,8 @@ Louizos, Ullrich & Welling, "Bayesian Compression for Deep Learning", NIPS 2017,
 "Bit precision" (paper Table 2 prints the result per layer). The posterior says how precisely a
 weight is known; storing it more precisely than that wastes bits. The rule, as the authors'
 tutorial code implements it (``KarenUllrich/Tutorial_BayesianCompressionForDL``,
-``compression.py``; see ``docs/methods.md`` §3.4 and §11 item 4), is:
+``compression.py``; Louizos et al., NIPS 2017, arXiv:1705.08665, derive it from the unit
+round-off), is:
 
 1. The unit round-off of a float with ``t`` significand bits is ``u(t) = 2^-t`` (Heath,
    *Scientific Computing*, ch. 1: ``u = ½·β^(1-t)`` for base ``β = 2``).

@@ -8,10 +8,13 @@ The loss minimised per step is the negative ELBO per training example,
                  + \beta_t\,\frac{\mathrm{KL}(q(W)\,\|\,p(W))}{N_\text{train}},
 
 the form of the Bayesian Compression tutorial (``CE_mean + KL/N``); Molchanov et al.'s
-``N/B·Σ log p − KL`` is the same objective times N (methods.md §1). The KL is an exact sum over
+``N/B·Σ log p − KL`` (github.com/bayesgroup/variational-dropout-sparsifies-dnn,
+``nets/objectives.py``) is the same objective times N. The KL is an exact sum over
 every layer (:func:`total_kl`), divided by the number of training examples, not by the batch
 size. β_t is a warm-up: 0 before ``start_epoch``, linear to 1 at ``end_epoch``, then 1 — the
-authors' ``rw_linear`` with (5, 20) (methods.md §2.2).
+authors' ``rw_linear`` with (5, 20) (github.com/bayesgroup/variational-dropout-sparsifies-dnn,
+``nets/optpolicy.py``; Molchanov et al., ICML 2017, arXiv:1701.05369, §5.1, describe the
+warm-up without its epochs).
 """
 
 from __future__ import annotations

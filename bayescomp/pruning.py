@@ -1,12 +1,13 @@
 """Pruning masks from posterior statistics, propagated through the channel groups, and what remains.
 
-A weight (or a group of weights) is removed when its log dropout rate reaches the layer's
-threshold, ``log α >= t``. Sparse VD uses t = 3 per weight (Molchanov et al. 2017, §5.1: dropout
-rate above 0.95; the log α histogram is bimodal around it). Bayesian Compression prunes groups
-with per-layer thresholds picked from the histograms (the authors' example: −2.8, −3, −5 for
-LeNet-300-100's three layers; methods.md §3.3) — :func:`save_log_alpha_histograms` draws them.
+A weight (or a group of weights) is removed when its log dropout rate reaches the layer's threshold,
+``log α >= t``. Sparse VD uses t = 3 per weight (Molchanov et al. 2017, §5.1: dropout rate above
+0.95; the log α histogram is bimodal around it). Bayesian Compression prunes groups with per-layer
+thresholds picked from the histograms (the authors' example: −2.8, −3, −5 for LeNet-300-100's three
+layers, ``example.py`` of github.com/KarenUllrich/Tutorial_BayesianCompressionForDL) —
+:func:`save_log_alpha_histograms` draws them.
 
-Removing a channel has consequences across layers (Louizos et al. 2017, §3; methods.md §3.3).
+Removing a channel has consequences across layers (Louizos et al., NIPS 2017, arXiv:1705.08665, §3).
 Which layers share a channel is the model's declaration (:mod:`bayescomp.models.graph`): the
 producers that write it, the BatchNorms that normalise it and the consumers that read it, one
 group per residual add, the flatten's ``H·W`` rows per channel declared, not guessed. Within a

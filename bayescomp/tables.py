@@ -1,11 +1,12 @@
 """Results tables: ``python -m bayescomp.tables [RUN_DIRS...] [--out results/lenet.md]``.
 
 Collects every ``metrics.json`` under the given directories (default ``results/``), groups runs by
-dataset, model and method, and writes the two tables of Louizos, Ullrich & Welling (2017) (the
-seed slides' layout): pruned architecture with bits per layer, and compression rates with the
-error each was measured at. Our rows give mean ± std over seeds; the published MNIST rows are read
-from ``experiments/published/louizos2017.yaml`` (with its citation), never typed in here, and Deep
-Compression's own LeNet rows (Han et al. 2016) from ``experiments/published/han2016_dc.yaml``.
+dataset, model and method, and writes the two tables of Louizos, Ullrich & Welling (2017), NIPS
+2017, arXiv:1705.08665 (Tables 2 and 1): pruned architecture with bits per layer, and compression
+rates with the error each was measured at. Our rows give mean ± std over seeds; the published MNIST
+rows are read from ``experiments/published/louizos2017.yaml`` (with its citation), never typed in
+here, and Deep Compression's own LeNet rows (Han et al. 2016) from
+``experiments/published/han2016_dc.yaml``.
 
 Runs are only averaged when they ran the same recipe: the resolved configs in their
 ``metrics.json`` agree on every key but the seed and those in :data:`WHERE_NOT_WHAT` (where data
@@ -204,7 +205,8 @@ def _render_deep_compression(published_dc: dict) -> list[str]:
         return "-".join(map(str, value)) if isinstance(value, list) else fmt.format(value)
 
     def field(row, key):
-        # † marks a value recalled in methods.md §7 rather than read from the seed slides.
+        # † marks a value recalled from Han et al.'s Tables 2 and 3 rather than read from
+        # Ullrich's slides (the ``recalled`` list of han2016_dc.yaml).
         value = cell(row.get(key))
         return value + "†" if key in row.get("recalled", ()) and value != "–" else value
 
@@ -222,13 +224,14 @@ def _render_deep_compression(published_dc: dict) -> list[str]:
             f"({field(row, 'ratio_pq')}×) | {field(row, 'size_percent_pqh')} % "
             f"({field(row, 'ratio_pqh')}×) |")
     lines += ["", f"{cite['title'].strip()}, {cite['venue']}, arXiv:{cite['arxiv']}; from "
-              + "; ".join(f"`{s['file']}`" for s in cite["sources"])
+              + "; ".join(s["cite"] for s in cite["sources"])
               + " (see the notes at the top of `experiments/published/han2016_dc.yaml`). Our "
               "DC rows above: the *pruned* error is after pruning and retraining, the "
               "*quantized* error after weight sharing and fine-tuning; their Pruning column is "
               "the unstructured |W| / (2|W≠0|), as the published DC row's. †: recalled from "
-              "Han et al. in `shared/docs/methods.md` §7, marked unverified there; not in the "
-              "seed slides, which give only the errors, the 8.0 % kept and the final ratio.", ""]
+              "Han et al.'s Table 2 (LeNet-300-100) and Table 3 (LeNet-5), not re-read against "
+              "the paper; not in Ullrich's slides, which give only the errors, the 8.0 % kept "
+              "and the final ratio.", ""]
     return lines
 
 
@@ -296,7 +299,8 @@ def render(runs: list[dict], published: dict, sources: list[str],
         "agree (see `bayescomp/tables.py`); other recipes of a method get their own labelled row.",
         "",
         f"Published rows: {', '.join(cite['authors'])} ({cite['year']}), *{cite['title']}*, "
-        f"{cite['venue']}, arXiv:{cite['arxiv']}; as printed in `{cite['source']['file']}`, on MNIST.",
+        f"{cite['venue']}, arXiv:{cite['arxiv']}; as printed in {cite['source']['slides']}, "
+        "on MNIST.",
         "",
     ]
     datasets = sorted({key[0] for key in groups}, key=lambda d: (d != "mnist", d))
@@ -381,7 +385,7 @@ def render(runs: list[dict], published: dict, sources: list[str],
                 f" | {_published_ratio(row.get('fast_prediction'))} | "
                 f"{_published_ratio(row.get('max_compression'))} |")
     lines += ["", "`*`: starred in the source (unstructured pruning). See the notes at the top "
-              "of `experiments/published/louizos2017.yaml` for how the garbled seed table was "
+              "of `experiments/published/louizos2017.yaml` for how the garbled slide table was "
               "read.", ""]
     if published_dc:
         lines += _render_deep_compression(published_dc)

@@ -1,11 +1,12 @@
 r"""Per-layer pruning thresholds chosen from the training data, with an error tolerance.
 
-Bayesian Compression prunes a group when its log dropout rate reaches a per-layer threshold, and
-the authors pick the thresholds by hand from the log α histograms (methods.md §3.3; their
-LeNet-300-100 example uses −2.8 / −3 / −5). Where the histogram is bimodal the choice is easy;
-where it is not (the group horseshoe's, whose log-normal q(z) gives a continuum of noise levels)
-a hand choice is arbitrary, and choosing on the *test* set would leak it into the result. This
-module makes the choice reproducible and honest:
+Bayesian Compression prunes a group when its log dropout rate reaches a per-layer threshold, and the
+authors pick the thresholds by hand from the log α histograms (Louizos et al., NIPS 2017,
+arXiv:1705.08665; their LeNet-300-100 example, ``example.py`` of
+github.com/KarenUllrich/Tutorial_BayesianCompressionForDL, uses −2.8 / −3 / −5). Where the histogram
+is bimodal the choice is easy; where it is not (the group horseshoe's, whose log-normal q(z) gives a
+continuum of noise levels) a hand choice is arbitrary, and choosing on the *test* set would leak it
+into the result. This module makes the choice reproducible and honest:
 
 * **Selection set.** ``examples`` training examples (a fixed, seeded subset of the training
   set; never the test set).

@@ -5,8 +5,10 @@ r"""Error against compression as the pruning thresholds vary: a threshold sensit
 A trained variational network does not fix its compression: the per-layer thresholds on log α
 decide which weights or groups go, and with them the error, the pruned architecture, the
 posterior-derived bits and every compression ratio. Bayesian Compression picks them by hand
-(Louizos et al. 2017, §5; methods.md §3.3); VCNN reports compression and accuracy over a range
-of its threshold (Zhao et al. 2019, Fig. 5; ``shared/seeds/001_*``). This module computes that
+(Louizos et al. 2017, §5; their LeNet-300-100 example, ``example.py`` of
+github.com/KarenUllrich/Tutorial_BayesianCompressionForDL, uses −2.8 / −3 / −5); VCNN reports
+compression and accuracy over a range of its threshold τ (Zhao et al., "Variational
+Convolutional Neural Network Pruning", CVPR 2019, Fig. 5). This module computes that
 curve for a finished run, with no retraining, at two kinds of operating point:
 
 * ``--thresholds T``: one threshold ``T`` for every variational layer (log α ≥ T is removed).

@@ -137,7 +137,7 @@ def test_unidentifiable_code_and_recalled_published_cells_are_marked(tmp_path):
     published_dc = yaml.safe_load(tables.PUBLISHED_DC.read_text())
     text = tables.render(runs, published, ["x"], published_dc)
     assert "commit `abc-dirty`, cpu" in text and "**code not identifiable**" in text
-    # Deep Compression: the seed gives LeNet-300-100's CR 40, methods.md its bits (6-6-6).
+    # Deep Compression: the slides give LeNet-300-100's CR 40, Han et al. Table 2 (recalled) its bits (6-6-6).
     row = next(line for line in text.splitlines() if line.startswith("| LeNet-300-100 | 1.64"))
     assert "6-6-6†" in row and "(40×)" in row
 

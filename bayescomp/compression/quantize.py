@@ -1,7 +1,8 @@
 """From a trained variational network to the pruned, bit-reduced network that is evaluated.
 
 Louizos et al. (2017) evaluate the network whose kept weights are the posterior means rounded to
-each layer's significand bits, with no fine-tuning (methods.md §3.4, §3.5). This module builds
+each layer's significand bits, with no fine-tuning (the authors' ``example.py`` and
+``compression.py``, github.com/KarenUllrich/Tutorial_BayesianCompressionForDL). This module builds
 exactly that network as a model of the same class with point weights (a ``Delta`` posterior), so
 its error is measured by the same evaluation code as every other network.
 """

@@ -5,7 +5,8 @@ computes the columns the paper reports, with ``|W|`` the number of weights of th
 (biases are not counted, as in the paper):
 
 * ``|W≠0| / |W|`` in %: the fraction of weights kept.
-* **Pruning**, two accountings (seed slides, "Practical view on compression"):
+* **Pruning**, two accountings (K. Ullrich, "What would Shannon do? Bayesian compression for DL",
+  slides, DLRL Summer School, Montreal 2017, slide "Practical view on compression"):
 
   - *structured* (BC-GNJ, BC-GHS; the unstarred BC entries): ``|W| / Σ_l N_l``, where ``N_l`` is
     the size of the layer's pruned **dense** matrix, i.e. the matrix left after dropping every
@@ -28,9 +29,9 @@ computes the columns the paper reports, with ``|W|`` the number of weights of th
   (:mod:`bayescomp.bit_precision`; tutorial ``compression.py``).
 * **Maximum Compression**: an *estimate* of the Deep Compression storage (Han, Mao & Dally, ICLR
   2016, §3 and §4) applied to the kept, quantised weights; see :func:`layer_storage_bits`. The
-  paper's column is said to use Deep Compression's storage pipeline (``docs/methods.md`` §3.4,
-  recalled), but the exact pipeline behind it was never released, so this number is our
-  estimate, not a reproduction.
+  paper's column is said to use Deep Compression's storage pipeline (Louizos et al., NIPS 2017,
+  arXiv:1705.08665, Table 1), but the exact pipeline behind it was never released, so this number is
+  our estimate, not a reproduction.
 
 What the published numbers imply (worked out in ``tests/compression/test_report.py``): the
 paper's Pruning and Fast Prediction ratios are *truncated* to integers, and its Fast Prediction
@@ -134,7 +135,8 @@ def kept_architecture(masks: Sequence[np.ndarray], layout: Layout = "flax") -> l
     """The pruned architecture, written as the papers write it.
 
     A conv layer contributes its number of output channels that keep a weight; a dense layer its
-    number of *inputs* that keep a weight (``docs/methods.md`` §1). So LeNet-300-100 is written
+    number of *inputs* that keep a weight (the convention of Louizos et al., NIPS 2017,
+    arXiv:1705.08665, Table 2). So LeNet-300-100 is written
     ``784-300-100`` (three dense layers' inputs) and LeNet-5-Caffe ``20-50-800-500`` (conv1 out,
     conv2 out, fc1 inputs, fc2 inputs).
 
@@ -257,8 +259,8 @@ def pruning_ratio(masks: Sequence[np.ndarray], layout: Layout = "flax") -> float
 def unstructured_pruning_ratio(masks: Sequence[np.ndarray]) -> float:
     """Unstructured Pruning ratio ``|W| / (2·|W≠0|)`` (DC, DNS, SWS; the starred entries).
 
-    Sparse storage with one index per kept value, the index as wide as the value (seed slides:
-    ``CR ≈ |w| / (2|w≠0|)``).
+    Sparse storage with one index per kept value, the index as wide as the value (Ullrich's
+    2017 slides, see the module docstring: ``CR ≈ |w| / (2|w≠0|)``).
 
     Raises:
         ConfigError: If no weight is kept.

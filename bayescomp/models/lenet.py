@@ -7,7 +7,8 @@ baseline and every variational method share this code.
 * LeNet-5-Caffe, as used by Molchanov et al. (2017) and Louizos et al. (2017): conv 20@5x5
   (valid) → ReLU → max-pool 2 → conv 50@5x5 → ReLU → max-pool 2 → fc 800→500 → ReLU → fc 500→10;
   430,500 weights. (The original Caffe prototxt has no ReLU after the convs; the Bayesian
-  compression codes all put one there, methods.md §1.)
+  compression codes all put one there, e.g. ``L0LeNet5`` in ``models.py`` of
+  github.com/AMLab-Amsterdam/L0_regularization.)
 
 Both declare their wiring in ``channel_groups()`` (:mod:`bayescomp.models.graph`): a chain, the
 image unprunable, the classes unprunable, and for LeNet-5 the flatten of conv2's 4x4 map into fc1

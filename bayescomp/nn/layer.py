@@ -15,10 +15,11 @@ Modes (Flax NNX views, like ``nnx.Dropout``):
 ``eval_model = nnx.view(model, deterministic=True, pruned=True)`` share arrays.
 
 The bias is a point estimate in every method. Molchanov et al.'s Sparse VD does the same; the
-Bayesian Compression tutorial instead gives it a Gaussian posterior (``bias_mu``,
-``bias_logvar`` initialised near e⁻⁹, a Gaussian-KL term, ``clip_var`` on it; methods.md §3.1).
-At that variance the bias noise has σ ≈ e^(-4.5) ≈ 0.01 and its KL against N(0, 1) is
-≈ ½(9 + μ² − 1) ≈ 4 nats per unit, a constant that does not drive pruning (biases are never
+Bayesian Compression tutorial instead gives it a Gaussian posterior (``bias_mu``, ``bias_logvar``
+initialised near e⁻⁹, a Gaussian-KL term, ``clip_var`` on it;
+github.com/KarenUllrich/Tutorial_BayesianCompressionForDL, ``BayesianLayers.py`` and
+``example.py``). At that variance the bias noise has σ ≈ e^(-4.5) ≈ 0.01 and its KL against N(0, 1)
+is ≈ ½(9 + μ² − 1) ≈ 4 nats per unit, a constant that does not drive pruning (biases are never
 pruned), so bayescomp keeps one deterministic bias for all methods; a bias posterior would be a
 second ``Posterior`` here.
 """

@@ -9,9 +9,11 @@ the additive reparameterisation of Molchanov, Ashukha & Vetrov (2017), "Variatio
 Sparsifies Deep Neural Networks", §4.4: the optimised parameters are ``(θ, log σ²)``, which keeps
 gradient variance low for large α.
 
-As in the authors' code (methods.md §2.1), ``log α`` is clipped to ``log_alpha_clip`` (default
-[-8, 8]) wherever it is used, and the variance entering the local reparameterization trick is
-``exp(clip(log α)) · θ²``; clipping therefore caps σ² at e⁸θ².
+As in the authors' code (github.com/bayesgroup/variational-dropout-sparsifies-dnn,
+``nets/layers.py``; the paper, Molchanov et al., ICML 2017, arXiv:1701.05369, does not clip),
+``log α`` is clipped to ``log_alpha_clip`` (default [-8, 8]) wherever it is used, and the variance
+entering the local reparameterization trick is ``exp(clip(log α)) · θ²``; clipping therefore caps
+σ² at e⁸θ².
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class FactorizedGaussian(Posterior):
         return self.theta[...]
 
     def variance(self) -> jax.Array:
-        """σ² as used by the model: exp(clip(log α)) · θ² (methods.md §2.1)."""
+        """σ² as used by the model: exp(clip(log α)) · θ² (the authors' ``nets/layers.py``)."""
         return variance_from_log_alpha(self.theta[...], self.raw_log_alpha(),
                                        *self.log_alpha_clip)
 

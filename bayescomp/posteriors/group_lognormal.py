@@ -28,17 +28,17 @@ log b_g ~ N(μ_bg, σ²_bg) (per group, :class:`~bayescomp.posteriors.variables.
 
 and W given z is the Gaussian of :class:`GroupScaledGaussian` (local reparameterization).
 
-* Sampling: ``z = exp(m + sqrt(v) ε)``, one draw per example and group, as methods.md §3.2
-  prescribes and the third-party implementations do. Every z_g is drawn from its exact marginal,
-  but the shared factors s_a, s_b are thereby drawn afresh for every group: the correlation
-  between the groups of a layer that a shared s would induce is ignored (a mean-field
-  approximation over groups, in exchange for per-example, low-variance sampling).
+* Sampling: ``z = exp(m + sqrt(v) ε)``, one draw per example and group, as the third-party
+  implementations do (Louizos et al., NIPS 2017, arXiv:1705.08665, have no official GHS code). Every
+  z_g is drawn from its exact marginal, but the shared factors s_a, s_b are thereby drawn afresh for
+  every group: the correlation between the groups of a layer that a shared s would induce is ignored
+  (a mean-field approximation over groups, in exchange for per-example, low-variance sampling).
 * Moments of a log-normal: E[z] = exp(m + v/2), E[z²] = exp(2m + 2v).
 * Group dropout rate: α_g = Var[z_g] / E[z_g]² = exp(v_g) − 1, so ``log α = log(expm1(v))``,
   computed without overflow for large v as ``v + log(−expm1(−v))``. It depends on the noise of
   z only, not on its size; groups whose q(a_g), q(b_g) relaxed to the prior have large v.
-  Pruning keeps ``log α < threshold`` (methods.md §3.2: a third-party implementation does this;
-  the paper may threshold another statistic of z̃).
+  Pruning keeps ``log α < threshold`` (a third-party implementation does this; the paper,
+  Louizos et al. 2017, may threshold another statistic of z̃).
 
 **Initialisation.** τ0 is tiny (1e-5), so the prior's typical s is ~1e-5. Initialising every
 log-normal at the median of its prior factor would make z ≈ τ0 and the network output ≈ bias;

@@ -1,7 +1,9 @@
 r"""The empirical-Bayes Gaussian-mixture prior of soft weight-sharing.
 
-Ullrich, Meeds & Welling, "Soft Weight-Sharing for Neural Network Compression", ICLR 2017
-(methods.md §4.1). One mixture is shared by every weight of the network:
+Ullrich, Meeds & Welling, "Soft Weight-Sharing for Neural Network Compression", ICLR 2017,
+arXiv:1702.04008, and the authors' tutorial (``empirical_priors.py`` of
+github.com/KarenUllrich/Tutorial-SoftWeightSharingForNNCompression). One mixture is shared by every
+weight of the network:
 
 .. math::
 
@@ -27,8 +29,8 @@ Conventions fixed here, used alike in training and post-processing:
 
 * **One π normalisation.** ``log π = [log π0, log(1−π0) + log_softmax(ρ)]`` everywhere. The
   reference's post-processing used raw ρ as log π while its training normalised
-  (methods.md §4.1), so a constant shift of ρ changed its quantisation but not its loss; here it
-  changes neither.
+  (tutorial ``helpers.py`` vs ``empirical_priors.py``), so a constant shift of ρ changed its
+  quantisation but not its loss; here it changes neither.
 * **Hyper-prior density over λ, not γ.** ``log p(λ_j) = α log β − log Γ(α) + (α−1) log λ_j −
   β λ_j``: the tutorial's ``(1−α)γ + βλ`` (up to its constant), i.e. a Gamma density over the
   precision without the Jacobian ``dλ/dγ = λ`` of the γ parameterisation (MAP in λ-space).
@@ -261,7 +263,8 @@ def log_hyper_prior(log_precisions: jax.Array, prior: GaussianMixture) -> jax.Ar
               - \beta_j e^{\gamma_j}
 
     A density over λ (no Jacobian of γ = log λ), as the tutorial's ``(1−α)γ + βλ`` loss
-    (methods.md §4.1); the constants make it equal scipy's Gamma log-pdf.
+    (the SWS tutorial's ``empirical_priors.py``); the constants make it equal scipy's Gamma
+    log-pdf.
     """
     shapes = jnp.asarray(prior.gamma_shapes, log_precisions.dtype)
     rates = jnp.asarray(prior.gamma_rates, log_precisions.dtype)

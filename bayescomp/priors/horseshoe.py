@@ -24,10 +24,10 @@ s_b = 1/h with h ~ Gamma(½, 1). Gamma(½, 1) is the law of χ²₁/2 = N²/2, s
     s^2 = \tau_0^2\,\frac{g}{h} = \tau_0^2\,\frac{N^2}{N'^2},\qquad
     s = \tau_0\,\frac{|N|}{|N'|} = \tau_0\,|\mathrm{Cauchy}(0, 1)| \sim \mathcal C^+(0, \tau_0),
 
-exactly the paper's stated prior on s. With scale τ0 (what the third-party re-implementations'
-KL ``−log τ0 + exp(μ + σ²/2)/τ0 − …`` corresponds to, methods.md §3.2, §11.6) the same argument
-gives s ~ C⁺(0, √τ0), i.e. a global scale of ≈ 3e-3 instead of 1e-5 at τ0 = 1e-5: a different,
-much weaker prior. ``tests/priors/test_horseshoe.py`` checks both statements by sampling.
+exactly the paper's stated prior on s. With scale τ0 (what the third-party re-implementations' KL
+``−log τ0 + exp(μ + σ²/2)/τ0 − …`` corresponds to; Louizos et al. 2017 released no GHS code) the
+same argument gives s ~ C⁺(0, √τ0), i.e. a global scale of ≈ 3e-3 instead of 1e-5 at τ0 = 1e-5: a
+different, much weaker prior. ``tests/priors/test_horseshoe.py`` checks both statements by sampling.
 
 **KL.** With the posterior of :class:`~bayescomp.posteriors.group_lognormal.GroupLogNormal`
 (log-normal q for s_a, s_b, a_g, b_g; q(w | z) = N(z μ, z² σ²)) and the prior factorised the same
@@ -65,10 +65,10 @@ plus E[y] for the Jacobian of x = e^y).
 
   for k = ½, β = 1: e^{σ²/2−μ} − ½(−μ + log σ² + 1 + log 2).
 
-Compared with the re-implementations' s_a term ``−log τ0 + e^{μ+σ²/2}/τ0 − ½(μ + log σ² + 1 +
-log 2)`` (methods.md §3.2): its constant −log τ0 is not the exact ½ log θ for any θ (irrelevant to
-gradients, but it makes their reported KL wrong by a constant), and its θ = τ0 instead of τ0²
-changes the gradients (the prior it optimises towards is C⁺(0, √τ0)).
+Compared with the s_a term of the third-party PyTorch re-implementations, ``−log τ0 +
+e^{μ+σ²/2}/τ0 − ½(μ + log σ² + 1 + log 2)``: its constant −log τ0 is not the exact ½ log θ for any
+θ (irrelevant to gradients, but it makes their reported KL wrong by a constant), and its θ = τ0
+instead of τ0² changes the gradients (the prior it optimises towards is C⁺(0, √τ0)).
 
 **Numerics (float32).** With θ = τ0² = 1e-10 and μ_sa ≈ log 1e-10 ≈ −23, E[x]/θ is computed as
 ``exp(μ + σ²/2 − log θ)`` with log θ taken in float64 when θ is a Python number, so neither a
@@ -153,7 +153,7 @@ class GroupHorseshoe(Prior):
     """s ~ C⁺(0, τ0) per layer, z̃_g ~ C⁺(0, 1) per group, w ~ N(0, z̃_g² s²).
 
     Args:
-        tau0: Global scale τ0 (1e-5 in both re-implementations, methods.md §3.2). Also used by
+        tau0: Global scale τ0 (1e-5 in both third-party re-implementations). Also used by
             :class:`~bayescomp.posteriors.group_lognormal.GroupLogNormal` to initialise; the
             method config writes it once.
     """

@@ -16,7 +16,8 @@ with k1 = 0.63576, k2 = 1.87320, k3 = 1.48695; its maximum absolute error is bel
 (paper §4.2). The constant −k1 makes the approximation tend to 0 as α → ∞. ``log(1 + 1/α)`` is
 computed as ``softplus(−log α)`` for stability.
 
-As in the authors' code (methods.md §2.1), log α is clipped to ``log_alpha_clip`` before the
+As in the authors' code (github.com/bayesgroup/variational-dropout-sparsifies-dnn,
+``nets/layers.py``; not in the paper), log α is clipped to ``log_alpha_clip`` before the
 approximation is evaluated.
 
 The same function serves the normal-Jeffreys prior on group scales in Bayesian Compression

@@ -330,7 +330,7 @@ BC_ROWS = [
 
 def test_published_full_architectures_match_the_layers():
     # The printed "784-300-100", "20-50-800-500" and VGG widths are kept_architecture of the
-    # unpruned layers; LeNet-5's |W| is 430,500 and LeNet-300-100's 266,200 (methods.md §1).
+    # unpruned layers; LeNet-5's |W| is 430,500 and LeNet-300-100's 266,200 (Louizos et al. 2017, Table 2).
     sizes = {}
     for key, model in _published()["models"].items():
         full = [np.ones(shape, dtype=bool) for shape in _kernel_shapes(model)]

@@ -85,7 +85,7 @@ def test_gaussian_deterministic_view_equals_flax(make, key):
 @pytest.mark.parametrize("make", LAYERS)
 def test_gaussian_sampling_view_with_zero_variance_equals_flax(make, key):
     # log σ² = -60 makes σ² ~ 1e-26 only if log α is not clipped from below: the default clip
-    # [-8, 8] floors the forward variance at e⁻⁸·θ² (reference code, methods.md §2.1), so widen it.
+    # [-8, 8] floors the forward variance at e⁻⁸·θ² (the Sparse VD authors' nets/layers.py), so widen it.
     layer = make(FactorizedGaussian, LogUniform(), log_alpha_clip=(-100.0, 8.0))
     kernel, bias = _set_gaussian(layer, key(), log_sigma2=-60.0)
     assert float(layer.posterior.variance().max()) < 1e-20
@@ -99,7 +99,7 @@ def test_gaussian_sampling_view_with_zero_variance_equals_flax(make, key):
 @pytest.mark.parametrize("make", LAYERS)
 def test_default_clip_keeps_a_variance_floor(make, key):
     # With the default clip, log σ² = -60 still gives α = e⁻⁸: the forward variance is
-    # e⁻⁸·θ², not 0 (documented behaviour of the reference code, methods.md §2.1).
+    # e⁻⁸·θ², not 0 (documented behaviour of the Sparse VD authors' nets/layers.py).
     layer = make(FactorizedGaussian, LogUniform())
     kernel, _ = _set_gaussian(layer, key(), log_sigma2=-60.0)
     np.testing.assert_allclose(layer.posterior.variance(), np.exp(-8.0) * kernel**2, rtol=1e-5)

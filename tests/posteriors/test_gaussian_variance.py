@@ -1,7 +1,7 @@
 """``FactorizedGaussian.variance``: the hand-written VJP equals autodiff of the plain formula.
 
 The reference is ``exp(clip(log σ² − log(θ² + 1e-8), −8, 8)) · θ²`` differentiated by
-``jax.grad`` (the formula of methods.md §2.1 written without a custom VJP). Points are chosen
+``jax.grad`` (the Sparse VD authors' formula, nets/layers.py, written without a custom VJP). Points are chosen
 on both sides of both clip bounds, where the log σ² gradient must be exactly zero. Tolerance:
 both sides evaluate the same float32 expressions in a different order, so they agree to a few
 ulps (1e-6) relative to the terms summed. Inside the clip range the θ-gradient is a difference of

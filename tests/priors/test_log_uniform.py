@@ -129,7 +129,7 @@ def test_neg_kl_is_increasing_in_log_alpha():
     ids=["9", "50", "-9", "-50", "inside_3", "inside_-7.5"],
 )
 def test_clipping(log_alpha, clipped):
-    # Outside [-8, 8] the KL equals the value at the clip edge (reference code, methods.md §2.1).
+    # Outside [-8, 8] the KL equals the value at the clip edge (the Sparse VD authors' nets/layers.py).
     got = float(kl_log_uniform(jnp.array([log_alpha], jnp.float32)))
     want = -float(neg_kl_log_uniform_approx(jnp.float32(clipped)))
     assert got == pytest.approx(want, rel=1e-6, abs=1e-7)  # same float32 ops: rounding only

@@ -35,6 +35,7 @@ Version-1 files (fixed point only) are read as before.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +49,14 @@ from bayescomp.compression.quantize import QuantizedNetwork, point_model
 
 #: Largest significand width accepted (k · 2^-t must be exact in float32 and float64).
 MAX_SIGNIFICAND_BITS = 60
-#: Largest number of weights in one layer accepted when reading (guards against absurd headers).
-MAX_LAYER_WEIGHTS = 2**31
+#: Largest number of weights (kernel entries, kept or not) one file may describe, all layers
+#: together: 2^26 = 67,108,864, 150 times LeNet-5 and four times VGG-16 for CIFAR-10 (15 M).
+#: The decoder returns dense kernels and masks and needs at most about 32 bytes per weight
+#: (float32 kernel, bool mask, the pruned block and its int64/float64 values while a layer is
+#: decoded), so any accepted file decodes in at most about 2 GiB however small it is.
+MAX_FILE_WEIGHTS = 2**26
+#: Largest number of weights in one layer accepted when reading (no more than the whole file).
+MAX_LAYER_WEIGHTS = MAX_FILE_WEIGHTS
 #: Largest codebook accepted (a codebook holds distinct float32 values of one layer).
 MAX_CODEBOOK_SIZE = 2**24
 #: How a layer's kept values are stored (``values_kind`` in the header; version 1 has only the
@@ -214,8 +221,13 @@ def _unpack_unsigned(data: bytes, count: int, width: int, name: str) -> np.ndarr
         raise ValueError(f"layer {name}: {len(data)} bytes of fixed-width values, expected "
                          f"{count} x {width} bits")
     bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[: count * width]
-    return (bits.reshape(count, width).astype(np.uint64)
-            << np.arange(width, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+    bits = bits.reshape(count, width)
+    # One bit plane at a time: count * (width + 16) bytes, where widening the whole bit matrix
+    # to uint64 would take 8 * count * width (64 times the stream for 64-bit values).
+    values = np.zeros(count, np.uint64)
+    for bit in range(width):
+        values |= bits[:, bit].astype(np.uint64) << np.uint64(bit)
+    return values
 
 
 def _pack_fixed(values: np.ndarray) -> tuple[int, bytes]:
@@ -309,7 +321,8 @@ def _encode_layer(name, kernel, bias, mask, bits, payload: container.PayloadWrit
         streams["positions"] = payload.add(candidates[choice].payload)
     if codebook is not None:
         streams["codebook"] = payload.add(codebook.astype("<f4").tobytes())
-    coded = entropy.encode(values)
+    # An alphabet beyond the coder's precision cannot be entropy-coded: fixed width it is.
+    coded = (entropy.encode(values) if entropy.can_code(np.unique(values).size) else None)
     if codebook is None:
         width, packed = _pack_fixed(values)
     else:  # indices are non-negative: no zig-zag, ceil(log2 K) bits each
@@ -317,7 +330,7 @@ def _encode_layer(name, kernel, bias, mask, bits, payload: container.PayloadWrit
         packed = _pack_unsigned(values, width)
     # Where nearly every value is distinct (a dense network at 23 bits), the stored histogram
     # outweighs what coding saves: store the integers at one fixed width instead.
-    if len(packed) < len(coded.model) + len(coded.payload):
+    if coded is None or len(packed) < len(coded.model) + len(coded.payload):
         layer["values_coding"], layer["value_width"] = "fixed", width
         streams["values_model"] = payload.add(b"")
         streams["values"] = payload.add(packed)
@@ -396,18 +409,50 @@ def _int(value, what: str, low: int = 0, high: int | None = None) -> int:
 
 
 def _stream(payload: bytes, streams: dict, key: str) -> bytes:
+    offset, length = _address(streams, key, len(payload))
+    return payload[offset: offset + length]
+
+
+def _address(streams: dict, key: str, payload_length: int) -> tuple[int, int]:
     address = streams.get(key)
     if not isinstance(address, list) or len(address) != 2:
         raise ValueError(f"stream {key!r} has no [offset, length] address")
     offset = _int(address[0], f"offset of stream {key!r}")
     length = _int(address[1], f"length of stream {key!r}")
-    if offset + length > len(payload):
-        raise ValueError(f"stream {key!r} [{offset}, {length}] runs past the {len(payload)}-byte "
+    if offset + length > payload_length:
+        raise ValueError(f"stream {key!r} [{offset}, {length}] runs past the {payload_length}-byte "
                          "payload")
-    return payload[offset: offset + length]
+    return offset, length
 
 
-def _decode_layer(index: int, layer, payload: bytes, version: int):
+def _check_stream_layout(layers: list, payload_length: int) -> None:
+    """Every payload byte belongs to exactly one stream.
+
+    The writer appends each stream after the previous one (no padding), so the addresses tile
+    the payload. Streams that overlap would let one byte string be read as two things (a bias
+    that is also a codebook), and bytes no stream owns are data the decoder would silently
+    ignore; both mean the header does not describe the payload.
+    """
+    spans = []
+    for index, layer in enumerate(layers):
+        streams = layer.get("streams") if isinstance(layer, dict) else None
+        if not isinstance(streams, dict):
+            raise ValueError(f"layer {index} has no streams")
+        spans += [(*_address(streams, key, payload_length), index, key) for key in streams]
+    spans.sort()
+    end = 0
+    for offset, length, index, key in spans:
+        if offset < end:
+            raise ValueError(f"stream {key!r} of layer {index} at [{offset}, {length}] overlaps "
+                             "the stream before it")
+        end = offset + length
+    covered = sum(length for _, length, _, _ in spans)
+    if covered != payload_length:
+        raise ValueError(f"the streams cover {covered} of the {payload_length} payload bytes")
+
+
+def _layer_shape(index: int, layer) -> tuple[str, tuple[int, ...]]:
+    """A layer's name and kernel shape from the header, checked but nothing allocated."""
     if not isinstance(layer, dict):
         raise ValueError(f"layer {index} is not a JSON object")
     name = layer.get("name")
@@ -419,8 +464,131 @@ def _decode_layer(index: int, layer, payload: bytes, version: int):
         raise ValueError(f"layer {name}: kernel shape {shape!r} / kind {layer.get('kind')!r} "
                          "is not a 2-D dense or 4-D conv kernel")
     shape = tuple(_int(n, f"layer {name} kernel dimension", 1) for n in shape)
-    if int(np.prod(shape, dtype=object)) > MAX_LAYER_WEIGHTS:
-        raise ValueError(f"layer {name}: kernel shape {shape} is impossibly large")
+    if _size(shape) > MAX_LAYER_WEIGHTS:
+        raise ValueError(f"layer {name}: kernel shape {shape} exceeds {MAX_LAYER_WEIGHTS} weights")
+    return name, shape
+
+
+def _size(shape) -> int:
+    """Number of entries of ``shape``, as an exact Python integer (numpy's product can wrap)."""
+    size = 1
+    for n in shape:
+        size *= int(n)
+    return size
+
+
+class _ShapeOnly(nnx.Module):
+    """Stands in for a weight layer or BatchNorm while a model's layer shapes are read off."""
+
+    def __init__(self, kernel_shape: tuple[int, ...], weights: bool = True):
+        self.kernel_shape = kernel_shape
+        self.weights = weights  # False for a BatchNorm
+        self.in_features, self.out_features = kernel_shape[-2:]
+        self.num_features = kernel_shape[-1]
+
+
+class _ShapeRecorder:
+    """A :class:`~bayescomp.nn.factory.LayerFactory` that builds no weights.
+
+    Models ask their factory for every layer (``dense``, ``conv``, ``norm``); answering with
+    :class:`_ShapeOnly` stand-ins runs the model's own constructor (its shape arithmetic,
+    flattens included) without allocating a kernel, so a header asking for 2^24 classes or a
+    65536x65536 input costs nothing to check.
+    """
+
+    def dense(self, name, in_features, out_features, *, rngs=None):
+        del name, rngs
+        return _ShapeOnly(_dims(in_features, out_features))
+
+    def conv(self, name, in_features, out_features, kernel_size, *, rngs=None, padding="VALID"):
+        del name, rngs, padding
+        return _ShapeOnly(_dims(*kernel_size, in_features, out_features))
+
+    def norm(self, name, features):
+        del name
+        return _ShapeOnly(_dims(features, features), weights=False)
+
+    def check_layer_names(self, layer_names) -> None:
+        del layer_names
+
+
+def _dims(*dims) -> tuple[int, ...]:
+    """Layer dimensions as Python integers; a model's arithmetic may have given 0 or less (a
+    too-small input) or wrapped (int32 products of a huge input)."""
+    dims = tuple(int(d) for d in dims)
+    if min(dims) < 1:
+        raise ValueError(f"a layer of shape {dims}")
+    return dims
+
+
+@functools.lru_cache(maxsize=64)
+def _model_shapes(model_name: str, input_shape: tuple[int, ...], num_classes: int,
+                  widths: tuple[int, ...]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """``(path, kernel shape)`` of each weight layer of the model, in ``layer_names`` order.
+
+    Raises:
+        ValueError: If the model cannot be built for these arguments.
+    """
+    from bayescomp.errors import ConfigError
+
+    model_cls = _registry()[model_name]
+    try:
+        template = model_cls(_ShapeRecorder(), rngs=nnx.Rngs(params=0), input_shape=input_shape,
+                             num_classes=num_classes, widths=widths)
+    except (ValueError, TypeError, ArithmeticError, ConfigError) as error:
+        raise ValueError(f"{model_cls.__name__} cannot be built for input shape {input_shape}, "
+                         f"{num_classes} classes and widths {widths}: {error}") from None
+    # As graph.weight_layers orders the real layers: by dotted path, in ``layer_names`` order.
+    found = {".".join(str(p) for p in path): module for path, module in nnx.iter_modules(template)
+             if isinstance(module, _ShapeOnly) and module.weights}
+    order = getattr(template, "layer_names", None) or tuple(found)
+    missing = [name for name in order if name not in found]
+    if missing:
+        raise ValueError(f"{model_cls.__name__} has no weight layers {missing}")
+    return tuple((name, found[name].kernel_shape) for name in order)
+
+
+def _check_model(model_name: str, input_shape, num_classes: int, layers: list) -> None:
+    """The header's layers are the named model's, at its input shape, classes and widths.
+
+    Checked before any array is allocated: the kernel shapes then are those of a model that can
+    exist, and together at most :data:`MAX_FILE_WEIGHTS`.
+    """
+    registry = _registry()
+    if model_name not in registry:
+        raise ValueError(f"names an unknown model {model_name!r} (known: "
+                         f"{', '.join(sorted(registry))})")
+    model_cls = registry[model_name]
+    declared = getattr(model_cls, "layer_names", None)
+    if declared is not None and len(layers) != len(declared):
+        raise ValueError(f"{len(layers)} layers, {model_cls.__name__} has {len(declared)}")
+    found = [_layer_shape(i, layer) for i, layer in enumerate(layers)]
+    total = sum(_size(shape) for _, shape in found)
+    if total > MAX_FILE_WEIGHTS:
+        raise ValueError(f"{total} weights exceed the {MAX_FILE_WEIGHTS} a file may hold")
+    widths = tuple(shape[-1] for _, shape in found[:-1])
+    expected = list(_model_shapes(model_name, tuple(input_shape), num_classes, widths))
+    if expected != found:
+        raise ValueError(f"its layers {found} do not match {model_cls.__name__} with input shape "
+                         f"{tuple(input_shape)} and {num_classes} classes ({expected})")
+
+
+def _fixed_point_weights(name: str, values: np.ndarray, bits: int) -> np.ndarray:
+    """``k · 2^-t`` as float32, refusing integers whose weight float32 cannot hold exactly."""
+    weights = (values.astype(np.float64) * 2.0 ** -bits).astype(np.float32)
+    # Scaling by a power of two is exact, so w · 2^t is an integer; it must be k itself (int64
+    # to float64 rounds beyond 2^53, and float32 beyond 24 significant bits). Compare only
+    # where it is inside int64, so that the cast is defined.
+    scaled = weights.astype(np.float64) * 2.0 ** bits
+    inside = np.abs(scaled) < 2.0**63
+    if not (inside.all() and np.array_equal(scaled.astype(np.int64), values)):
+        raise ValueError(f"layer {name}: decoded values are not representable in float32")
+    return weights
+
+
+def _decode_layer(index: int, layer, payload: bytes, version: int, shape: tuple[int, ...]):
+    """Decode one layer whose kernel ``shape`` :func:`_check_model` has checked."""
+    name = layer["name"]
     # Version 1 knows only fixed-point layers and has no values_kind; version 2 names it.
     values_kind = layer.get("values_kind") if version >= 2 else "fixed_point"
     if values_kind not in VALUES_KINDS or (version < 2 and "values_kind" in layer):
@@ -448,21 +616,29 @@ def _decode_layer(index: int, layer, payload: bytes, version: int):
         raise ValueError(f"layer {name}: kept unit counts do not match the keep bitmaps")
     block_index = _block_index(shape, kept_in, kept_out)
     block_shape = shape[:-2] + (int(kept_in.sum()), int(kept_out.sum()))
-    block_size = int(np.prod(block_shape))
+    block_size = _size(block_shape)
     positions = layer.get("positions")
     if positions == "full":
         flat = np.ones(block_size, bool)
     elif positions in ("bitmap", "gaps"):
         count = _int(layer.get("num_positions"), f"layer {name} number of position symbols")
+        # Sizes before decoding: a bitmap has one symbol per block weight, gaps one per kept
+        # weight, so the coder is never asked for more symbols than the block holds.
+        if positions == "bitmap" and count != block_size:
+            raise ValueError(f"layer {name}: position bitmap of {count} symbols for a pruned "
+                             f"block of {block_size}")
         symbols = entropy.decode(_stream(payload, streams, "positions_model"),
-                                 _stream(payload, streams, "positions"), count)
+                                 _stream(payload, streams, "positions"), count, block_size)
         if positions == "bitmap":
-            if count != block_size or np.any((symbols != 0) & (symbols != 1)):
+            if np.any((symbols != 0) & (symbols != 1)):
                 raise ValueError(f"layer {name}: position bitmap does not fit the pruned block")
             flat = symbols.astype(bool)
         else:
-            if np.any(symbols < 0):
-                raise ValueError(f"layer {name}: negative gap between kept positions")
+            # Each gap is below the block size, so the running sum cannot wrap around int64
+            # (which would turn a huge gap into a negative, silently valid, index).
+            if count and (symbols.min() < 0 or symbols.max() >= block_size):
+                raise ValueError(f"layer {name}: gap between kept positions outside "
+                                 f"0..{block_size - 1}")
             kept_at = np.cumsum(symbols + 1) - 1
             if count and kept_at[-1] >= block_size:
                 raise ValueError(f"layer {name}: kept positions run past the pruned block")
@@ -476,7 +652,7 @@ def _decode_layer(index: int, layer, payload: bytes, version: int):
     values_coding = layer.get("values_coding")
     if values_coding == "ans":
         values = entropy.decode(_stream(payload, streams, "values_model"),
-                                _stream(payload, streams, "values"), num_values)
+                                _stream(payload, streams, "values"), num_values, num_values)
         _, value_counts = entropy.parse_model(_stream(payload, streams, "values_model"))
     elif values_coding == "fixed" and codebook is None:
         width = _int(layer.get("value_width"), f"layer {name} value width", 0, 64)
@@ -493,10 +669,7 @@ def _decode_layer(index: int, layer, payload: bytes, version: int):
     else:
         raise ValueError(f"layer {name}: unknown value coding {values_coding!r}")
     if codebook is None:
-        weights = values.astype(np.float64) * 2.0 ** -bits
-        if not np.array_equal(weights.astype(np.float32).astype(np.float64), weights):
-            raise ValueError(f"layer {name}: decoded values are not representable in float32")
-        weights = weights.astype(np.float32)
+        weights = _fixed_point_weights(name, values, bits)
     else:
         if values.size and (values.min() < 0 or values.max() >= codebook.size):
             raise ValueError(f"layer {name}: codebook index outside 0..{codebook.size - 1}")
@@ -512,6 +685,8 @@ def _decode_layer(index: int, layer, payload: bytes, version: int):
     if len(bias_bytes) != 4 * shape[-1]:
         raise ValueError(f"layer {name}: bias of {len(bias_bytes)} bytes for {shape[-1]} outputs")
     bias = np.frombuffer(bias_bytes, "<f4").astype(np.float32)
+    if not np.all(np.isfinite(bias)):
+        raise ValueError(f"layer {name}: the bias holds NaN or infinite values")
 
     value_model = _stream(payload, streams, "values_model")
     position_bytes, position_bits, position_model_bytes = 0, 0.0, 0
@@ -551,6 +726,10 @@ def _decode(data: bytes, source: str) -> DecodedNetwork:
         if not isinstance(input_shape, list) or len(input_shape) != 3:
             raise ValueError(f"input shape {input_shape!r} is not (h, w, c)")
         input_shape = tuple(_int(n, "input dimension", 1, 2**16) for n in input_shape)
+        # Models size their layers with int32 arithmetic (jnp), which wraps beyond 2^31.
+        if _size(input_shape) >= 2**31:
+            raise ValueError(f"input shape {input_shape} has {_size(input_shape)} values, more "
+                             "than 2^31 - 1")
         num_classes = _int(header.get("num_classes"), "num_classes", 1, 2**24)
         dataset, preprocess = header.get("dataset"), header.get("preprocess")
         for field, value in (("dataset", dataset), ("preprocess", preprocess)):
@@ -560,18 +739,23 @@ def _decode(data: bytes, source: str) -> DecodedNetwork:
         layers = header.get("layers")
         if not isinstance(layers, list) or not layers:
             raise ValueError("no layers")
-        decoded = [_decode_layer(i, layer, payload, version) for i, layer in enumerate(layers)]
+        # Every size is checked before anything is allocated: the layers against the model
+        # they claim to be, the stream addresses against the payload.
+        _check_model(model_name, input_shape, num_classes, layers)
+        _check_stream_layout(layers, len(payload))
+        decoded = [_decode_layer(i, layer, payload, version, _layer_shape(i, layer)[1])
+                   for i, layer in enumerate(layers)]
         bits_per_weight = header.get("bits_per_weight")
         if (not isinstance(bits_per_weight, list) or len(bits_per_weight) != len(layers)):
             raise ValueError("bits_per_weight does not have one entry per layer")
         bits_per_weight = [_int(b, "bits per weight") for b in bits_per_weight]
         max_abs_weight = float.fromhex(header.get("max_abs_weight"))
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as error:
+        names, kernels, biases, masks, bits, codebooks, codings = (
+            list(column) for column in zip(*decoded))
+        precision = BitPrecision(bits_per_layer=bits, exponent_bits=exponent_bits,
+                                 bits_per_weight=bits_per_weight, max_abs_weight=max_abs_weight)
+    except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as error:
         raise file_error(source, f"the header or payload is malformed: {error}") from None
-    names, kernels, biases, masks, bits, codebooks, codings = (
-        list(column) for column in zip(*decoded))
-    precision = BitPrecision(bits_per_layer=bits, exponent_bits=exponent_bits,
-                             bits_per_weight=bits_per_weight, max_abs_weight=max_abs_weight)
     header_bytes = len(data) - len(payload) - container.PREAMBLE_SIZE - container.CHECKSUM_SIZE
     return DecodedNetwork(model_name, input_shape, num_classes, names, kernels, biases, masks,
                           precision, codings, len(data), header_bytes,
@@ -625,32 +809,9 @@ def load(path):
         raise file_error(source, f"cannot be read ({error.strerror or error})",
                          "check the path, or run `python -m bayescomp.compress RUN_DIR` to write "
                          "it") from None
+    # _decode has checked the layers against the model class (names, shapes, total size).
     network = _decode(data, source)
-    registry = _registry()
-    if network.model_name not in registry:
-        raise file_error(source, f"names an unknown model {network.model_name!r} (known: "
-                         f"{', '.join(sorted(registry))})")
-    model_cls = registry[network.model_name]
-    from bayescomp.errors import ConfigError
-    from bayescomp.models import hidden_widths
-    from bayescomp.models.graph import weight_layers
-    from bayescomp.nn.factory import LayerFactory
-
-    try:  # the shapes the model class has for this input shape, before any weight is set
-        template = model_cls(LayerFactory(), rngs=nnx.Rngs(params=0),
-                             input_shape=network.input_shape, num_classes=network.num_classes,
-                             widths=hidden_widths(network.kernels))
-        expected = [(name, tuple(layer.posterior.weight[...].shape))
-                    for name, layer in weight_layers(template)]
-    except (ValueError, TypeError, ConfigError) as error:
-        raise file_error(source, f"{model_cls.__name__} cannot be built for input shape "
-                         f"{network.input_shape} and {network.num_classes} classes: {error}"
-                         ) from None
-    found = [(name, kernel.shape) for name, kernel in zip(network.names, network.kernels)]
-    if expected != found:
-        raise file_error(source, f"its layers {found} do not match {model_cls.__name__} with "
-                         f"input shape {network.input_shape} and {network.num_classes} classes "
-                         f"({expected})")
+    model_cls = _registry()[network.model_name]
     model = point_model(model_cls, network.kernels, network.biases,
                         input_shape=network.input_shape, num_classes=network.num_classes)
     return model, network

@@ -30,6 +30,21 @@ import numpy as np
 
 #: Name of the coding scheme recorded in the file header.
 CODER = "constriction-ans-categorical"
+#: Fixed-point precision of constriction's ``Categorical`` model: every probability is a multiple
+#: of ``2^-24`` and the leaky (``perfect=False``) quantization gives every symbol at least one.
+PRECISION_BITS = 24
+#: Most distinct symbols one entropy-coded stream may have. The leaky quantization needs one unit
+#: of ``2^-24`` per symbol plus room to round the rest: at ``2^24 - 215`` uniform symbols
+#: constriction 0.5 already refuses the distribution ("not normalizable"), so half the precision
+#: is kept as a safe margin. Larger alphabets are stored at a fixed width (``codec``).
+MAX_MODEL_SYMBOLS = 2**23
+#: Slack of the information bound (:func:`min_payload_bits`) for the ANS coder's 64-bit state,
+#: whose bits may carry information beyond the emitted words.
+_STATE_BITS = 64
+#: Bound on how far constriction's quantized probability of a symbol can exceed ``c_s / N``. Its
+#: leaky quantization rounds the scaled cumulative distribution, so each weight is within two
+#: units of ``2^-24`` of ``p_s`` scaled; ``2^-20`` leaves a factor 8 of margin.
+_QUANTIZATION_SLACK = 2.0**-20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +77,39 @@ def empirical_entropy_bits(counts: np.ndarray) -> float:
     if total == 0:
         return 0.0
     return float(-(counts * np.log2(counts / total)).sum())
+
+
+def can_code(num_distinct: int) -> bool:
+    """Whether a stream with ``num_distinct`` distinct values can be entropy-coded (and decoded)."""
+    return num_distinct <= MAX_MODEL_SYMBOLS
+
+
+def min_payload_bits(counts: np.ndarray) -> float:
+    """Fewest payload bits any ANS stream reproducing the histogram ``counts`` can have.
+
+    The decoder checks that the decoded symbols reproduce the stored histogram, so a valid
+    payload codes ``c_s`` occurrences of every symbol ``s``. Under the coder's quantized model
+    ``q`` that costs ``I = Σ_s c_s · (−log2 q_s)`` bits; ANS spends at least ``I`` bits less the
+    ``64`` bits its state can hold beyond the emitted words. ``q`` is not exposed by
+    constriction, so it is bounded from above: ``q_s ≤ c_s/N + 2^-20`` (quantization error, see
+    ``_QUANTIZATION_SLACK``) and ``q_s ≤ 1 − (n−1)·2^-24`` (every other symbol keeps at least
+    one unit). With ``q_s`` bounded above, ``−log2 q_s`` is bounded below, hence ``I`` is.
+
+    This is the brief's "minimum code length times count" bound made per symbol: a header that
+    claims 2^31 symbols of a two-symbol model needs ≥ ``2^31 · (−log2(1 − 2^-24))`` ≈ 184 bits,
+    and a payload shorter than the bound is refused before the coder runs (constriction would
+    otherwise allocate for every claimed symbol, and abort the interpreter when it cannot).
+
+    Returns:
+        ``max(0, I_min − 64)`` in bits.
+    """
+    counts = np.asarray(counts, np.float64)
+    if counts.size < 2:
+        return 0.0
+    total = counts.sum()
+    ceiling = 1.0 - (counts.size - 1) * 2.0**-PRECISION_BITS
+    q_bound = np.minimum(counts / total + _QUANTIZATION_SLACK, ceiling)
+    return max(0.0, float((counts * -np.log2(q_bound)).sum()) - _STATE_BITS)
 
 
 def _put_varint(out: bytearray, value: int) -> None:
@@ -125,6 +173,9 @@ def parse_model(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     n, pos = _get_varint(data, 0)
     if n == 0 or 2 * n > len(data):  # every entry takes at least 2 bytes (value or gap, count)
         raise ValueError(f"symbol model of {len(data)} bytes cannot hold {n} symbols")
+    if n > MAX_MODEL_SYMBOLS:
+        raise ValueError(f"symbol model of {n} distinct values exceeds the coder's "
+                         f"{MAX_MODEL_SYMBOLS}")
     first, pos = _get_varint(data, pos)
     values = [first // 2 if first % 2 == 0 else -(first + 1) // 2]
     for _ in range(n - 1):
@@ -154,6 +205,9 @@ def encode(symbols: np.ndarray) -> CodedStream:
     if symbols.size == 0:
         return CodedStream(b"", b"", 0, 0.0)
     values, indices, counts = np.unique(symbols, return_inverse=True, return_counts=True)
+    if not can_code(len(values)):
+        raise ValueError(f"{len(values)} distinct symbols exceed the coder's {MAX_MODEL_SYMBOLS}; "
+                         "store the stream at a fixed width")
     model = serialize_model(values, counts)
     entropy = empirical_entropy_bits(counts)
     if len(values) == 1:
@@ -164,16 +218,39 @@ def encode(symbols: np.ndarray) -> CodedStream:
     return CodedStream(model, payload, symbols.size, entropy)
 
 
-def decode(model: bytes, payload: bytes, num_symbols: int) -> np.ndarray:
+def decode(model: bytes, payload: bytes, num_symbols: int, max_symbols: int) -> np.ndarray:
     """Decode ``num_symbols`` integers (int64) coded by :func:`encode`.
+
+    Every size is checked before anything is allocated or handed to constriction: the count
+    against ``max_symbols`` (what the caller's layer can hold), the alphabet against
+    :data:`MAX_MODEL_SYMBOLS`, and the payload against the information the stored histogram
+    needs (:func:`min_payload_bits`). Memory and time are then ``O(num_symbols)`` with
+    ``num_symbols ≤ max_symbols``, and constriction is never asked for more symbols than the
+    payload can hold.
+
+    Args:
+        model: The serialized histogram.
+        payload: The ANS words.
+        num_symbols: The header's count.
+        max_symbols: The most symbols the caller accepts.
 
     Raises:
         ValueError: If model and payload are inconsistent (wrong counts, leftover or missing
-            payload words, a model that does not describe ``num_symbols`` symbols).
+            payload words, a model that does not describe ``num_symbols`` symbols, more symbols
+            than ``max_symbols`` or than the payload can code).
     """
+    if num_symbols > max_symbols:
+        raise ValueError(f"{num_symbols} symbols where at most {max_symbols} fit")
     values, counts = parse_model(model)
     if int(counts.sum()) != num_symbols:
         raise ValueError(f"symbol model counts {int(counts.sum())} symbols, header says {num_symbols}")
+    if not can_code(len(values)):
+        raise ValueError(f"symbol model of {len(values)} distinct values exceeds the coder's "
+                         f"{MAX_MODEL_SYMBOLS}")
+    needed = min_payload_bits(counts)
+    if needed > 8 * len(payload):
+        raise ValueError(f"coded payload of {len(payload)} bytes is shorter than the "
+                         f"{needed / 8:.0f} bytes its {num_symbols} symbols need")
     if num_symbols == 0 or len(values) == 1:
         if payload:
             raise ValueError("a constant or empty stream must have an empty payload")

@@ -23,6 +23,8 @@ import contextlib
 import dataclasses
 import logging
 import pathlib
+import signal
+import threading
 import time
 from typing import Any, Callable, Mapping
 
@@ -140,6 +142,34 @@ def diverged(checkpointer: Checkpointer, what: str) -> TrainingDivergedError:
     return TrainingDivergedError(f"{what}; {kept}. {DIVERGED_ADVICE}")
 
 
+@contextlib.contextmanager
+def stop_between_chunks():
+    """Turn a Ctrl-C (SIGINT) into a stop at the next chunk boundary; yield ``requested()``.
+
+    A KeyboardInterrupt raised wherever the signal lands can be swallowed by library code that
+    catches broad exceptions (an asynchronous checkpoint save, say), and the run would go on. The
+    handler only records the request; the loop raises ``KeyboardInterrupt`` between chunks,
+    where nothing is half-written. A second Ctrl-C interrupts at once. Outside the main thread
+    (where signals cannot be handled) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    requested = []
+
+    def handler(signum, frame):
+        del signum, frame
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(requested)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class TrainingRun:
     """The context a procedure's phases share: data, batch geometry, history, logs.
 
@@ -182,6 +212,7 @@ class TrainingRun:
 
             self.writer = SummaryWriter(str(self.workdir / "tensorboard"))
         self._compiled: dict = {}
+        self._stop_requested = lambda: False
 
     def error(self, model: nnx.Module, *, pruned: bool = False) -> float:
         """Test error (%) of ``model``'s deterministic view."""
@@ -279,7 +310,8 @@ class TrainingRun:
         progress = self._progress_bar(phase, epochs - start)
         try:
             # Log lines go through the progress bar, so they are not glued onto its end.
-            with contextlib.nullcontext() if progress is None else logging_redirect_tqdm():
+            with contextlib.nullcontext() if progress is None else logging_redirect_tqdm(), \
+                    stop_between_chunks() as self._stop_requested:
                 self._epochs(model, phase, graphdef, frozen, masks, chunk, state, checkpointer,
                              start, progress)
         finally:
@@ -321,6 +353,8 @@ class TrainingRun:
                 state[0], state[1], frozen, state[2], masks, self.x_train, self.y_train,
                 batch_index[c * self.chunk:(c + 1) * self.chunk], chunk_key, jnp.float32(beta))
             chunk_sums = np.asarray(chunk_sums)  # blocks: timing and NaN checks are per chunk
+            if self._stop_requested():
+                raise KeyboardInterrupt  # Ctrl-C: resume from the last epoch's checkpoint
             if not np.all(np.isfinite(chunk_sums)):
                 checkpointer.wait()
                 raise diverged(checkpointer, f"the loss became {chunk_sums[0]} in phase "

@@ -36,7 +36,7 @@ def test_a_user_error_is_printed_once(tmp_path):
 def test_ctrl_c_says_how_to_resume_and_that_command_resumes(tmp_path):
     run_dir = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS="cpu")
-    overrides = ["+experiment=lenet300_dense", *SMOKE, "trainer.epochs=400"]
+    overrides = ["+experiment=lenet300_dense", *SMOKE, "trainer.epochs=2000"]
     process = subprocess.Popen(
         [sys.executable, "-m", "bayescomp.run", *overrides, f"hydra.run.dir={run_dir}"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -51,7 +51,7 @@ def test_ctrl_c_says_how_to_resume_and_that_command_resumes(tmp_path):
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"interrupted: {run_dir} "), stderr
     command = lines[0].split("resume with: ", 1)[1]
-    assert command.startswith("python -m bayescomp.run ") and "trainer.epochs=400" in command
+    assert command.startswith("python -m bayescomp.run ") and "trainer.epochs=2000" in command
     assert f"hydra.run.dir={run_dir}" in command
     # Its overrides resume the run (here shortened to 1 epoch, already trained, so the test is
     # short): nothing is refused, the finished epochs are not trained again.

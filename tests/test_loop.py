@@ -414,3 +414,19 @@ def test_epoch_time_leaves_out_every_compiling_epoch():
     legacy = [{"seconds": s} for s in (10, 1, 2, 3)]  # no flag: only the first epoch compiled
     assert metrics.median_epoch_seconds(legacy) == 2.0
     assert metrics.median_epoch_seconds([{"seconds": 7.0, "includes_compilation": 1.0}]) == 7.0
+
+
+def test_ctrl_c_is_a_request_to_stop_between_chunks():
+    # The first SIGINT only records the request (the loop raises between chunks, where nothing
+    # is half-written); a second one interrupts at once; the previous handler comes back.
+    import os
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    with loop.stop_between_chunks() as requested:
+        assert not requested()
+        os.kill(os.getpid(), signal.SIGINT)
+        assert requested()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before

@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         snapshot = None
         if not args.no_compression:
             with tempfile.TemporaryDirectory() as scratch:  # its plots are not kept
-                snapshot = variational.compression_snapshot(cfg, model, dataset, pathlib.Path(scratch))
+                snapshot = variational.compression_snapshot(cfg, model, dataset,
+                                                            pathlib.Path(scratch))
         figures = diagnose(model, dataset.x_test, dataset.y_test, samples=args.samples,
                            seed=args.seed, batch_size=int(cfg.trainer.eval_batch_size))
         report = {"run_dir": str(run_dir), "epoch": int(meta["epoch"]), **figures,

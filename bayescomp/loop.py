@@ -393,7 +393,8 @@ class TrainingRun:
 
     def _checkpoint_meta(self, phase: Phase, phase_epoch: int) -> dict:
         meta = dict(phase=phase.name, phase_epoch=phase_epoch, epoch=len(self.history) - 1,
-                    epochs=int(phase.epochs), history=self.history, train_seconds=self.train_seconds,
+                    epochs=int(phase.epochs), history=self.history,
+                    train_seconds=self.train_seconds,
                     config=runs.trajectory_config(self.cfg, self.resumable))
         if self.pretrained_run is not None:
             meta["pretrained_run"] = self.pretrained_run

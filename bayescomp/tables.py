@@ -113,9 +113,10 @@ def recipe(run: dict) -> tuple:
     A run resumed with another ``trainer.epochs`` adds its ``planned_epochs`` (the run lengths
     its epochs were trained for), so it is never averaged with runs trained straight through.
     ``model.widths`` at the model's default widths is left out too (the key postdates the first
-    runs, which used those widths), as are :data:`NEUTRAL_SETTINGS` at their neutral values. Keys set to ``null`` are left out: an option added after a
-    run was made (``prune.select``, say) appears as ``null`` (off) in later configs and not at
-    all in the older one, and both ran the same recipe.
+    runs, which used those widths), as are :data:`NEUTRAL_SETTINGS` at their neutral values.
+    Keys set to ``null`` are left out: an option added after a run was made (``prune.select``,
+    say) appears as ``null`` (off) in later configs and not at all in the older one, and both
+    ran the same recipe.
     """
     flat = _flatten(run.get("config"))
     # model.widths was added after the first runs; at the model's default it is their recipe.

@@ -17,9 +17,9 @@ curve for a finished run, with no retraining, at two kinds of operating point:
   error on the selection subset (the rule ``conf/method/bc_ghs.yaml`` uses with E = 0.5).
 
 Each point is scored exactly as the run's own end of training is
-(:func:`bayescomp.procedures.variational.compression_snapshot`): masks propagated across layers, kept posterior
-means rounded to their posterior-derived bits, the quantized network evaluated on the test set,
-and the paper's compression columns (Pruning, Fast Prediction, Maximum Compression estimate).
+(:func:`bayescomp.procedures.variational.compression_snapshot`): masks propagated across layers,
+kept posterior means rounded to their posterior-derived bits, the quantized network evaluated on
+the test set, and the paper's compression columns (Pruning, Fast Prediction, Maximum Compression estimate).
 
 The errors here are *test* errors, reported for every point: the curve shows what a threshold
 costs, it must not be used to pick the operating point a result table reports (that would tune

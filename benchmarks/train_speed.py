@@ -2,9 +2,9 @@
 
 Builds each experiment's model and optimizer through the library (Hydra compose of
 ``conf/config.yaml`` + ``+experiment=NAME``, then ``bayescomp.runs.build_model``,
-``build_optimizer``, ``choose_loop`` and ``make_train_chunk``), so what is timed is exactly the
-step a run uses: ``--steps`` optimisation steps per call, as one jitted ``lax.scan`` or as a jitted
-step in a Python loop (``trainer.loop``). No dataset is needed.
+``optim.make_optimizer``, ``step.choose_loop`` and ``step.make_chunk``), so what is timed is
+exactly the step a run uses: ``--steps`` optimisation steps per call, as one jitted ``lax.scan`` or
+as a jitted step in a Python loop (``trainer.loop``). No dataset is needed.
 
 Every experiment is compiled first (one warm-up call each); then ``--repeats`` rounds time one
 call of each experiment in turn. For each experiment it prints the images per second (median

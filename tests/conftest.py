@@ -82,14 +82,14 @@ def finished_smoke_run(tmp_path_factory):
     Trained on first use per experiment and shared by the whole session (per xdist worker), so
     tests that read a finished run (diagnose, tradeoff) do not each train one. Read-only.
     """
-    from bayescomp.procedures.variational import run as train_and_evaluate
+    from bayescomp.procedures import variational
 
     runs = {}
 
     def get(experiment: str):
         if experiment not in runs:
             workdir = tmp_path_factory.mktemp(experiment)
-            metrics = train_and_evaluate(_compose([f"+experiment={experiment}", *TWO_STEPS]),
+            metrics = variational.run(_compose([f"+experiment={experiment}", *TWO_STEPS]),
                                          workdir)
             runs[experiment] = (workdir, metrics)
         return runs[experiment]
@@ -105,14 +105,14 @@ def pretrained_dense_run(tmp_path_factory):
     run (``method.pretrained_run``); one is trained per model (``"lenet300"``, ``"lenet5"``) on
     first use and shared by the whole session (per xdist worker). Do not modify it: copy it.
     """
-    from bayescomp.procedures.variational import run as train_and_evaluate
+    from bayescomp.procedures import variational
 
     runs = {}
 
     def get(model: str) -> pathlib.Path:
         if model not in runs:
             workdir = tmp_path_factory.mktemp(f"{model}_dense")
-            train_and_evaluate(_compose([f"+experiment={model}_dense", *TWO_STEPS]), workdir)
+            variational.run(_compose([f"+experiment={model}_dense", *TWO_STEPS]), workdir)
             runs[model] = workdir
         return runs[model]
 

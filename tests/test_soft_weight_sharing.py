@@ -22,10 +22,9 @@ from bayescomp.errors import ConfigError
 from bayescomp.models import LeNet300
 from bayescomp.nn import LayerFactory
 from bayescomp.priors.gaussian_mixture import GaussianMixture, MixtureParams
-from bayescomp.procedures.soft_weight_sharing import (MergedMixture, assign_components, layer_codebooks,
-                                           merge_components, post_process, quantize_to_mixture,
-                                           save_weight_figure, settings_from_config,
-                                           tau_at)
+from bayescomp.procedures.soft_weight_sharing import (
+    MergedMixture, assign_components, layer_codebooks, merge_components, post_process,
+    quantize_to_mixture, save_weight_figure, settings_from_config, tau_at)
 
 from cli_helpers import REPO_ROOT, run_cli  # tests/ is on sys.path (pytest rootdir)
 SMOKE = ["+debug=smoke", "trainer.batch_size=256", "trainer.chunk_steps=2",

@@ -6,12 +6,17 @@ metrics. ``conf/method/*.yaml`` names its procedure with the key ``procedure`` (
 ``variational``):
 
 * ``variational``: variational inference over the weights, then pruning and bit reduction
-  (:func:`bayescomp.procedures.variational.run`; dense baselines, Sparse VD, Bayesian Compression).
+  (:func:`bayescomp.procedures.variational.run`; dense baselines, Sparse VD, Bayesian
+  Compression).
 * ``deep_compression``: magnitude pruning with retraining, k-means weight sharing and centroid
-  fine-tuning of a finished dense run (:func:`bayescomp.procedures.deep_compression.run`; Han et al. 2016).
+  fine-tuning of a finished dense run (:func:`bayescomp.procedures.deep_compression.run`; Han et
+  al. 2016).
 * ``soft_weight_sharing``: retraining of a finished dense run under a learned Gaussian-mixture
-  prior, then quantisation to the mixture means (:func:`bayescomp.procedures.soft_weight_sharing.run`;
-  Ullrich, Meeds & Welling 2017).
+  prior, then quantisation to the mixture means
+  (:func:`bayescomp.procedures.soft_weight_sharing.run`; Ullrich, Meeds & Welling 2017).
+
+A procedure is a short script of :class:`bayescomp.loop.Phase` s carried out by
+:meth:`bayescomp.loop.TrainingRun.fit`, and ends with :func:`bayescomp.metrics.finish_run`.
 
 Retraining procedures (Deep Compression, soft weight-sharing) start from a finished dense run
 and register themselves here too. Entries are ``"module:function"`` strings, imported on use, so

@@ -219,7 +219,8 @@ def post_process(params: MixtureParams, prior: GaussianMixture,
 
 def layer_codebooks(kernels: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Per layer, the sorted distinct float32 values of its kept (non-zero) weights."""
-    return [np.unique(np.asarray(kernel, np.float32)[np.asarray(kernel) != 0]) for kernel in kernels]
+    return [np.unique(np.asarray(kernel, np.float32)[np.asarray(kernel) != 0])
+            for kernel in kernels]
 
 
 # --------------------------------------------------------------------------------------------

@@ -168,6 +168,8 @@ def stop_between_chunks():
         yield lambda: bool(requested)
     finally:
         signal.signal(signal.SIGINT, previous)
+    if requested:  # a request after the last check (the last epoch's evaluation or checkpoint)
+        raise KeyboardInterrupt
 
 
 class TrainingRun:
@@ -299,6 +301,10 @@ class TrainingRun:
         self.history = list(meta["history"])
         self.train_seconds = float(meta["train_seconds"])
         start = int(meta["phase_epoch"]) + 1
+        if start > int(phase.epochs):
+            log.warning("the checkpoints in %s were trained for %d epochs, more than the %d asked "
+                        "for; the longer-trained state is kept", checkpointer.directory, start,
+                        int(phase.epochs))
         if start < int(phase.epochs):
             log.info("resuming phase %s from %s at epoch %d", phase.name,
                      checkpointer.directory, start)
@@ -323,13 +329,13 @@ class TrainingRun:
         for phase_epoch in range(start, int(phase.epochs)):
             beta = 0.0 if phase.kl_weight is None else float(phase.kl_weight(phase_epoch))
             state[3], perm_key, noise_key = jax.random.split(state[3], 3)
-            sums, seconds = self._train_epoch(phase, frozen, masks, chunk, state, perm_key,
-                                              noise_key, beta, checkpointer, progress)
+            sums, seconds = self._train_epoch(phase, phase_epoch, frozen, masks, chunk, state,
+                                              perm_key, noise_key, beta, checkpointer, progress)
             self.train_seconds += seconds
             nnx.update(model, nnx.state(nnx.merge(graphdef, state[0], state[1], frozen)))
             # A finite loss does not prove finite parameters: the last update of the epoch
             # comes after its loss. Never checkpoint a non-finite state as the "last good" one.
-            if not all_finite(state[0]):
+            if not all_finite((state[0], state[1])):
                 checkpointer.wait()
                 raise diverged(checkpointer, f"the parameters became non-finite at the end of "
                                              f"phase {phase.name}, epoch {phase_epoch}")
@@ -339,9 +345,11 @@ class TrainingRun:
                                             jax.random.key_data(state[3])),
                               self._checkpoint_meta(phase, phase_epoch))
             runs.write_config(self.workdir, self.cfg)
+            if self._stop_requested():
+                raise KeyboardInterrupt  # Ctrl-C during evaluation or checkpointing
 
-    def _train_epoch(self, phase, frozen, masks, chunk, state, perm_key, noise_key, beta,
-                     checkpointer, progress):
+    def _train_epoch(self, phase, phase_epoch, frozen, masks, chunk, state, perm_key, noise_key,
+                     beta, checkpointer, progress):
         """One epoch of chunks; returns the summed ``[loss, NLL, KL, correct]`` and seconds."""
         steps, batch = self.steps_per_epoch, self.batch_size
         batch_index = jax.random.permutation(perm_key, self.n_train)[: steps * batch].reshape(
@@ -360,7 +368,7 @@ class TrainingRun:
                 raise diverged(checkpointer, f"the loss became {chunk_sums[0]} in phase "
                                              f"{phase.name} (steps {c * self.chunk}-"
                                              f"{(c + 1) * self.chunk - 1} of its epoch "
-                                             f"{len(self.history)})")
+                                             f"{phase_epoch})")
             sums += chunk_sums
             if progress is not None:
                 done = (c + 1) * self.chunk

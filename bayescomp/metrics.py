@@ -181,7 +181,8 @@ def finish_run(cfg: DictConfig, workdir, *, dataset, quantized, history: list[di
         quantized.masks, quantized.precision.bits_per_layer, quantized.precision.exponent_bits,
         sign_bits=0 if codebook_network else 1, weights=quantized.kernels,
         pruning_accounting=pruning_accounting)
-    seconds_per_epoch = median_epoch_seconds(history)
+    # No epoch trained (every phase of 0 epochs): no time to report, and NaN is not JSON.
+    seconds_per_epoch = median_epoch_seconds(history) if history else None
     metrics = {
         **run_identity(cfg, dataset),
         "epochs": len(history),
@@ -197,7 +198,8 @@ def finish_run(cfg: DictConfig, workdir, *, dataset, quantized, history: list[di
         # Median over epochs of the training time of one epoch (excluding each process's
         # first of a phase, which includes compilation); evaluation and checkpoints excluded.
         "seconds_per_epoch": seconds_per_epoch,
-        "images_per_second": images_per_epoch / seconds_per_epoch,
+        "images_per_second": (None if seconds_per_epoch is None
+                              else images_per_epoch / seconds_per_epoch),
         "peak_memory_mib": peak_memory_mib(),
         "train_seconds": float(train_seconds),
         **code_metrics(history),

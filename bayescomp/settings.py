@@ -80,6 +80,23 @@ SCHEMA = {
     "trainer.batch_norm.momentum": Number(low=0, high=1),
     "trainer.batch_norm.epsilon": Number(low=0, open_low=True),
     "method.prune.threshold": Number(optional=True),
+    # Deep Compression (conf/method/dc.yaml): null epochs mean trainer.epochs.
+    "method.prune_rounds": POSITIVE_INT,
+    "method.retrain.epochs": Number(low=0, integer=True, optional=True),
+    "method.retrain.lr": Number(low=0),
+    "method.retrain.bias_lr": Number(low=0),
+    "method.retrain.decay_start": Number(low=0, high=1),
+    "method.quantize.kmeans_iterations": POSITIVE_INT,
+    "method.quantize.finetune.epochs": Number(low=0, integer=True, optional=True),
+    "method.quantize.finetune.lr": Number(low=0),
+    "method.quantize.finetune.bias_lr": Number(low=0),
+    "method.quantize.finetune.decay_start": Number(low=0, high=1),
+}
+
+#: Mappings of numbers: every value must satisfy the rule (per-layer settings).
+PER_LAYER = {
+    "method.prune.per_layer": Number(),
+    "method.keep": Number(low=0, high=1, open_low=True),
 }
 
 
@@ -105,11 +122,12 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.kl_warmup ends (end_epoch={warmup.end_epoch}) before it "
                           f"starts (start_epoch={warmup.start_epoch}); set end_epoch >= "
                           "start_epoch (equal: a step from 0 to 1)")
-    per_layer = OmegaConf.select(cfg, "method.prune.per_layer", default=None) or {}
-    for layer, threshold in dict(per_layer).items():
-        problem = Number().problem(threshold)
-        if problem is not None:
-            raise ConfigError(f"method.prune.per_layer.{layer}={threshold!r} {problem}")
+    for key, rule in PER_LAYER.items():
+        mapping = OmegaConf.select(cfg, key, default=None) or {}
+        for layer, value in dict(mapping).items():
+            problem = rule.problem(value)
+            if problem is not None:
+                raise ConfigError(f"{key}.{layer}={value!r} {problem}")
     optim.check(OmegaConf.to_container(cfg.optimizer, resolve=True), int(cfg.trainer.epochs))
 
 

@@ -423,10 +423,22 @@ def test_ctrl_c_is_a_request_to_stop_between_chunks():
     import signal
 
     before = signal.getsignal(signal.SIGINT)
-    with loop.stop_between_chunks() as requested:
-        assert not requested()
-        os.kill(os.getpid(), signal.SIGINT)
-        assert requested()
-        with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt):  # the recorded request, at the end
+        with loop.stop_between_chunks() as requested:
+            assert not requested()
             os.kill(os.getpid(), signal.SIGINT)
+            assert requested()
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_ctrl_c_after_the_last_check_is_not_lost():
+    # A request that arrives after the loop's last check (during the last epoch's evaluation
+    # or checkpoint) still stops the run when the training ends.
+    import os
+    import signal
+
+    with pytest.raises(KeyboardInterrupt):
+        with loop.stop_between_chunks():
+            os.kill(os.getpid(), signal.SIGINT)

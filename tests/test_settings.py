@@ -25,10 +25,16 @@ from bayescomp.errors import ConfigError
     ("optimizer.lr=0", "optimizer.lr=0 trains nothing"),
     ("optimizer.b1=2", "optimizer.b1=2.0 is outside [0, 1)"),
     ("optimizer.name=lbfgs", "optimizer.name: unknown optimizer 'lbfgs'"),
+    ("method.prune_rounds=abc", "method.prune_rounds='abc' must be a positive integer"),
+    ("method.retrain.lr=-1", "method.retrain.lr=-1 must be a number in [0, inf]"),
+    ("method.keep.fc1=abc", "method.keep.fc1='abc' must be a number"),
+    ("method.keep.fc1=1.5", "method.keep.fc1=1.5 must be a number in (0, 1]"),
     ("optimizer.schedule=cosine_restarts", "unknown learning-rate schedule 'cosine_restarts'"),
 ])
 def test_a_bad_setting_is_one_line_naming_its_key(smoke_cfg, override, message):
-    cfg = smoke_cfg("lenet300_svd", override)
+    experiment = "lenet300_dc" if override.startswith(("method.prune_rounds", "method.retrain",
+                                                       "method.keep")) else "lenet300_svd"
+    cfg = smoke_cfg(experiment, override)
     with pytest.raises(ConfigError) as info:
         runs.check_settings(cfg)
     text = str(info.value)

@@ -12,9 +12,14 @@ again, and the decoded network's test error measured. The run's ``metrics.json``
 * ``compression.max_compression_measured``: float32 bytes of all original weights / file bytes;
 * ``compression_file``: for honesty beside it — the file's entropy bound (Σ −log2 p̂ of the coded
   symbols under their empirical models, plus every byte that is not a coded symbol stream: the
-  stored models, bitmaps, biases, codebooks, header, preamble and checksum), the header bytes,
-  and the bytes of gzip and zstd applied to the same quantized arrays (the kernels as float32
-  with removed weights zeroed, and the biases), with a per-layer table.
+  stored models, bitmaps, biases, codebooks, BatchNorm parameters, header, preamble and
+  checksum), the header bytes, the bytes of the BatchNorm parameters (``norm_bytes``: 16 per
+  stored channel, raw float32), and the bytes of gzip and zstd applied to the same quantized
+  arrays (the kernels as float32 with removed weights zeroed, the biases, and the BatchNorms'
+  γ, β, mean and variance), with a per-layer table.
+
+A model with BatchNorms (VGG, ResNet) is written as format version 3, which stores them and the
+run's ``model.widths`` (:mod:`bayescomp.compression.codec`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import zstandard
 from flax import nnx
 
 from bayescomp import data as data_lib
-from bayescomp import metrics, provenance, runs
+from bayescomp import metrics, models, provenance, runs
 from bayescomp.compression import codec, container, quantize
 from bayescomp.errors import BayescompError, ConfigError
 from bayescomp.evaluation import Evaluator
@@ -98,12 +103,36 @@ def compress_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = N
     return measured
 
 
+def run_widths(cfg) -> tuple[int, ...]:
+    """The ``widths`` the run's model was built with: ``model.widths``, else the model's default."""
+    from omegaconf import OmegaConf
+
+    widths = cfg.model.get("widths")
+    if widths is None:
+        return tuple(models.default_widths(cfg.model.name))
+    widths = OmegaConf.to_object(widths) if OmegaConf.is_config(widths) else widths
+    return tuple(int(w) for w in widths)
+
+
+def _same_norms(encoded, decoded) -> bool:
+    """Both ``None``, or the same BatchNorms with bit-identical parameters and ε."""
+    if encoded is None or decoded is None:
+        return encoded is None and decoded is None
+    if sorted(encoded) != sorted(decoded):
+        return False
+    return all(encoded[path].epsilon == decoded[path].epsilon
+               and np.array_equal(encoded[path].stacked().view(np.uint32),
+                                  decoded[path].stacked().view(np.uint32))
+               for path in encoded)
+
+
 def _write_and_measure(out: pathlib.Path, quantized, cfg, spec, evaluate: bool) -> dict:
     """Write ``out``, check it decodes bit for bit, and measure it (see :func:`compress_run`)."""
     file_bytes = codec.save(out, quantized, model_name=cfg.model.name,
                             input_shape=spec.image_shape, num_classes=spec.num_classes,
                             dataset=cfg.data.name,
-                            preprocess=cfg.data.get("preprocess", "reference"))
+                            preprocess=cfg.data.get("preprocess", "reference"),
+                            widths=quantized.widths or run_widths(cfg))
     decoded_model, decoded = codec.load(out)
     # A mismatch here is a codec bug, never bad input: the file just written must decode to the
     # network that was encoded, bit for bit (kernels up to the sign of removed zeros).
@@ -118,17 +147,22 @@ def _write_and_measure(out: pathlib.Path, quantized, cfg, spec, evaluate: bool) 
                     if original.dtype == np.float32 else np.array_equal(original, restored))
             if not same or original.shape != restored.shape:
                 raise AssertionError(f"the decoded {what} differ from the encoded ones")
+    if not _same_norms(quantized.norms, decoded.norms):
+        raise AssertionError("the decoded BatchNorm parameters differ from the encoded ones")
 
     weights_total = sum(int(np.size(k)) for k in quantized.kernels)
-    raw = b"".join(np.asarray(a, "<f4").tobytes() for a in quantized.kernels + quantized.biases)
+    norm_arrays = [params.stacked() for _, params in sorted((quantized.norms or {}).items())]
+    raw = b"".join(np.asarray(a, "<f4").tobytes()
+                   for a in quantized.kernels + quantized.biases + norm_arrays)
     # Every byte of the file that is not a coded symbol stream counts at its size: the symbol
-    # tables (value and position models), bitmaps, raw biases and codebooks, the header, and the
-    # container's preamble and checksum. What remains between this bound and the file is then
-    # the coders' own overhead.
-    entropy_bits = sum(layer.value_entropy_bits + layer.position_entropy_bits
-                       + 8 * (layer.bitmap_bytes + layer.bias_bytes + layer.value_model_bytes
-                              + layer.position_model_bytes + layer.codebook_bytes)
-                       for layer in decoded.layers)
+    # tables (value and position models), bitmaps, raw biases, codebooks and BatchNorm
+    # parameters, the header, and the container's preamble and checksum. What remains between
+    # this bound and the file is then the coders' own overhead.
+    entropy_bits = 8 * decoded.norm_bytes + sum(
+        layer.value_entropy_bits + layer.position_entropy_bits
+        + 8 * (layer.bitmap_bytes + layer.bias_bytes + layer.value_model_bytes
+               + layer.position_model_bytes + layer.codebook_bytes)
+        for layer in decoded.layers)
     framing_bytes = container.PREAMBLE_SIZE + container.CHECKSUM_SIZE
     measured = {
         "compressed_bytes": file_bytes,
@@ -136,6 +170,8 @@ def _write_and_measure(out: pathlib.Path, quantized, cfg, spec, evaluate: bool) 
         "compression_file": {
             "file_bytes": file_bytes,
             "header_bytes": decoded.header_bytes,
+            "format_version": decoded.version,
+            "norm_bytes": decoded.norm_bytes,
             "entropy_bound_bytes": entropy_bits / 8 + decoded.header_bytes + framing_bytes,
             "gzip_bytes": len(zlib.compress(raw, 9)),
             "zstd_bytes": len(zstandard.ZstdCompressor(level=19).compress(raw)),
@@ -209,7 +245,8 @@ def _print_summary(measured: dict) -> None:
               f"{layer['value_bytes']:>9} {layer['value_entropy_bytes']:>10.1f} "
               f"{overhead:>9} {layer['value_model_bytes']:>8} "
               f"{layer['position_bytes']:>7}")
-    print(f"file {info['file_bytes']} B (header {info['header_bytes']} B, entropy bound "
+    norms = f", BatchNorms {info['norm_bytes']} B" if info.get("norm_bytes") else ""
+    print(f"file {info['file_bytes']} B (header {info['header_bytes']} B{norms}, entropy bound "
           f"{info['entropy_bound_bytes']:.0f} B); gzip {info['gzip_bytes']} B, zstd "
           f"{info['zstd_bytes']} B of the same quantized arrays; float32 {info['float32_bytes']} B")
     print(f"maximum compression (measured): {measured['max_compression_measured']:.1f}x")

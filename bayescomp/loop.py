@@ -35,8 +35,9 @@ from flax import nnx
 from omegaconf import DictConfig
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from bayescomp import objectives, optim, runs, step
+from bayescomp import objectives, optim, runs, sharding, step
 from bayescomp.checkpointing import Checkpointer
+from bayescomp.data import augment as augment_lib
 from bayescomp.errors import ConfigError, TrainingDivergedError
 from bayescomp.evaluation import Evaluator
 from bayescomp.nn.layer import VariationalLayer
@@ -196,23 +197,29 @@ class TrainingRun:
             pathlib.Path(str(pretrained_run)).expanduser().resolve())
         trainer = cfg.trainer
         self.batch_size = int(trainer.batch_size)
-        self.x_train, self.y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
-        self.x_test, self.y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
+        # Several devices: the data and the state on every one, each batch split across them.
+        self.parallel = sharding.from_config(trainer.get("devices", "all"), self.batch_size)
+        place = jnp.asarray if self.parallel is None else self.parallel.replicate
+        self.x_train, self.y_train = place(dataset.x_train), place(dataset.y_train)
+        self.x_test, self.y_test = place(dataset.x_test), place(dataset.y_test)
         self.n_train = int(self.x_train.shape[0])
         self.steps_per_epoch = self.n_train // self.batch_size  # each permutation's rest dropped
         if self.steps_per_epoch < 1:
             raise ConfigError(f"trainer.batch_size={self.batch_size} exceeds the {self.n_train} "
                               "training examples")
         self.chunk = chunk_steps(self.steps_per_epoch, int(trainer.chunk_steps))
+        # Training-time augmentation, inside the jitted step (off for MNIST-like data).
+        self.augment = augment_lib.from_config(
+            cfg.get("data") or {}, dataset, augment_by_default=dataset.augment_by_default)
         self.evaluator = Evaluator(int(trainer.eval_batch_size))
         self.history: list[dict] = []
         self.train_seconds = 0.0
         self.git_commit = runs.log_code_version()
         self.writer = None
         if trainer.get("tensorboard", True):
-            from tensorboardX import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.workdir / "tensorboard"))
+            # Synchronous, so a full disk is one error here; a resumed run's redone epochs
+            # replace the killed process's events (runs.TensorBoardLog).
+            self.writer = runs.TensorBoardLog(self.workdir / "tensorboard")
         self._compiled: dict = {}
         self._stop_requested = lambda: False
 
@@ -254,6 +261,8 @@ class TrainingRun:
                 graphdef, trainable, batch_stats, frozen = split.split(
                     train_view(model, phase.batch_norm))
                 state = [step.apply_masks(trainable, masks), batch_stats, opt_state, key]
+                if self.parallel is not None:
+                    state[:3], frozen, masks = self.parallel.replicate((state[:3], frozen, masks))
                 self._train_epochs(model, phase, graphdef, frozen, masks, chunk, state,
                                    checkpointer, start)
         finally:
@@ -272,7 +281,9 @@ class TrainingRun:
                 steps_per_epoch=self.steps_per_epoch, learning_rates=phase.learning_rates)
             loop = step.choose_loop(model, str(self.cfg.trainer.get("loop", "auto")))
             self._compiled[cache_key] = (optimizer, step.make_chunk(
-                graphdef, split, optimizer, n_train=self.n_train, loop=loop))
+                graphdef, split, optimizer, n_train=self.n_train, loop=loop,
+                augment=self.augment,
+                split_batch=None if self.parallel is None else self.parallel.split_batch))
         return self._compiled[cache_key]
 
     def _resume(self, checkpointer: Checkpointer, phase: Phase, model, opt_state):

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 import numpy as np
 from flax import nnx
 
+from bayescomp import atomic
 from bayescomp.errors import ConfigError
 from bayescomp.models.graph import ChannelGraph, ChannelGroup, channel_graph, weight_layers
 from bayescomp.nn.layer import VariationalLayer
@@ -76,11 +77,20 @@ def output_columns_kept(mask: np.ndarray) -> np.ndarray:
 
 def channels_read(graph: ChannelGraph, group: ChannelGroup,
                   masks: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Channels of ``group`` that some consumer keeps a weight from (at any flatten position)."""
+    """Channels of ``group`` that some consumer keeps a weight from (at any flatten position),
+    directly or through a zero-padded shortcut into a group that reads them
+    (:class:`bayescomp.models.graph.PaddedShortcut`: channel c of the source is channel
+    ``offset + c`` of the group declaring it)."""
     read = np.zeros(graph.sizes[group.name], bool)
     for consumer in group.consumers:
         rows = input_rows_kept(masks[consumer.layer])
         read |= rows.reshape(consumer.positions, -1).any(axis=0)  # row p·C + c is channel c
+    # Shortcuts only lead to later stages, so this recursion ends.
+    for target in graph.groups:
+        for shortcut in getattr(target, "shortcuts", ()):
+            if shortcut.source == group.name:
+                carried = channels_read(graph, target, masks)
+                read |= carried[shortcut.offset: shortcut.offset + read.size]
     return read
 
 
@@ -159,6 +169,70 @@ def propagated_masks(model: nnx.Module) -> dict[str, np.ndarray]:
     return masks
 
 
+class RuinousPruningError(ConfigError):
+    """Pruning thresholds that would leave a ruined network: a layer emptied, or the training
+    error raised past the tolerance (:func:`bayescomp.threshold_selection.ruin`).
+
+    Attributes:
+        emptied: The layers the thresholds empty (the cause first; empty when the error rise
+            alone is the reason).
+    """
+
+    def __init__(self, message: str, emptied=()):
+        super().__init__(message)
+        self.emptied = list(emptied)
+
+
+def emptied_layers(model: nnx.Module, masks: Mapping[str, np.ndarray] | None = None) -> list[str]:
+    """Layers that keep no weight at the model's thresholds, named by cause.
+
+    A layer whose own threshold removes every group is the cause, and only such layers are
+    named; propagation then empties the layers feeding it, which is a consequence. Where no
+    layer empties itself, the layers that propagation empties are named (a conv channel group
+    whose last channel goes can take every row a following dense layer kept with it).
+
+    Args:
+        model: The model, with its layers' ``prune_threshold`` set.
+        masks: Its propagated masks (:func:`propagated_masks`), if already computed.
+
+    Returns:
+        Layer names in model order; empty when every layer keeps a weight.
+    """
+    causes = [name for name, mask in own_masks(model).items() if not mask.any()]
+    if causes:
+        return causes
+    masks = propagated_masks(model) if masks is None else masks
+    return [name for name, mask in masks.items() if not np.asarray(mask).any()]
+
+
+def kept_groups(model: nnx.Module) -> dict[str, dict]:
+    """What each thresholded layer's own threshold keeps of its groups (before propagation).
+
+    A group is what one log α prunes: a weight (Sparse VD), an input unit of a dense layer or an
+    output channel of a conv layer (Bayesian Compression's group scales z).
+
+    Returns:
+        ``{layer: {"kept": int, "groups": int, "unit": str, "threshold": float | None}}`` for
+        every layer with a log α, in model order.
+    """
+    counts = {}
+    for name, layer in weight_layers(model):
+        log_alpha = layer.log_alpha()
+        if log_alpha is None:
+            continue
+        values = np.asarray(log_alpha).ravel()
+        kernel_shape = layer.posterior.mean().shape
+        if values.size == int(np.prod(kernel_shape)):
+            unit = "weights"
+        else:
+            unit = "output channels" if len(kernel_shape) == 4 else "input units"
+        threshold = layer.prune_threshold
+        kept = values.size if threshold is None else int((values < threshold).sum())
+        counts[name] = {"kept": kept, "groups": int(values.size), "unit": unit,
+                        "threshold": threshold}
+    return counts
+
+
 def kept_weight_counts(masks: dict[str, np.ndarray]) -> tuple[int, int, list[int], list[int]]:
     """Count weights (kernels only, no biases) before and after pruning.
 
@@ -205,7 +279,7 @@ def save_log_alpha_histograms(model: nnx.Module, directory: str | pathlib.Path) 
         ax.set_title(f"{name}")
         fig.tight_layout()
         path = directory / f"log_alpha_{name}.png"
-        fig.savefig(path, dpi=100)
+        atomic.save_figure(fig, path, dpi=100)  # a full disk leaves no truncated image
         plt.close(fig)
         paths.append(str(path))
     return paths

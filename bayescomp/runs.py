@@ -3,16 +3,25 @@
 A run directory (``hydra.run.dir``) holds ``config.yaml`` (the resolved settings of the run
 that wrote its latest checkpoint), ``checkpoints/<phase>/`` (:mod:`bayescomp.loop`),
 ``metrics.json`` (:mod:`bayescomp.metrics`), ``quantized_network.npz`` and logs. Everything
-here reads or guards that directory; no Hydra, so tests call it directly.
+here reads or guards that directory; no Hydra, so tests call it directly: its config
+(:func:`read_run_config`), its lock (:func:`lock_run_directory`: one writing process at a time)
+and its TensorBoard events (:class:`TensorBoardLog`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import logging
 import os
 import pathlib
-from typing import Any
+import socket
+import struct
+import time
+from typing import Any, Iterator
 
+import numpy as np
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,7 +29,7 @@ from bayescomp import atomic, metrics, models, provenance, settings, threshold_s
 from bayescomp import data as data_lib
 from bayescomp import nn as bnn
 from bayescomp.checkpointing import Checkpointer, check_same_config, flatten_config
-from bayescomp.errors import ConfigError
+from bayescomp.errors import ConfigError, DiskFullError, RunDirectoryBusyError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +64,48 @@ def load_run_dataset(cfg: DictConfig) -> "data_lib.Dataset":
     return dataset
 
 
+#: Keys a run's ``config.yaml`` must hold for the run to be rebuilt from it.
+RUN_CONFIG_KEYS = ("seed", "model.name", "method.name", "data.name", "trainer.eval_batch_size")
+
+
+def read_run_config(run_dir: str | os.PathLike) -> DictConfig:
+    """The resolved config a run wrote: ``config.yaml``, or Hydra's ``.hydra/config.yaml``.
+
+    Every command that rebuilds a run from its directory reads it here, so a file that is not
+    a run's config (garbage, a YAML list, a config lacking the run's identity) is one line
+    naming the file rather than a YAML or attribute traceback.
+
+    Raises:
+        ConfigError: ``run_dir`` holds no config, or its config cannot be read, lacks one of
+            :data:`RUN_CONFIG_KEYS`, or names an unknown dataset.
+    """
+    run_dir = pathlib.Path(run_dir)
+    path = next((p for p in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml")
+                 if p.is_file()), None)
+    if path is None:
+        raise ConfigError(f"{run_dir} is not a bayescomp run directory (no config.yaml); pass "
+                          "the hydra.run.dir of a run of python -m bayescomp.run")
+    redo = ("; it records the run's settings and is rewritten with each checkpoint: rerun the "
+            "run's command in that directory, or restore the file from a copy")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as error:  # noqa: BLE001 -- any YAML, OmegaConf, decoding or I/O failure
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"{path} cannot be read as a run's config ({type(error).__name__}: "
+                          f"{first_line}){redo}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path} holds a YAML {type(cfg).__name__}, not a run's config "
+                          f"(a mapping){redo}")
+    missing = [key for key in RUN_CONFIG_KEYS
+               if OmegaConf.select(cfg, key, default=None, throw_on_missing=False) is None]
+    if missing:
+        raise ConfigError(f"{path} lacks {', '.join(missing)}, so it is not a run's config"
+                          f"{redo}")
+    if cfg.data.name not in data_lib.REGISTRY:
+        raise ConfigError(f"{path} names an unknown dataset {cfg.data.name!r}")
+    return cfg
+
+
 def load_trained_model(run_dir: str | os.PathLike) -> tuple[DictConfig, nnx.Module, dict]:
     """Rebuild a run's model from its resolved config and its latest epoch checkpoint.
 
@@ -70,14 +121,7 @@ def load_trained_model(run_dir: str | os.PathLike) -> tuple[DictConfig, nnx.Modu
         ConfigError: ``run_dir`` is not a run directory or has no checkpoint.
     """
     run_dir = pathlib.Path(run_dir)
-    cfg_path = next((p for p in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml")
-                     if p.is_file()), None)
-    if cfg_path is None:
-        raise ConfigError(f"{run_dir} is not a bayescomp run directory (no config.yaml); pass "
-                          "the hydra.run.dir of a run of python -m bayescomp.run")
-    cfg = OmegaConf.load(cfg_path)
-    if cfg.data.name not in data_lib.REGISTRY:
-        raise ConfigError(f"{cfg_path} names an unknown dataset {cfg.data.name!r}")
+    cfg = read_run_config(run_dir)
     spec = data_lib.REGISTRY[cfg.data.name]
     model = build_model(cfg, spec.image_shape, spec.num_classes, int(cfg.seed))
     directory = run_dir / "checkpoints" / TRAIN_PHASE
@@ -110,12 +154,13 @@ def load_trained_model(run_dir: str | os.PathLike) -> tuple[DictConfig, nnx.Modu
 #: thresholds), ``method.pretrained_run`` (compared as a resolved path by the retraining
 #: procedures, so ``~/x`` and ``/root/x`` are the same run) and, for the variational procedure,
 #: the number of epochs (to train a finished run for longer; a warning says when the
-#: learning-rate schedule depends on it). Every other setting shapes the trajectory and must
+#: learning-rate schedule depends on it), and the devices a batch is split over (the same
+#: trajectory up to the order of float sums). Every other setting shapes the trajectory and must
 #: match the checkpoint. A key ending in "." covers its whole subtree.
 RESUMABLE_CHANGES = ("experiment_name", "data.dir", "data.tfds_data_dir", "data.download",
                      "trainer.progress_bar", "trainer.tensorboard", "trainer.eval_batch_size",
                      "trainer.pruned_eval_every", "trainer.loop", "trainer.epochs",
-                     "method.prune.", "method.pretrained_run")
+                     "trainer.devices", "method.prune.", "method.pretrained_run")
 
 
 #: Retraining procedures (Deep Compression, soft weight-sharing) derive each phase's masks and
@@ -224,6 +269,13 @@ def log_code_version() -> str:
     return commit
 
 
+def model_widths(cfg: DictConfig) -> tuple[int, ...] | None:
+    """The run's ``model.widths`` (the model's constructor argument), or ``None`` (defaults):
+    what a quantized network records so that its model can be rebuilt from the file."""
+    widths = cfg.model.get("widths")
+    return None if widths is None else tuple(int(w) for w in widths)
+
+
 def write_config(workdir: pathlib.Path, cfg: DictConfig) -> None:
     """Write the resolved ``config.yaml`` of the run that wrote the latest checkpoint.
 
@@ -234,3 +286,209 @@ def write_config(workdir: pathlib.Path, cfg: DictConfig) -> None:
     atomic.write_text(pathlib.Path(workdir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
 
+#: The lock file of a run directory (:func:`lock_run_directory`); it holds the owner's
+#: ``pid host`` for the message of a process that finds it taken.
+LOCK_FILE = ".run.lock"
+
+
+@contextlib.contextmanager
+def lock_run_directory(workdir: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """Hold the run directory's lock: one process at a time writes a run.
+
+    Two processes training in one directory would both write checkpoints, ``config.yaml`` and
+    ``metrics.json``, the later silently replacing the earlier. The lock is an exclusive
+    ``flock`` on :data:`LOCK_FILE`, which the kernel releases when its process ends however it
+    ends, so the lock of a killed process is free at once (its stale file is simply taken
+    over). The file is removed on release; a process that had opened it just before then
+    sees the removal and opens the new one.
+
+    Args:
+        workdir: The run directory (created if missing).
+
+    Yields:
+        The lock file's path.
+
+    A file system without ``flock`` (some network mounts) gets a warning and no lock.
+
+    Raises:
+        RunDirectoryBusyError: Another live process holds the lock; the message names it.
+        ConfigError: The lock file cannot be created (the directory is not writable).
+        DiskFullError: ... for lack of space.
+    """
+    workdir = pathlib.Path(workdir).absolute()
+    path = workdir / LOCK_FILE
+    while True:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            reason = atomic.disk_full_reason(error)
+            if reason is not None:
+                raise DiskFullError(workdir, LOCK_FILE, reason) from None
+            raise ConfigError(f"cannot create the lock file {path} ({error.strerror or error}); "
+                              "the run directory must be writable: use another "
+                              "hydra.run.dir") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                # A file system without locks (some network mounts): run unguarded, and say so.
+                os.close(fd)
+                log.warning("%s cannot be locked (%s): a second process started in it would not "
+                            "be stopped", workdir, error.strerror)
+                yield path
+                return
+            holder = _lock_holder(fd)
+            os.close(fd)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            raise RunDirectoryBusyError(
+                f"{workdir} is in use by another bayescomp run ({holder}), which is still "
+                "writing to it; wait for it to finish (or stop it), or run in a new output "
+                "directory (hydra.run.dir=...)") from None
+        # The holder before us may have removed the file between our open and our lock: then
+        # we hold a lock on a file no one else can see, and must take the current one.
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+    except OSError:
+        pass  # the owner's name is for the message of others; the lock itself holds
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _lock_holder(fd: int) -> str:
+    """``process PID on HOST`` from a lock file, as far as it can be read."""
+    try:
+        fields = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+    except OSError:
+        fields = []
+    if not fields or not fields[0].isdigit():
+        return "a process that has not yet written its id"
+    pid = f"process {fields[0]}"
+    if len(fields) > 1 and fields[1] != socket.gethostname():
+        pid += f" on {fields[1]}"
+    return pid
+
+
+class TensorBoardLog:
+    """A run's TensorBoard events, written synchronously in the caller's thread.
+
+    ``tensorboardX.SummaryWriter`` writes from a background thread: a full disk kills that
+    thread with a traceback the training loop never sees, later events block on its queue, and
+    a half-written record stays at the end of the file. Here every event is written where it is
+    logged (the summaries are tensorboardX's, the file is TFRecord framing), a record that does
+    not fit is cut off again, and a full disk raises :class:`DiskFullError` naming the
+    directory.
+
+    The event file is opened at the first event, with a ``SessionLog.START`` at that event's
+    step: TensorBoard then hides the events an earlier process logged at that step or later.
+    A run killed after logging an epoch but before its checkpoint redoes that epoch; without
+    the marker the epoch would appear twice. A process that logs nothing (a finished run
+    re-evaluated) leaves no file.
+
+    Args:
+        directory: Where the event files go (``RUN_DIR/tensorboard``).
+    """
+
+    #: Histogram bins (equal width between the smallest and largest value, like the log α
+    #: plots in ``plots/``).
+    HISTOGRAM_BINS = 100
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = pathlib.Path(directory).absolute()
+        self.path: pathlib.Path | None = None
+        self._file = None
+        self._size = 0
+        self._failed = False
+
+    @contextlib.contextmanager
+    def _writing(self):
+        try:
+            yield
+        except OSError as error:
+            reason = atomic.disk_full_reason(error)
+            if reason is None:
+                raise
+            self._failed = True
+            raise DiskFullError(self.directory, "TensorBoard events", reason) from None
+
+    def _open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # TensorBoard reads files named *tfevents*; the process id keeps two processes started
+        # within one second apart, and "x" never truncates an existing file.
+        stem = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        for attempt in range(1000):
+            path = self.directory / (stem if attempt == 0 else f"{stem}.{attempt}")
+            try:
+                self._file = open(path, "xb", buffering=0)
+                self.path = path
+                return
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"no free event file name under {self.directory}")
+
+    def _record(self, data: bytes) -> None:
+        """Append one TFRecord (length, its CRC, data, its CRC); cut it off if it fails."""
+        from tensorboardX.record_writer import masked_crc32c
+
+        header = struct.pack("<Q", len(data))
+        record = (header + struct.pack("<I", masked_crc32c(header)) + data
+                  + struct.pack("<I", masked_crc32c(data)))
+        try:
+            view = memoryview(record)
+            while view:  # an unbuffered write may take part of it and fail on the rest
+                view = view[self._file.write(view):]
+        except OSError:
+            with contextlib.suppress(OSError):  # shrinking a file needs no space
+                os.ftruncate(self._file.fileno(), self._size)
+            raise
+        self._size += len(record)
+
+    def _event(self, step: int, **fields) -> None:
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+        if self._failed:
+            return  # the error was raised once; what follows would only repeat it
+        with self._writing():
+            if self._file is None:
+                self._open()
+                self._record(Event(wall_time=time.time(),
+                                   file_version="brain.Event:2").SerializeToString())
+                self._record(Event(step=int(step), wall_time=time.time(),
+                                   session_log=SessionLog(status=SessionLog.START)
+                                   ).SerializeToString())
+            self._record(Event(step=int(step), wall_time=time.time(),
+                               **fields).SerializeToString())
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboardX.summary import scalar
+
+        self._event(step, summary=scalar(tag, float(value)))
+
+    def add_histogram(self, tag: str, values, step: int) -> None:
+        from tensorboardX.summary import histogram
+
+        self._event(step, summary=histogram(tag, np.asarray(values, dtype=np.float64),
+                                            bins=self.HISTOGRAM_BINS))
+
+    def flush(self) -> None:
+        """Make the events durable (once per epoch: the loop calls it after logging one)."""
+        if self._file is not None and not self._failed:
+            with self._writing():
+                os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()  # unbuffered: nothing is left to write

@@ -80,6 +80,10 @@ SCHEMA = {
     "trainer.batch_norm.momentum": Number(low=0, high=1),
     "trainer.batch_norm.epsilon": Number(low=0, open_low=True),
     "method.prune.threshold": Number(optional=True),
+    # Threshold selection (bayescomp/threshold_selection.py) and the check of fixed thresholds.
+    "method.prune.select.tolerance": Number(low=0),
+    "method.prune.select.examples": POSITIVE_INT,
+    "method.prune.max_error_rise": Number(low=0),
     # Deep Compression (conf/method/dc.yaml): null epochs mean trainer.epochs.
     "method.prune_rounds": POSITIVE_INT,
     "method.retrain.epochs": Number(low=0, integer=True, optional=True),
@@ -105,11 +109,13 @@ def check(cfg: DictConfig) -> None:
 
     Raises:
         ConfigError: A value of :data:`SCHEMA` is of the wrong type or out of range, the KL
-            warm-up ends before it starts, a per-layer threshold is not a number, or the
+            warm-up ends before it starts, a per-layer threshold is not a number,
+            ``method.prune.select`` is neither null nor ``{tolerance, examples}``, or the
             optimiser's settings are invalid (:func:`bayescomp.optim.check`).
     """
     from bayescomp import optim  # late: optim imports the model stack
 
+    _check_select(cfg)
     for key, rule in SCHEMA.items():
         node = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
         if node is _ABSENT:
@@ -132,3 +138,23 @@ def check(cfg: DictConfig) -> None:
 
 
 _ABSENT = object()
+
+#: The keys of ``method.prune.select`` (:mod:`bayescomp.threshold_selection`).
+SELECT_KEYS = ("tolerance", "examples")
+
+
+def _check_select(cfg: DictConfig) -> None:
+    """``method.prune.select`` is null (fixed thresholds) or ``{tolerance, examples}``."""
+    select = OmegaConf.select(cfg, "method.prune.select", default=None,
+                              throw_on_missing=False)
+    if select is None:
+        return
+    usage = ("null (the fixed thresholds method.prune.threshold / per_layer) or "
+             "{tolerance: POINTS, examples: N} (thresholds chosen on training data)")
+    if not isinstance(select, DictConfig):
+        raise ConfigError(f"method.prune.select={select!r} must be {usage}")
+    unknown = sorted(set(select) - set(SELECT_KEYS))
+    if unknown:
+        raise ConfigError(f"method.prune.select has unknown keys {unknown}; it must be {usage}")
+    if select.get("tolerance") is None:
+        raise ConfigError(f"method.prune.select.tolerance must be set: select must be {usage}")

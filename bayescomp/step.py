@@ -38,6 +38,7 @@ import optax
 from flax import nnx
 
 from bayescomp import fusion, objectives, xla_options
+from bayescomp.data import augment as augment_lib
 from bayescomp.errors import ConfigError
 from bayescomp.nn.layer import VariationalLayer
 
@@ -119,8 +120,15 @@ def materialize_posterior_gradients(model_of: Callable, split: StateSplit, grads
 
 
 def make_step(graphdef, split: StateSplit, optimizer: optax.GradientTransformation, *,
-              n_train: int) -> tuple[Callable, Callable]:
+              n_train: int, augment: Callable | None = None,
+              split_batch: Callable | None = None) -> tuple[Callable, Callable]:
     """The pure step and the chunk summary (jit them; :func:`make_chunk` does).
+
+    ``augment(key, images) -> images`` (e.g. :class:`bayescomp.data.augment.CropFlip`), if
+    given, transforms each gathered batch with a key derived from the step's noise key
+    (:func:`bayescomp.data.augment.step_key`), so a resumed run draws the same augmentations.
+    ``split_batch`` (:meth:`bayescomp.sharding.DataParallel.split_batch`), if given, spreads the
+    gathered batch over the devices before anything else touches it.
 
     ``step((trainable, batch_stats, opt_state), (batch_index_row, key), frozen, masks, x_all,
     y_all, beta)`` returns the new carry and ``[NLL, correct]`` of its batch;
@@ -154,8 +162,13 @@ def make_step(graphdef, split: StateSplit, optimizer: optax.GradientTransformati
     def step(carry, inputs, frozen, masks, x_all, y_all, beta):
         trainable, batch_stats, opt_state = carry
         idx, step_key = inputs
+        x, y = x_all[idx], y_all[idx]
+        if split_batch is not None:
+            x, y = split_batch(x), split_batch(y)
+        if augment is not None:
+            x = augment(augment_lib.step_key(step_key), x)
         grads, (nll, correct, batch_stats) = grad_fn(
-            trainable, batch_stats, frozen, x_all[idx], y_all[idx], step_key, beta)
+            trainable, batch_stats, frozen, x, y, step_key, beta)
         grads = materialize_posterior_gradients(
             lambda g: merge(g, batch_stats, frozen), split, grads, 1.0 + 0.0 * beta)
         grads = apply_masks(grads, masks)
@@ -174,7 +187,8 @@ def make_step(graphdef, split: StateSplit, optimizer: optax.GradientTransformati
 
 
 def make_chunk(graphdef, split: StateSplit, optimizer: optax.GradientTransformation, *,
-               n_train: int, loop: str = "scan") -> Callable:
+               n_train: int, loop: str = "scan", augment: Callable | None = None,
+               split_batch: Callable | None = None) -> Callable:
     """Return ``chunk(trainable, batch_stats, frozen, opt_state, masks, x_all, y_all,
     batch_index, key, kl_weight) -> (trainable, batch_stats, opt_state, sums)``.
 
@@ -189,8 +203,11 @@ def make_chunk(graphdef, split: StateSplit, optimizer: optax.GradientTransformat
         optimizer: The optax transformation over the trainable state.
         n_train: Training-set size N (the KL is divided by it).
         loop: ``"scan"`` or ``"python"`` (see the module docstring; :func:`choose_loop`).
+        augment: Training-time augmentation of each batch (:func:`make_step`), or ``None``.
+        split_batch: Spreads each batch over the devices (:func:`make_step`), or ``None``.
     """
-    step, chunk_sums = make_step(graphdef, split, optimizer, n_train=n_train)
+    step, chunk_sums = make_step(graphdef, split, optimizer, n_train=n_train, augment=augment,
+                                 split_batch=split_batch)
     if loop == "scan":
         return _scan_chunk(step, chunk_sums)
     if loop != "python":

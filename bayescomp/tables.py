@@ -1,4 +1,4 @@
-"""Results tables: ``python -m bayescomp.tables [RUN_DIRS...] [--out results/lenet.md]``.
+"""Results tables: ``python -m bayescomp.tables [RUN_DIRS...] [--out PATH]``.
 
 Collects every ``metrics.json`` under the given directories (default ``results/``), groups runs by
 dataset, model and method, and writes the two tables of Louizos, Ullrich & Welling (2017), NIPS
@@ -17,6 +17,10 @@ is scanned; name them directly for their own table::
 
     python -m bayescomp.tables results/fashion_mnist/lenet5_ghs \
         results/studies/fashion_mnist/lenet5_ghs_tau0 --out results/studies/lenet5_ghs_tau0.md
+
+The tables go into the scanned tree (:func:`default_out`): ``python -m bayescomp.tables
+results/`` writes ``results/lenet.md``, ``python -m bayescomp.tables runs/x`` writes
+``runs/x/lenet.md`` and never the repository's own tables. Several trees need ``--out``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import sys
 import numpy as np
 import yaml
 
-from bayescomp import atomic, models
+from bayescomp import atomic, data, models
 from bayescomp.errors import BayescompError, ConfigError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -43,7 +47,7 @@ PUBLISHED_DC = REPO_ROOT / "experiments" / "published" / "han2016_dc.yaml"
 WHERE_NOT_WHAT = frozenset({
     "seed", "data.dir", "data.tfds_data_dir", "data.download", "method.pretrained_run",
     "trainer.progress_bar", "trainer.tensorboard", "trainer.loop", "trainer.chunk_steps",
-    "trainer.eval_batch_size",
+    "trainer.eval_batch_size", "trainer.devices",
 })
 
 #: Directories skipped when a parent is scanned (studies get tables of their own).
@@ -78,12 +82,57 @@ def find_runs(paths: list[pathlib.Path], include_studies: bool = False) -> list[
             seen.add(file.resolve())
             try:
                 metrics = json.loads(file.read_text())
-            except json.JSONDecodeError as err:
+            except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON
                 raise ConfigError(f"{file} is not valid JSON ({err}); rerun that experiment to "
                                   "rewrite it") from None
+            check_run_metrics(metrics, file)
             metrics["_path"] = str(file.parent)
             runs.append(metrics)
     return runs
+
+
+#: Keys every run's ``metrics.json`` has (:func:`bayescomp.metrics.run_identity`); the tables
+#: group runs by them.
+IDENTITY_KEYS = ("model", "method", "dataset")
+
+
+def check_run_metrics(metrics, file: pathlib.Path) -> None:
+    """Refuse a ``metrics.json`` that is not a run's: not a JSON object, or without the keys
+    that say which run it is.
+
+    Raises:
+        ConfigError: Naming the file, what it lacks, and what to do.
+    """
+    advice = ("rerun that run's command in its directory to rewrite it, or leave its directory "
+              "out of the scanned paths")
+    if not isinstance(metrics, dict):
+        raise ConfigError(f"{file} holds a JSON {type(metrics).__name__}, not a run's metrics; "
+                          f"{advice}")
+    missing = [key for key in IDENTITY_KEYS if not isinstance(metrics.get(key), str)]
+    if missing:
+        raise ConfigError(f"{file} lacks {', '.join(missing)}, so it is not the metrics of a "
+                          f"finished run; {advice}")
+
+
+#: The name of the tables' file in the scanned tree (:func:`default_out`).
+TABLES_FILE = "lenet.md"
+
+
+def default_out(paths: list[str]) -> pathlib.Path:
+    """Where the tables of ``paths`` go without ``--out``: into the one scanned tree.
+
+    ``DIR/lenet.md`` for one directory, beside the file for one ``metrics.json``. A default
+    outside the scanned tree (the repository's ``results/lenet.md`` whatever was scanned, as it
+    once was) would overwrite tables that describe other runs.
+
+    Raises:
+        ConfigError: Several paths were given (no one tree to write into).
+    """
+    if len(paths) != 1:
+        raise ConfigError(f"{len(paths)} paths given; name the file the tables go to with "
+                          "--out PATH (without it they go into the one scanned directory)")
+    path = pathlib.Path(paths[0])
+    return (path.parent if path.is_file() else path) / TABLES_FILE
 
 
 def _flatten(config, prefix: str = "") -> dict:
@@ -106,6 +155,13 @@ NEUTRAL_SETTINGS = {
     "trainer.batch_norm.epsilon": 1e-5,
 }
 
+#: Settings that never change what a finished run computed: a check that can only refuse to
+#: write a run (a run that passes it is unchanged).
+CHECKS_ONLY = ("method.prune.max_error_rise",)
+
+#: Augmentation settings, which shape a run only where augmentation is on.
+AUGMENT_DETAILS = ("data.augment_pad", "data.augment_padding", "data.augment_flip")
+
 
 def recipe(run: dict) -> tuple:
     """The run's resolved config without the seed and :data:`WHERE_NOT_WHAT`, hashable.
@@ -127,6 +183,17 @@ def recipe(run: dict) -> tuple:
     for key, neutral in NEUTRAL_SETTINGS.items():
         if key in flat and flat[key] == neutral:
             flat.pop(key)
+    for key in CHECKS_ONLY:
+        flat.pop(key, None)
+    # Augmentation by what it resolved to (null is the dataset's default); its details matter
+    # only where it is on.
+    augmented = _augmented(flat)
+    flat.pop("data.augment", None)
+    if augmented:
+        flat["data.augment"] = True
+    else:
+        for key in AUGMENT_DETAILS:
+            flat.pop(key, None)
     if not flat.get("optimizer.weight_decay"):
         flat.pop("optimizer.decay", None)  # which types decay matters only when they decay
     items = [(k, json.dumps(v, sort_keys=True)) for k, v in flat.items()
@@ -136,6 +203,16 @@ def recipe(run: dict) -> tuple:
     if len(run.get("planned_epochs") or []) > 1:
         items.append(("planned_epochs", json.dumps(run["planned_epochs"])))
     return tuple(sorted(items))
+
+
+def _augmented(flat: dict) -> bool:
+    """Whether the run trained on augmented batches (``data.augment``, null: the dataset's
+    default, on for the CIFAR family and image folders)."""
+    setting = flat.get("data.augment")
+    if setting is not None:
+        return bool(setting)
+    name = flat.get("data.name")
+    return name in data.REGISTRY and data.get_spec(name).family == "cifar"
 
 
 def _recipe_labels(recipes: list[tuple]) -> list[tuple[str, tuple]]:
@@ -404,7 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", default=["results"],
                         help="run directories or parents of them (default: results/)")
-    parser.add_argument("--out", default=str(REPO_ROOT / "results" / "lenet.md"))
+    parser.add_argument("--out", default=None,
+                        help=f"the Markdown file to write (default: {TABLES_FILE} in the one "
+                             "scanned directory)")
     parser.add_argument("--published", default=str(PUBLISHED))
     args = parser.parse_args(argv)
     try:
@@ -419,11 +498,18 @@ def main(argv: list[str] | None = None) -> int:
         published = yaml.safe_load(published_path.read_text())
         published_dc = yaml.safe_load(PUBLISHED_DC.read_text()) if PUBLISHED_DC.exists() else None
         text = render(runs, published, args.runs, published_dc)
+        out = pathlib.Path(args.out) if args.out else default_out(args.runs)
+        from bayescomp import table_plots  # here, not at the top: it builds on this module
+
+        text = table_plots.add_figures(text, runs, out)  # PNGs beside `out`, linked from the text
+        try:
+            atomic.write_text(out, text)
+        except OSError as err:  # a directory, a read-only place (a full disk is a DiskFullError)
+            raise ConfigError(f"cannot write {out} ({err.strerror or err}); pass --out with a "
+                              "writable file path") from None
     except BayescompError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = pathlib.Path(args.out)
-    atomic.write_text(out, text)
     print(f"wrote {out} ({len(runs)} runs)")
     return 0
 

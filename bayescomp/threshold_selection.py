@@ -24,15 +24,39 @@ into the result. This module makes the choice reproducible and honest:
 * Masks are propagated through the model's channel groups exactly as for the final report
   (:func:`bayescomp.pruning.propagated_masks`), so a unit that loses every outgoing weight loses
   its incoming ones too.
+* A candidate that leaves some layer with no weight fails, whatever its error: such a network
+  computes the same output for every input. Its error is therefore at least that of always
+  predicting the most frequent class, above every bound a sensible tolerance sets, so the rule
+  changes no choice made under such a bound (the candidates, and so the bisection's path, are
+  unchanged); it only stops an absurd tolerance from emptying a layer. Emptying is monotone in
+  the threshold, so bisection stays exact.
 
 The result is a ``{layer: threshold}`` mapping; the run stores it as ``prune_thresholds`` in
 ``metrics.json``, and :func:`bayescomp.runs.load_trained_model` applies it, so the compressed
 file and every later evaluation prune exactly the same groups.
+
+**The check of fixed thresholds** (:func:`pruning_check`, :func:`ruin`). Thresholds nobody chose
+on this data (a paper's, e.g. the BC tutorial's −2.8 / −3 / −5, kept as an explicit recipe where
+a table reproduces it) can wreck a network trained on other data: on a held-out MNIST subset the
+tutorial's thresholds left 4 of a BC-GNJ fc2's 100 units and raised the error from 5.6 % to
+64 % (issue 23). So every run that prunes measures, on the same selection subset, the error of
+the pruned posterior-mean network against the unpruned one, and a run with fixed thresholds
+stops, before writing anything, when they empty a layer or raise that error by more than
+``max_error_rise`` percentage points (default :data:`DEFAULT_MAX_ERROR_RISE`), with one line
+naming the layer that lost most and the fix (:mod:`bayescomp.procedures.variational`). Refusing,
+rather than silently re-selecting, keeps a fixed-threshold recipe what it says it is: a table
+row never reports selected thresholds under a fixed recipe's name. Selected thresholds are
+measured too (``pruning_check`` in ``metrics.json``) but need no bound: they meet their own
+tolerance and never empty a layer. The default bound is loose on purpose: it separates ruin
+from the cost of a published recipe (BC-GNJ's fixed thresholds cost at most 1.14 points of test
+error in ``results/``, studies included), where selection's ``tolerance`` (0.5) is what
+selection may spend.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 
 import jax
@@ -44,6 +68,14 @@ from bayescomp import pruning
 from bayescomp.models.graph import weight_layers
 
 log = logging.getLogger(__name__)
+
+#: Training examples thresholds are selected and checked on, where ``prune.select.examples``
+#: does not say (``conf/method/bc_ghs.yaml``'s value).
+DEFAULT_EXAMPLES = 10_000
+
+#: Largest rise (percentage points) of the selection-subset error that fixed thresholds may
+#: cause, where ``prune.max_error_rise`` does not say (a run configured before the key existed).
+DEFAULT_MAX_ERROR_RISE = 3.0
 
 
 def set_thresholds(model: nnx.Module, thresholds: Mapping[str, float | None]) -> None:
@@ -101,8 +133,10 @@ def select_thresholds(
 
     def error_at(candidate: dict[str, float | None]) -> float:
         set_thresholds(model, candidate)
-        kernels, biases = masked_mean_params(model, pruning.propagated_masks(model))
-        return float(error_of(kernels, biases))
+        masks = pruning.propagated_masks(model)
+        if not all(np.asarray(mask).any() for mask in masks.values()):
+            return math.inf  # an emptied layer never meets the bound (module docstring)
+        return float(error_of(*masked_mean_params(model, masks)))
 
     reference = error_at(thresholds)
     trace = {"reference_error": reference, "tolerance": float(tolerance), "layers": {}}
@@ -140,6 +174,64 @@ def select_thresholds(
     set_thresholds(model, thresholds)
     trace["evaluations"] = evaluations
     return thresholds, trace
+
+
+def pruning_check(
+    model: nnx.Module,
+    error_of: Callable[[list[np.ndarray], list[np.ndarray]], float],
+) -> dict:
+    """Measure what the model's current thresholds do, on the selection subset.
+
+    Args:
+        model: The trained model with its layers' ``prune_threshold`` set (left unchanged).
+        error_of: As for :func:`select_thresholds`: selection-subset error (%) of a point network.
+
+    Returns:
+        ``{"reference_error", "pruned_error", "error_rise", "emptied", "layers"}``: the error of
+        the unpruned and of the pruned posterior-mean network, their difference (percentage
+        points), the layers the thresholds empty (:func:`bayescomp.pruning.emptied_layers`) and
+        what each layer's own threshold keeps (:func:`bayescomp.pruning.kept_groups`).
+    """
+    masks = pruning.propagated_masks(model)
+    everything = {name: np.ones_like(mask, bool) for name, mask in masks.items()}
+    reference = float(error_of(*masked_mean_params(model, everything)))
+    pruned = float(error_of(*masked_mean_params(model, masks)))
+    return {"reference_error": reference, "pruned_error": pruned,
+            "error_rise": pruned - reference,
+            "emptied": pruning.emptied_layers(model, masks),
+            "layers": pruning.kept_groups(model)}
+
+
+def _keeps(name: str, layer: Mapping) -> str:
+    threshold = layer["threshold"]
+    at = "" if threshold is None else f" (log α < {threshold:g})"
+    return f"{name} keeps {layer['kept']} of {layer['groups']} {layer['unit']}{at}"
+
+
+def ruin(check: Mapping, max_error_rise: float | None) -> tuple[str, list[str]] | None:
+    """What is wrong with the thresholds :func:`pruning_check` measured, if anything.
+
+    Args:
+        check: From :func:`pruning_check`.
+        max_error_rise: Largest allowed rise of the selection-subset error (percentage points);
+            ``None``: only an emptied layer is wrong.
+
+    Returns:
+        ``None`` when the thresholds are acceptable, else ``(problem, layers)``: one clause
+        naming the emptied layers, or the error rise and the layer whose own threshold kept
+        the smallest share of its groups, and the layers whose thresholds to raise.
+    """
+    layers = check["layers"]
+    if check["emptied"]:
+        named = [_keeps(name, layers[name]) if name in layers else f"{name} keeps no weight"
+                 for name in check["emptied"]]
+        return f"the thresholds empty a layer: {'; '.join(named)}", list(check["emptied"])
+    if max_error_rise is None or check["error_rise"] <= max_error_rise:
+        return None
+    worst = min(layers, key=lambda name: layers[name]["kept"] / layers[name]["groups"])
+    return (f"the thresholds raise the training-subset error from "
+            f"{check['reference_error']:.2f} % to {check['pruned_error']:.2f} %, more than "
+            f"{max_error_rise:g} points: {_keeps(worst, layers[worst])}"), [worst]
 
 
 def selection_subset(x_train, y_train, examples: int, seed: int):

@@ -21,14 +21,22 @@ Each point is scored exactly as the run's own end of training is
 kept posterior means rounded to their posterior-derived bits, the quantized network evaluated on
 the test set, and the paper's compression columns (Pruning, Fast Prediction, Maximum Compression estimate).
 
+A point whose thresholds empty a layer has no compressed network to score; it is recorded as
+``empties <layer>`` (``"empties": [layer, ...]`` in ``tradeoff.json``) and the sweep goes on.
+Fixed thresholds are never refused here for raising the training error (a sweep is there to
+show what they cost); each point records the check a run would apply
+(``pruning_check``: training-subset error before and after pruning,
+:func:`bayescomp.threshold_selection.pruning_check`).
+
 The errors here are *test* errors, reported for every point: the curve shows what a threshold
 costs, it must not be used to pick the operating point a result table reports (that would tune
 on the test set). Runs report the point of their own config (fixed thresholds or the
 training-data selection); this module never changes a run's ``metrics.json``.
 
-Output: a table on stdout; with ``--out DIR`` also ``DIR/tradeoff.json`` (every point, with the
-run's identity, commit and the thresholds per layer), ``DIR/tradeoff.md`` and
-``DIR/tradeoff.png`` (quantized test error against Pruning and Fast Prediction).
+Output: a table on stdout; with ``--out DIR`` (created, parents too, if absent) also
+``DIR/tradeoff.json`` (every point, with the run's identity, commit and the thresholds per
+layer), ``DIR/tradeoff.md`` and ``DIR/tradeoff.png`` (quantized test error against Pruning and
+Fast Prediction, the points that empty a layer left out).
 ``--replot FILE ...`` redraws the figure of existing ``tradeoff.json`` files without a sweep.
 """
 
@@ -40,16 +48,23 @@ import json
 import pathlib
 import sys
 import tempfile
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from bayescomp import objectives, provenance, runs, threshold_selection
+from bayescomp import objectives, provenance, pruning, runs, threshold_selection
 from bayescomp.errors import BayescompError, ConfigError
 from bayescomp.procedures import variational
 
 #: Training examples the threshold selection scores on (as in ``conf/method/bc_ghs.yaml``).
-SELECTION_EXAMPLES = 10_000
+SELECTION_EXAMPLES = threshold_selection.DEFAULT_EXAMPLES
+
+#: What a row records of a point that is scored (a point that empties a layer records
+#: ``prune_thresholds`` and ``empties`` instead of the rest).
+ROW_KEYS = ("prune_thresholds", "architecture_string", "kept_per_layer", "percent_kept",
+            "bits_per_layer", "exponent_bits", "compression", "pruned_test_error",
+            "quantized_test_error", "pruning_check")
 
 
 def operating_points(thresholds: Sequence[float] = (),
@@ -78,8 +93,10 @@ def sweep(cfg: DictConfig, model, dataset, points: list[dict[str, float]]) -> li
     Returns:
         One dict per point: the point, ``prune_thresholds`` per layer, ``architecture_string``,
         ``kept_per_layer``, ``percent_kept``, ``bits_per_layer``, ``exponent_bits``,
-        ``compression`` (the paper's ratios) and ``pruned_test_error`` /
-        ``quantized_test_error`` (%).
+        ``compression`` (the paper's ratios), ``pruned_test_error`` /
+        ``quantized_test_error`` (%) and ``pruning_check`` (training-subset errors); for a
+        point whose thresholds empty a layer, the point, ``prune_thresholds`` and ``empties``
+        (the layers) only.
 
     Raises:
         ConfigError: ``model`` has no layer with a log α (a dense, DC or SWS run).
@@ -103,13 +120,20 @@ def sweep(cfg: DictConfig, model, dataset, points: list[dict[str, float]]) -> li
                     prune["select"] = None
                     threshold_selection.set_thresholds(
                         model, {name: point["threshold"] for name, _ in layers})
-            with tempfile.TemporaryDirectory() as scratch:  # the histograms are not kept
-                snapshot = variational.compression_snapshot(point_cfg, model, dataset,
-                                                      pathlib.Path(scratch))
-            rows.append({**point, **{key: snapshot[key] for key in (
-                "prune_thresholds", "architecture_string", "kept_per_layer", "percent_kept",
-                "bits_per_layer", "exponent_bits", "compression", "pruned_test_error",
-                "quantized_test_error")}})
+            try:
+                with tempfile.TemporaryDirectory() as scratch:  # the histograms are not kept
+                    snapshot = variational.compression_snapshot(point_cfg, model, dataset,
+                                                                pathlib.Path(scratch))
+            except pruning.RuinousPruningError as error:
+                if not error.emptied:
+                    raise
+                # Nothing left to quantize at this point; the others may still be of interest.
+                rows.append({**point, "prune_thresholds": {
+                    name: layer.prune_threshold
+                    for name, layer in objectives.variational_layers(model)},
+                    "empties": error.emptied})
+                continue
+            rows.append({**point, **{key: snapshot[key] for key in ROW_KEYS}})
     finally:
         threshold_selection.set_thresholds(model, own_thresholds)
     return rows
@@ -123,12 +147,16 @@ def _point_label(row: dict[str, Any]) -> str:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the sweep, one row per operating point."""
-    lines = ["| Operating point | Thresholds | Architecture | Bits | Kept % | Pruning | "
-             "Fast Prediction | Max. Compression (est.) | Pruned error % | Quantized error % |",
+    lines = [("| Operating point | Thresholds | Architecture | Bits | Kept % | Pruning | "
+              "Fast Prediction | Max. Compression (est.) | Pruned error % | Quantized error % |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         thresholds = " / ".join("—" if t is None else f"{t:.2f}"
                                 for t in row["prune_thresholds"].values())
+        if "empties" in row:
+            lines.append(f"| {_point_label(row)} | {thresholds} | empties "
+                         f"{', '.join(row['empties'])} |" + " — |" * 7)
+            continue
         ratios = row["compression"]
         lines.append(
             f"| {_point_label(row)} | {thresholds} | {row['architecture_string']} | "
@@ -139,8 +167,18 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], title: str, path: pathlib.Path) -> None:
-    """Quantized test error against Pruning and Fast Prediction (log x), one marker per point."""
+def plot(rows: list[dict[str, Any]], title: str, path: pathlib.Path) -> bool:
+    """Quantized test error against Pruning and Fast Prediction (log x), one marker per point.
+
+    Points that empty a layer have no ratios and are left out; with none left, nothing is
+    drawn.
+
+    Returns:
+        Whether the figure was written.
+    """
+    rows = [row for row in rows if "compression" in row]
+    if not rows:
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,6 +210,7 @@ def plot(rows: list[dict[str, Any]], title: str, path: pathlib.Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return True
 
 
 def title_of(record: dict[str, Any]) -> str:
@@ -190,8 +229,10 @@ def replot(json_paths: Sequence[str]) -> None:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"--replot {json_path}: not a tradeoff.json written by "
                               f"python -m bayescomp.tradeoff ({err})") from err
-        plot(points, title, json_path.with_name("tradeoff.png"))
-        print(f"wrote {json_path.with_name('tradeoff.png')}")
+        if plot(points, title, json_path.with_name("tradeoff.png")):
+            print(f"wrote {json_path.with_name('tradeoff.png')}")
+        else:
+            print(f"{json_path}: every point empties a layer; nothing to plot")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="one log α threshold for every layer, per point (e.g. -4 -3 -2)")
     parser.add_argument("--tolerances", type=float, nargs="*", default=[],
                         help="training-data threshold selection within E points, per point")
-    parser.add_argument("--out", help="directory for tradeoff.json, tradeoff.md, tradeoff.png")
+    parser.add_argument("--out", help="directory for tradeoff.json, tradeoff.md, tradeoff.png "
+                                      "(created if absent)")
     parser.add_argument("--replot", nargs="+", metavar="TRADEOFF_JSON",
                         help="instead of a sweep, redraw tradeoff.png from these tradeoff.json")
     args = parser.parse_args(argv)
@@ -218,11 +260,16 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("give the RUN_DIR of a finished variational run")
         points = operating_points(args.thresholds, args.tolerances)
         out = None if args.out is None else pathlib.Path(args.out)
-        if out is not None and not out.parent.is_dir():
-            raise ConfigError(f"--out {out}: directory {out.parent} does not exist")
         run_dir = pathlib.Path(args.run_dir)
         cfg, model, meta = runs.load_trained_model(run_dir)
         dataset = runs.load_run_dataset(cfg)
+        if out is not None:
+            # Before the sweep, so a path that cannot be a directory fails before the work.
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ConfigError(f"--out {out}: cannot create the directory "
+                                  f"({error.strerror or error})") from None
         rows = sweep(cfg, model, dataset, points)
     except BayescompError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -246,7 +293,6 @@ def main(argv: list[str] | None = None) -> int:
     print(title)
     print(table)
     if out is not None:
-        out.mkdir(exist_ok=True)
         (out / "tradeoff.json").write_text(json.dumps(record, indent=2) + "\n")
         (out / "tradeoff.md").write_text(
             f"# Threshold trade-off: {title}\n\nGenerated by `python -m bayescomp.tradeoff` "
@@ -254,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
             f"`{record['run_git_commit']}`). Test errors at every point; see the module "
             "docstring for why none of these points is chosen by its test error.\n\n"
             + table + "\n")
-        plot(rows, title, out / "tradeoff.png")
-        print(f"wrote {out / 'tradeoff.json'}, tradeoff.md, tradeoff.png")
+        plotted = plot(rows, title, out / "tradeoff.png")
+        print(f"wrote {out / 'tradeoff.json'}, tradeoff.md"
+              + (", tradeoff.png" if plotted else " (every point empties a layer: no plot)"))
     return 0
 
 

@@ -5,18 +5,27 @@ builds the full-size quantized model (:func:`bayescomp.compression.codec.load`: 
 shapes, removed weights zero) and the physically pruned model
 (:func:`bayescomp.compression.export.export_decoded`: only the kept units), and times a jitted
 forward pass of each on random inputs of the file's input shape (no dataset needed). After one
-warm-up call that compiles, each of ``--repeats`` timed repeats runs ``--calls`` forward calls
-(``jax.block_until_ready`` after each); the median repeat gives images per second. It also checks
-that both models give the same logits on the timed batch and prints the parameter counts.
-Each file is exported once per ``--channel-multiple`` (conv channels zero-padded to that
-multiple, :mod:`bayescomp.compression.export`; 1 = none), one row each: XLA's CPU convolutions
-run much slower on channel counts that are not a multiple of the vector width.
+warm-up call of each that compiles, the models are timed side by side: each of ``--repeats``
+rounds runs ``--calls`` forward calls (``jax.block_until_ready`` after each) of the full-size
+model and then of every exported one, so that all see the same machine load; the median round
+gives images per second, and the speed-up is the median over rounds of the ratio within a round
+(steadier than the ratio of medians on a loaded machine). It also checks that both models give
+the same logits on the timed batch and prints the parameter counts. Each file is exported once
+per ``--channel-multiple`` (conv channels zero-padded to that multiple,
+:mod:`bayescomp.compression.export`; 1 = none), one row each: XLA's CPU convolutions run much
+slower on channel counts that are not a multiple of the vector width.
+
+Models with BatchNorms (VGG, ResNet; format version 3 files) are timed the same way: both the
+full-size model and the exported one run their BatchNorms in running-average mode (the exported
+one over the kept channels only). The backend is JAX's default (CPU here; a GPU where one is
+visible, named in the first line of the output).
 
 Usage::
 
     python benchmarks/inference_speed.py                        # every results/**/model.bcz
     python benchmarks/inference_speed.py results/fashion_mnist/lenet300_svd/seed0/model.bcz
     python benchmarks/inference_speed.py --batch-size 1000 100 --repeats 7 --calls 20
+    python benchmarks/inference_speed.py RUN/model.bcz --batch-size 8 --repeats 2 --calls 1  # smoke
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from flax import nnx  # noqa: E402
 
 from bayescomp.compression import codec  # noqa: E402
 from bayescomp.compression.export import export_decoded  # noqa: E402
+from bayescomp.errors import BayescompError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,25 +73,51 @@ def jitted_forward(model: nnx.Module):
 
 def images_per_second(forward, state, x, repeats: int, calls: int) -> float:
     """Median over ``repeats`` of ``calls`` blocked forward calls, after a compiling warm-up."""
-    jax.block_until_ready(forward(state, x))
-    times = []
+    return x.shape[0] / statistics.median(timed_rounds([(forward, state)], x, repeats, calls)[0])
+
+
+def timed_rounds(models, x, repeats: int, calls: int) -> list[list[float]]:
+    """Seconds per call of each ``(forward, state)``, per round, the models alternated.
+
+    Every model is called once first (compilation). Then each of ``repeats`` rounds times
+    ``calls`` blocked calls of every model in turn, so that a model's round and its neighbours'
+    share the machine's load.
+
+    Returns:
+        ``times[m][r]``: model ``m``'s seconds per call in round ``r``.
+    """
+    for forward, state in models:
+        jax.block_until_ready(forward(state, x))
+    times = [[] for _ in models]
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            jax.block_until_ready(forward(state, x))
-        times.append((time.perf_counter() - start) / calls)
-    return x.shape[0] / statistics.median(times)
+        for index, (forward, state) in enumerate(models):
+            start = time.perf_counter()
+            for _ in range(calls):
+                jax.block_until_ready(forward(state, x))
+            times[index].append((time.perf_counter() - start) / calls)
+    return times
 
 
 def param_count(model: nnx.Module) -> int:
-    return sum(int(leaf.size) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    """Kernels, biases and BatchNorm γ, β, running means and variances."""
+    return sum(int(leaf.size) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))) + sum(
+        int(leaf.size) for leaf in jax.tree.leaves(nnx.state(model, nnx.BatchStat)))
+
+
+def _module(root: nnx.Module, path: str):
+    """The module at dotted ``path`` (integer parts index lists: ``stage1.0.conv1``)."""
+    for part in path.split("."):
+        root = root[int(part)] if part.isdigit() else getattr(root, part)
+    return root
 
 
 def bench_file(path: pathlib.Path, batch_sizes, repeats: int, calls: int,
                channel_multiples=(1,)) -> list[dict]:
     full, network = codec.load(path)
-    # The full-size model needs the deterministic view (posterior means, no sampling).
-    full_forward, full_state = jitted_forward(nnx.view(full, deterministic=True))
+    # The full-size model needs the deterministic view (posterior means, no sampling, BatchNorm
+    # running averages).
+    full_forward, full_state = jitted_forward(
+        nnx.view(full, deterministic=True, use_running_average=True))
     exported = {}  # channel multiple -> (pruned model, its jitted forward, its state)
     for multiple in channel_multiples:
         pruned = export_decoded(network, channel_multiple=multiple)
@@ -90,17 +126,24 @@ def bench_file(path: pathlib.Path, batch_sizes, repeats: int, calls: int,
     for batch in batch_sizes:
         x = jax.random.normal(jax.random.key(0), (batch, *network.input_shape))
         expected = np.asarray(full_forward(full_state, x))
-        full_ips = images_per_second(full_forward, full_state, x, repeats, calls)
-        for multiple, (pruned, pruned_forward, pruned_state) in exported.items():
+        times = timed_rounds([(full_forward, full_state)]
+                             + [(forward, state) for _, forward, state in exported.values()],
+                             x, repeats, calls)
+        full_ips = batch / statistics.median(times[0])
+        for index, (multiple, (pruned, pruned_forward, pruned_state)) in enumerate(
+                exported.items(), start=1):
             got = np.asarray(pruned_forward(pruned_state, x))
             max_diff = float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-30))
-            pruned_ips = images_per_second(pruned_forward, pruned_state, x, repeats, calls)
+            ratios = [full / mine for full, mine in zip(times[0], times[index])]
             rows.append(dict(file=path, model=network.model_name, batch=batch,
-                             multiple=multiple, full_ips=full_ips, pruned_ips=pruned_ips,
+                             multiple=multiple, full_ips=full_ips,
+                             pruned_ips=batch / statistics.median(times[index]),
+                             speedup=statistics.median(ratios), speedup_range=(min(ratios),
+                                                                               max(ratios)),
                              full_params=param_count(full), pruned_params=pruned.num_params(),
                              kept_weights=int(sum(m.sum() for m in network.masks)),
                              arch=", ".join(
-                                 f"{name} {tuple(getattr(pruned, name).kernel.shape)}"
+                                 f"{name} {tuple(_module(pruned.network, name).kernel.shape)}"
                                  for name in pruned.kept_units),
                              max_rel_diff=max_diff))
     return rows
@@ -112,13 +155,15 @@ def main(argv=None) -> int:
     if not files:
         print("no model.bcz files found; run `python -m bayescomp.compress RUN_DIR` first")
         return 1
-    print(f"backend {jax.default_backend()}, {len(jax.devices())} device(s); median of "
-          f"{args.repeats} x {args.calls} calls")
+    print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
+          f"{len(jax.devices())} device(s); {args.repeats} rounds of {args.calls} calls, full-size "
+          "and exported models alternated; speed-up = median within-round ratio [min-max]")
     header = (f"{'run':<44} {'batch':>5} {'pad':>3} {'full img/s':>11} {'pruned img/s':>12} "
-              f"{'speed-up':>8} "
+              f"{'speed-up':>8} {'range':>11} "
               f"{'full params':>11} {'pruned params':>13} {'kept w':>7} {'max rel diff':>12}")
     print(header)
     print("-" * len(header))
+    status = 0
     for path in files:
         try:
             label = str(pathlib.Path(path).resolve().relative_to(REPO_ROOT))
@@ -126,16 +171,24 @@ def main(argv=None) -> int:
             label = str(path)
         label = label.removeprefix("results/").removesuffix("/model.bcz")
         arch = {}
-        for row in bench_file(pathlib.Path(path), args.batch_size, args.repeats, args.calls,
-                              args.channel_multiple):
+        try:
+            rows = bench_file(pathlib.Path(path), args.batch_size, args.repeats, args.calls,
+                              args.channel_multiple)
+        except BayescompError as error:  # a bad file, or a model export cannot shrink
+            print(f"{label:<44} not timed: {error}")
+            status = 1
+            continue
+        for row in rows:
             arch[row["multiple"]] = row["arch"]
+            low, high = row["speedup_range"]
             print(f"{label:<44} {row['batch']:>5} {row['multiple']:>3} {row['full_ips']:>11,.0f} "
-                  f"{row['pruned_ips']:>12,.0f} {row['pruned_ips'] / row['full_ips']:>7.2f}x "
+                  f"{row['pruned_ips']:>12,.0f} {row['speedup']:>7.2f}x "
+                  f"{f'{low:.2f}-{high:.2f}':>11} "
                   f"{row['full_params']:>11,} {row['pruned_params']:>13,} "
                   f"{row['kept_weights']:>7,} {row['max_rel_diff']:>12.1e}")
         for multiple, kernels in arch.items():
             print(f"{'':<44} exported kernels (pad {multiple}): {kernels}")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -33,15 +33,19 @@ def test_the_runs_own_threshold_reproduces_its_metrics_and_the_curve_is_monotone
                 "architecture_string"):
         assert own[key] == pytest.approx(metrics[key], abs=1e-9), key
     assert own["compression"] == pytest.approx(metrics["compression"], rel=1e-9)
+    # Threshold −6 removes every weight of fc1 and fc2 after two steps (fc3 keeps some): the
+    # point is recorded as emptying them, not scored as a network.
+    assert rows[0]["empties"] == ["fc1", "fc2"] and "kept_per_layer" not in rows[0]
+    assert all(int((log_alpha < -6.0).sum()) == 0 for log_alpha in log_alphas[:2])
     # A higher threshold removes fewer weights, in every layer. Each layer keeps at most the
     # weights whose own log α is below the threshold (propagation across layers can only remove
     # more), counted here directly from the posterior.
-    kept = np.array([row["kept_per_layer"] for row in rows])
+    kept = np.array([row["kept_per_layer"] for row in rows[1:]])
     assert np.all(np.diff(kept, axis=0) >= 0)
     assert kept[0].sum() < kept[-1].sum()  # the sweep spans a real range on this model
     for row, threshold in zip(rows, thresholds):
         assert row["prune_thresholds"] == {name: threshold for name in ("fc1", "fc2", "fc3")}
-        for layer_kept, log_alpha in zip(row["kept_per_layer"], log_alphas):
+        for layer_kept, log_alpha in zip(row.get("kept_per_layer", ()), log_alphas):
             assert layer_kept <= int((log_alpha < threshold).sum())
     # The sweep leaves the model's own thresholds in place.
     assert {name: layer.prune_threshold
@@ -81,9 +85,10 @@ def test_bad_input_ends_in_one_clear_error(pretrained_dense_run, svd_run, tmp_pa
     assert "not a bayescomp run directory" in capsys.readouterr().err
     assert tradeoff.main([str(pretrained_dense_run("lenet300")), "--thresholds", "3"]) == 2
     assert "needs a variational run" in capsys.readouterr().err
-    assert tradeoff.main([str(svd_run[0]), "--thresholds", "3",
-                          "--out", str(tmp_path / "no" / "such")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    for out in (tmp_path / "a_file", tmp_path / "a_file" / "curve"):
+        assert tradeoff.main([str(svd_run[0]), "--thresholds", "3", "--out", str(out)]) == 2
+        assert f"--out {out}: cannot create the directory" in capsys.readouterr().err
     assert tradeoff.main(["--thresholds", "3"]) == 2
     assert "give the RUN_DIR" in capsys.readouterr().err
     assert tradeoff.main([str(svd_run[0]), "--replot", "x.json"]) == 2
@@ -91,3 +96,29 @@ def test_bad_input_ends_in_one_clear_error(pretrained_dense_run, svd_run, tmp_pa
     (tmp_path / "bad.json").write_text("{}")
     assert tradeoff.main(["--replot", str(tmp_path / "bad.json")]) == 2
     assert "not a tradeoff.json" in capsys.readouterr().err
+
+
+def test_a_point_that_empties_a_layer_is_recorded_and_the_sweep_goes_on(svd_run, tmp_path):
+    cfg, model, _ = runs.load_trained_model(svd_run[0])
+    dataset = runs.load_run_dataset(cfg)
+    # Every fc3 weight noisy (log α = log σ² − log θ² ≥ 8 after the clip): threshold 3 empties
+    # fc3 while fc1 and fc2 (log α ≈ −10 after two steps) keep everything.
+    fc3 = model.fc3.posterior
+    fc3.log_sigma2[...] = fc3.log_sigma2[...] * 0 + 20.0
+    rows = tradeoff.sweep(cfg, model, dataset, tradeoff.operating_points([3.0, 20.0], [0.5]))
+    assert rows[0]["empties"] == ["fc3"] and "compression" not in rows[0]
+    assert rows[0]["prune_thresholds"] == {"fc1": 3.0, "fc2": 3.0, "fc3": 3.0}
+    assert min(rows[1]["kept_per_layer"]) > 0 and "empties" not in rows[1]
+    assert rows[1]["pruning_check"]["emptied"] == []
+    assert min(rows[2]["kept_per_layer"]) > 0  # selection never empties a layer
+    table = tradeoff.format_table(rows)
+    assert "| threshold 3 | 3.00 / 3.00 / 3.00 | empties fc3 |" in table
+    assert len({line.count("|") for line in table.splitlines()}) == 1  # one column count
+    assert tradeoff.plot(rows[:1], "nothing", tmp_path / "none.png") is False
+    assert tradeoff.plot(rows, "title", tmp_path / "some.png")
+
+
+def test_out_and_its_parents_are_created(svd_run, tmp_path):
+    out = tmp_path / "new" / "nested" / "curve"
+    assert tradeoff.main([str(svd_run[0]), "--thresholds", "3", "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"tradeoff.json", "tradeoff.md", "tradeoff.png"}

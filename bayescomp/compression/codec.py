@@ -29,7 +29,20 @@ Per layer (kernel in Flax layout: dense ``(in, out)``, conv ``(kh, kw, in, out)`
 
 Removed weights decode as ``+0.0``; kept weights decode bit for bit as encoded (a codebook layer's
 kept weights must equal codebook entries bit for bit, ``-0.0`` and ``+0.0`` being different).
-Version-1 files (fixed point only) are read as before.
+
+**BatchNorms** (format version 3): a model with BatchNorms (the CIFAR VGGs and ResNets) stores,
+per BatchNorm in sorted path order, its ε and the γ, β, running mean and running variance of the
+channels whose values can reach the logits, as raw float32. Which channels those are is not
+stored: it follows from the decoded masks and the model's channel groups
+(:func:`bayescomp.compression.survivors.norm_channels`: the channels some consumer keeps a weight
+reading), and the other channels decode as γ = β = mean = 0, variance = 1
+(:data:`bayescomp.compression.quantize.NEUTRAL_NORM`). Version 3 also records the model's
+``widths`` (a ResNet's are per stage; they cannot be read off its kernels as the LeNets' are).
+
+**Versions.** The writer writes the lowest version that holds the network: version 2 for a model
+without BatchNorms whose widths are its layers' output sizes (every LeNet file, byte for byte as
+before), version 3 otherwise. Versions 1 and 2 are read as before; a version-1 or 2 file naming a
+model with BatchNorms is refused (it cannot hold their statistics).
 """
 
 from __future__ import annotations
@@ -45,7 +58,15 @@ from bayescomp import atomic
 from bayescomp.bit_precision import BitPrecision
 from bayescomp.compression import container, entropy
 from bayescomp.compression.container import file_error
-from bayescomp.compression.quantize import QuantizedNetwork, point_model
+from bayescomp.compression.quantize import (
+    NEUTRAL_NORM,
+    NORM_FIELDS,
+    NormParams,
+    QuantizedNetwork,
+    point_model,
+)
+from bayescomp.compression.survivors import norm_channels
+from bayescomp.models.graph import ChannelGraph, ChannelGroup
 
 #: Largest significand width accepted (k · 2^-t must be exact in float32 and float64).
 MAX_SIGNIFICAND_BITS = 60
@@ -62,6 +83,13 @@ MAX_CODEBOOK_SIZE = 2**24
 #: How a layer's kept values are stored (``values_kind`` in the header; version 1 has only the
 #: first, implicitly).
 VALUES_KINDS = ("fixed_point", "codebook")
+#: The first format version that stores BatchNorm parameters and the model's ``widths``.
+NORMS_VERSION = 3
+#: Bytes per stored BatchNorm channel: γ, β, running mean and running variance, float32 each.
+NORM_CHANNEL_BYTES = 4 * len(NORM_FIELDS)
+#: Most entries of a version-3 file's ``widths`` (a ResNet-164 has 3 stage widths; a model that
+#: listed every channel count of a 1000-layer network would still fit).
+MAX_WIDTHS = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +165,10 @@ class DecodedNetwork:
             written before bayescomp recorded it).
         preprocess: The ``data.preprocess`` of training (inputs must be prepared alike), or
             ``None``.
+        norms: As :attr:`QuantizedNetwork.norms` (``None``: the model has no BatchNorms).
+        widths: The model's ``widths`` recorded in the file (version 3), else ``None`` (the
+            output sizes of every layer but the last).
+        norm_bytes: Bytes of the stored BatchNorm parameters (raw float32).
     """
 
     model_name: str
@@ -154,12 +186,15 @@ class DecodedNetwork:
     version: int = container.VERSION
     dataset: str | None = None
     preprocess: str | None = None
+    norms: dict[str, NormParams] | None = None
+    widths: tuple[int, ...] | None = None
+    norm_bytes: int = 0
 
     @property
     def quantized(self) -> QuantizedNetwork:
         """The decoded network as a :class:`QuantizedNetwork`."""
         return QuantizedNetwork(self.names, self.kernels, self.biases, self.masks, self.precision,
-                                self.codebooks)
+                                self.codebooks, self.norms, self.widths)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,9 +378,51 @@ def _encode_layer(name, kernel, bias, mask, bits, payload: container.PayloadWrit
     return layer
 
 
+def _chain_widths(shapes) -> tuple[int, ...]:
+    """The LeNets' ``widths``: the output size of every layer but the last."""
+    return tuple(int(shape[-1]) for shape in list(shapes)[:-1])
+
+
+def _encode_norms(quantized: QuantizedNetwork, template: _Template,
+                  payload: container.PayloadWriter) -> list[dict]:
+    """The header entries of the BatchNorms, their parameters appended to ``payload``."""
+    norms = quantized.norms or {}
+    if sorted(norms) != list(template.norms):
+        raise ValueError(f"the model has BatchNorms {list(template.norms)}, the network carries "
+                         f"{sorted(norms)} (build it with quantize.quantize, which reads them)")
+    needed = norm_channels(template.graph, dict(zip(quantized.names, quantized.masks)))
+    entries = []
+    for path, channels in template.norms.items():
+        params, keep = norms[path], needed[template.norm_groups[path]]
+        values = params.stacked()
+        if values.shape != (len(NORM_FIELDS), channels):
+            raise ValueError(f"BatchNorm {path}: parameters of shape {values.shape[1:]} for "
+                             f"{channels} channels")
+        neutral = np.asarray([[NEUTRAL_NORM[f]] for f in NORM_FIELDS], np.float32)
+        unread = np.broadcast_to(neutral, values.shape)[:, ~keep]
+        if not np.array_equal(values[:, ~keep].view(np.uint32), unread.view(np.uint32)):
+            raise ValueError(f"BatchNorm {path}: channels no consumer reads must hold the "
+                             "neutral values (quantize.NormParams.restricted)")
+        _check_norm_values(path, values[:, keep], params.epsilon)
+        entries.append({"path": path, "channels": int(keep.sum()),
+                        "epsilon": float(params.epsilon).hex(),
+                        "streams": {"params": payload.add(values[:, keep].astype("<f4").tobytes())}})
+    return entries
+
+
+def _check_norm_values(path: str, values: np.ndarray, epsilon: float) -> None:
+    """Stored BatchNorm values are finite, variances non-negative, ε positive and finite."""
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"BatchNorm {path}: parameters hold NaN or infinite values")
+    if np.any(values[NORM_FIELDS.index("var")] < 0):
+        raise ValueError(f"BatchNorm {path}: a running variance is negative")
+    if not (np.isfinite(epsilon) and epsilon > 0):
+        raise ValueError(f"BatchNorm {path}: epsilon {epsilon!r} is not a positive number")
+
+
 def encode_network(quantized: QuantizedNetwork, *, model_name: str, input_shape,
                    num_classes: int, dataset: str | None = None,
-                   preprocess: str | None = None) -> bytes:
+                   preprocess: str | None = None, widths=None) -> bytes:
     """The ``.bcz`` file of a quantized network.
 
     Args:
@@ -355,21 +432,48 @@ def encode_network(quantized: QuantizedNetwork, *, model_name: str, input_shape,
         num_classes: Number of outputs.
         dataset: The training dataset's registry name, so ``bayescomp.evaluate`` tests on it.
         preprocess: The training ``data.preprocess`` (the evaluator prepares inputs alike).
+        widths: The model's ``widths`` (``model.widths`` of the run); default
+            ``quantized.widths``, else the output sizes of every layer but the last.
 
     Returns:
-        The file's bytes.
+        The file's bytes: format version 3 for a model with BatchNorms or widths of its own,
+        else version 2 (module docstring).
 
     Raises:
         ValueError: If the network is inconsistent (a programming error, not a user error).
     """
-    if model_name not in _registry():
-        raise ValueError(f"unknown model {model_name!r}; known: {sorted(_registry())}")
+    registry = _registry()
+    if model_name not in registry:
+        raise ValueError(f"unknown model {model_name!r}; known: {sorted(registry)}")
     precision = quantized.precision
     count = len(quantized.names)
     codebooks = quantized.codebooks if quantized.codebooks is not None else [None] * count
     if not (len(quantized.kernels) == len(quantized.biases) == len(quantized.masks)
             == len(precision.bits_per_layer) == len(codebooks) == count):
         raise ValueError("QuantizedNetwork fields have different numbers of layers")
+    shapes = [tuple(np.shape(kernel)) for kernel in quantized.kernels]
+    chain = _chain_widths(shapes)
+    widths = quantized.widths if widths is None else widths
+    widths = chain if widths is None else tuple(int(w) for w in widths)
+    version = 2
+    template = None
+    if quantized.norms is not None or widths != chain:
+        version = NORMS_VERSION
+        input_key = tuple(int(n) for n in input_shape)
+        template = _model_template(registry[model_name], input_key, int(num_classes), widths)
+        found = tuple(zip(quantized.names, shapes))
+        if found != template.shapes:
+            raise ValueError(f"the network's layers {found} are not {model_name}'s with widths "
+                             f"{widths} ({template.shapes}); pass the widths it was built with")
+    else:
+        try:
+            template = _model_template(registry[model_name], tuple(int(n) for n in input_shape),
+                                       int(num_classes), widths)
+        except ValueError:
+            template = None  # not the model's shapes: the decoder says so, as it always has
+        if template is not None and template.norms:
+            raise ValueError(f"{model_name} has BatchNorms {list(template.norms)}, which the "
+                             "network does not carry (build it with quantize.quantize)")
     payload = container.PayloadWriter()
     layers = [
         _encode_layer(name, kernel, bias, mask, bits, payload, codebook)
@@ -377,6 +481,7 @@ def encode_network(quantized: QuantizedNetwork, *, model_name: str, input_shape,
             quantized.names, quantized.kernels, quantized.biases, quantized.masks,
             precision.bits_per_layer, codebooks)
     ]
+    norms = _encode_norms(quantized, template, payload) if version >= NORMS_VERSION else None
     payload_bytes = payload.getvalue()
     header = {
         "format": "bayescomp compressed model",
@@ -392,8 +497,9 @@ def encode_network(quantized: QuantizedNetwork, *, model_name: str, input_shape,
         "bias_dtype": "<f4",
         "payload_length": len(payload_bytes),
         "layers": layers,
+        **({"widths": list(widths), "norms": norms} if version >= NORMS_VERSION else {}),
     }
-    return container.pack(header, payload_bytes)
+    return container.pack(header, payload_bytes, version=version)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -425,8 +531,8 @@ def _address(streams: dict, key: str, payload_length: int) -> tuple[int, int]:
     return offset, length
 
 
-def _check_stream_layout(layers: list, payload_length: int) -> None:
-    """Every payload byte belongs to exactly one stream.
+def _check_stream_layout(layers: list, payload_length: int, norms: list = ()) -> None:
+    """Every payload byte belongs to exactly one stream (the layers' and the BatchNorms').
 
     The writer appends each stream after the previous one (no padding), so the addresses tile
     the payload. Streams that overlap would let one byte string be read as two things (a bias
@@ -434,16 +540,18 @@ def _check_stream_layout(layers: list, payload_length: int) -> None:
     ignore; both mean the header does not describe the payload.
     """
     spans = []
-    for index, layer in enumerate(layers):
+    entries = [(f"layer {i}", layer) for i, layer in enumerate(layers)]
+    entries += [(f"BatchNorm entry {i}", norm) for i, norm in enumerate(norms)]
+    for index, layer in entries:
         streams = layer.get("streams") if isinstance(layer, dict) else None
         if not isinstance(streams, dict):
-            raise ValueError(f"layer {index} has no streams")
+            raise ValueError(f"{index} has no streams")
         spans += [(*_address(streams, key, payload_length), index, key) for key in streams]
     spans.sort()
     end = 0
     for offset, length, index, key in spans:
         if offset < end:
-            raise ValueError(f"stream {key!r} of layer {index} at [{offset}, {length}] overlaps "
+            raise ValueError(f"stream {key!r} of {index} at [{offset}, {length}] overlaps "
                              "the stream before it")
         end = offset + length
     covered = sum(length for _, length, _, _ in spans)
@@ -500,8 +608,8 @@ class _ShapeRecorder:
         del name, rngs
         return _ShapeOnly(_dims(in_features, out_features))
 
-    def conv(self, name, in_features, out_features, kernel_size, *, rngs=None, padding="VALID"):
-        del name, rngs, padding
+    def conv(self, name, in_features, out_features, kernel_size, *, rngs=None, **geometry):
+        del name, rngs, geometry  # strides and padding change no kernel shape
         return _ShapeOnly(_dims(*kernel_size, in_features, out_features))
 
     def norm(self, name, features):
@@ -521,6 +629,104 @@ def _dims(*dims) -> tuple[int, ...]:
     return dims
 
 
+@dataclasses.dataclass(frozen=True)
+class _Template:
+    """What a model built for some arguments looks like, read off without building weights.
+
+    Attributes:
+        shapes: ``(path, kernel shape)`` of each weight layer, in ``layer_names`` order.
+        norms: BatchNorm path → channels, in sorted path order.
+        norm_groups: BatchNorm path → the name of the channel group it normalises.
+        graph: The model's channel groups with their sizes (``None`` for a model without
+            BatchNorms, whose file needs none).
+    """
+
+    shapes: tuple[tuple[str, tuple[int, ...]], ...]
+    norms: dict[str, int]
+    norm_groups: dict[str, str]
+    graph: ChannelGraph | None
+
+
+@functools.lru_cache(maxsize=64)
+def _model_template(model_cls, input_shape: tuple[int, ...], num_classes: int,
+                    widths: tuple[int, ...]) -> _Template:
+    """The :class:`_Template` of ``model_cls`` for these arguments (keyed by the class itself,
+    so that a registry entry replaced in a test is never answered from the cache).
+
+    Raises:
+        ValueError: If the model cannot be built for these arguments, or its channel groups do
+            not account for its BatchNorms.
+    """
+    from bayescomp.errors import ConfigError
+
+    try:
+        template = model_cls(_ShapeRecorder(), rngs=nnx.Rngs(params=0), input_shape=input_shape,
+                             num_classes=num_classes, widths=widths)
+    except (ValueError, TypeError, ArithmeticError, ConfigError) as error:
+        raise ValueError(f"{model_cls.__name__} cannot be built for input shape {input_shape}, "
+                         f"{num_classes} classes and widths {widths}: {error}") from None
+    # As graph.weight_layers orders the real layers: by dotted path, in ``layer_names`` order.
+    modules = {".".join(str(p) for p in path): module
+               for path, module in nnx.iter_modules(template) if isinstance(module, _ShapeOnly)}
+    found = {path: module for path, module in modules.items() if module.weights}
+    order = getattr(template, "layer_names", None) or tuple(found)
+    missing = [name for name in order if name not in found]
+    if missing:
+        raise ValueError(f"{model_cls.__name__} has no weight layers {missing}")
+    shapes = tuple((name, found[name].kernel_shape) for name in order)
+    norms = {path: modules[path].num_features for path in sorted(modules)
+             if not modules[path].weights}
+    if not norms:
+        return _Template(shapes, {}, {}, None)
+    try:
+        groups = tuple(template.channel_groups())
+    except (AttributeError, TypeError, ValueError, ArithmeticError, ConfigError) as error:
+        raise ValueError(f"{model_cls.__name__} declares no usable channel groups ({error})"
+                         ) from None
+    graph = _template_graph(model_cls.__name__, dict(shapes), norms, groups)
+    norm_groups = {path: group.name for group in groups for path in group.norms}
+    return _Template(shapes, norms, norm_groups, graph)
+
+
+def _template_graph(model_name: str, kernels: dict, norms: dict, groups) -> ChannelGraph:
+    """The channel graph of a shape-only model: the sizes :func:`bayescomp.models.graph.
+    channel_graph` checks on a real model, checked here on kernel shapes alone (the decoder
+    builds no real model before the file has been read)."""
+    sizes, normed = {}, {}
+    for group in groups:
+        if not isinstance(group, ChannelGroup):
+            raise ValueError(f"{model_name}.channel_groups() returned {group!r}")
+        claims = [kernels[p][-1] for p in group.producers if p in kernels]
+        claims += [norms[n] for n in group.norms if n in norms]
+        for consumer in group.consumers:
+            inputs = kernels[consumer.layer][-2] if consumer.layer in kernels else None
+            positions = consumer.positions
+            if inputs is None or type(positions) is not int or positions < 1 or inputs % positions:
+                raise ValueError(f"{model_name} group {group.name!r}: consumer "
+                                 f"{consumer.layer!r} does not fit the model")
+            claims.append(inputs // positions)
+        unknown = [p for p in (*group.producers, *group.norms) if p not in kernels and p not in norms]
+        if unknown or len(set(claims)) != 1:
+            raise ValueError(f"{model_name} group {group.name!r} does not fit the model's layers")
+        sizes[group.name] = claims[0]
+        for path in group.norms:
+            if path in normed:
+                raise ValueError(f"{model_name}: BatchNorm {path!r} is in two channel groups")
+            normed[path] = group.name
+    if sorted(normed) != sorted(norms):
+        raise ValueError(f"{model_name}: the channel groups name BatchNorms {sorted(normed)}, the "
+                         f"model has {sorted(norms)}")
+    for group in groups:
+        for shortcut in getattr(group, "shortcuts", ()):
+            source = sizes.get(getattr(shortcut, "source", None))
+            offset = getattr(shortcut, "offset", None)
+            if (source is None or type(offset) is not int or offset < 0
+                    or offset + source > sizes[group.name]):
+                raise ValueError(f"{model_name} group {group.name!r}: a shortcut that does not "
+                                 "fit its groups")
+    return ChannelGraph(tuple(kernels), tuple(groups), sizes)
+
+
 @functools.lru_cache(maxsize=64)
 def _model_shapes(model_name: str, input_shape: tuple[int, ...], num_classes: int,
                   widths: tuple[int, ...]) -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -529,30 +735,19 @@ def _model_shapes(model_name: str, input_shape: tuple[int, ...], num_classes: in
     Raises:
         ValueError: If the model cannot be built for these arguments.
     """
-    from bayescomp.errors import ConfigError
-
-    model_cls = _registry()[model_name]
-    try:
-        template = model_cls(_ShapeRecorder(), rngs=nnx.Rngs(params=0), input_shape=input_shape,
-                             num_classes=num_classes, widths=widths)
-    except (ValueError, TypeError, ArithmeticError, ConfigError) as error:
-        raise ValueError(f"{model_cls.__name__} cannot be built for input shape {input_shape}, "
-                         f"{num_classes} classes and widths {widths}: {error}") from None
-    # As graph.weight_layers orders the real layers: by dotted path, in ``layer_names`` order.
-    found = {".".join(str(p) for p in path): module for path, module in nnx.iter_modules(template)
-             if isinstance(module, _ShapeOnly) and module.weights}
-    order = getattr(template, "layer_names", None) or tuple(found)
-    missing = [name for name in order if name not in found]
-    if missing:
-        raise ValueError(f"{model_cls.__name__} has no weight layers {missing}")
-    return tuple((name, found[name].kernel_shape) for name in order)
+    return _model_template(_registry()[model_name], input_shape, num_classes, widths).shapes
 
 
-def _check_model(model_name: str, input_shape, num_classes: int, layers: list) -> None:
+def _check_model(model_name: str, input_shape, num_classes: int, layers: list,
+                 widths: tuple[int, ...] | None = None) -> _Template:
     """The header's layers are the named model's, at its input shape, classes and widths.
 
     Checked before any array is allocated: the kernel shapes then are those of a model that can
-    exist, and together at most :data:`MAX_FILE_WEIGHTS`.
+    exist, and together at most :data:`MAX_FILE_WEIGHTS`. ``widths`` are the file's (version
+    3); ``None`` reads them off the layers (every layer's output size but the last).
+
+    Returns:
+        The model's :class:`_Template`.
     """
     registry = _registry()
     if model_name not in registry:
@@ -566,11 +761,71 @@ def _check_model(model_name: str, input_shape, num_classes: int, layers: list) -
     total = sum(_size(shape) for _, shape in found)
     if total > MAX_FILE_WEIGHTS:
         raise ValueError(f"{total} weights exceed the {MAX_FILE_WEIGHTS} a file may hold")
-    widths = tuple(shape[-1] for _, shape in found[:-1])
-    expected = list(_model_shapes(model_name, tuple(input_shape), num_classes, widths))
+    if widths is None:
+        widths = _chain_widths(shape for _, shape in found)
+    template = _model_template(model_cls, tuple(input_shape), num_classes, tuple(widths))
+    expected = list(template.shapes)
     if expected != found:
         raise ValueError(f"its layers {found} do not match {model_cls.__name__} with input shape "
-                         f"{tuple(input_shape)} and {num_classes} classes ({expected})")
+                         f"{tuple(input_shape)}, {num_classes} classes and widths {tuple(widths)} "
+                         f"({expected})")
+    return template
+
+
+def _checked_widths(value) -> tuple[int, ...]:
+    """A version-3 file's ``widths``: a short list of positive integers."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_WIDTHS:
+        raise ValueError(f"widths {str(value)[:80]} is not a list of 1 to {MAX_WIDTHS} entries")
+    return tuple(_int(w, "a width", 1, MAX_CODEBOOK_SIZE) for w in value)
+
+
+def _check_norm_entries(entries, template: _Template, payload_length: int) -> None:
+    """The BatchNorm entries of a version-3 header: one per BatchNorm of the model, in sorted path
+    order, each stream exactly ``NORM_CHANNEL_BYTES`` per claimed channel and no more channels
+    than the BatchNorm has. Checked before anything is allocated."""
+    if not isinstance(entries, list):
+        raise ValueError("the BatchNorm list is missing")
+    paths = [entry.get("path") if isinstance(entry, dict) else None for entry in entries]
+    if paths != list(template.norms):
+        raise ValueError(f"BatchNorms {str(paths)[:200]} are not the model's "
+                         f"{list(template.norms)}")
+    for entry in entries:
+        path, size = entry["path"], template.norms[entry["path"]]
+        channels = _int(entry.get("channels"), f"BatchNorm {path} channels", 0, size)
+        streams = entry.get("streams")
+        if not isinstance(streams, dict) or set(streams) != {"params"}:
+            raise ValueError(f"BatchNorm {path} has no params stream")
+        _, length = _address(streams, "params", payload_length)
+        if length != NORM_CHANNEL_BYTES * channels:
+            raise ValueError(f"BatchNorm {path}: {length} bytes of parameters for {channels} "
+                             "channels")
+        epsilon = entry.get("epsilon")
+        if not isinstance(epsilon, str):
+            raise ValueError(f"BatchNorm {path}: epsilon {epsilon!r} is not a hex float")
+        _check_norm_values(path, np.zeros((len(NORM_FIELDS), 0), np.float32),
+                           float.fromhex(epsilon))
+
+
+def _decode_norms(entries, template: _Template, names, masks, payload: bytes
+                  ) -> dict[str, NormParams]:
+    """The BatchNorm parameters, full size, neutral where no consumer reads (module docstring)."""
+    needed = norm_channels(template.graph, dict(zip(names, masks)))
+    norms = {}
+    for entry in entries:
+        path = entry["path"]
+        keep = needed[template.norm_groups[path]]
+        if int(keep.sum()) != entry["channels"]:
+            raise ValueError(f"BatchNorm {path}: {entry['channels']} channels stored, the masks "
+                             f"read {int(keep.sum())}")
+        stored = np.frombuffer(_stream(payload, entry["streams"], "params"), "<f4").astype(
+            np.float32).reshape(len(NORM_FIELDS), -1)
+        epsilon = float.fromhex(entry["epsilon"])
+        _check_norm_values(path, stored, epsilon)
+        values = np.asarray([[NEUTRAL_NORM[f]] for f in NORM_FIELDS], np.float32).repeat(
+            keep.size, axis=1)
+        values[:, keep] = stored
+        norms[path] = NormParams.from_stacked(values, epsilon)
+    return norms
 
 
 def _fixed_point_weights(name: str, values: np.ndarray, bits: int) -> np.ndarray:
@@ -739,10 +994,22 @@ def _decode(data: bytes, source: str) -> DecodedNetwork:
         layers = header.get("layers")
         if not isinstance(layers, list) or not layers:
             raise ValueError("no layers")
+        widths, norm_entries = None, []
+        if version >= NORMS_VERSION:
+            widths = _checked_widths(header.get("widths"))
+            norm_entries = header.get("norms")
+        elif "widths" in header or "norms" in header:
+            raise ValueError(f"a version-{version} file has no widths or BatchNorms")
         # Every size is checked before anything is allocated: the layers against the model
-        # they claim to be, the stream addresses against the payload.
-        _check_model(model_name, input_shape, num_classes, layers)
-        _check_stream_layout(layers, len(payload))
+        # they claim to be, the BatchNorms against the model's channel counts, the stream
+        # addresses against the payload.
+        template = _check_model(model_name, input_shape, num_classes, layers, widths)
+        if template.norms and version < NORMS_VERSION:
+            raise ValueError(f"{model_name} has BatchNorms, whose parameters a version-{version} "
+                             f"file cannot hold (version {NORMS_VERSION} and later store them)")
+        if version >= NORMS_VERSION:
+            _check_norm_entries(norm_entries, template, len(payload))
+        _check_stream_layout(layers, len(payload), norm_entries)
         decoded = [_decode_layer(i, layer, payload, version, _layer_shape(i, layer)[1])
                    for i, layer in enumerate(layers)]
         bits_per_weight = header.get("bits_per_weight")
@@ -754,13 +1021,16 @@ def _decode(data: bytes, source: str) -> DecodedNetwork:
             list(column) for column in zip(*decoded))
         precision = BitPrecision(bits_per_layer=bits, exponent_bits=exponent_bits,
                                  bits_per_weight=bits_per_weight, max_abs_weight=max_abs_weight)
+        norms = (_decode_norms(norm_entries, template, names, masks, payload)
+                 if template.norms else None)
     except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as error:
         raise file_error(source, f"the header or payload is malformed: {error}") from None
     header_bytes = len(data) - len(payload) - container.PREAMBLE_SIZE - container.CHECKSUM_SIZE
+    norm_bytes = sum(NORM_CHANNEL_BYTES * entry["channels"] for entry in norm_entries)
     return DecodedNetwork(model_name, input_shape, num_classes, names, kernels, biases, masks,
                           precision, codings, len(data), header_bytes,
                           codebooks if any(c is not None for c in codebooks) else None, version,
-                          dataset, preprocess)
+                          dataset, preprocess, norms, widths, norm_bytes)
 
 
 def decode_network(data: bytes, *, source: str = "<bytes>") -> DecodedNetwork:
@@ -778,13 +1048,15 @@ def decode_network(data: bytes, *, source: str = "<bytes>") -> DecodedNetwork:
 
 
 def save(path, quantized: QuantizedNetwork, *, model_name: str, input_shape,
-         num_classes: int, dataset: str | None = None, preprocess: str | None = None) -> int:
+         num_classes: int, dataset: str | None = None, preprocess: str | None = None,
+         widths=None) -> int:
     """Write the ``.bcz`` file of ``quantized`` to ``path`` atomically; returns its size in bytes.
 
     The keyword arguments are those of :func:`encode_network`.
     """
     data = encode_network(quantized, model_name=model_name, input_shape=input_shape,
-                          num_classes=num_classes, dataset=dataset, preprocess=preprocess)
+                          num_classes=num_classes, dataset=dataset, preprocess=preprocess,
+                          widths=widths)
     atomic.write_bytes(path, data)
     return len(data)
 
@@ -813,5 +1085,6 @@ def load(path):
     network = _decode(data, source)
     model_cls = _registry()[network.model_name]
     model = point_model(model_cls, network.kernels, network.biases,
-                        input_shape=network.input_shape, num_classes=network.num_classes)
+                        input_shape=network.input_shape, num_classes=network.num_classes,
+                        norms=network.norms, widths=network.widths)
     return model, network

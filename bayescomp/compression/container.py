@@ -4,8 +4,9 @@ Layout (all integers little-endian; byte offsets from the start of the file; see
 ``bayescomp/compression/README.md`` for the header fields)::
 
     0   4  magic          b"BCZ\\x00"
-    4   2  version        uint16: 2 is written; 1 and 2 are read (version 1 has no codebook
-                          layers, see the README)
+    4   2  version        uint16: 2 or 3 is written (3 where the network has BatchNorms);
+                          1, 2 and 3 are read (version 1 has no codebook layers, version 2 no
+                          BatchNorms, see the README)
     6   2  flags          uint16, must be 0
     8   8  file_length    uint64, total size of the file in bytes, checksum included
     16  4  header_length  uint32, H
@@ -28,11 +29,13 @@ import zlib
 from bayescomp.errors import CompressedFileError
 
 MAGIC = b"BCZ\x00"
-#: The version :func:`pack` writes. Version 2 added weight-shared (codebook) layers; a version-1
-#: file is a valid version-2 file without them, so both are read.
-VERSION = 2
+#: The newest version, which :func:`pack` writes unless told otherwise. Version 2 added
+#: weight-shared (codebook) layers, version 3 BatchNorm parameters and the model's widths; an
+#: older file is a valid newer one without them, so all are read. The codec writes the oldest
+#: version that holds the network (:mod:`bayescomp.compression.codec`).
+VERSION = 3
 #: The versions :func:`unpack` accepts.
-SUPPORTED_VERSIONS = (1, 2)
+SUPPORTED_VERSIONS = (1, 2, 3)
 _PREAMBLE = struct.Struct("<4sHHQI")
 PREAMBLE_SIZE = _PREAMBLE.size  # 20
 CHECKSUM_SIZE = 4
@@ -69,7 +72,8 @@ class PayloadWriter:
 def pack(header: dict, payload: bytes, version: int = VERSION) -> bytes:
     """The complete file for ``header`` (JSON-serialisable) and ``payload``.
 
-    ``version`` is for tests that need an older file; the codec always writes :data:`VERSION`.
+    ``version``: the codec passes the oldest version that holds its network; tests pass older
+    ones to build old files.
     """
     header_bytes = json.dumps(header, separators=(",", ":"), sort_keys=True,
                               allow_nan=False).encode("utf-8")

@@ -39,6 +39,21 @@ BatchNorms only by calling them, and does not hard-code channel counts (``reshap
   unchanged. ``kept_units`` lists only real channels. Whether it pays depends on the backend and
   shapes, so the default is no padding and the benchmark measures both.
 
+* **Zero-padded shortcuts** (:class:`bayescomp.models.graph.PaddedShortcut`, He et al.'s option
+  A: group S's channel c is added into group T's channel c, T's other channels get zeros). The
+  model pads what arrives from S up to T's width, so in the exported network S's kept channels
+  must be T's first kept channels, in order: T keeps, among its first ``C_S`` channels, exactly
+  the channels S keeps. Export makes it so by keeping in both every channel either keeps (a
+  channel kept only for this is computed exactly, a folded one is kept instead), to a fixed
+  point over chained stages. Only ``offset = 0`` (zeros appended) is exported, and the model
+  must compute the padding from the shapes it is given (``T − S`` channels of its operands),
+  never from its constructor's widths; export checks the shapes once and says so otherwise.
+* **BatchNorms are kept**, not folded into the preceding convolution: each exported BatchNorm
+  is the trained one (γ, β, running mean and variance, ε) over the kept channels, in
+  running-average mode, so that the exported network runs the model's own forward pass and its
+  BatchNorm parameters stay inspectable; folding them (``W·γ/√(σ²+ε)``) is an inference
+  optimisation XLA's fusion already approximates (one fused multiply-add per activation).
+
 The exported network computes the same function as the full-size masked one; its logits differ
 only by float32 rounding, because the smaller contractions (and the folded biases) add the same
 non-zero terms in a different order without the zero terms.
@@ -262,6 +277,57 @@ def _fold_constants(model, graph: ChannelGraph, channels: Mapping[str, GroupChan
     return biases
 
 
+def _align_shortcuts(graph: ChannelGraph, channels: Mapping[str, GroupChannels]
+                     ) -> dict[str, GroupChannels]:
+    """Kept channels that line up across every zero-padded shortcut (module docstring).
+
+    For a shortcut from S into T (offset 0), a channel c < C_S is kept in both groups if either
+    keeps it, until no shortcut changes anything; a channel kept for this is no longer folded.
+
+    Raises:
+        ConfigError: a shortcut with a non-zero offset (zeros not only appended).
+    """
+    links = [(target, shortcut) for target in graph.groups
+             for shortcut in getattr(target, "shortcuts", ())]
+    if not links:
+        return dict(channels)
+    for target, shortcut in links:
+        if shortcut.offset != 0:
+            raise ConfigError(f"group {target.name!r} has a zero-padded shortcut from "
+                              f"{shortcut.source!r} at offset {shortcut.offset}; export places "
+                              "a shortcut's channels first (offset 0) only")
+    kept = {name: group.kept.copy() for name, group in channels.items()}
+    changed = True
+    while changed:
+        changed = False
+        for target, shortcut in links:
+            size = kept[shortcut.source].size
+            union = kept[shortcut.source] | kept[target.name][:size]
+            if (union != kept[shortcut.source]).any() or (union != kept[target.name][:size]).any():
+                kept[shortcut.source] = union
+                kept[target.name][:size] = union
+                changed = True
+    return {name: GroupChannels(group.read, group.folded & ~kept[name], kept[name])
+            for name, group in channels.items()}
+
+
+def _check_shapes(network: PrunedNetwork, model: nnx.Module, input_shape) -> None:
+    """Trace the exported network once (shapes only, nothing computed).
+
+    Raises:
+        ConfigError: the model's forward pass does not fit the exported widths (it hard-codes a
+            channel count, e.g. a zero-padded shortcut's width taken from its constructor).
+    """
+    try:
+        jax.eval_shape(network, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(
+            f"{type(model).__name__}'s forward pass does not run at the exported channel counts "
+            f"({str(error).splitlines()[0][:200]}); it must take every channel count from the "
+            "arrays it is given (a zero-padded shortcut pads to its operand's width), never "
+            "from its constructor's widths") from None
+
+
 def _widths(graph: ChannelGraph, channels, kernels, channel_multiple: int) -> dict[str, int]:
     """Exported channels per group: kept, plus zero channels for prunable conv groups."""
     widths = {}
@@ -328,6 +394,7 @@ def export_model(model: nnx.Module, masks: Mapping[str, np.ndarray], *, input_sh
               for name in graph.layers}
     channels = surviving_channels(graph, masks, {n: _absorbs_constants(layers[n])
                                                  for n in graph.layers})
+    channels = _align_shortcuts(graph, channels)
     biases = _fold_constants(model, graph, channels, kernels, biases, input_shape)
     widths = _widths(graph, channels, kernels, int(channel_multiple))
     modules = {name: _exported_layer(name, layers[name], graph, channels, widths, kernels[name],
@@ -340,13 +407,16 @@ def export_model(model: nnx.Module, masks: Mapping[str, np.ndarray], *, input_sh
     kept_units = {name: np.flatnonzero(channels[graph.output_of(name).name].kept)
                   for name in graph.layers}
     num_classes = sum(graph.sizes[g.name] for g in graph.groups if not g.consumers)
-    return PrunedNetwork(_with_modules(model, modules), input_shape=input_shape,
-                         num_classes=num_classes, kept_units=kept_units)
+    network = PrunedNetwork(_with_modules(model, modules), input_shape=input_shape,
+                            num_classes=num_classes, kept_units=kept_units)
+    _check_shapes(network, model, input_shape)
+    return network
 
 
 def export_pruned(kernels: Sequence[np.ndarray], biases: Sequence[np.ndarray],
                   masks: Sequence[np.ndarray], *, model_name: str, input_shape,
-                  num_classes: int, channel_multiple: int = 1) -> PrunedNetwork:
+                  num_classes: int, channel_multiple: int = 1, norms=None,
+                  widths=None) -> PrunedNetwork:
     """:func:`export_model` of the quantized (full-size) network given as per-layer lists.
 
     Args:
@@ -358,10 +428,14 @@ def export_pruned(kernels: Sequence[np.ndarray], biases: Sequence[np.ndarray],
         input_shape: ``(h, w, c)`` of one example.
         num_classes: Number of outputs (checked against the last kernel).
         channel_multiple: See :func:`export_model`.
+        norms: BatchNorm path → :class:`~bayescomp.compression.quantize.NormParams`
+            (``QuantizedNetwork.norms``, ``DecodedNetwork.norms``); required for a model with
+            BatchNorms, which are exported in running-average mode over the kept channels.
+        widths: The model's ``widths`` (``None``: every layer's output size but the last).
 
     Raises:
-        ConfigError: an unknown model, or one with BatchNorms, whose statistics per-layer
-            kernel lists do not carry (export the model itself with :func:`export_model`).
+        ConfigError: an unknown model, or one with BatchNorms and no ``norms`` (a network
+            written before BatchNorm parameters were carried: compress the run again).
     """
     from bayescomp import models
     from bayescomp.compression.quantize import point_model  # late: quantize imports models
@@ -379,10 +453,13 @@ def export_pruned(kernels: Sequence[np.ndarray], biases: Sequence[np.ndarray],
         raise ValueError(f"the last layer has {np.shape(kernels[-1])[-1]} outputs, not "
                          f"{num_classes} classes")
     model = point_model(model_cls, kernels, biases, input_shape=input_shape,
-                        num_classes=num_classes)
-    if batch_norms(model):
-        raise ConfigError(f"{model_name} has BatchNorms, which per-layer kernel lists do not "
-                          "carry; export the trained model with export.export_model")
+                        num_classes=num_classes, norms=norms, widths=widths)
+    if norms is None and batch_norms(model):
+        # Their initial values (γ = 1, β = 0, mean 0, variance 1) are not the trained network's.
+        raise ConfigError(f"{model_name} has BatchNorms and the network carries no BatchNorm "
+                          "parameters; pass its norms (a quantized_network.npz or .bcz file "
+                          "written before they were stored: rerun the run's command and "
+                          "`python -m bayescomp.compress RUN_DIR`)")
     return export_model(model, dict(zip(names, masks)), input_shape=input_shape,
                         channel_multiple=channel_multiple)
 
@@ -391,7 +468,8 @@ def export_decoded(network, channel_multiple: int = 1) -> PrunedNetwork:
     """:func:`export_pruned` of a :class:`bayescomp.compression.codec.DecodedNetwork`."""
     return export_pruned(network.kernels, network.biases, network.masks,
                          model_name=network.model_name, input_shape=network.input_shape,
-                         num_classes=network.num_classes, channel_multiple=channel_multiple)
+                         num_classes=network.num_classes, channel_multiple=channel_multiple,
+                         norms=network.norms, widths=network.widths)
 
 
 def export_from_file(path: str | Path, channel_multiple: int = 1) -> PrunedNetwork:

@@ -28,6 +28,10 @@ An identity shortcut makes the groups a loop (the trunk feeds the block whose la
 the trunk), so both properties are computed as least fixed points: *read* grows from the classes
 backward, *non-constant* from the network input forward, until nothing changes. On a chain this
 is one backward and one forward pass.
+
+A zero-padded shortcut (:class:`bayescomp.models.graph.PaddedShortcut`: group S's channel c is
+added into group T's channel ``offset + c``) is followed both ways: S's channel c is read where
+T's channel ``offset + c`` is, and T's channel ``offset + c`` varies where S's channel c does.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from bayescomp.models.graph import ChannelGraph
-from bayescomp.pruning import input_rows_kept, output_columns_kept
+from bayescomp.pruning import channels_read, input_rows_kept, output_columns_kept
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +86,11 @@ def read_channels(graph: ChannelGraph, masks: Mapping[str, np.ndarray]
                 new = read[group.name] | read_by[consumer.layer]
                 changed |= bool((new != read[group.name]).any())
                 read[group.name] = new
+            for shortcut in getattr(group, "shortcuts", ()):
+                source = read[shortcut.source]
+                new = source | read[group.name][shortcut.offset: shortcut.offset + source.size]
+                changed |= bool((new != source).any())
+                read[shortcut.source] = new
     return read, read_by
 
 
@@ -96,6 +105,9 @@ def _varying(graph: ChannelGraph, masks, read, foldable) -> dict[str, np.ndarray
             live = varying[source.name] | ~(read[source.name] & foldable[source.name])
             rows = np.tile(live, consumer.positions)
             new |= output_columns_kept(masks[producer][..., rows, :])
+        for shortcut in getattr(group, "shortcuts", ()):
+            source = varying[shortcut.source]
+            new[shortcut.offset: shortcut.offset + source.size] |= source
         changed = bool((new != varying[group.name]).any())
         varying[group.name] = new
         return changed
@@ -131,3 +143,44 @@ def surviving_channels(graph: ChannelGraph, masks: Mapping[str, np.ndarray],
         kept = read[group.name] & ~folded if group.prunable else np.ones_like(folded)
         result[group.name] = GroupChannels(read[group.name], folded, kept)
     return result
+
+
+def norm_channels(graph: ChannelGraph, masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Channels of each group whose BatchNorm parameters can change the logits.
+
+    A BatchNorm's channel c reaches the rest of the network only through channel c of its group
+    (every operation between a group's producers and its consumers is per channel), and, where
+    the group is the source of a zero-padded shortcut, through channel ``offset + c`` of the
+    shortcut's target group. So its γ, β, mean and variance matter exactly where some consumer
+    keeps a weight reading that channel, or the target's channel matters in turn (a least fixed
+    point, as shortcuts chain from stage to stage). Every channel of a group without consumers
+    (the classes) or that is not prunable matters.
+
+    This is what the ``.bcz`` file stores of each BatchNorm (:mod:`bayescomp.compression.codec`);
+    it is coarser than :func:`surviving_channels`' *kept* (a constant channel that the export
+    folds into a bias still needs its BatchNorm's values to be folded).
+
+    Args:
+        graph: The model's channel groups (its ``sizes`` and declarations; no live model needed).
+        masks: Kernel-shaped keep masks by layer path.
+
+    Returns:
+        Group name → boolean vector over its channels.
+    """
+    needed = {}
+    for group in graph.groups:
+        if not group.prunable or not group.consumers:
+            needed[group.name] = np.ones(graph.sizes[group.name], bool)
+        else:
+            needed[group.name] = channels_read(graph, group, masks)
+    changed = True
+    while changed:
+        changed = False
+        for target in graph.groups:
+            for shortcut in getattr(target, "shortcuts", ()):
+                source = needed[shortcut.source]
+                reached = needed[target.name][shortcut.offset: shortcut.offset + source.size]
+                if (reached & ~source).any():
+                    needed[shortcut.source] = source | reached
+                    changed = True
+    return needed

@@ -52,6 +52,28 @@ def _scaled(images: np.ndarray) -> np.ndarray:
     return np.divide(images, np.float32(PIXEL_SCALE), dtype=np.float32)
 
 
+def _uint8_channel_mean_std(images: np.ndarray,
+                            chunk: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of ``uint8`` images, in [0, 1] pixel units.
+
+    From each channel's histogram of the 256 pixel values, counted over chunks of pixels (one
+    ``bincount`` per chunk, channel ``c`` offset to bins ``256 c ..``): exact, and several times
+    faster than summing float64 copies of the images.
+    """
+    num_channels = images.shape[-1]
+    pixels = images.reshape(-1, num_channels)
+    offsets = np.arange(num_channels, dtype=np.int32) * 256
+    counts = np.zeros(256 * num_channels, np.int64)
+    for start in range(0, pixels.shape[0], chunk):
+        bins = pixels[start:start + chunk].astype(np.int32) + offsets
+        counts += np.bincount(bins.ravel(), minlength=256 * num_channels)
+    probabilities = counts.reshape(num_channels, 256) / max(pixels.shape[0], 1)
+    values = np.arange(256, dtype=np.float64)
+    mean = probabilities @ values
+    variance = np.maximum(probabilities @ np.square(values) - np.square(mean), 0.0)
+    return mean / PIXEL_SCALE, np.sqrt(variance) / PIXEL_SCALE
+
+
 def _channel_mean_std(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and (population) standard deviation in float64, shapes ``(C,)``.
 
@@ -103,7 +125,8 @@ def preprocess(x_train: np.ndarray, x_test: np.ndarray, *, method: str,
         test -= mean_image
         return train, test
     if family == "cifar":
-        mean, std = _channel_mean_std(train)
+        mean, std = (_uint8_channel_mean_std(x_train) if x_train.dtype == np.uint8
+                     else _channel_mean_std(train))
         std = np.where(std > 0, std, 1.0)  # A constant channel is only centred.
         train -= mean.astype(np.float32)
         train /= std.astype(np.float32)

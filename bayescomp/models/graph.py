@@ -14,7 +14,16 @@ every weight layer that reads it. A :class:`ChannelGroup` names those arrays:
   residual block's shortcut channels together);
 * **a flatten** of an ``H×W×C`` map into a dense layer: channel c feeds ``H·W`` inputs, input
   ``p·C + c`` being channel c at position ``p = h·W + w`` (NHWC, channel fastest). A
-  :class:`Consumer` with ``positions=H·W`` declares it.
+  :class:`Consumer` with ``positions=H·W`` declares it;
+* **a zero-padded shortcut** (He et al. 2016, §3.3, option A, their CIFAR ResNets' choice in
+  §4.2): where a residual stage widens, the shortcut subsamples its input and pads the new
+  channels with zeros, adding no parameter. Group S's channel c enters group T's add as T's
+  channel ``offset + c``; T's other channels receive zeros. S and T cannot be one group (their
+  sizes differ) and need not be pruned together: a removed channel of S enters T as the zero it
+  is, and a removed channel of T drops what S sent it. A :class:`PaddedShortcut` in T's
+  ``shortcuts`` declares the link, and analyses over the groups must follow it: S's channel c is
+  *read* wherever T's channel ``offset + c`` is, and T's channel ``offset + c`` *varies with the
+  input* wherever S's channel c does.
 
 The network input is the group without producers and the classifier outputs are the group
 without consumers; neither may be pruned (``prunable=False``).
@@ -59,6 +68,26 @@ class Consumer:
 
 
 @dataclasses.dataclass(frozen=True)
+class PaddedShortcut:
+    """A parameter-free shortcut adding another group's channels into this one's residual add.
+
+    Channel c of ``source`` is added to channel ``offset + c`` of the group declaring it; the
+    group's other channels receive zeros (He et al. 2016, "Deep Residual Learning for Image
+    Recognition", CVPR, §3.3 option A, used for CIFAR in §4.2; subsampling the map on the way
+    does not change which channel is which). He et al. do not say where the zeros go:
+    bayescomp's ResNets append them (``offset=0``); some PyTorch ports pad both sides
+    (``offset = C_prev / 2``).
+
+    Attributes:
+        source: Name of the group whose channels the shortcut carries.
+        offset: Channel of this group that the source's channel 0 is added to.
+    """
+
+    source: str
+    offset: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class ChannelGroup:
     """Weight-layer outputs, BatchNorms and weight-layer inputs that share one channel index.
 
@@ -71,6 +100,8 @@ class ChannelGroup:
             ``Consumer(path)``.
         prunable: False for the network input and the classifier outputs, whose channels are
             never removed.
+        shortcuts: Zero-padded shortcuts from other (narrower) groups into this group's
+            residual add (:class:`PaddedShortcut`).
     """
 
     name: str
@@ -78,6 +109,7 @@ class ChannelGroup:
     norms: tuple[str, ...] = ()
     consumers: tuple[Consumer, ...] = ()
     prunable: bool = True
+    shortcuts: tuple[PaddedShortcut, ...] = ()
 
     def __post_init__(self):
         # Frozen: normalise through object.__setattr__ so declarations may use lists, a single
@@ -89,6 +121,8 @@ class ChannelGroup:
         object.__setattr__(self, "norms", paths(self.norms))
         object.__setattr__(self, "consumers", tuple(
             c if isinstance(c, Consumer) else Consumer(c) for c in paths(self.consumers)))
+        object.__setattr__(self, "shortcuts", (self.shortcuts,) if isinstance(
+            self.shortcuts, PaddedShortcut) else tuple(self.shortcuts))
 
 
 def weight_layers(model: nnx.Module) -> list[tuple[str, VariationalLayer]]:
@@ -154,6 +188,11 @@ class ChannelGraph:
         """The group ``layer`` reads, and how (its :class:`Consumer` entry)."""
         return next((g, c) for g in self.groups for c in g.consumers if c.layer == layer)
 
+    def shortcuts_from(self, name: str) -> tuple[tuple[ChannelGroup, PaddedShortcut], ...]:
+        """The groups that group ``name``'s channels reach through a zero-padded shortcut,
+        with the shortcut (whose ``offset`` places them)."""
+        return tuple((g, s) for g in self.groups for s in g.shortcuts if s.source == name)
+
     def until_stable(self, update) -> None:
         """Apply ``update(group) -> changed`` to every prunable group until none changes.
 
@@ -193,6 +232,7 @@ def channel_graph(model: nnx.Module) -> ChannelGraph:
                           "`channel_groups()` returning bayescomp.models.graph.ChannelGroup's")
     _check_membership(model_name, groups, layers, norms)
     sizes = {group.name: _group_size(model_name, group, layers, norms) for group in groups}
+    _check_shortcuts(model_name, groups, sizes)
     return ChannelGraph(tuple(layers), groups, sizes)
 
 
@@ -260,3 +300,25 @@ def _group_size(model_name: str, group: ChannelGroup, layers, norms) -> int:
         raise ConfigError(f"{model_name} group {group.name!r} members disagree on its channel "
                           f"count ({listed}); a group's members must share one index set")
     return claims[0][1]
+
+
+def _check_shortcuts(model_name: str, groups, sizes: Mapping[str, int]) -> None:
+    """Every padded shortcut comes from another declared group and fits inside its target."""
+    for group in groups:
+        sources = [shortcut.source for shortcut in group.shortcuts]
+        if len(set(sources)) != len(sources):
+            raise ConfigError(f"{model_name} group {group.name!r} declares more than one shortcut "
+                              f"from the same group ({sources}); declare each source once")
+        for shortcut in group.shortcuts:
+            if shortcut.source == group.name or shortcut.source not in sizes:
+                raise ConfigError(f"{model_name} group {group.name!r} has a shortcut from "
+                                  f"{shortcut.source!r}, which is not another of its groups "
+                                  f"({sorted(sizes)}); a same-width identity shortcut is one "
+                                  "group, not a shortcut")
+            offset, width = shortcut.offset, sizes[shortcut.source]
+            if not (isinstance(offset, int) and 0 <= offset
+                    and offset + width <= sizes[group.name]):
+                raise ConfigError(f"{model_name} group {group.name!r} ({sizes[group.name]} "
+                                  f"channels) cannot take the {width} channels of "
+                                  f"{shortcut.source!r} from offset {offset!r}; a padded shortcut "
+                                  "needs 0 <= offset and offset + source channels <= channels")

@@ -22,38 +22,20 @@ compression method pruned to, can be trained from scratch as a baseline (Liu et 
 
 from __future__ import annotations
 
+import math
+
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from bayescomp.errors import ConfigError
 from bayescomp.models.graph import ChannelGroup, Consumer
+from bayescomp.models.pooling import max_pool_2x2
+from bayescomp.models.widths import check_widths
 from bayescomp.nn.factory import LayerFactory
-
-
-def _check_widths(model: str, widths, expected_length: int) -> tuple[int, ...]:
-    if (isinstance(widths, (list, tuple)) and len(widths) == expected_length
-            and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)):
-        return tuple(widths)
-    raise ConfigError(f"{model} needs model.widths as a list of {expected_length} positive "
-                      f"integers, e.g. model.widths=[8,16,40]; got {widths!r}")
 
 
 def hidden_widths(kernels) -> tuple[int, ...]:
     """The ``widths`` argument that reproduces these per-layer kernels (their output sizes)."""
     return tuple(int(k.shape[-1]) for k in kernels[:-1])
-
-
-def _max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max-pool, stride 2, NHWC (odd trailing rows/columns dropped, as VALID pooling does).
-
-    Written as a reshape and a max rather than ``reduce_window``: on XLA:CPU the gradient of
-    ``reduce_window`` max (select-and-scatter) made a LeNet-5 training step twice as slow
-    (measured 94 ms vs 46 ms for the two pooled convs at batch 100; benchmarks/train_speed.py).
-    """
-    n, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2, :]
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 class LeNet300(nnx.Module):
@@ -71,9 +53,9 @@ class LeNet300(nnx.Module):
 
     def __init__(self, layers: LayerFactory, *, rngs: nnx.Rngs,
                  input_shape=(28, 28, 1), num_classes: int = 10, widths=(300, 100)):
-        fc1_units, fc2_units = _check_widths("lenet300", widths, 2)
+        fc1_units, fc2_units = check_widths("lenet300", widths, (2,), "[100,30]")
         self.input_shape = tuple(int(d) for d in input_shape)
-        in_features = int(jnp.prod(jnp.array(input_shape)))
+        in_features = math.prod(int(d) for d in input_shape)  # Python ints: shapes, not data
         self.fc1 = layers.dense("fc1", in_features, fc1_units, rngs=rngs)
         self.fc2 = layers.dense("fc2", fc1_units, fc2_units, rngs=rngs)
         self.fc3 = layers.dense("fc3", fc2_units, num_classes, rngs=rngs)
@@ -112,7 +94,8 @@ class LeNet5(nnx.Module):
 
     def __init__(self, layers: LayerFactory, *, rngs: nnx.Rngs,
                  input_shape=(28, 28, 1), num_classes: int = 10, widths=(20, 50, 500)):
-        conv1_channels, conv2_channels, fc1_units = _check_widths("lenet5", widths, 3)
+        conv1_channels, conv2_channels, fc1_units = check_widths(
+            "lenet5", widths, (3,), "[8,16,40]")
         height, width, channels = input_shape
         self.conv1 = layers.conv("conv1", channels, conv1_channels, (5, 5), rngs=rngs)
         self.conv2 = layers.conv("conv2", conv1_channels, conv2_channels, (5, 5), rngs=rngs)
@@ -124,8 +107,8 @@ class LeNet5(nnx.Module):
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """Logits ``(batch, num_classes)`` for images ``(batch, h, w, c)``."""
-        x = _max_pool_2x2(jax.nn.relu(self.conv1(x, rngs=rngs)))
-        x = _max_pool_2x2(jax.nn.relu(self.conv2(x, rngs=rngs)))
+        x = max_pool_2x2(jax.nn.relu(self.conv1(x, rngs=rngs)))
+        x = max_pool_2x2(jax.nn.relu(self.conv2(x, rngs=rngs)))
         x = x.reshape(x.shape[0], -1)  # NHWC flatten: channel is the fastest-varying index
         x = jax.nn.relu(self.fc1(x, rngs=rngs))
         return self.fc2(x, rngs=rngs)

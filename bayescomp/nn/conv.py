@@ -30,8 +30,9 @@ class VariationalConv(VariationalLayer):
             group_axis=-1, rngs=rngs, **posterior_kwargs)``.
         prior: Prior over the kernel.
         rngs: Random streams for initialisation.
-        strides: Convolution strides.
-        padding: ``"VALID"`` (LeNet-5-Caffe) or ``"SAME"``.
+        strides: Convolution strides ``(sh, sw)`` (2 where a ResNet stage halves the map).
+        padding: ``"VALID"`` (LeNet-5-Caffe), ``"SAME"``, or explicit ``(low, high)`` pairs per
+            spatial axis (the CIFAR ResNets' symmetric ``((1, 1), (1, 1))``).
         posterior_kwargs: Initialisation options of the posterior.
         prune_threshold: See :class:`VariationalLayer`.
     """
@@ -48,7 +49,7 @@ class VariationalConv(VariationalLayer):
         prior: Prior,
         rngs: nnx.Rngs,
         strides: Sequence[int] = (1, 1),
-        padding: str = "VALID",
+        padding: str | Sequence[tuple[int, int]] = "VALID",
         posterior_kwargs: dict | None = None,
         prune_threshold: float | None = None,
         rng_collection: str = "noise",

@@ -63,10 +63,16 @@ class LayerFactory:
         return VariationalDense(in_features, out_features, rngs=rngs, **self._common(name))
 
     def conv(self, name: str, in_features: int, out_features: int, kernel_size: Sequence[int],
-             *, rngs: nnx.Rngs, padding: str = "VALID"):
-        """A :class:`VariationalConv` layer named ``name``."""
+             *, rngs: nnx.Rngs, strides: Sequence[int] = (1, 1),
+             padding: str | Sequence[tuple[int, int]] = "VALID"):
+        """A :class:`VariationalConv` layer named ``name``.
+
+        ``padding`` is ``"VALID"``, ``"SAME"`` or explicit ``(low, high)`` pairs per spatial axis
+        (PyTorch's symmetric ``padding=1`` is ``((1, 1), (1, 1))``; at stride 2 it differs from
+        ``"SAME"``, which pads only the high side).
+        """
         return VariationalConv(in_features, out_features, kernel_size, rngs=rngs,
-                               padding=padding, **self._common(name))
+                               strides=strides, padding=padding, **self._common(name))
 
     def norm(self, name: str, features: int):
         """A :class:`~bayescomp.nn.norm.BatchNorm` over ``features`` channels named ``name``."""

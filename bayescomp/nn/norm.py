@@ -66,9 +66,12 @@ class BatchNorm(nnx.Module):
         if use_running_average is not None:
             self.use_running_average = use_running_average
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """Normalise ``x`` (``(..., channels)``); in a batch-statistics view also update the
-        running averages in place."""
+        running averages in place. ``rngs`` is accepted and unused, so a model may pass its
+        noise streams to whatever normalisation its method gives it (a saliency BatchNorm
+        samples)."""
+        del rngs
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:

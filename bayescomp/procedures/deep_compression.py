@@ -207,7 +207,7 @@ def share_weights(model, masks: Mapping[str, np.ndarray], bits: Mapping[str, int
         layer.posterior = SharedCodebook(centroids, index, masks[name])
 
 
-def codebook_network(model) -> QuantizedNetwork:
+def codebook_network(model, widths=None) -> QuantizedNetwork:
     """The final :class:`QuantizedNetwork` of a weight-shared model: kernels with codebooks.
 
     A layer's codebook is the sorted distinct values its kept weights take (a fine-tuned centroid
@@ -226,7 +226,9 @@ def codebook_network(model) -> QuantizedNetwork:
         codebooks.append(np.unique(kernel[mask]).astype(np.float32))
         masks.append(mask)
     precision = codebook_precision(codebooks, kernels, masks)
-    return QuantizedNetwork(names, kernels, biases, masks, precision, codebooks)
+    return QuantizedNetwork(names, kernels, biases, masks, precision, codebooks,
+                            norms=quantize_lib.norm_params(model, dict(zip(names, masks))),
+                            widths=widths)
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,15 +363,18 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     finally:
         training.close()
     # 4. The quantized network and its error.
-    quantized = codebook_network(model)
-    quantized_error = training.error(quantize_lib.point_model(
-        models.get(cfg.model.name), quantized.kernels, quantized.biases,
-        input_shape=dataset.x_train.shape[1:], num_classes=dataset.num_classes))
+    quantized = codebook_network(model, runs.model_widths(cfg))
+    quantized_error = training.error(quantize_lib.quantized_model(
+        models.get(cfg.model.name), quantized, input_shape=dataset.x_train.shape[1:],
+        num_classes=dataset.num_classes))
     log.info("weight sharing (%s bits): test error %.2f %% after k-means, %.2f %% after %d "
              "epochs of centroid fine-tuning", settings["bits"], kmeans_error, quantized_error,
              phase.epochs)
     _save_weight_plots(workdir / "plots", names, pretrained_kernels, quantized)
     extra = {
+        # The variational procedure's check of fixed pruning thresholds does not apply: this
+        # procedure prunes to its own targets and measures the result itself.
+        "pruning_check": None,
         "pretrained_run": str(method.pretrained_run),
         "pretrained_test_error": dense_error,  # measured here, as soft weight-sharing does
         "deep_compression": {

@@ -60,6 +60,7 @@ from bayescomp.compression import quantize as quantize_lib
 from bayescomp.compression.quantize import QuantizedNetwork
 from bayescomp.errors import ConfigError
 from bayescomp.loop import Phase, TrainingRun
+from bayescomp.nn.norm import NormBias, NormScale
 from bayescomp.posteriors.variables import Bias, PointWeight
 from bayescomp.priors.gaussian_mixture import (GaussianMixture, MixtureParams, component_means,
                                                gaussian_kl, init_mixture, log_mixing_proportions,
@@ -502,7 +503,8 @@ def _retrain(cfg, training: TrainingRun, root: MixturePriorNetwork, settings: Se
         optimizer={**OmegaConf.to_container(cfg.optimizer, resolve=True),
                    "schedule": "constant"},
         key=jax.random.fold_in(jax.random.key(int(cfg.seed)), zlib.crc32(b"sws")),
-        learning_rates=(((PointWeight, Bias), rates["weights"]),
+        # BatchNorm's γ and β (networks that have them) train with the weights they scale.
+        learning_rates=(((PointWeight, Bias, NormScale, NormBias), rates["weights"]),
                         (MixtureMeans, rates["means"]),
                         (MixtureLogPrecisions, rates["log_precisions"]),
                         (MixtureRhos, rates["rhos"])),
@@ -554,10 +556,16 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
              pretrained_metrics.get("test_error", math.nan))
     model_cls = models.get(cfg.model.name)
 
+    widths = runs.model_widths(cfg)
+
     def point_error(kernels, biases) -> float:
+        # The BatchNorms as they are now (they train with the weights), every channel.
+        every_weight = {name: np.ones(np.shape(k), bool)
+                        for name, k in zip(model_cls.layer_names, kernels)}
         return training.error(quantize_lib.point_model(
             model_cls, kernels, biases, input_shape=dataset.x_train.shape[1:],
-            num_classes=dataset.num_classes))
+            num_classes=dataset.num_classes, widths=widths,
+            norms=quantize_lib.norm_params(model, every_weight)))
 
     names, kernels0, biases0 = _layer_arrays(model)
     root = MixturePriorNetwork(model, init_mixture(prior, [np.asarray(t) for t in (
@@ -582,6 +590,9 @@ def _post_process_and_report(cfg, workdir, training, root, settings, dense_error
     retrained_error = training.error(root)
     merged = post_process(mixture_params, prior, settings.merge_tolerance)
     quantized = quantize_network(names, kernels, biases, merged, prior.include_biases)
+    quantized = dataclasses.replace(
+        quantized, widths=runs.model_widths(cfg),
+        norms=quantize_lib.norm_params(root.network, dict(zip(names, quantized.masks))))
     if not any(mask.any() for mask in quantized.masks):
         raise ConfigError(
             f"soft weight-sharing assigned every weight to the zero component (sigma "
@@ -602,7 +613,9 @@ def _post_process_and_report(cfg, workdir, training, root, settings, dense_error
         images_per_epoch=training.steps_per_epoch * training.batch_size,
         test_error=dense_error, pruned_test_error=pruned_error,
         quantized_test_error=quantized_error, pruning_accounting="unstructured",
-        extra={"sws": {
+        # The variational procedure's check of fixed pruning thresholds does not apply: the
+        # mixture decides what is pruned.
+        extra={"pruning_check": None, "sws": {
             "pretrained_run": str(cfg.method.pretrained_run),
             "pretrained_test_error": dense_error,
             "retrained_test_error": retrained_error,

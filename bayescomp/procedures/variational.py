@@ -4,10 +4,25 @@ Dense baselines, sparse variational dropout (Molchanov, Ashukha & Vetrov, ICML 2
 Bayesian Compression (Louizos, Ullrich & Welling, NeurIPS 2017) are one phase of
 :class:`bayescomp.loop.Phase` — the negative ELBO ``mean NLL + β_t·KL/N`` with the KL warm-up
 β_t of ``trainer.kl_warmup`` (:func:`bayescomp.objectives.kl_weight`) — followed by pure
-decisions: thresholds (configured, or chosen on training data within an error tolerance,
-:mod:`bayescomp.threshold_selection`), masks propagated across the model's channel groups
-(:mod:`bayescomp.pruning`), and the kept posterior means rounded to the bits their posterior
-variances allow (:mod:`bayescomp.bit_precision`). Entry point :func:`run`.
+decisions: thresholds (chosen on training data within an error tolerance, the default of the
+group methods, or fixed in the config; :mod:`bayescomp.threshold_selection`), masks propagated
+across the model's channel groups (:mod:`bayescomp.pruning`), and the kept posterior means
+rounded to the bits their posterior variances allow (:mod:`bayescomp.bit_precision`). Entry
+point :func:`run`.
+
+Fixed thresholds are checked before anything is written: thresholds that empty a layer, or
+raise the training-subset error of the posterior-mean network by more than
+``method.prune.max_error_rise`` points, end the run with one line naming the layer and the fix
+(:func:`bayescomp.threshold_selection.ruin`); the checkpoints stay, so the fix is a re-evaluation.
+The check's measurements are written to ``metrics.json`` as ``pruning_check``.
+
+The per-epoch ``pruned_test_error`` of the training history is the test error at the
+thresholds the run would report if it ended at that epoch: the configured ones, or, under
+selection, thresholds selected at that epoch exactly as at the end (every
+``trainer.pruned_eval_every`` epochs and at the last; one selection evaluates the selection
+subset about 2 + log2(groups) times per layer, some 30 passes over 10,000 images for LeNet-5,
+roughly the forward passes of one training epoch), so the last epoch's value equals
+``metrics.json``'s.
 """
 
 from __future__ import annotations
@@ -19,6 +34,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from bayescomp import metrics, models, objectives, pruning, runs, threshold_selection
@@ -53,18 +69,32 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
                                 int(cfg.seed))
     training = TrainingRun(cfg, workdir, dataset)
     warmup = cfg.trainer.kl_warmup
+    epochs, every = int(cfg.trainer.epochs), int(cfg.trainer.pruned_eval_every)
+    selection = prune_settings(cfg).select
+
+    def selected_pruned_record(model_now) -> dict[str, float]:
+        # The loop's own pruned evaluation would use the configured thresholds, which selection
+        # replaces at the end; under selection the error at thresholds selected now is logged.
+        epoch = len(training.history)  # the epoch being recorded (the run has one phase)
+        if (epoch + 1) % every and epoch + 1 != epochs:
+            return {}
+        return {"pruned_test_error": selected_pruned_error(cfg, model_now, dataset,
+                                                           training.evaluator)}
+
     phase = Phase(
-        runs.TRAIN_PHASE, int(cfg.trainer.epochs),
+        runs.TRAIN_PHASE, epochs,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         key=jax.random.key(int(cfg.seed)),
         kl_weight=lambda epoch: objectives.kl_weight(epoch, warmup.start_epoch,
                                                      warmup.end_epoch),
-        pruned_eval_every=int(cfg.trainer.pruned_eval_every))
+        record=selected_pruned_record if selection else None,
+        pruned_eval_every=None if selection else every)
     try:
         training.fit(model, phase)
     finally:
         training.close()
-    snapshot = prune_and_quantize(cfg, model, dataset, training.evaluator)
+    snapshot = prune_and_quantize(cfg, model, dataset, training.evaluator, refuse=True,
+                                  run_dir=workdir)
     pruning.save_log_alpha_histograms(model, workdir / "plots")
     return metrics.finish_run(
         cfg, workdir, dataset=dataset, quantized=snapshot.quantized, history=training.history,
@@ -73,7 +103,79 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         test_error=training.error(model), pruned_test_error=snapshot.pruned_test_error,
         quantized_test_error=snapshot.quantized_test_error,
         prune_thresholds=snapshot.prune_thresholds,
-        threshold_selection=snapshot.threshold_selection)
+        threshold_selection=snapshot.threshold_selection,
+        extra={"pruning_check": snapshot.pruning_check})
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneSettings:
+    """``cfg.method.prune`` as the procedure reads it (``conf/method/*.yaml``).
+
+    Attributes:
+        select: ``{tolerance, examples}`` of threshold selection, or ``None``: the fixed
+            thresholds ``threshold`` / ``per_layer`` (already on the model's layers).
+        examples: Training examples thresholds are selected and checked on.
+        max_error_rise: Largest rise (percentage points) of that subset's error that fixed
+            thresholds may cause (:func:`bayescomp.threshold_selection.ruin`).
+    """
+
+    select: Any
+    examples: int
+    max_error_rise: float
+
+
+def prune_settings(cfg: DictConfig) -> PruneSettings:
+    """Read ``cfg.method.prune``; a config written before a key existed gets its default."""
+    prune = cfg.method.get("prune") or {}
+    select = prune.get("select") or None
+    examples = threshold_selection.DEFAULT_EXAMPLES
+    if select is not None and select.get("examples") is not None:
+        examples = int(select.examples)
+    max_rise = prune.get("max_error_rise")
+    return PruneSettings(select=select, examples=examples,
+                         max_error_rise=threshold_selection.DEFAULT_MAX_ERROR_RISE
+                         if max_rise is None else float(max_rise))
+
+
+def subset_error_of(cfg: DictConfig, model, dataset, evaluator: Evaluator, examples: int):
+    """``error_of(kernels, biases)``: the error (%) of a point copy of ``model`` with these
+    kernels and biases on the seeded training subset thresholds are selected and checked on
+    (:func:`bayescomp.threshold_selection.selection_subset`; never the test set)."""
+    x_subset, y_subset = threshold_selection.selection_subset(
+        dataset.x_train, dataset.y_train, examples, int(cfg.seed))
+    x_subset, y_subset = jnp.asarray(x_subset), jnp.asarray(y_subset)
+    # Every channel's BatchNorm values: a candidate threshold may keep more than the current.
+    every_weight = {name: np.ones(np.shape(layer.posterior.mean()), bool)
+                    for name, layer in objectives.variational_layers(model)}
+    point = quantize_lib.point_model(
+        models.get(cfg.model.name),
+        *threshold_selection.masked_mean_params(model, pruning.own_masks(model)),
+        input_shape=dataset.x_train.shape[1:], num_classes=dataset.num_classes,
+        norms=quantize_lib.norm_params(model, every_weight), widths=runs.model_widths(cfg))
+
+    def error_of(kernels, biases) -> float:
+        for (_, layer), kernel, bias in zip(objectives.variational_layers(point), kernels,
+                                            biases):
+            layer.posterior.weight[...] = jnp.asarray(kernel)
+            layer.bias[...] = jnp.asarray(bias)
+        return evaluator.error(point, x_subset, y_subset)
+
+    return error_of
+
+
+def selected_pruned_error(cfg: DictConfig, model, dataset, evaluator: Evaluator) -> float:
+    """Test error (%) of ``model`` pruned at thresholds selected now, as :func:`prune_and_quantize`
+    would select them; the model's thresholds are left as they were."""
+    settings = prune_settings(cfg)
+    own = {name: layer.prune_threshold for name, layer in objectives.variational_layers(model)}
+    try:
+        threshold_selection.select_thresholds(
+            model, subset_error_of(cfg, model, dataset, evaluator, settings.examples),
+            tolerance=float(settings.select.tolerance))
+        return evaluator.error(model, jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test),
+                               pruned=True)
+    finally:
+        threshold_selection.set_thresholds(model, own)
 
 
 @dataclasses.dataclass
@@ -82,56 +184,82 @@ class Snapshot:
 
     prune_thresholds: dict[str, float | None]
     threshold_selection: Any
+    pruning_check: Any
     masks: dict
     pruned_test_error: float
     quantized: quantize_lib.QuantizedNetwork
     quantized_test_error: float
 
 
-def prune_and_quantize(cfg: DictConfig, model, dataset, evaluator: Evaluator) -> Snapshot:
+def prune_and_quantize(cfg: DictConfig, model, dataset, evaluator: Evaluator, *,
+                       refuse: bool = True, run_dir: pathlib.Path | None = None) -> Snapshot:
     """Prune, quantize and score ``model`` as it stands: what the run reports at its end.
 
     Thresholds come from threshold selection on training data when ``cfg.method.prune.select``
-    is set (the chosen ones are set on ``model``), else from the layers' own thresholds. Then
+    is set (the chosen ones are set on ``model``), else from the layers' own thresholds, which
+    are checked on the same training subset (:func:`bayescomp.threshold_selection.ruin`). Then
     the masks are propagated across layers and the kept posterior means rounded to their
     posterior-derived bits; both networks are evaluated on the test set.
+
+    Args:
+        cfg, model, dataset, evaluator: The run's config, trained model, data and evaluator.
+        refuse: Refuse fixed thresholds that raise the training-subset error by more than
+            ``method.prune.max_error_rise`` (a run's end); ``False`` only records the rise
+            (a threshold sweep, a diagnosis). Thresholds that empty a layer are always refused:
+            there is nothing to quantize.
+        run_dir: The run's directory, named in a refusal's advice (rerun there to re-evaluate).
+
+    Raises:
+        RuinousPruningError: As above, in one line naming the layer and the fix.
     """
     model_cls = models.get(cfg.model.name)
     x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
-    selection = (cfg.method.get("prune") or {}).get("select")
-    selection_trace = None
-    if selection:
-        # Thresholds chosen on training data within an error tolerance (threshold_selection).
-        x_subset, y_subset = threshold_selection.selection_subset(
-            dataset.x_train, dataset.y_train, int(selection.get("examples", 10000)),
-            int(cfg.seed))
-        point = quantize_lib.point_model(
-            model_cls, *threshold_selection.masked_mean_params(model, pruning.own_masks(model)),
-            input_shape=dataset.x_train.shape[1:], num_classes=dataset.num_classes)
-
-        x_subset, y_subset = jnp.asarray(x_subset), jnp.asarray(y_subset)
-
-        def error_of(kernels, biases) -> float:
-            for (_, layer), kernel, bias in zip(objectives.variational_layers(point), kernels,
-                                                biases):
-                layer.posterior.weight[...] = jnp.asarray(kernel)
-                layer.bias[...] = jnp.asarray(bias)
-            return evaluator.error(point, x_subset, y_subset)
-
-        _, selection_trace = threshold_selection.select_thresholds(
-            model, error_of, tolerance=float(selection.tolerance))
+    settings = prune_settings(cfg)
+    selection_trace = check = None
+    thresholded = any(layer.prune_threshold is not None and layer.log_alpha() is not None
+                      for _, layer in objectives.variational_layers(model))
+    if settings.select or thresholded:
+        error_of = subset_error_of(cfg, model, dataset, evaluator, settings.examples)
+        if settings.select:
+            # Thresholds chosen on training data within an error tolerance (threshold_selection).
+            _, selection_trace = threshold_selection.select_thresholds(
+                model, error_of, tolerance=float(settings.select.tolerance))
+        check = threshold_selection.pruning_check(model, error_of)
+        check["max_error_rise"] = None if settings.select else settings.max_error_rise
+        problem = threshold_selection.ruin(check, None if settings.select or not refuse
+                                           else settings.max_error_rise)
+        if problem is not None:
+            raise pruning.RuinousPruningError(
+                _refusal(problem, bool(check["emptied"]), settings, run_dir),
+                emptied=check["emptied"])
     pruned_error = evaluator.error(model, x_test, y_test, pruned=True)
     masks = pruning.propagated_masks(model)
-    quantized = quantize_lib.quantize(model, masks)
-    quantized_model = quantize_lib.point_model(
-        model_cls, quantized.kernels, quantized.biases, input_shape=dataset.x_train.shape[1:],
+    quantized = quantize_lib.quantize(model, masks, widths=runs.model_widths(cfg))
+    quantized_model = quantize_lib.quantized_model(
+        model_cls, quantized, input_shape=dataset.x_train.shape[1:],
         num_classes=dataset.num_classes)
     return Snapshot(
         prune_thresholds={name: layer.prune_threshold
                           for name, layer in objectives.variational_layers(model)},
-        threshold_selection=selection_trace, masks=masks, pruned_test_error=pruned_error,
-        quantized=quantized,
+        threshold_selection=selection_trace, pruning_check=check, masks=masks,
+        pruned_test_error=pruned_error, quantized=quantized,
         quantized_test_error=evaluator.error(quantized_model, x_test, y_test))
+
+
+def _refusal(problem: tuple[str, list[str]], emptied: bool, settings: PruneSettings,
+             run_dir: pathlib.Path | None) -> str:
+    """The one line of a refused pruning: what is wrong, what was kept, what to do."""
+    what, layers = problem
+    raise_them = " or ".join(f"method.prune.per_layer.{name}" for name in layers)
+    select = ("select thresholds on training data instead (method.prune.select='{tolerance: "
+              f"0.5, examples: {settings.examples}}}')")
+    fixes = [select, f"raise {raise_them}"]
+    if not emptied:
+        fixes.append(f"raise method.prune.max_error_rise (now {settings.max_error_rise:g})")
+    where = ("" if run_dir is None else
+             f"; rerun with hydra.run.dir={run_dir} to re-evaluate the trained checkpoint "
+             "without training")
+    return (f"pruning refused, no metrics written: {what}. Fix: {', or '.join(fixes)}{where}")
 
 
 def compression_snapshot(cfg: DictConfig, model, dataset, workdir: pathlib.Path,
@@ -139,7 +267,7 @@ def compression_snapshot(cfg: DictConfig, model, dataset, workdir: pathlib.Path,
     """:func:`prune_and_quantize` as the ``metrics.json`` keys it determines (and the log α
     histograms saved in ``workdir/plots``): what ``diagnose`` and ``tradeoff`` report."""
     evaluator = evaluator or Evaluator(int(cfg.trainer.eval_batch_size))
-    snapshot = prune_and_quantize(cfg, model, dataset, evaluator)
+    snapshot = prune_and_quantize(cfg, model, dataset, evaluator, refuse=False)
     quantized = snapshot.quantized
     report = compression_report(quantized.masks, quantized.precision.bits_per_layer,
                                 quantized.precision.exponent_bits, weights=quantized.kernels)
@@ -150,6 +278,7 @@ def compression_snapshot(cfg: DictConfig, model, dataset, workdir: pathlib.Path,
         "pruned_test_error": snapshot.pruned_test_error,
         "prune_thresholds": snapshot.prune_thresholds,
         "threshold_selection": snapshot.threshold_selection,
+        "pruning_check": snapshot.pruning_check,
         **metrics.compression_metrics(snapshot.masks, report.to_dict()),
         "quantized_test_error": snapshot.quantized_test_error,
     }

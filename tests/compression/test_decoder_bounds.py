@@ -64,7 +64,7 @@ def vm_bytes():
 
 def check(decoded):
     """A decode that succeeds must be a network the model can hold, that re-encodes to itself."""
-    widths = tuple(int(k.shape[-1]) for k in decoded.kernels[:-1])
+    widths = decoded.widths or tuple(int(k.shape[-1]) for k in decoded.kernels[:-1])
     expected = codec._model_shapes(decoded.model_name, decoded.input_shape,
                                    decoded.num_classes, widths)
     found = tuple((n, k.shape) for n, k in zip(decoded.names, decoded.kernels))
@@ -81,6 +81,12 @@ def check(decoded):
         for x, y in zip(before, after):
             assert np.array_equal(np.asarray(x).view(np.uint8), np.asarray(y).view(np.uint8)), \
                 "re-encoding changed the network"
+    assert (decoded.norms is None) == (again.norms is None), "re-encoding lost the BatchNorms"
+    for path, params in (decoded.norms or {}).items():
+        values = params.stacked()
+        assert np.all(np.isfinite(values)) and np.all(values[3] >= 0), "bad BatchNorm values"
+        assert np.array_equal(values.view(np.uint8), again.norms[path].stacked().view(np.uint8)), \
+            "re-encoding changed a BatchNorm"
 
 
 def main():
@@ -240,6 +246,39 @@ def tiny_network(model_name: str, *, keep=(1.0, 0.5, 0.7, 0.9), codebook_layer=N
                                 num_classes=10)
 
 
+def tiny_batch_norm_network(seed=0) -> bytes | None:
+    """A small valid version-3 file: a ResNet-8 of widths 2-3-4 on 8x8x3 inputs with random
+    BatchNorm statistics and a channel removed from four of its groups (``None`` where
+    ``resnet8`` is not registered)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from bayescomp import models
+    from bayescomp.compression.quantize import quantize
+    from bayescomp.models.graph import batch_norms, channel_graph
+    from bayescomp.nn import LayerFactory
+    from bayescomp.pruning import apply_group_masks, own_masks
+
+    if "resnet8" not in models.REGISTRY:
+        return None
+    rng = np.random.default_rng(seed)
+    model = models.REGISTRY["resnet8"](LayerFactory(), rngs=nnx.Rngs(seed), input_shape=(8, 8, 3),
+                                       num_classes=10, widths=(2, 3, 4))
+    for norm in batch_norms(model).values():
+        n = norm.num_features
+        for variable, values in ((norm.scale, rng.normal(1, 0.5, n)),
+                                 (norm.bias, rng.normal(0, 0.5, n)),
+                                 (norm.mean, rng.normal(0, 0.5, n)),
+                                 (norm.var, rng.uniform(0.5, 2.0, n))):
+            variable[...] = jnp.asarray(values, jnp.float32)
+    sizes = channel_graph(model).sizes
+    removed = {"stage1.0.conv1": 1, "stage2.0.conv1": 0, "stage3.0.conv1": 2, "stage3": 3}
+    masks = apply_group_masks(model, own_masks(model), {
+        group: np.arange(sizes[group]) != channel for group, channel in removed.items()})
+    return codec.encode_network(quantize(model, masks, widths=(2, 3, 4)), model_name="resnet8",
+                                input_shape=(8, 8, 3), num_classes=10)
+
+
 def seal(header_bytes: bytes, payload: bytes, version: int = container.VERSION) -> bytes:
     """Preamble + ``header_bytes`` + ``payload`` + the CRC32 of it all (any header bytes)."""
     length = container.PREAMBLE_SIZE + len(header_bytes) + len(payload) + container.CHECKSUM_SIZE
@@ -258,23 +297,30 @@ def reseal(data: bytes, edit=None, streams=None) -> bytes:
     Args:
         data: A valid file.
         edit: ``edit(header)``, changes the header in place (before the layout).
-        streams: ``{(layer index, stream key): bytes}`` to replace or add.
+        streams: ``{(layer index, stream key): bytes}`` to replace or add. The BatchNorm
+            entries' streams (version 3) are laid out again as they were.
     """
     version, header, payload = container.read(data)
     chunks = []
-    for index, layer in enumerate(header["layers"]):
-        for key, (offset, length) in layer["streams"].items():
-            chunks.append((offset, index, key, payload[offset: offset + length]))
+    for kind in ("layers", "norms"):
+        for index, entry in enumerate(header.get(kind) or []):
+            for key, (offset, length) in entry["streams"].items():
+                chunks.append((offset, kind, index, key, payload[offset: offset + length]))
     # By offset, an empty stream before a full one at the same offset (where the writer put it).
-    chunks.sort(key=lambda chunk: (chunk[0], len(chunk[3])))
+    chunks.sort(key=lambda chunk: (chunk[0], len(chunk[4])))
     replaced = dict(streams or {})
     if edit is not None:
         edit(header)
     writer = container.PayloadWriter()
     placed = set()
-    for _, index, key, chunk in chunks:
-        if index < len(header["layers"]):
-            header["layers"][index]["streams"][key] = writer.add(replaced.get((index, key), chunk))
+    for _, kind, index, key, chunk in chunks:
+        entries = header.get(kind)
+        if kind == "norms":
+            if (isinstance(entries, list) and index < len(entries)
+                    and isinstance(entries[index], dict)):
+                entries[index]["streams"][key] = writer.add(chunk)
+        elif index < len(entries):
+            entries[index]["streams"][key] = writer.add(replaced.get((index, key), chunk))
             placed.add((index, key))
     for (index, key), chunk in replaced.items():
         if (index, key) not in placed:
@@ -404,6 +450,22 @@ def overlapping_streams() -> bytes:
     return container.pack(header, payload, version)
 
 
+def huge_batch_norm() -> bytes:
+    """A BatchNorm claiming 2^40 stored channels behind its 32-byte stream."""
+    def edit(header):
+        header["norms"][0]["channels"] = 2**40
+    return reseal(tiny_batch_norm_network(), edit)
+
+
+def huge_widths() -> bytes:
+    """A ResNet-8 of widths 2^24 (2^24 channels in each BatchNorm), its layers edited to match
+    the first stage: refused by the model's shapes and the weight cap, nothing built."""
+    def edit(header):
+        header["widths"] = [2**24] * 3
+        header["layers"][0]["kernel_shape"] = [3, 3, 3, 2**24]
+    return reseal(tiny_batch_norm_network(), edit)
+
+
 ATTACKS = {
     "huge_conv_taps": (huge_conv_taps, False),
     "taps_under_the_cap": (taps_under_the_cap, False),
@@ -416,6 +478,8 @@ ATTACKS = {
     "many_classes": (many_classes, True),
     "nan_bias": (nan_bias, False),
     "overlapping_streams": (overlapping_streams, False),
+    "huge_batch_norm": (huge_batch_norm, True),
+    "huge_widths": (huge_widths, True),
 }
 
 
@@ -431,6 +495,8 @@ def worker(tmp_path_factory):
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_crafted_file_is_refused(worker, attack):
     make, load = ATTACKS[attack]
+    if attack in ("huge_batch_norm", "huge_widths") and tiny_batch_norm_network() is None:
+        pytest.skip("resnet8 is not registered")
     data = make()
     assert len(data) < 2_000_000
     result = worker.run(data, load=load)
@@ -451,6 +517,12 @@ def test_tiny_networks_round_trip(worker):
             assert worker.run(data)["outcome"] == "decoded"
             assert worker.run(data, load=True)["outcome"] == "decoded"
     assert worker.run(VERSION_1_FILE.read_bytes(), load=True)["outcome"] == "decoded"
+    batch_norm_file = tiny_batch_norm_network()
+    if batch_norm_file is not None:
+        assert container.read(batch_norm_file)[0] == 3
+        assert reseal(batch_norm_file) == batch_norm_file
+        assert worker.run(batch_norm_file)["outcome"] == "decoded"
+        assert worker.run(batch_norm_file, load=True)["outcome"] == "decoded"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,3 +63,49 @@ def test_fashion_mnist_files_given_as_mnist_are_refused(idx_paths):
     with pytest.raises(DataError,
                        match=r"mean training pixel of 0\.2860.*looks like fashion_mnist"):
         load_dataset("mnist", data_dir=DEBIAN_DIR, download=False)
+
+
+@pytest.fixture(scope="module")
+def fashion_arrays(idx_paths):
+    """``(x_train, y_train, x_test, y_test)`` of the Debian files, read once for the module."""
+    return (*idx.read_idx_split(idx_paths.train_images, idx_paths.train_labels),
+            *idx.read_idx_split(idx_paths.test_images, idx_paths.test_labels))
+
+
+def _save_subset(directory, name, x_train, y_train, x_test, y_test):
+    np.savez(directory / f"{name}.npz", x_train=x_train[..., 0], y_train=y_train,
+             x_test=x_test[..., 0], y_test=y_test)
+
+
+@pytest.mark.parametrize("wrong_split", ["train", "test"])
+def test_a_fashion_mnist_subset_given_as_mnist_is_refused(fashion_arrays, tmp_path, wrong_split):
+    # Issue 23: the check used to run only on a full 60,000-image training split.
+    from bayescomp.errors import DataError
+
+    x_train, y_train, x_test, y_test = fashion_arrays
+    if wrong_split == "train":
+        subset = (x_train[:500], y_train[:500], x_test[:0], y_test[:0])
+    else:  # an MNIST-shaped train split that passes, and a Fashion test split that must not
+        blank = x_train[:300] * 0
+        blank[:, 8:20, 12:16] = 255  # a "1": mean 0.06, off the border
+        subset = (blank, y_train[:300], x_test[:100], y_test[:100])
+    _save_subset(tmp_path, "mnist", *subset)
+    with pytest.raises(DataError, match=rf"mnist {wrong_split} split .* looks like "
+                                        "fashion_mnist"):
+        load_dataset("mnist", data_dir=str(tmp_path), download=False)
+
+
+def test_one_dark_fashion_class_is_still_fashion_mnist(fashion_arrays, tmp_path):
+    # Sandals (class 5) have a mean pixel of 0.136, inside MNIST's range; their outline reaches
+    # the border like every Fashion-MNIST image, which tells them apart.
+    from bayescomp.errors import DataError
+
+    x_train, y_train = fashion_arrays[:2]
+    sandals = np.flatnonzero(y_train == 5)[:200]
+    subset = (x_train[sandals[:150]], y_train[sandals[:150]], x_train[sandals[150:]],
+              y_train[sandals[150:]])
+    _save_subset(tmp_path, "fashion_mnist", *subset)
+    assert load_dataset("fashion_mnist", data_dir=str(tmp_path)).x_train.shape[0] == 150
+    _save_subset(tmp_path, "mnist", *subset)
+    with pytest.raises(DataError, match="looks like fashion_mnist"):
+        load_dataset("mnist", data_dir=str(tmp_path))

@@ -38,7 +38,8 @@ def no_standard_places(monkeypatch, tmp_path):
 
 
 def test_names_and_registry():
-    assert names() == ["cifar10", "cifar100", "fashion_mnist", "mnist", "synthetic"]
+    assert names() == ["cifar10", "cifar100", "cifar10_jpeg", "fashion_mnist", "image_folder",
+                       "mnist", "synthetic", "synthetic_cifar"]
     assert REGISTRY["fashion_mnist"].tfds_name == "fashion_mnist"
     assert REGISTRY["cifar100"].num_classes == 100
     assert REGISTRY["cifar10"].image_shape == (32, 32, 3)

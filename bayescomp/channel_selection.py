@@ -1,0 +1,218 @@
+r"""Which channels the channel methods keep: pure decisions from learned per-channel values.
+
+Every function takes per-channel arrays by name (a BatchNorm's path, a switch's path, or a channel
+group's name: :func:`per_group` turns per-BatchNorm values into per-group ones) and returns boolean
+keep masks of the same shapes, by the same names. Nothing here touches a model: a procedure reads
+the values, calls one of these, and hands the masks to pruning, which propagates them through the
+channel groups (:mod:`bayescomp.models.graph`).
+
+* **Variational CNN pruning** (Zhao et al., "Variational Convolutional Neural Network Pruning",
+  CVPR 2019): remove channel c when its saliency posterior N(μ_c, σ_c²) is concentrated at zero,
+  |μ_c| < τ and σ_c < θ (:func:`vcnn_keep`). The paper does not print the values of τ and θ
+  used for its tables; the defaults are those of the only public implementation, a third-party
+  drop-in BatchNorm (keep if |μ| > 0.02 or σ > 0.01).
+* **Network slimming** (Liu et al., "Learning Efficient Convolutional Networks through Network
+  Slimming", ICCV 2017): one global threshold over the |γ| of every BatchNorm, the value below
+  which a fraction ``percent`` of all scales lies (:func:`slimming_keep`).
+* **Dirichlet pruning** (Adamczewski & Park, "Dirichlet Pruning for Convolutional Neural
+  Networks", AISTATS 2021): the k channels with the largest switch per layer (:func:`top_k_keep`),
+  k given (the paper's architectures, e.g. LeNet-5 ``5-8-45-15``) or chosen from the switches
+  (:func:`mass_widths`, :func:`ratio_widths`).
+
+**No layer is emptied.** A layer with no channel left cuts the network: everything after it sees
+a constant. Every rule keeps at least ``min_keep`` channels per entry (default 1), the ones with
+the largest score (|γ| for slimming, |μ| for VCNN), lower index first among equal scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from bayescomp.errors import ConfigError
+
+#: Third-party VCNN thresholds (keep if |μ| > 0.02 or σ > 0.01); the paper's are unverified.
+VCNN_TAU = 0.02
+VCNN_THETA = 0.01
+
+
+def _ranking(score: np.ndarray) -> np.ndarray:
+    """Indices from the largest score down; equal scores keep index order (stable)."""
+    return np.argsort(-score, kind="stable")
+
+
+def _top(score: np.ndarray, k: int) -> np.ndarray:
+    keep = np.zeros(score.shape, bool)
+    keep[_ranking(score)[:k]] = True
+    return keep
+
+
+def _at_least(keep: np.ndarray, score: np.ndarray, min_keep: int) -> np.ndarray:
+    """``keep``, or the ``min_keep`` largest scores where ``keep`` has fewer."""
+    if int(keep.sum()) >= min_keep:
+        return keep
+    return keep | _top(score, min(min_keep, score.size))
+
+
+def _vectors(values: Mapping[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
+    out = {}
+    for name, value in values.items():
+        array = np.asarray(value, np.float64)
+        if array.ndim != 1 or array.size == 0 or not np.all(np.isfinite(array)):
+            raise ValueError(f"{what} of {name!r} must be a non-empty finite vector (one entry "
+                             f"per channel), got shape {array.shape}")
+        out[name] = array
+    return out
+
+
+def per_group(values: Mapping[str, np.ndarray], norms_by_group: Mapping[str, Sequence[str]],
+              reduce: Callable = np.max) -> dict[str, np.ndarray]:
+    """Per-BatchNorm values combined into one per channel group.
+
+    In a residual group several BatchNorms normalise one set of channels, and a channel is
+    removed from all of them or from none. ``reduce=np.max`` over |γ| or switch values (and
+    ``np.any`` over keep masks) keeps a channel that any of its BatchNorms needs.
+
+    Args:
+        values: Per-channel arrays by BatchNorm path.
+        norms_by_group: The BatchNorm paths of each group (``ChannelGroup.norms``); groups without
+            BatchNorms are left out.
+        reduce: Combines the stacked ``(len(norms), C)`` arrays along axis 0.
+    """
+    return {group: reduce(np.stack([np.asarray(values[n]) for n in norms]), axis=0)
+            for group, norms in norms_by_group.items() if norms}
+
+
+def vcnn_keep(means: Mapping[str, np.ndarray], log_vars: Mapping[str, np.ndarray], *,
+              tau: float = VCNN_TAU, theta: float = VCNN_THETA,
+              min_keep: int = 1) -> dict[str, np.ndarray]:
+    """VCNN: keep channel c unless |μ_c| < τ and σ_c < θ.
+
+    Args:
+        means: μ per channel, by name.
+        log_vars: log σ² per channel, same names.
+        tau: Threshold τ on |μ|.
+        theta: Threshold θ on σ.
+        min_keep: Channels kept at least per entry (largest |μ| first).
+    """
+    means, log_vars = _vectors(means, "saliency means"), _vectors(log_vars, "log-variances")
+    if set(means) != set(log_vars):
+        raise ValueError(f"means and log-variances name different BatchNorms: "
+                         f"{sorted(set(means) ^ set(log_vars))}")
+    keep = {}
+    for name, mu in means.items():
+        sigma = np.exp(0.5 * log_vars[name])
+        concentrated_at_zero = (np.abs(mu) < tau) & (sigma < theta)
+        keep[name] = _at_least(~concentrated_at_zero, np.abs(mu), min_keep)
+    return keep
+
+
+def slimming_threshold(scales: Mapping[str, np.ndarray], percent: float) -> float | None:
+    """The global threshold t on |γ|: the ⌊percent·n⌋-th smallest of all n scales.
+
+    ``None`` when that is no scale (percent·n < 1: nothing is pruned). The reference takes the
+    ``int(n·percent)``-th entry of the ascending sort counted from 0 and keeps ``|γ| > t``, so it
+    prunes one scale more than ``percent`` of them (``vggprune.py`` of
+    github.com/Eric-mingjie/network-slimming); here exactly ⌊percent·n⌋ are at or below t.
+    """
+    if not 0.0 <= percent < 1.0:
+        raise ConfigError(f"the slimming percent must be in [0, 1) (the fraction of all BatchNorm "
+                          f"channels to prune, e.g. 0.7), got {percent}")
+    magnitudes = np.sort(np.abs(np.concatenate(list(_vectors(scales, "scales").values()))))
+    count = int(np.floor(percent * magnitudes.size))
+    return None if count == 0 else float(magnitudes[count - 1])
+
+
+def slimming_keep(scales: Mapping[str, np.ndarray], percent: float, *,
+                  min_keep: int = 1) -> dict[str, np.ndarray]:
+    """Network slimming: keep |γ| > t for the one global threshold t over every scale.
+
+    Channels at the threshold go together (a tie at t prunes them all). A layer left with fewer
+    than ``min_keep`` channels keeps its ``min_keep`` largest |γ| instead, so no layer is emptied
+    whatever ``percent`` is (the reference has no such guard; a VGG at percent 0.999 would have
+    layers of width 0).
+
+    Args:
+        scales: BatchNorm scales γ, by name (BatchNorm path or group).
+        percent: Fraction of all channels to prune, in [0, 1).
+        min_keep: Channels kept at least per entry.
+    """
+    threshold = slimming_threshold(scales, percent)
+    keep = {}
+    for name, gamma in _vectors(scales, "scales").items():
+        magnitude = np.abs(gamma)
+        kept = np.ones(gamma.shape, bool) if threshold is None else magnitude > threshold
+        keep[name] = _at_least(kept, magnitude, min_keep)
+    return keep
+
+
+def top_k_keep(scores: Mapping[str, np.ndarray],
+               widths: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """Dirichlet pruning: the ``widths[name]`` largest scores of each entry.
+
+    Equal scores are kept in index order (the lower index first), so the result is determined
+    by the scores alone.
+
+    Args:
+        scores: Switch values (the Dirichlet mean φ/Σφ) by name.
+        widths: Channels to keep per name, 1 ≤ k ≤ C.
+    """
+    scores = _vectors(scores, "switch values")
+    if set(scores) != set(widths):
+        raise ConfigError(f"the kept widths must name exactly the switches "
+                          f"{sorted(scores)}; got {sorted(widths)}")
+    keep = {}
+    for name, score in scores.items():
+        k = widths[name]
+        if not (isinstance(k, (int, np.integer)) and 1 <= k <= score.size):
+            raise ConfigError(f"kept width of {name!r} must be an integer in [1, {score.size}], "
+                              f"got {k!r}")
+        keep[name] = _top(score, int(k))
+    return keep
+
+
+def mass_widths(scores: Mapping[str, np.ndarray], mass: float) -> dict[str, int]:
+    """Automatic k: per entry, the fewest channels whose scores sum to ≥ ``mass`` of the total.
+
+    For Dirichlet switches (mean φ/Σφ, one simplex per layer) this keeps the channels carrying
+    the fraction ``mass`` of the layer's importance. It never empties a layer (k ≥ 1), is
+    monotone in ``mass``, reads the same in layers of any width, and drops the channels whose
+    switches the data pushed to ≈0 first. A layer whose switches stayed uniform keeps ⌈mass·C⌉,
+    so ``mass`` belongs close to 1 (0.95–0.99); like Bayesian Compression's thresholds it is
+    best chosen on training data within an error tolerance
+    (:mod:`bayescomp.threshold_selection`).
+
+    Args:
+        scores: Non-negative switch values by name.
+        mass: Fraction in (0, 1].
+    """
+    if not 0.0 < mass <= 1.0:
+        raise ConfigError(f"the switch mass to keep must be in (0, 1], e.g. 0.95; got {mass}")
+    widths = {}
+    for name, score in _vectors(scores, "switch values").items():
+        if np.any(score < 0):
+            raise ValueError(f"switch values of {name!r} must be non-negative")
+        cumulative = np.cumsum(score[_ranking(score)])
+        # The first prefix reaching the mass; a tiny relative slack absorbs float rounding of
+        # the sum (mass = 1 must not demand more than the whole total).
+        target = mass * cumulative[-1] * (1.0 - 1e-12)
+        widths[name] = int(min(np.searchsorted(cumulative, target, side="left") + 1, score.size))
+    return widths
+
+
+def ratio_widths(scores: Mapping[str, np.ndarray], ratio: float) -> dict[str, int]:
+    """Automatic k, the alternative rule: channels with C·s_j ≥ ``ratio`` (at least 1).
+
+    C·s_j is the switch relative to the layer's uniform share 1/C (the scale
+    :class:`~bayescomp.nn.switch.DirichletSwitch` applies), so ``ratio = 0.5`` keeps the channels
+    at least half as important as an average channel. A layer with uniform switches keeps all of
+    them for ``ratio ≤ 1``.
+    """
+    if not ratio > 0.0:
+        raise ConfigError(f"the switch ratio must be > 0, e.g. 0.5; got {ratio}")
+    widths = {}
+    for name, score in _vectors(scores, "switch values").items():
+        relative = score.size * score / np.sum(score)
+        widths[name] = max(1, int(np.sum(relative >= ratio)))
+    return widths

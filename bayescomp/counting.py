@@ -1,0 +1,249 @@
+r"""Parameters and multiply-adds per layer and in total, of a dense or a channel-pruned network.
+
+The convention of the CIFAR channel-pruning papers (Li et al., "Pruning Filters for Efficient
+ConvNets", ICLR 2017, Table 1; Liu et al., "Learning Efficient Convolutional Networks through
+Network Slimming", ICCV 2017, Table 1; Zhao et al., "Variational Convolutional Neural Network
+Pruning", CVPR 2019, Table 1), per example:
+
+.. math::
+
+    \mathrm{MACs}_\mathrm{conv} = H_\mathrm{out} W_\mathrm{out} \cdot k_h k_w \cdot
+        C_\mathrm{in} C_\mathrm{out}, \qquad
+    \mathrm{MACs}_\mathrm{dense} = P \cdot C_\mathrm{in} \cdot C_\mathrm{out},
+
+with ``C`` the *kept* channels of the groups the layer reads and writes
+(:mod:`bayescomp.models.graph`) and ``P`` the flatten positions per input channel (``H·W`` of the
+map a dense layer flattens, 1 otherwise). Pooling, ReLU, residual adds and the parameter-free
+option-A shortcuts cost nothing. A BatchNorm at inference is one multiply-add per element
+(``a·x + b``, the statistics folded into a and b); :attr:`Count.norm_macs` reports it separately,
+since the papers differ on it (below).
+
+Parameters: kernel entries (:attr:`Count.weights`), BatchNorm γ and β (:attr:`Count.norm_params`;
+the running statistics are state, not parameters), and biases (:attr:`Count.biases`) of the
+layers whose output group has no BatchNorm. Every model here normalises a BatchNorm'd group
+before any non-linearity on every path (conv → BN → ReLU; the pre-activation sum reaches its
+BatchNorms through sums and convolutions only), so a bias there is removed by the batch mean: its
+gradient is zero, it never leaves its initial 0, and the papers' PyTorch networks have none
+(``bias=False``). bayescomp's layers all carry a bias (:mod:`bayescomp.nn.layer`); these are not
+counted. :attr:`Count.params` is the sum of the three, PyTorch's
+``sum(p.numel() for p in model.parameters())`` for the papers' networks.
+
+What gives each published number (``tests/models/test_counting.py`` checks them; 32x32x3, 10
+classes):
+
+=========== =============================== ================================================
+network     parameters (``params``)         multiply-adds
+=========== =============================== ================================================
+VGG-16      14,987,210 = 14.99M (Li et al.   ``macs`` 313,463,808 = 313.5M (Li et al. Table
+            Table 2, 1.5×10⁷; VCNN's 14.71M  2, 3.13×10⁸; VCNN 313M)
+            is the conv kernels alone)
+VGG-19      20,035,018 = 20.04M (Liu et al.) ``macs + norm_macs`` 398,439,424 = 398.4M: half
+                                            of Liu et al.'s 7.97×10⁸ FLOPs; conv and dense
+                                            alone give 398.1M (7.96×10⁸)
+ResNet-20   269,722 = 0.27M                  ``macs`` 40,551,040 = 40.6M
+ResNet-56   853,018 = 0.85M                  ``macs`` 125,485,696 = 125.5M
+ResNet-110  1,727,962 = 1.73M                ``macs`` 252,887,680 = 252.9M
+ResNet-164  1,703,258 = 1.70M (Liu et al.)   ``macs`` 247,646,720 = 247.6M
+LeNet-5     ``weights`` 430,500              ``macs`` 2,293,000
+=========== =============================== ================================================
+
+Each term matters somewhere: counting the dead biases too gives ResNet-56 855,050 = 0.86M;
+leaving γ and β out gives ResNet-110 1.72M and VGG-19 20.02M; counting BatchNorm's
+multiply-adds gives ResNet-20 40.7M and VGG-16 313.7M, and leaving them out of VGG-19's gives
+398.1M. Hence the table names the term each paper's total includes.
+
+Usage::
+
+    count(model, (32, 32, 3))                              # the dense network
+    count(model, (32, 32, 3), keep={"stage1.0.conv1": mask})  # a channel-pruned one
+
+``keep`` maps group names to boolean keep vectors over the group's channels (groups left out
+keep everything). The model may be abstract (``nnx.eval_shape(lambda: Model(...))``): only
+shapes are read, from one abstract forward pass (``jax.eval_shape``) that records each weight
+layer's contraction output and each BatchNorm's output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bayescomp.errors import ConfigError
+from bayescomp.models.graph import ChannelGraph, batch_norms, channel_graph, weight_layers
+from bayescomp.nn.conv import VariationalConv
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCount:
+    """What one weight layer costs.
+
+    Attributes:
+        kind: ``"conv"`` or ``"dense"``.
+        weights: Kernel entries between kept channels.
+        biases: Counted biases: the kept outputs, or 0 where a BatchNorm normalises them.
+        macs: Multiply-adds per example.
+    """
+
+    kind: str
+    weights: int
+    biases: int
+    macs: int
+
+
+@dataclasses.dataclass(frozen=True)
+class NormCount:
+    """What one BatchNorm costs.
+
+    Attributes:
+        params: γ and β of the kept channels.
+        macs: One multiply-add per normalised element per example (inference).
+    """
+
+    params: int
+    macs: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Count:
+    """Per-layer and total counts (module docstring).
+
+    Attributes:
+        layers: By weight-layer path, in the model's ``layer_names`` order.
+        norms: By BatchNorm path, in the order the channel groups declare them.
+    """
+
+    layers: Mapping[str, LayerCount]
+    norms: Mapping[str, NormCount]
+
+    @property
+    def weights(self) -> int:
+        """Kernel entries."""
+        return sum(c.weights for c in self.layers.values())
+
+    @property
+    def biases(self) -> int:
+        """Counted biases (of layers whose outputs no BatchNorm normalises)."""
+        return sum(c.biases for c in self.layers.values())
+
+    @property
+    def norm_params(self) -> int:
+        """BatchNorm γ and β."""
+        return sum(c.params for c in self.norms.values())
+
+    @property
+    def params(self) -> int:
+        """Weights, counted biases and BatchNorm γ, β."""
+        return self.weights + self.biases + self.norm_params
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds of the conv and dense layers, per example."""
+        return sum(c.macs for c in self.layers.values())
+
+    @property
+    def norm_macs(self) -> int:
+        """Multiply-adds of the BatchNorms at inference, per example."""
+        return sum(c.macs for c in self.norms.values())
+
+    def as_dict(self) -> dict:
+        """Totals and per-layer counts as plain JSON-ready values."""
+        return {
+            "params": self.params, "weights": self.weights, "biases": self.biases,
+            "norm_params": self.norm_params, "macs": self.macs, "norm_macs": self.norm_macs,
+            "layers": {name: dataclasses.asdict(c) for name, c in self.layers.items()},
+            "norms": {name: dataclasses.asdict(c) for name, c in self.norms.items()},
+        }
+
+
+def count(model: nnx.Module, input_shape, keep: Mapping[str, np.ndarray] | None = None
+          ) -> Count:
+    """Parameters and multiply-adds of ``model`` on ``input_shape`` inputs, channels ``keep``.
+
+    Args:
+        model: A model declaring its channel groups (concrete or abstract).
+        input_shape: ``(h, w, c)`` of one example.
+        keep: Group name → boolean keep vector over the group's channels; ``None`` (or a group
+            left out) keeps every channel.
+
+    Returns:
+        The :class:`Count`.
+
+    Raises:
+        ConfigError: ``keep`` names a group the model does not have, or one that is not
+            prunable and drops a channel, or a vector of the wrong size.
+    """
+    graph = channel_graph(model)
+    kept = _kept_channels(graph, keep or {})
+    outputs = _output_shapes(model, tuple(int(d) for d in input_shape))
+    layers = {}
+    for name, layer in weight_layers(model):
+        in_group, consumer = graph.input_of(name)
+        out_group = graph.output_of(name)
+        taps = int(np.prod(layer.kernel_size)) if isinstance(layer, VariationalConv) else 1
+        weights = taps * consumer.positions * kept[in_group.name] * kept[out_group.name]
+        calls = outputs[f"{name}.contract"]
+        # A conv's output positions; 1 for a dense layer (its contraction output is (1, out)).
+        positions = sum(int(np.prod(shape[1:-1])) for shape in calls)
+        layers[name] = LayerCount(
+            kind="conv" if isinstance(layer, VariationalConv) else "dense", weights=weights,
+            biases=0 if out_group.norms else kept[out_group.name], macs=weights * positions)
+    norms = {}
+    for group in graph.groups:
+        for path in group.norms:
+            elements = sum(int(np.prod(shape[1:-1])) for shape in outputs[f"{path}.__call__"])
+            norms[path] = NormCount(params=2 * kept[group.name],
+                                    macs=elements * kept[group.name])
+    return Count(layers, norms)
+
+
+def _kept_channels(graph: ChannelGraph, keep: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Kept channels per group, ``keep`` checked against the graph."""
+    kept = dict(graph.sizes)
+    for name, mask in keep.items():
+        if name not in graph.sizes:
+            raise ConfigError(f"keep names no channel group {name!r}; the groups are "
+                              f"{list(graph.sizes)}")
+        mask = np.asarray(mask)
+        if mask.shape != (graph.sizes[name],) or mask.dtype != bool:
+            raise ConfigError(f"keep[{name!r}] must be a boolean vector of the group's "
+                              f"{graph.sizes[name]} channels; got {mask.dtype} {mask.shape}")
+        if not graph.group(name).prunable and not mask.all():
+            raise ConfigError(f"channel group {name!r} is not prunable (network input or "
+                              "output); keep all its channels")
+        kept[name] = int(mask.sum())
+    return kept
+
+
+def _output_shapes(model: nnx.Module, input_shape: tuple[int, ...]) -> dict[str, list]:
+    """``"<path>.contract"`` (weight layers) and ``"<path>.__call__"`` (BatchNorms) → the shapes
+    of their outputs for one example, from an abstract forward pass of the deterministic view.
+    """
+    graphdef, state = nnx.split(model)
+    # nnx.view refuses a setting no module takes: a network without BatchNorm gets none.
+    view = {"deterministic": True} | ({"use_running_average": True} if batch_norms(model) else {})
+
+    def forward(state, x):
+        network = nnx.view(nnx.merge(graphdef, state), **view)
+        _, captured = nnx.capture(network, nnx.Intermediate, method_outputs=nnx.Intermediate)(x)
+        return captured
+
+    captured = jax.eval_shape(forward, state, jax.ShapeDtypeStruct((1, *input_shape),
+                                                                   jnp.float32))
+    shapes = {}
+    for path, variable in nnx.to_flat_state(captured):
+        values = variable.get_value() if hasattr(variable, "get_value") else variable.value
+        shapes[".".join(str(p) for p in path)] = [tuple(v.shape) for v in values]
+    missing = [f"{name}.contract" for name, _ in weight_layers(model)
+               if f"{name}.contract" not in shapes]
+    missing += [f"{name}.__call__" for name in batch_norms(model)
+                if f"{name}.__call__" not in shapes]
+    if missing:
+        raise ConfigError(f"{type(model).__name__}'s forward pass never calls {missing}; every "
+                          "declared layer and BatchNorm must be used to be counted")
+    return shapes
+

@@ -25,6 +25,7 @@ run's ``model.widths`` (:mod:`bayescomp.compression.codec`).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import sys
@@ -254,6 +255,32 @@ def _print_summary(measured: dict) -> None:
         print(f"test error of the decoded network: {measured['compressed_test_error']:.2f} %")
 
 
+def gain_lines(metrics: dict) -> list[str]:
+    """What compression gained, from a compressed run's ``metrics.json``: architecture, weights,
+    bits, the errors at every stage and the compression ratios (Louizos et al., NeurIPS 2017,
+    Tables 1 and 2)."""
+    ratios = metrics.get("compression") or {}
+    kept, total = metrics["weights_kept"], metrics["weights_total"]
+    lines = [f"{metrics['model']} {metrics['method']} on {metrics['dataset']}, "
+             f"{metrics['epochs']} epochs:",
+             f"  pruned architecture  {metrics.get('architecture_string', '?')} (inputs kept per "
+             f"layer, of {'-'.join(str(n) for n in metrics.get('layers', []))})",
+             f"  weights kept         {kept:,} of {total:,} ({100.0 * kept / total:.2f} %)"]
+    if metrics.get("bits_per_layer"):
+        lines.append(f"  bits per layer       {' '.join(map(str, metrics['bits_per_layer']))}")
+    errors = [(label, metrics.get(key)) for label, key in (
+        ("trained", "test_error"), ("pruned", "pruned_test_error"),
+        ("quantized", "quantized_test_error"), ("decoded file", "compressed_test_error"))]
+    lines.append("  test error           " + ", ".join(
+        f"{value:.2f} % {label}" for label, value in errors if value is not None))
+    named = [("Pruning", "pruning"), ("Fast Prediction", "fast_prediction"),
+             ("Maximum Compression", "max_compression"),
+             ("measured file", "max_compression_measured")]
+    lines.append("  compression          " + ", ".join(
+        f"{label} {ratios[key]:.1f}x" for label, key in named if ratios.get(key)))
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="output directory of a run (hydra.run.dir)")
@@ -268,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {measured['compressed_file']}")
     _print_summary(measured)
+    metrics_path = pathlib.Path(args.run_dir) / "metrics.json"
+    if metrics_path.is_file():
+        print("\n".join(gain_lines(json.loads(metrics_path.read_text()))))
     return 0
 
 

@@ -12,9 +12,12 @@ the form of the Bayesian Compression tutorial (``CE_mean + KL/N``); Molchanov et
 ``nets/objectives.py``) is the same objective times N. The KL is an exact sum over
 every layer (:func:`total_kl`), divided by the number of training examples, not by the batch
 size. β_t is a warm-up: 0 before ``start_epoch``, linear to 1 at ``end_epoch``, then 1 — the
-authors' ``rw_linear`` with (5, 20) (github.com/bayesgroup/variational-dropout-sparsifies-dnn,
-``nets/optpolicy.py``; Molchanov et al., ICML 2017, arXiv:1701.05369, §5.1, describe the
-warm-up without its epochs).
+authors' ``rw_linear`` with (5, 20) of 200 epochs (github.com/bayesgroup/
+variational-dropout-sparsifies-dnn, ``nets/optpolicy.py``; Molchanov et al., ICML 2017,
+arXiv:1701.05369, §5.1, describe the warm-up without its epochs). Both ends may be given as
+fractions of the run in (0, 1), as the learning-rate milestones may (:func:`warmup_epoch`):
+the default 0.025 and 0.1 are epochs 5 and 20 of the 200-epoch recipes, and scale with
+``trainer.epochs`` so that a short run warms up too.
 """
 
 from __future__ import annotations
@@ -48,6 +51,16 @@ def total_kl(model: nnx.Module) -> jax.Array:
 def mean_nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean categorical negative log-likelihood (nats per example)."""
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def warmup_epoch(value: float, epochs: int) -> float:
+    """A warm-up end in epochs: ``value`` itself, or ``value·epochs`` for a fraction in (0, 1).
+
+    The convention of the optimizer's milestones (:mod:`bayescomp.optim`): 0 and values >= 1
+    are epochs, values strictly between are fractions of the run.
+    """
+    value = float(value)
+    return value * int(epochs) if 0.0 < value < 1.0 else value
 
 
 def kl_weight(epoch: int, start_epoch: float, end_epoch: float) -> float:

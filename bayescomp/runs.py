@@ -25,7 +25,8 @@ import numpy as np
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
-from bayescomp import atomic, metrics, models, provenance, settings, threshold_selection
+from bayescomp import (atomic, metrics, models, objectives, provenance, settings,
+                       threshold_selection)
 from bayescomp import data as data_lib
 from bayescomp import nn as bnn
 from bayescomp.checkpointing import Checkpointer, check_same_config, flatten_config
@@ -169,8 +170,8 @@ RESUMABLE_CHANGES = ("experiment_name", "data.dir", "data.tfds_data_dir", "data.
 RESUMABLE_CHANGES_RETRAINING = tuple(k for k in RESUMABLE_CHANGES if k != "trainer.epochs")
 
 
-def trajectory_config(cfg: DictConfig,
-                      resumable: tuple[str, ...] = RESUMABLE_CHANGES) -> dict[str, Any]:
+def trajectory_config(cfg: DictConfig, resumable: tuple[str, ...] = RESUMABLE_CHANGES, *,
+                      warmup_run_epochs: int | None = None) -> dict[str, Any]:
     """The resolved settings that determine the training trajectory, as flat dotted keys.
 
     Stored in every checkpoint and compared on resume (:func:`check_same_config`), so rerunning
@@ -180,12 +181,27 @@ def trajectory_config(cfg: DictConfig,
     Args:
         cfg: The run's configuration.
         resumable: Keys (or subtrees, ending in ".") left out of the comparison.
+        warmup_run_epochs: The run length that resolves a KL warm-up given as fractions of the
+            run into epochs (:func:`bayescomp.objectives.warmup_epoch`); default
+            ``trainer.epochs``. A resume passes the checkpoint's, so that training a finished
+            run for longer compares the warm-up it was trained with.
     """
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
-    return {key: value for key, value in flatten_config(container).items()
+    flat = flatten_config(container)
+    # The warm-up in epochs, whether written as epochs or as fractions of the run: a checkpoint
+    # written under start_epoch=5 of 200 and one under 0.025 trained alike.
+    run_epochs = flat.get("trainer.epochs") if warmup_run_epochs is None else warmup_run_epochs
+    for key in WARMUP_KEYS:
+        if key in flat and run_epochs is not None:
+            flat[key] = objectives.warmup_epoch(flat[key], int(run_epochs))
+    return {key: value for key, value in flat.items()
             if not any(key == skip or (skip.endswith(".") and key.startswith(skip))
                        for skip in resumable)}
+
+
+#: The KL warm-up's ends (epochs, or fractions of the run).
+WARMUP_KEYS = ("trainer.kl_warmup.start_epoch", "trainer.kl_warmup.end_epoch")
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -247,8 +263,12 @@ def resume_checks(meta: dict, cfg: DictConfig, directory, workdir,
     if "config" not in meta:
         log.info("the checkpoint in %s predates stored settings; resuming it unchecked",
                  directory)
-    only_one_side = check_same_config(meta.get("config"), trajectory_config(cfg, resumable),
-                                      directory, pathlib.Path(workdir) / "config.yaml")
+    # The warm-up resolved with the checkpoint's run length (trainer.epochs where it was
+    # stored, else the phase's epochs, which a variational run's equal).
+    saved_run_epochs = (meta.get("config") or {}).get("trainer.epochs", meta.get("epochs"))
+    only_one_side = check_same_config(
+        meta.get("config"), trajectory_config(cfg, resumable, warmup_run_epochs=saved_run_epochs),
+        directory, pathlib.Path(workdir) / "config.yaml")
     saved_epochs = meta.get("epochs")
     if (saved_epochs is not None and int(saved_epochs) != int(cfg.trainer.epochs)
             and cfg.optimizer.get("schedule", "constant") != "constant"):

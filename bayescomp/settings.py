@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from bayescomp import objectives
 from bayescomp.errors import ConfigError
 
 
@@ -124,10 +125,13 @@ def check(cfg: DictConfig) -> None:
         if problem is not None:
             raise ConfigError(f"{key}={node!r} {problem}")
     warmup = cfg.trainer.get("kl_warmup")
-    if warmup is not None and warmup.end_epoch < warmup.start_epoch:
+    epochs = int(cfg.trainer.epochs)
+    if warmup is not None and (objectives.warmup_epoch(warmup.end_epoch, epochs)
+                               < objectives.warmup_epoch(warmup.start_epoch, epochs)):
         raise ConfigError(f"trainer.kl_warmup ends (end_epoch={warmup.end_epoch}) before it "
-                          f"starts (start_epoch={warmup.start_epoch}); set end_epoch >= "
-                          "start_epoch (equal: a step from 0 to 1)")
+                          f"starts (start_epoch={warmup.start_epoch}) in a {epochs}-epoch run; "
+                          "set end_epoch >= start_epoch (equal: a step from 0 to 1; values in "
+                          "(0, 1) are fractions of the run)")
     for key, rule in PER_LAYER.items():
         mapping = OmegaConf.select(cfg, key, default=None) or {}
         for layer, value in dict(mapping).items():

@@ -35,7 +35,7 @@ import sys
 import numpy as np
 import yaml
 
-from bayescomp import atomic, data, models
+from bayescomp import atomic, data, models, objectives, runs
 from bayescomp.errors import BayescompError, ConfigError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -185,6 +185,11 @@ def recipe(run: dict) -> tuple:
             flat.pop(key)
     for key in CHECKS_ONLY:
         flat.pop(key, None)
+    # The KL warm-up in epochs, however written (epochs 5 and 20, or fractions 0.025 and 0.1 of
+    # a 200-epoch run, are one recipe).
+    for key in runs.WARMUP_KEYS:
+        if key in flat and flat.get("trainer.epochs") is not None:
+            flat[key] = objectives.warmup_epoch(flat[key], int(flat["trainer.epochs"]))
     # Augmentation by what it resolved to (null is the dataset's default); its details matter
     # only where it is on.
     augmented = _augmented(flat)

@@ -85,8 +85,9 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         runs.TRAIN_PHASE, epochs,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         key=jax.random.key(int(cfg.seed)),
-        kl_weight=lambda epoch: objectives.kl_weight(epoch, warmup.start_epoch,
-                                                     warmup.end_epoch),
+        kl_weight=lambda epoch: objectives.kl_weight(
+            epoch, objectives.warmup_epoch(warmup.start_epoch, epochs),
+            objectives.warmup_epoch(warmup.end_epoch, epochs)),
         record=selected_pruned_record if selection else None,
         pruned_eval_every=None if selection else every)
     try:

@@ -201,3 +201,14 @@ def test_the_staging_file_has_its_own_name_and_is_removed(run_copy):
     assert {p.name for p in run_copy.iterdir()} == before
     for path, content in others.items():
         assert path.read_bytes() == content
+
+
+def test_compress_prints_what_was_gained(run_copy, capsys):
+    assert compress.main([str(run_copy)]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((run_copy / "metrics.json").read_text())
+    assert f"pruned architecture  {metrics['architecture_string']}" in out
+    assert f"weights kept         {metrics['weights_kept']:,} of {metrics['weights_total']:,}" in out
+    assert f"{metrics['compressed_test_error']:.2f} % decoded file" in out
+    assert (f"measured file {metrics['compression']['max_compression_measured']:.1f}x"
+            in out)

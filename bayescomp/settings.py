@@ -64,6 +64,23 @@ class Choice:
         return f"must be one of {', '.join(self.options)}"
 
 
+@dataclasses.dataclass(frozen=True)
+class PositiveInts:
+    """A list of positive integers, or ``None`` where ``optional``."""
+
+    optional: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        if value is None:
+            return None if self.optional else "must be set"
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        if (not isinstance(value, (list, tuple)) or not value
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
+            return "must be a non-empty list of positive integers (or null)"
+        return None
+
+
 POSITIVE_INT = Number(low=1, integer=True)
 
 #: Dotted key -> what its value must be. Keys absent from a configuration are not checked (a
@@ -96,6 +113,17 @@ SCHEMA = {
     "method.quantize.finetune.lr": Number(low=0),
     "method.quantize.finetune.bias_lr": Number(low=0),
     "method.quantize.finetune.decay_start": Number(low=0, high=1),
+    # Channel modules (bayescomp/nn/factory.py: LayerFactory.channel) and Dirichlet pruning
+    # (conf/method/dirichlet.yaml): null epochs mean trainer.epochs.
+    "method.channel.kind": Choice(("dirichlet",)),
+    "method.channel.alpha0": Number(low=0, open_low=True),
+    "method.channel.init_logit": Number(),
+    "method.channel.mode": Choice(("integral", "point")),
+    "method.switches.epochs": Number(low=0, integer=True, optional=True),
+    "method.switches.lr": Number(low=0, open_low=True),
+    "method.switches.anneal_epochs": Number(low=0, integer=True, optional=True),
+    "method.widths": PositiveInts(optional=True),
+    "method.mass": Number(low=0, high=1, open_low=True, optional=True),
 }
 
 #: Mappings of numbers: every value must satisfy the rule (per-layer settings).

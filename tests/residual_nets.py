@@ -16,9 +16,11 @@ classifier.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from bayescomp.models.graph import ChannelGroup, Consumer
+from bayescomp.models.graph import ChannelGroup, Consumer, batch_norms, weight_layers
 from bayescomp.nn.factory import LayerFactory
 
 
@@ -104,3 +106,21 @@ class ProjectionResNet(nnx.Module):
                          consumers=(Consumer("fc", positions=self.positions),)),
             ChannelGroup("logits", producers=("fc",), prunable=False),
         )
+
+
+def nontrivial(model, seed=0, epsilon=None):
+    """``model`` with random biases and BatchNorm γ (either sign), β, running mean and variance,
+    so that a test sees every stored number matter; ``epsilon`` (if given) replaces BatchNorm's."""
+    rng = np.random.default_rng(seed)
+    for _, layer in weight_layers(model):
+        layer.bias[...] = jnp.asarray(rng.normal(0, 0.2, layer.bias[...].shape), jnp.float32)
+    for norm in batch_norms(model).values():
+        n = norm.num_features
+        norm.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, n) * rng.choice([-1, 1], n),
+                                      jnp.float32)
+        norm.bias[...] = jnp.asarray(rng.normal(0, 0.5, n), jnp.float32)
+        norm.mean[...] = jnp.asarray(rng.normal(0, 0.5, n), jnp.float32)
+        norm.var[...] = jnp.asarray(rng.uniform(0.5, 2.0, n), jnp.float32)
+        if epsilon is not None:
+            norm.epsilon = epsilon
+    return model

@@ -104,14 +104,37 @@ class LeNet5(nnx.Module):
         self.fc1 = layers.dense("fc1", conv2_channels * self.feature_hw[0] * self.feature_hw[1],
                                 fc1_units, rngs=rngs)
         self.fc2 = layers.dense("fc2", fc1_units, num_classes, rngs=rngs)
+        # The method's per-channel modules of the prunable groups (Dirichlet importance
+        # switches); None for every other method, whose network is then exactly the one above.
+        self.conv1_switch = layers.channel("conv1", conv1_channels)
+        self.conv2_switch = layers.channel("conv2", conv2_channels)
+        self.fc1_switch = layers.channel("fc1", fc1_units)
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """Logits ``(batch, num_classes)`` for images ``(batch, h, w, c)``."""
+        """Logits ``(batch, num_classes)`` for images ``(batch, h, w, c)``.
+
+        A channel module scales each channel by a positive factor (``C·s_j``), which commutes
+        with ReLU and with max-pooling (``max_i(a·x_i) = a·max_i x_i`` for ``a > 0``), so it is
+        applied after the pool, on the 4x smaller map, with the same result as directly after
+        the ReLU.
+        """
         x = max_pool_2x2(jax.nn.relu(self.conv1(x, rngs=rngs)))
+        if self.conv1_switch is not None:
+            x = self.conv1_switch(x, rngs=rngs)
         x = max_pool_2x2(jax.nn.relu(self.conv2(x, rngs=rngs)))
+        if self.conv2_switch is not None:
+            x = self.conv2_switch(x, rngs=rngs)
         x = x.reshape(x.shape[0], -1)  # NHWC flatten: channel is the fastest-varying index
         x = jax.nn.relu(self.fc1(x, rngs=rngs))
+        if self.fc1_switch is not None:
+            x = self.fc1_switch(x, rngs=rngs)
         return self.fc2(x, rngs=rngs)
+
+    def channel_modules(self) -> dict[str, nnx.Module]:
+        """The channel modules (switches) by channel group; empty for methods without them."""
+        modules = {"conv1": self.conv1_switch, "conv2": self.conv2_switch,
+                   "fc1": self.fc1_switch}
+        return {group: module for group, module in modules.items() if module is not None}
 
     def channel_groups(self) -> tuple[ChannelGroup, ...]:
         """conv1's and conv2's channels, fc1's units; fc1 reads conv2's pooled map flattened."""

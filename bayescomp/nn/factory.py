@@ -19,6 +19,9 @@ from bayescomp.nn.conv import VariationalConv
 from bayescomp.nn.dense import VariationalDense
 from bayescomp.nn.norm import BatchNorm
 
+#: The channel modules a method may ask for (``method.channel.kind``).
+CHANNEL_KINDS = ("dirichlet",)
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerFactory:
@@ -36,6 +39,9 @@ class LayerFactory:
         norm_momentum: Weight of the new batch in BatchNorm running averages (PyTorch's
             convention; ``trainer.batch_norm.momentum``).
         norm_epsilon: BatchNorm's variance epsilon.
+        channel_settings: The per-channel module of the method (``method.channel``), e.g.
+            ``{"kind": "dirichlet", "alpha0": 2.0, "init_logit": -1.0, "mode": "integral"}``
+            (:meth:`channel`); empty for every method without one.
     """
 
     posterior: str = "delta"
@@ -48,6 +54,7 @@ class LayerFactory:
         default_factory=dict)
     norm_momentum: float = 0.1
     norm_epsilon: float = 1e-5
+    channel_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def _common(self, name: str) -> dict:
         return dict(
@@ -78,6 +85,35 @@ class LayerFactory:
         """A :class:`~bayescomp.nn.norm.BatchNorm` over ``features`` channels named ``name``."""
         del name  # a method with its own normalisation (channel saliencies) will use it
         return BatchNorm(features, momentum=self.norm_momentum, epsilon=self.norm_epsilon)
+
+    def channel(self, name: str, features: int):
+        """The method's module over the ``features`` channels of group ``name``, or ``None``.
+
+        A model places it where a positive per-channel scale belongs (after the group's ReLU)
+        and skips it when it is ``None``, so a method without a channel module (every method but
+        Dirichlet pruning) builds exactly the network it built before: no extra operation, no
+        extra Variable.
+
+        ``kind: dirichlet`` gives a :class:`~bayescomp.nn.switch.DirichletSwitch` with prior
+        Dir(``alpha0``·1), θ initialised to ``init_logit`` and ``mode`` ``integral`` or
+        ``point`` (Adamczewski & Park, "Dirichlet Pruning for Convolutional Neural Networks",
+        AISTATS 2021).
+        """
+        del name  # one setting for every group; the name is there for per-group settings
+        settings = dict(self.channel_settings)
+        kind = settings.pop("kind", None)
+        if kind is None:
+            return None
+        if kind == "dirichlet":
+            from bayescomp.nn.switch import INIT_LENET, DirichletSwitch
+            from bayescomp.priors.dirichlet import Dirichlet
+
+            return DirichletSwitch(
+                int(features), prior=Dirichlet(float(settings.get("alpha0", 0.05))),
+                init=float(settings.get("init_logit", INIT_LENET)),
+                mode=str(settings.get("mode", "integral")))
+        raise ConfigError(f"unknown method.channel.kind {kind!r}; known: "
+                          f"{', '.join(CHANNEL_KINDS)}")
 
     def check_layer_names(self, layer_names: Sequence[str]) -> None:
         """Raise ConfigError if a per-layer threshold names a layer the model does not have."""
@@ -115,4 +151,5 @@ def from_config(method_cfg: Mapping[str, Any],
                                 dict(method_cfg.get("posterior_per_layer") or {}).items()},
         norm_momentum=float((batch_norm or {}).get("momentum", 0.1)),
         norm_epsilon=float((batch_norm or {}).get("epsilon", 1e-5)),
+        channel_settings=dict(method_cfg.get("channel") or {}),
     )

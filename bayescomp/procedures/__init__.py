@@ -14,6 +14,9 @@ metrics. ``conf/method/*.yaml`` names its procedure with the key ``procedure`` (
 * ``soft_weight_sharing``: retraining of a finished dense run under a learned Gaussian-mixture
   prior, then quantisation to the mixture means
   (:func:`bayescomp.procedures.soft_weight_sharing.run`; Ullrich, Meeds & Welling 2017).
+* ``dirichlet``: Dirichlet importance switches trained on a frozen finished dense run, the top
+  channels per layer kept, masked retraining (:func:`bayescomp.procedures.dirichlet.run`;
+  Adamczewski & Park, AISTATS 2021).
 
 A procedure is a short script of :class:`bayescomp.loop.Phase` s carried out by
 :meth:`bayescomp.loop.TrainingRun.fit`, and ends with :func:`bayescomp.metrics.finish_run`.
@@ -34,6 +37,7 @@ REGISTRY: dict[str, str] = {
     "variational": "bayescomp.procedures.variational:run",
     "deep_compression": "bayescomp.procedures.deep_compression:run",
     "soft_weight_sharing": "bayescomp.procedures.soft_weight_sharing:run",
+    "dirichlet": "bayescomp.procedures.dirichlet:run",
 }
 
 

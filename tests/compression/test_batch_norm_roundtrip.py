@@ -43,7 +43,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from omegaconf import OmegaConf
-from residual_nets import IdentityResNet, ProjectionResNet
+from residual_nets import IdentityResNet, ProjectionResNet, nontrivial
 
 from bayescomp import compress, evaluate, models, runs
 from bayescomp.compression import codec, container, export, quantize
@@ -71,19 +71,8 @@ def registered():
 
 
 def _randomize(model, seed=0):
-    """Random biases and BatchNorm γ (either sign), β, running mean and variance."""
-    rng = np.random.default_rng(seed)
-    for _, layer in weight_layers(model):
-        layer.bias[...] = jnp.asarray(rng.normal(0, 0.2, layer.bias[...].shape), jnp.float32)
-    for norm in batch_norms(model).values():
-        n = norm.num_features
-        norm.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, n) * rng.choice([-1, 1], n),
-                                      jnp.float32)
-        norm.bias[...] = jnp.asarray(rng.normal(0, 0.5, n), jnp.float32)
-        norm.mean[...] = jnp.asarray(rng.normal(0, 0.5, n), jnp.float32)
-        norm.var[...] = jnp.asarray(rng.uniform(0.5, 2.0, n), jnp.float32)
-        norm.epsilon = 1e-3  # not the factory's default: the file must carry it
-    return model
+    # Not the factory's epsilon: the file must carry it.
+    return nontrivial(model, seed, epsilon=1e-3)
 
 
 class Case:

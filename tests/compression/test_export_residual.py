@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from residual_nets import IdentityResNet, ProjectionResNet
+from residual_nets import IdentityResNet, ProjectionResNet, nontrivial
 
 from bayescomp.compression.export import export_model
 from bayescomp.errors import ConfigError
@@ -43,18 +43,7 @@ GNJ = LayerFactory(posterior="group_normal", prior="group_nj", threshold=-3.0)
 
 
 def _nontrivial(model, seed=0):
-    """Random biases and BatchNorm γ (either sign), β, running mean and variance."""
-    rng = np.random.default_rng(seed)
-    for _, layer in weight_layers(model):
-        layer.bias[...] = jnp.asarray(rng.normal(0, 0.2, layer.bias[...].shape), jnp.float32)
-    for norm in batch_norms(model).values():
-        n = norm.num_features
-        norm.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, n) * rng.choice([-1, 1], n),
-                                      jnp.float32)
-        norm.bias[...] = jnp.asarray(rng.normal(0, 0.5, n), jnp.float32)
-        norm.mean[...] = jnp.asarray(rng.normal(0, 0.5, n), jnp.float32)
-        norm.var[...] = jnp.asarray(rng.uniform(0.5, 2.0, n), jnp.float32)
-    return model
+    return nontrivial(model, seed)
 
 
 def _point_copy(model, masks, magnitude=False):

@@ -1,0 +1,339 @@
+r"""Dirichlet pruning: importance switches on a frozen pretrained network, top-k channels, retraining.
+
+Adamczewski & Park, "Dirichlet Pruning for Convolutional Neural Networks", AISTATS 2021
+(arXiv:2011.05985). From a finished dense run (``method.pretrained_run``):
+
+1. **Switches** (phase ``switches``). Every prunable channel group ``l`` of ``C_l`` channels gets
+   an importance switch :math:`s_l \sim \mathrm{Dir}(\varphi_l)`, :math:`\varphi_l =
+   \mathrm{softplus}(\theta_l)`, prior :math:`\mathrm{Dir}(\alpha_0\mathbf 1)`, that scales
+   channel ``j`` by :math:`C_l s_{lj}` (:class:`~bayescomp.nn.switch.DirichletSwitch`; the
+   factor ``C_l`` makes uniform switches the identity, so training starts from the pretrained
+   network). The pretrained weights and biases are copied in and frozen: only the
+   :class:`~bayescomp.nn.switch.SwitchLogit` s train (``trains=SwitchLogit``), with Adam. The
+   objective is the loop's negative ELBO per training example,
+
+   .. math::
+
+       \mathcal L = \frac1B\sum_{n\in\text{batch}} -\log p(y_n\mid x_n, s_n)
+                    + \beta_e\,\frac{\sum_l \mathrm{KL}(\mathrm{Dir}(\varphi_l)\,\|\,
+                    \mathrm{Dir}(\alpha_0\mathbf 1))}{N},
+
+   with one switch draw per example in the ``integral`` mode (the Monte Carlo estimate of the
+   expected log-likelihood; the reference averages the logits of 5 draws shared by the batch) or
+   the Dirichlet mean in the ``point`` mode (KL still on φ, not on the normalised mean as the
+   reference's point script has it: ``methods/lenet5_switch_pointest.py`` of
+   github.com/kamadforge/dirichlet_pruning).
+
+   *KL scale.* The KL is divided by the number of training examples ``N``, the ELBO's own scale
+   (:mod:`bayescomp.objectives`). The reference divides it by the batch size (100), i.e. weighs
+   it ``N/B`` = 600 times more on MNIST -- had its annealing not kept it at ≈ 0 (next point).
+
+   *KL annealing.* β grows linearly **per epoch** over the phase, β_e = min(1, (e+1)/A) for
+   phase epoch ``e`` = 0, 1, … and ``A`` = ``method.switches.anneal_epochs`` (default: the
+   phase's epochs), so the phase ends at the full KL (3 epochs: β = 1/3, 2/3, 1). The
+   reference computes ``min(epoch, 8000·200)/(8000·200)`` from the *epoch* (a step counter's
+   formula fed epochs), so its β never exceeds ≈ 2·10⁻⁶ and the prior is effectively off
+   (``methods/lenet5_switch_integral.py`` of github.com/kamadforge/dirichlet_pruning).
+
+   *Placement.* LeNet-5 has no BatchNorm; the switch scales the channel after its ReLU (and
+   pool, which commutes with a positive scale), so nothing normalises it away (the reference's
+   switch sits before a train-mode BatchNorm, which cancels it, in the same script). For a model
+   with BatchNorm the phase runs BatchNorm on its running averages (``batch_norm="running"``),
+   so the pretrained statistics stay frozen as well.
+
+2. **Pruning decision.** The channels of group ``l`` are ranked by the switch mean
+   :math:`\varphi_{lj}/\sum_k\varphi_{lk}` and the top :math:`k_l` kept
+   (:func:`bayescomp.channel_selection.top_k_keep`), with
+
+   * ``method.widths`` given: :math:`k_l` per prunable group, in the model's group order
+     (LeNet-5: conv1, conv2, fc1). The paper's LeNet-5 result ``5-8-45-15`` has four numbers
+     because its LeNet has a second hidden dense layer (10-20-100-25); ours (LeNet-5-Caffe,
+     20-50-500) has three prunable groups, so its analogue is ``[5, 8, 45]``; or
+   * ``method.widths: null``: :math:`k_l` chosen from the switches, the fewest channels whose
+     means sum to at least ``method.mass`` of the layer's total
+     (:func:`bayescomp.channel_selection.mass_widths`; default 0.95). The paper supplies the
+     widths by hand and has no automatic rule.
+
+3. **Retraining** (phase ``retrain``). The switches are *dropped*, not folded: the pruned
+   network is the pretrained dense network with the removed channels cut out of their producers
+   and consumers (:func:`bayescomp.pruning.apply_group_masks`), and its kept weights and biases
+   are retrained with the masks fixed, with the run's optimiser at ``method.retrain.lr``. This is
+   what the reference does (it loads the pretrained weights, zeroes the dropped channels and
+   retrains with masked gradients); folding the switch means :math:`C_l s_{lj}` into the
+   consumers would start the retraining from the switch-trained function instead, which the
+   paper does not describe.
+
+4. **The quantized network**: the retrained point weights in their float32 values (a point
+   weight has posterior variance 0, which :func:`bayescomp.compression.quantize.quantize` turns
+   into the full 23 significand bits, as for the dense runs: Dirichlet pruning derives no bit
+   widths), and the exported, physically smaller network.
+
+``metrics.json`` gets, besides the keys every run has, ``dirichlet`` (switch means and the
+:math:`C_l s_l` values per group, kept widths and channel indices, KL per group, the errors
+with the mean switches, after pruning and after retraining) and ``counting`` (parameters and
+multiply-adds of the dense and the pruned network, :mod:`bayescomp.counting`).
+
+Every phase goes through :meth:`bayescomp.loop.TrainingRun.fit`, with checkpoints per phase:
+rerunning in the same directory skips finished phases, recomputes the pruning decision from the
+restored switches (it is a deterministic function of them) and resumes an unfinished phase.
+
+Entry point: :func:`run` (procedure ``dirichlet``, ``conf/method/dirichlet.yaml``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pathlib
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from omegaconf import DictConfig, OmegaConf
+
+from bayescomp import channel_selection, counting, metrics, models, objectives, pretrained, runs
+from bayescomp.compression import quantize as quantize_lib
+from bayescomp.errors import ConfigError
+from bayescomp.loop import Phase, TrainingRun
+from bayescomp.nn.switch import SwitchLogit
+from bayescomp.posteriors.variables import Bias, PointWeight
+from bayescomp.pruning import apply_group_masks
+
+log = logging.getLogger(__name__)
+
+SWITCH_PHASE = "switches"
+RETRAIN_PHASE = "retrain"
+
+#: ``method.mass`` when the config leaves it out: the switches' share of importance kept.
+DEFAULT_MASS = 0.95
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces
+
+
+def kl_weight(phase_epoch: int, anneal_epochs: int) -> float:
+    """β of phase epoch ``phase_epoch`` (0-based): ``min(1, (e+1)/A)``, linear per epoch.
+
+    ``A = 0`` gives β = 1 from the start. The last epoch of an ``A``-epoch phase has β = 1.
+    """
+    if anneal_epochs <= 0:
+        return 1.0
+    return min(1.0, (int(phase_epoch) + 1) / int(anneal_epochs))
+
+
+def switches_of(model: nnx.Module) -> dict[str, nnx.Module]:
+    """The model's channel modules by channel group (``model.channel_modules()``).
+
+    Raises:
+        ConfigError: The model has no channel modules (it does not support Dirichlet pruning,
+            or the method has no ``channel`` section).
+    """
+    modules = model.channel_modules() if hasattr(model, "channel_modules") else {}
+    if not modules:
+        raise ConfigError(f"{type(model).__name__} has no channel switches; Dirichlet pruning "
+                          "needs a model with channel_modules() (LeNet-5) and method.channel."
+                          "kind=dirichlet")
+    return modules
+
+
+def kept_widths(cfg: DictConfig, means: Mapping[str, np.ndarray]) -> tuple[dict[str, int], str]:
+    """Channels to keep per group, and how they were chosen (``"given"`` or ``"mass"``).
+
+    Args:
+        cfg: The run's configuration (``method.widths`` or ``method.mass``).
+        means: Switch means by group, in the model's group order.
+    """
+    method = cfg.method
+    widths = method.get("widths")
+    names = list(means)
+    if widths is not None:
+        widths = list(OmegaConf.to_container(widths, resolve=True)
+                      if OmegaConf.is_config(widths) else widths)
+        if len(widths) != len(names):
+            raise ConfigError(f"method.widths={widths} must give one width per prunable group "
+                              f"{names} (e.g. [5, 8, 45] for LeNet-5), or be null to choose "
+                              "them from the switches (method.mass)")
+        out = {}
+        for name, width in zip(names, widths):
+            size = int(np.size(means[name]))
+            if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= size:
+                raise ConfigError(f"method.widths: the width of {name} must be an integer in "
+                                  f"[1, {size}], got {width!r}")
+            out[name] = width
+        return out, "given"
+    mass = method.get("mass")
+    return channel_selection.mass_widths(means, DEFAULT_MASS if mass is None else float(mass)), \
+        "mass"
+
+
+def pruned_masks(model: nnx.Module, keep: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Kernel-shaped keep masks of ``model`` with the channels ``~keep`` removed."""
+    full = {name: np.ones(layer.posterior.weight[...].shape, bool)
+            for name, layer in objectives.variational_layers(model)}
+    return apply_group_masks(model, full, keep)
+
+
+def apply_masks_in_place(model: nnx.Module, masks: Mapping[str, np.ndarray]) -> None:
+    """Zero the removed weights of ``model``'s point kernels (``+0.0``)."""
+    for name, layer in objectives.variational_layers(model):
+        kernel = layer.posterior.weight[...]
+        layer.posterior.weight[...] = jnp.where(masks[name], kernel, jnp.zeros_like(kernel))
+
+
+def _epochs(value, cfg: DictConfig) -> int:
+    """A phase's epochs: ``null`` means ``trainer.epochs``."""
+    epochs = int(cfg.trainer.epochs if value is None else value)
+    if epochs < 0:
+        raise ConfigError(f"a phase cannot train {epochs} epochs")
+    return epochs
+
+
+def _key(cfg: DictConfig, name: str) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(int(cfg.seed)), zlib.crc32(name.encode()))
+
+
+def switch_phase(cfg: DictConfig) -> Phase:
+    """Phase 1: the switches alone, Adam at ``method.switches.lr``, β annealed per epoch."""
+    settings = cfg.method.switches
+    epochs = _epochs(settings.epochs, cfg)
+    anneal = settings.get("anneal_epochs")
+    anneal = epochs if anneal is None else int(anneal)
+    optimizer = {"name": "adam", "lr": float(settings.lr), "b1": 0.9, "b2": 0.999,
+                 "schedule": "constant", "weight_decay": 0.0, "decay": [],
+                 "warmup_epochs": 0}
+    return Phase(SWITCH_PHASE, epochs, optimizer=optimizer, key=_key(cfg, SWITCH_PHASE),
+                 trains=SwitchLogit, kl_weight=lambda e: kl_weight(e, anneal),
+                 batch_norm="running", record=_switch_record)
+
+
+def retrain_phase(cfg: DictConfig, masks: Mapping[str, np.ndarray]) -> Phase:
+    """Phase 2: the kept weights and biases, masks fixed, the run's optimiser."""
+    settings = cfg.method.retrain
+    optimizer = {**OmegaConf.to_container(cfg.optimizer, resolve=True),
+                 "schedule": str(settings.get("schedule", "constant")),
+                 "decay_start": float(settings.get("decay_start", 0.0))}
+    rates = ((PointWeight, float(settings.lr)), (Bias, float(settings.get("bias_lr",
+                                                                           settings.lr))))
+    return Phase(RETRAIN_PHASE, _epochs(settings.epochs, cfg), optimizer=optimizer,
+                 key=_key(cfg, RETRAIN_PHASE), trains=(PointWeight, Bias),
+                 learning_rates=rates, masks=dict(masks))
+
+
+def _switch_record(model) -> dict[str, float]:
+    """Per-epoch history entries: each group's KL and the largest C·s_j."""
+    record = {}
+    for group, switch in model.channel_modules().items():
+        record[f"kl_{group}"] = float(switch.kl())
+        record[f"max_scaled_switch_{group}"] = float(switch.num_channels * jnp.max(switch.mean()))
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# The procedure
+
+
+def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Dirichlet pruning of ``cfg.method.pretrained_run``: switches, top-k, retraining.
+
+    Rerunning in the same ``workdir`` resumes (finished phases are restored from their
+    checkpoints, not retrained). Writes ``metrics.json`` (keys as every run, plus ``dirichlet``
+    and ``counting``), ``quantized_network.npz``, ``config.yaml`` and TensorBoard events.
+
+    Args:
+        cfg: The composed configuration (``conf/method/dirichlet.yaml``).
+        workdir: The run directory.
+
+    Returns:
+        The metrics.
+    """
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs.check_settings(cfg)
+    runs.check_run_identity(cfg, workdir)
+    method = cfg.method
+    if (method.get("channel") or {}).get("kind") != "dirichlet":
+        raise ConfigError("the dirichlet procedure needs method.channel.kind=dirichlet "
+                          "(conf/method/dirichlet.yaml)")
+    dense, pretrained_metrics = pretrained.load_pretrained(cfg)
+    dataset = runs.load_run_dataset(cfg)
+    input_shape = tuple(int(d) for d in dataset.x_train.shape[1:])
+    # The same network with switches; the pretrained weights and biases copied in (the switch
+    # logits, absent from the dense state, keep their initial value).
+    model = runs.build_model(cfg, input_shape, dataset.num_classes, int(cfg.seed))
+    switches = switches_of(model)
+    nnx.update(model, nnx.state(dense))
+    training = TrainingRun(cfg, workdir, dataset, resumable=runs.RESUMABLE_CHANGES_RETRAINING,
+                           pretrained_run=str(method.pretrained_run))
+    dense_error = training.error(dense)
+    log.info("pretrained %s: test error %.2f %% (its run reported %.2f %%)",
+             method.pretrained_run, dense_error, pretrained_metrics.get("test_error", math.nan))
+    try:
+        # 1. The switches, on the frozen pretrained network.
+        training.fit(model, switch_phase(cfg))
+        switch_error = training.error(model)  # with the switch means
+        means = {group: np.asarray(s.mean(), np.float64) for group, s in switches.items()}
+        # 2. The pruning decision: top k per group by the switch means.
+        widths, rule = kept_widths(cfg, means)
+        keep = channel_selection.top_k_keep(means, widths)
+        masks = pruned_masks(dense, keep)
+        # 3. The switches dropped; the pretrained network with the channels cut, retrained.
+        apply_masks_in_place(dense, masks)
+        pruned_error = training.error(dense)
+        log.info("switches (%s): test error %.2f %% with the switch means; kept widths %s "
+                 "(%s), %.2f %% after pruning", method.channel.mode, switch_error, widths, rule,
+                 pruned_error)
+        training.fit(dense, retrain_phase(cfg, masks))
+    finally:
+        training.close()
+    retrained_error = training.error(dense)
+    # 4. The quantized network (point weights: float32 values) and the exported one.
+    quantized = quantize_lib.quantize(dense, masks, widths=runs.model_widths(cfg))
+    model_cls = models.get(cfg.model.name)
+    quantized_error = training.error(quantize_lib.quantized_model(
+        model_cls, quantized, input_shape=input_shape, num_classes=dataset.num_classes))
+    log.info("retrained %d epochs: test error %.2f %% (quantized %.2f %%)",
+             _epochs(method.retrain.epochs, cfg), retrained_error, quantized_error)
+    dense_count = counting.count(dense, input_shape)
+    pruned_count = counting.count(dense, input_shape, keep=keep)
+    extra = {
+        "pruning_check": None,  # no log α thresholds: the switches decide
+        "pretrained_run": str(method.pretrained_run),
+        "pretrained_test_error": dense_error,
+        "dirichlet": {
+            "mode": str(method.channel.mode),
+            "alpha0": float(method.channel.alpha0),
+            "width_rule": rule,
+            "mass": None if rule == "given" else float(method.get("mass") or DEFAULT_MASS),
+            "kept_widths": {g: int(k) for g, k in widths.items()},
+            "kept_channels": {g: np.flatnonzero(k).tolist() for g, k in keep.items()},
+            "switch_means": {g: m.tolist() for g, m in means.items()},
+            "scaled_switches": {g: (m.size * m).tolist() for g, m in means.items()},
+            "kl": {g: float(s.kl()) for g, s in switches.items()},
+            "error_with_switches": switch_error,
+            "error_after_pruning": pruned_error,
+            "error_after_retraining": retrained_error,
+        },
+        "counting": {
+            "dense": _count_summary(dense_count),
+            "pruned": _count_summary(pruned_count),
+            "params_ratio": dense_count.params / pruned_count.params,
+            "macs_ratio": dense_count.macs / pruned_count.macs,
+        },
+    }
+    return metrics.finish_run(
+        cfg, workdir, dataset=dataset, quantized=quantized, history=training.history,
+        train_seconds=training.train_seconds,
+        images_per_epoch=training.steps_per_epoch * training.batch_size,
+        test_error=dense_error, pruned_test_error=retrained_error,
+        quantized_test_error=quantized_error, pruning_accounting="structured", extra=extra)
+
+
+def _count_summary(count: counting.Count) -> dict[str, Any]:
+    """Totals and per-layer weights and multiply-adds (:meth:`bayescomp.counting.Count.as_dict`)."""
+    return count.as_dict()

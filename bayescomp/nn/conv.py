@@ -2,6 +2,13 @@
 
 With the local reparameterization trick a sampled conv costs two convolutions: one of x with
 the kernel means and one of x² with the kernel variances (Molchanov et al. 2017, Eq. 18).
+
+On XLA:CPU a conv whose output map is at most 2x2 (VGG-16's last block on CIFAR) is written as
+one matrix product over image patches (:func:`conv_as_matmul`): XLA's own convolution kernel is
+pathologically slow there (forward and input gradient; ``benchmarks/README.md`` has the
+numbers), while the patch matrix is tiny and the product a well-shaped GEMM. On larger maps the
+patch matmul loses, so every other conv (LeNet-5's, the ResNets', VGG's larger maps), and every
+conv on other backends, stays ``lax.conv_general_dilated``.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from bayescomp.nn.layer import VariationalLayer
@@ -69,7 +77,71 @@ class VariationalConv(VariationalLayer):
         )
 
     def contract(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        if _patch_matmul_is_faster(x.shape, kernel.shape, self.strides, self.padding):
+            return conv_as_matmul(x, kernel, self.strides, self.padding)
         return jax.lax.conv_general_dilated(
             x, kernel, window_strides=self.strides, padding=self.padding,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )  # (batch, h', w', out)
+
+
+#: Largest output map (positions) that :class:`VariationalConv` computes as a patch matmul on CPU.
+PATCH_MATMUL_MAX_POSITIONS = 4
+
+
+def _output_hw(in_hw, kernel_hw, strides, pads) -> tuple[int, int]:
+    return tuple((size + lo + hi - k) // s + 1
+                 for size, k, s, (lo, hi) in zip(in_hw, kernel_hw, strides, pads))
+
+
+def _explicit_padding(padding, in_hw, kernel_hw, strides) -> tuple[tuple[int, int], ...]:
+    """``(low, high)`` per spatial axis of ``"VALID"``, ``"SAME"`` or explicit pairs (XLA's
+    rules: ``"SAME"`` puts an odd pixel on the high side)."""
+    if isinstance(padding, str):
+        return tuple(tuple(pair) for pair in jax.lax.padtype_to_pads(
+            in_hw, kernel_hw, strides, padding))
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _patch_matmul_is_faster(x_shape, kernel_shape, strides, padding) -> bool:
+    """On CPU: a kernel larger than 1x1 and an output map of at most
+    :data:`PATCH_MATMUL_MAX_POSITIONS` positions (module docstring)."""
+    if jax.default_backend() != "cpu" or kernel_shape[0] * kernel_shape[1] == 1:
+        return False
+    pads = _explicit_padding(padding, x_shape[1:3], kernel_shape[:2], strides)
+    ho, wo = _output_hw(x_shape[1:3], kernel_shape[:2], strides, pads)
+    return ho * wo <= PATCH_MATMUL_MAX_POSITIONS
+
+
+def conv_as_matmul(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
+                   padding: str | Sequence[tuple[int, int]] = "VALID") -> jax.Array:
+    """``lax.conv_general_dilated`` (NHWC, HWIO) as one matrix product over image patches.
+
+    The padded input's ``kh·kw`` shifted (and strided) windows are concatenated along the
+    channels, ``(n, h', w', kh·kw·c)``, in the order of the kernel's ``(kh, kw, c)`` axes, so the
+    HWIO kernel reshaped to ``(kh·kw·c, out)`` multiplies them directly. Equal to the convolution
+    up to float32 rounding (another summation order); its gradients are a matmul each and, for
+    the input, the windows' shifted adds.
+
+    Args:
+        x: Inputs ``(n, h, w, c)``.
+        kernel: ``(kh, kw, c, out)``.
+        strides: ``(sh, sw)``.
+        padding: ``"VALID"``, ``"SAME"`` or ``(low, high)`` per spatial axis.
+
+    Returns:
+        ``(n, h', w', out)``.
+    """
+    n, h, w, c = x.shape
+    kh, kw, kc, out = kernel.shape
+    if kc != c:
+        raise ValueError(f"kernel expects {kc} input channels, got {c}")
+    sh, sw = strides
+    pads = _explicit_padding(padding, (h, w), (kh, kw), (sh, sw))
+    ho, wo = _output_hw((h, w), (kh, kw), (sh, sw), pads)
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    windows = [jax.lax.slice(x, (0, i, j, 0),
+                             (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
+               for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(windows, axis=-1).reshape(n * ho * wo, kh * kw * c)
+    return (patches @ kernel.reshape(kh * kw * c, out)).reshape(n, ho, wo, out)

@@ -99,7 +99,8 @@ def test_resume_with_other_training_settings_is_refused(one_epoch_run, smoke_cfg
         variational.run(cfg, workdir)
     message = str(info.value)
     assert "optimizer.lr: 0.001 -> 0.0005" in message
-    assert "trainer.kl_warmup.end_epoch: 0 -> 7" in message
+    # The warm-up is compared in epochs of the checkpoint's run (here 1 epoch: 0 -> 7).
+    assert "trainer.kl_warmup.end_epoch: 0.0 -> 7.0" in message
     assert "hydra.run.dir" in message and "\n" not in message
     assert str(workdir.absolute() / "config.yaml") in message
     assert _snapshot(workdir) == before  # nothing written, nothing lost

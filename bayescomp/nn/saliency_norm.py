@@ -41,8 +41,9 @@ KL. ``kl()`` is Σ_c KL(q(γ_c) ‖ p(γ_c)) with one of two zero-mean Gaussian 
   to N(0, s²), so its σ ends near s: the rule's θ must then sit above s, and s sets how hard μ is
   pulled (μ/s² per nat), a scale to tune per network.
 
-Both have the sign that pushes saliencies to zero; the third-party code's −½Σ(μ/σ)² has the
-opposite one (methods.md §5.2).
+Both have the sign that pushes saliencies to zero; the only public implementation (a
+third-party drop-in BatchNorm whose README says to add its KL to the loss) returns −½Σ(μ/σ)²,
+the opposite sign.
 """
 
 from __future__ import annotations

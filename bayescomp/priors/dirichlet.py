@@ -23,7 +23,7 @@ of a different, much flatter posterior; that is not done here.
 
 Prior strength: α0 < 1 puts the prior's mass near the simplex's corners (few large switches), the
 sparsity the paper's code comment asks for; the code itself uses α0 = 2 for LeNet and 0.05 for
-VGG (methods.md §6.2, fault 5). The default here is 0.05, the one reference value that matches
+VGG (github.com/kamadforge/dirichlet_pruning). The default here is 0.05, the one reference value that matches
 that stated intent; it is a hyperparameter of the method's config.
 """
 

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from bayescomp import (atomic, metrics, models, objectives, provenance, settings,
                        threshold_selection)
 from bayescomp import data as data_lib
+from bayescomp.data import augment as augment_lib
 from bayescomp import nn as bnn
 from bayescomp.checkpointing import Checkpointer, check_same_config, flatten_config
 from bayescomp.errors import ConfigError, DiskFullError, RunDirectoryBusyError
@@ -191,6 +192,11 @@ def trajectory_config(cfg: DictConfig, resumable: tuple[str, ...] = RESUMABLE_CH
     flat = flatten_config(container)
     # The warm-up in epochs, whether written as epochs or as fractions of the run: a checkpoint
     # written under start_epoch=5 of 200 and one under 0.025 trained alike.
+    # Augmentation as it resolved (null is the dataset's default): a CIFAR checkpoint trained
+    # with data.augment=null resumes under data.augment=true, the same trajectory.
+    if "data.augment" in flat:
+        flat["data.augment"] = augment_lib.resolved_setting(flat["data.augment"],
+                                                            flat.get("data.name"))
     run_epochs = flat.get("trainer.epochs") if warmup_run_epochs is None else warmup_run_epochs
     for key in WARMUP_KEYS:
         if key in flat and run_epochs is not None:
@@ -266,8 +272,12 @@ def resume_checks(meta: dict, cfg: DictConfig, directory, workdir,
     # The warm-up resolved with the checkpoint's run length (trainer.epochs where it was
     # stored, else the phase's epochs, which a variational run's equal).
     saved_run_epochs = (meta.get("config") or {}).get("trainer.epochs", meta.get("epochs"))
+    saved = meta.get("config")
+    if saved is not None and "data.augment" in saved:  # stored unresolved before 2026-12-05
+        saved = {**saved, "data.augment": augment_lib.resolved_setting(
+            saved["data.augment"], saved.get("data.name"))}
     only_one_side = check_same_config(
-        meta.get("config"), trajectory_config(cfg, resumable, warmup_run_epochs=saved_run_epochs),
+        saved, trajectory_config(cfg, resumable, warmup_run_epochs=saved_run_epochs),
         directory, pathlib.Path(workdir) / "config.yaml")
     saved_epochs = meta.get("epochs")
     if (saved_epochs is not None and int(saved_epochs) != int(cfg.trainer.epochs)

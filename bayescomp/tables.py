@@ -35,7 +35,8 @@ import sys
 import numpy as np
 import yaml
 
-from bayescomp import atomic, data, models, objectives, runs
+from bayescomp import atomic, models, objectives, runs
+from bayescomp.data import augment as augment_lib
 from bayescomp.errors import BayescompError, ConfigError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -212,12 +213,8 @@ def recipe(run: dict) -> tuple:
 
 def _augmented(flat: dict) -> bool:
     """Whether the run trained on augmented batches (``data.augment``, null: the dataset's
-    default, on for the CIFAR family and image folders)."""
-    setting = flat.get("data.augment")
-    if setting is not None:
-        return bool(setting)
-    name = flat.get("data.name")
-    return name in data.REGISTRY and data.get_spec(name).family == "cifar"
+    default)."""
+    return augment_lib.resolved_setting(flat.get("data.augment"), flat.get("data.name"))
 
 
 def _recipe_labels(recipes: list[tuple]) -> list[tuple[str, tuple]]:

@@ -141,3 +141,15 @@ def test_an_augmented_run_resumes_bit_identically_and_differs_from_an_unaugmente
         for field in fields:
             assert got[field] == pytest.approx(want[field], rel=1e-6, abs=1e-7), field
     assert any(plain["history"][1][f] != straight["history"][1][f] for f in fields)
+
+
+def test_null_and_its_resolved_value_are_one_trajectory(compose):
+    from bayescomp import runs
+
+    def trajectory(*overrides):
+        return runs.trajectory_config(compose(["+experiment=resnet20_dense", *overrides]))
+
+    assert trajectory("data.augment=true") == trajectory()  # CIFAR: null means on
+    assert trajectory("data.augment=false") != trajectory()
+    assert augment.resolved_setting(None, "fashion_mnist") is False
+    assert augment.resolved_setting(None, "cifar10_jpeg") is True

@@ -108,6 +108,17 @@ def step_key(noise_key: jax.Array) -> jax.Array:
     return jax.random.fold_in(noise_key, KEY_STREAM)
 
 
+def resolved_setting(setting, dataset_name: str) -> bool:
+    """What ``data.augment`` means for the dataset ``dataset_name``: ``null`` is the dataset's
+    default (on for the CIFAR family and image folders, off for MNIST-like data)."""
+    if setting is not None:
+        return bool(setting)
+    from bayescomp.data.sources import REGISTRY
+
+    spec = REGISTRY.get(dataset_name)
+    return spec is not None and spec.family == "cifar"
+
+
 def from_config(data_cfg, dataset, *, augment_by_default: bool) -> CropFlip | None:
     """The run's augmentation from the ``data`` settings, or ``None`` when it is off.
 

@@ -75,45 +75,12 @@ class BatchNorm(nnx.Module):
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axis=axes)
+            var = jnp.mean(jnp.square(x - mean), axis=axes)
             count = x.size // x.shape[-1]
-            wide, k = _wide_rows(x)
-            mean = _channel_sum(wide, k) / count
-            centred = wide - jnp.tile(mean, k)
-            var = _channel_sum(jnp.square(centred), k) / count
             unbiased = var * (count / max(count - 1, 1))
             m = self.momentum
             self.mean[...] = (1.0 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
             self.var[...] = (1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased)
-            factor = jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
-            # Per-channel vectors tiled over the wide rows: the gradients of γ and β (the
-            # transposes of these broadcasts) are then the same fast two-stage sums.
-            return (centred * jnp.tile(factor, k) + jnp.tile(self.bias[...], k)).reshape(x.shape)
         return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
-
-
-#: Target width of :func:`_wide_rows`' rows, in floats.
-WIDE_ROW = 1024
-
-
-def _wide_rows(x: jax.Array) -> tuple[jax.Array, int]:
-    """``x`` (``(..., C)``) as rows of ``k`` consecutive positions' channels, ``(count/k, k·C)``.
-
-    The per-channel sums of batch statistics are then a sum over the rows (a reduction over the
-    major axis with a wide minor one) and a small ``(k, C)`` sum. On XLA:CPU a plain reduction of
-    ``(n, h, w, C)`` over its first three axes with few channels becomes a tree of slow
-    reduce-windows, and a ResNet step has one per statistic and per gradient of γ and β
-    (measurements in ``benchmarks/README.md``). ``k`` is the largest power of two that divides
-    the count and keeps a row within :data:`WIDE_ROW` floats (1 for wide layers, where the
-    reduction is fast anyway).
-    """
-    channels = x.shape[-1]
-    count = x.size // channels
-    k = 1
-    while 2 * k * channels <= WIDE_ROW and count % (2 * k) == 0:
-        k *= 2
-    return x.reshape(count // k, k * channels), k
-
-
-def _channel_sum(wide: jax.Array, k: int) -> jax.Array:
-    """Per-channel sum of :func:`_wide_rows`' ``(rows, k·C)`` array: ``(C,)``."""
-    return wide.sum(axis=0).reshape(k, -1).sum(axis=0)

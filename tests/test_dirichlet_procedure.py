@@ -92,12 +92,9 @@ def _cfg(smoke_cfg, pretrained_dense_run, *overrides):
 
 
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory, pretrained_dense_run):
+def straight_run(tmp_path_factory, smoke_cfg, pretrained_dense_run):
     """A smoke run (2 + 1 epochs of 2 steps) in one go: ``(cfg, run_dir, metrics)``."""
-    from conftest import TWO_STEPS, _compose
-
-    cfg = _compose(["+experiment=lenet5_dirichlet", *TWO_STEPS, "method.switches.epochs=2",
-                    f"method.pretrained_run={pretrained_dense_run('lenet5')}"])
+    cfg = _cfg(smoke_cfg, pretrained_dense_run)
     run_dir = tmp_path_factory.mktemp("dirichlet") / "run"
     return cfg, run_dir, dirichlet.run(cfg, run_dir)
 

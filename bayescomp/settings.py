@@ -115,7 +115,15 @@ SCHEMA = {
     "method.quantize.finetune.decay_start": Number(low=0, high=1),
     # Channel modules (bayescomp/nn/factory.py: LayerFactory.channel) and Dirichlet pruning
     # (conf/method/dirichlet.yaml): null epochs mean trainer.epochs.
-    "method.channel.kind": Choice(("dirichlet",)),
+    "method.channel.kind": Choice(("dirichlet", "vcnn", "slimming")),
+    # Variational CNN pruning and network slimming (conf/method/vcnn.yaml, slimming.yaml).
+    "method.norm.kind": Choice(("vcnn", "slimming")),
+    "method.prune.tau": Number(low=0),
+    "method.prune.theta": Number(low=0),
+    "method.prune.percent": Number(low=0, high=0.999999),
+    "method.prune.groups": Choice(("internal", "all")),
+    "method.finetune.epochs": Number(low=0, integer=True, optional=True),
+    "method.finetune.lr": Number(low=0, open_low=True, optional=True),
     "method.channel.alpha0": Number(low=0, open_low=True),
     "method.channel.init_logit": Number(),
     "method.channel.mode": Choice(("integral", "point")),

@@ -104,10 +104,11 @@ class BasicBlock(nnx.Module):
     def __init__(self, layers: LayerFactory, prefix: str, in_channels: int, hidden: int,
                  out_channels: int, stride: int, *, rngs: nnx.Rngs):
         self.conv1 = layers.conv(f"{prefix}.conv1", in_channels, hidden, (3, 3), rngs=rngs,
-                                 strides=(stride, stride), padding=PAD_1)
+                                 strides=(stride, stride), padding=PAD_1,
+                                 input_is_normalized=True)
         self.bn1 = layers.norm(f"{prefix}.bn1", hidden)
         self.conv2 = layers.conv(f"{prefix}.conv2", hidden, out_channels, (3, 3), rngs=rngs,
-                                 padding=PAD_1)
+                                 padding=PAD_1, input_is_normalized=True)
         self.bn2 = layers.norm(f"{prefix}.bn2", out_channels)
         self.stride = stride
 
@@ -256,14 +257,18 @@ class Bottleneck(nnx.Module):
     def __init__(self, layers: LayerFactory, prefix: str, in_channels: int,
                  inner: tuple[int, int], out_channels: int, stride: int, *, rngs: nnx.Rngs):
         self.bn1 = layers.norm(f"{prefix}.bn1", in_channels)
-        self.conv1 = layers.conv(f"{prefix}.conv1", in_channels, inner[0], (1, 1), rngs=rngs)
+        self.conv1 = layers.conv(f"{prefix}.conv1", in_channels, inner[0], (1, 1), rngs=rngs,
+                                 input_is_normalized=True)
         self.bn2 = layers.norm(f"{prefix}.bn2", inner[0])
         self.conv2 = layers.conv(f"{prefix}.conv2", inner[0], inner[1], (3, 3), rngs=rngs,
-                                 strides=(stride, stride), padding=PAD_1)
+                                 strides=(stride, stride), padding=PAD_1,
+                                 input_is_normalized=True)
         self.bn3 = layers.norm(f"{prefix}.bn3", inner[1])
-        self.conv3 = layers.conv(f"{prefix}.conv3", inner[1], out_channels, (1, 1), rngs=rngs)
+        self.conv3 = layers.conv(f"{prefix}.conv3", inner[1], out_channels, (1, 1), rngs=rngs,
+                                 input_is_normalized=True)
         self.shortcut = (layers.conv(f"{prefix}.shortcut", in_channels, out_channels, (1, 1),
-                                     rngs=rngs, strides=(stride, stride))
+                                     rngs=rngs, strides=(stride, stride),
+                                     input_is_normalized=True)
                          if stride != 1 or in_channels != out_channels else None)
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:

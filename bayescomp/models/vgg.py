@@ -106,8 +106,9 @@ class VGG(nnx.Module):
         for i in range(convs):
             in_ch = channels if i == 0 else widths[i - 1]
             name = f"conv{i + 1}"
+            # Every conv but the first reads a BatchNorm-ReLU output (its CPU gradient form).
             setattr(self, name, layers.conv(name, in_ch, widths[i], (3, 3), rngs=rngs,
-                                            padding="SAME"))
+                                            padding="SAME", input_is_normalized=i > 0))
             setattr(self, f"bn{i + 1}", layers.norm(f"bn{i + 1}", widths[i]))
         features = widths[convs - 1] * self.positions
         if self.hidden_fc:

@@ -13,6 +13,7 @@ conv on other backends, stays ``lax.conv_general_dilated``.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -43,6 +44,11 @@ class VariationalConv(VariationalLayer):
             spatial axis (the CIFAR ResNets' symmetric ``((1, 1), (1, 1))``).
         posterior_kwargs: Initialisation options of the posterior.
         prune_threshold: See :class:`VariationalLayer`.
+        input_is_normalized: The input is computed by a BatchNorm (with ReLU, residual add), as
+            in the ResNets and VGGs. On XLA:CPU the kernel gradient then reads materialised
+            operands (:func:`conv_with_materialized_gradient_operands`), which makes a ResNet-20
+            step ~1.5x faster; where the input is data or a pooled map (LeNet-5) the extra
+            copies cost ~6 % instead (``benchmarks/README.md``). Same values either way.
     """
 
     group_axis = -1  # output channels
@@ -61,8 +67,10 @@ class VariationalConv(VariationalLayer):
         posterior_kwargs: dict | None = None,
         prune_threshold: float | None = None,
         rng_collection: str = "noise",
+        input_is_normalized: bool = False,
     ):
         self.in_features = in_features
+        self.input_is_normalized = bool(input_is_normalized)
         self.out_features = out_features
         self.kernel_size = tuple(kernel_size)
         self.strides = tuple(strides)
@@ -79,11 +87,72 @@ class VariationalConv(VariationalLayer):
     def contract(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         if _patch_matmul_is_faster(x.shape, kernel.shape, self.strides, self.padding):
             return conv_as_matmul(x, kernel, self.strides, self.padding)
-        return jax.lax.conv_general_dilated(
-            x, kernel, window_strides=self.strides, padding=self.padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )  # (batch, h', w', out)
+        padding = self.padding if isinstance(self.padding, str) else tuple(
+            tuple(pair) for pair in self.padding)
+        if (self.input_is_normalized and MATERIALIZE_KERNEL_GRADIENT_OPERANDS
+                and jax.default_backend() == "cpu"):
+            return conv_with_materialized_gradient_operands(x, kernel, self.strides, padding)
+        return _conv(x, kernel, self.strides, padding)  # (batch, h', w', out)
 
+
+def _conv(x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(x, kernel, window_strides=strides, padding=padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def materialized(a: jax.Array) -> jax.Array:
+    """``a`` itself, as an exact identity matrix product over its last axis.
+
+    XLA fuses cheap elementwise producers into their consumers, even when that recomputes them:
+    a dot is an operation it cannot fuse a producer into, so its output is an array in memory.
+    Exact: each output is ``1·a + 0·(others)`` in float32 (``HIGHEST`` precision); only an
+    infinite input would turn into NaN (``0·inf``), and training stops at non-finite values anyway.
+    """
+    eye = jnp.eye(a.shape[-1], dtype=a.dtype)
+    return jax.lax.dot_general(a, eye, (((a.ndim - 1,), (0,)), ((), ())),
+                               precision=jax.lax.Precision.HIGHEST)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_with_materialized_gradient_operands(x: jax.Array, kernel: jax.Array,
+                                             strides: tuple[int, ...],
+                                             padding: str | tuple[tuple[int, int], ...]):
+    r"""``lax.conv_general_dilated`` (NHWC, HWIO) whose kernel gradient reads materialised operands.
+
+    The kernel gradient :math:`\partial L/\partial W_{ab\,io} = \sum_{n,h,w} x_{n,h+a,w+b,i}\,
+    g_{n,h,w,o}` contracts over the batch, so XLA:CPU's convolution wants both operands with the
+    batch as their minor axis and copies them into that layout. Where the operand is the output
+    of a BatchNorm, ReLU and residual add, XLA fuses the *recomputation* of those into the
+    transposing copy, which then reads five or six arrays in transposed order with strides of
+    64 KiB (cache-set conflicts): up to ~20x the time of a plain transpose of the stored array
+    (``benchmarks/README.md``). Here the backward passes :func:`materialized` copies of ``x``
+    and of the output gradient to the kernel gradient's convolution, so the transposes read one
+    stored array each. Values are exactly those of the plain convolution's gradients; the input
+    gradient is the plain one.
+    """
+    return _conv(x, kernel, strides, padding)
+
+
+def _conv_forward(x, kernel, strides, padding):
+    return _conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_backward(strides, padding, residuals, g):
+    x, kernel = residuals
+    _, input_vjp = jax.vjp(lambda xx: _conv(xx, kernel, strides, padding), x)
+    (d_x,) = input_vjp(g)
+    x_stored, g_stored = materialized(x), materialized(g)
+    _, kernel_vjp = jax.vjp(lambda kk: _conv(x_stored, kk, strides, padding), kernel)
+    (d_kernel,) = kernel_vjp(g_stored)
+    return d_x, d_kernel
+
+
+conv_with_materialized_gradient_operands.defvjp(_conv_forward, _conv_backward)
+
+
+#: Whether convs on XLA:CPU use :func:`conv_with_materialized_gradient_operands` (a switch for
+#: ``benchmarks/kernel_ab.py``; the results are identical either way).
+MATERIALIZE_KERNEL_GRADIENT_OPERANDS = True
 
 #: Largest output map (positions) that :class:`VariationalConv` computes as a patch matmul on CPU.
 PATCH_MATMUL_MAX_POSITIONS = 4

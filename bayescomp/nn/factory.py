@@ -20,7 +20,10 @@ from bayescomp.nn.dense import VariationalDense
 from bayescomp.nn.norm import BatchNorm
 
 #: The channel modules a method may ask for (``method.channel.kind``).
-CHANNEL_KINDS = ("dirichlet",)
+CHANNEL_KINDS = ("dirichlet", "vcnn", "slimming")
+
+#: The normalisations a method may ask for (``method.norm.kind``); without one, BatchNorm.
+NORM_KINDS = ("vcnn", "slimming")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +45,8 @@ class LayerFactory:
         channel_settings: The per-channel module of the method (``method.channel``), e.g.
             ``{"kind": "dirichlet", "alpha0": 2.0, "init_logit": -1.0, "mode": "integral"}``
             (:meth:`channel`); empty for every method without one.
+        norm_settings: The method's normalisation (``method.norm``), e.g. ``{"kind": "vcnn",
+            "prior": "tied_gaussian"}`` (:meth:`norm`); empty for plain BatchNorm.
     """
 
     posterior: str = "delta"
@@ -55,6 +60,7 @@ class LayerFactory:
     norm_momentum: float = 0.1
     norm_epsilon: float = 1e-5
     channel_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    norm_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def _common(self, name: str) -> dict:
         return dict(
@@ -71,20 +77,49 @@ class LayerFactory:
 
     def conv(self, name: str, in_features: int, out_features: int, kernel_size: Sequence[int],
              *, rngs: nnx.Rngs, strides: Sequence[int] = (1, 1),
-             padding: str | Sequence[tuple[int, int]] = "VALID"):
+             padding: str | Sequence[tuple[int, int]] = "VALID",
+             input_is_normalized: bool = False):
         """A :class:`VariationalConv` layer named ``name``.
 
         ``padding`` is ``"VALID"``, ``"SAME"`` or explicit ``(low, high)`` pairs per spatial axis
         (PyTorch's symmetric ``padding=1`` is ``((1, 1), (1, 1))``; at stride 2 it differs from
-        ``"SAME"``, which pads only the high side).
+        ``"SAME"``, which pads only the high side). ``input_is_normalized``: the conv reads the
+        output of a BatchNorm (and ReLU, residual add), which selects its CPU kernel-gradient
+        form (:class:`VariationalConv`); the values are the same either way.
         """
         return VariationalConv(in_features, out_features, kernel_size, rngs=rngs,
-                               strides=strides, padding=padding, **self._common(name))
+                               strides=strides, padding=padding,
+                               input_is_normalized=input_is_normalized, **self._common(name))
 
     def norm(self, name: str, features: int):
-        """A :class:`~bayescomp.nn.norm.BatchNorm` over ``features`` channels named ``name``."""
-        del name  # a method with its own normalisation (channel saliencies) will use it
-        return BatchNorm(features, momentum=self.norm_momentum, epsilon=self.norm_epsilon)
+        """The method's BatchNorm over ``features`` channels named ``name``.
+
+        ``method.norm.kind`` absent (every method but the two below): a plain
+        :class:`~bayescomp.nn.norm.BatchNorm`, the network every such method always built.
+
+        * ``vcnn``: a :class:`~bayescomp.nn.saliency_norm.SaliencyBatchNorm`, y = γ(x̂ + β̃) with
+          q(γ) = N(μ, σ²) (Zhao et al., "Variational Convolutional Neural Network Pruning",
+          CVPR 2019), settings as :func:`saliency_settings` reads them;
+        * ``slimming``: a :class:`~bayescomp.nn.slimming_norm.SlimmingBatchNorm`, L1 s·Σ|γ| as a
+          Laplace prior (Liu et al., "Learning Efficient Convolutional Networks through Network
+          Slimming", ICCV 2017), settings as :func:`laplace_settings` reads them.
+        """
+        del name  # one setting for every BatchNorm
+        settings = dict(self.norm_settings)
+        kind = settings.pop("kind", None)
+        common = {"momentum": self.norm_momentum, "epsilon": self.norm_epsilon}
+        if kind is None:
+            return BatchNorm(features, **common)
+        if kind == "vcnn":
+            from bayescomp.nn.saliency_norm import SaliencyBatchNorm
+
+            return SaliencyBatchNorm(features, **saliency_settings(settings), **common)
+        if kind == "slimming":
+            from bayescomp.nn.slimming_norm import INIT_SCALE, SlimmingBatchNorm
+
+            prior, init = laplace_settings(settings, "method.norm", INIT_SCALE)
+            return SlimmingBatchNorm(features, prior=prior, init_scale=init, **common)
+        raise ConfigError(f"unknown method.norm.kind {kind!r}; known: {', '.join(NORM_KINDS)}")
 
     def channel(self, name: str, features: int):
         """The method's module over the ``features`` channels of group ``name``, or ``None``.
@@ -97,7 +132,10 @@ class LayerFactory:
         ``kind: dirichlet`` gives a :class:`~bayescomp.nn.switch.DirichletSwitch` with prior
         Dir(``alpha0``·1), θ initialised to ``init_logit`` and ``mode`` ``integral`` or
         ``point`` (Adamczewski & Park, "Dirichlet Pruning for Convolutional Neural Networks",
-        AISTATS 2021).
+        AISTATS 2021). ``kind: vcnn`` gives a :class:`~bayescomp.nn.saliency_scale.SaliencyScale`
+        (γ ~ N(μ, σ²) per channel, variational CNN pruning for a network without BatchNorm),
+        ``kind: slimming`` a :class:`~bayescomp.nn.slimming_scale.SlimmingScale` (a point γ per
+        channel under slimming's L1), with the settings of the ``norm`` kinds of the same name.
         """
         del name  # one setting for every group; the name is there for per-group settings
         settings = dict(self.channel_settings)
@@ -112,6 +150,15 @@ class LayerFactory:
                 int(features), prior=Dirichlet(float(settings.get("alpha0", 0.05))),
                 init=float(settings.get("init_logit", INIT_LENET)),
                 mode=str(settings.get("mode", "integral")))
+        if kind == "vcnn":
+            from bayescomp.nn.saliency_scale import SaliencyScale
+
+            return SaliencyScale(int(features), **saliency_settings(settings))
+        if kind == "slimming":
+            from bayescomp.nn.slimming_scale import INIT_SCALE, SlimmingScale
+
+            prior, init = laplace_settings(settings, "method.channel", INIT_SCALE)
+            return SlimmingScale(int(features), prior=prior, init_scale=init)
         raise ConfigError(f"unknown method.channel.kind {kind!r}; known: "
                           f"{', '.join(CHANNEL_KINDS)}")
 
@@ -124,6 +171,44 @@ class LayerFactory:
                 f"per-layer settings (prune.per_layer, posterior_per_layer) name unknown layers {unknown}; this model's layers are "
                 f"{list(layer_names)}"
             )
+
+
+def saliency_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of a channel saliency (``method.norm`` / ``method.channel`` of VCNN).
+
+    Keys: ``prior`` (``tied_gaussian``, the default, or ``gaussian`` with ``prior_std``),
+    ``init_mean`` (default 1) and ``init_log_var`` (default −6).
+    """
+    from bayescomp.priors.gaussian import Gaussian
+    from bayescomp.priors.tied_gaussian import TiedGaussian
+
+    prior_name = settings.get("prior") or "tied_gaussian"
+    if prior_name == "tied_gaussian":
+        prior = TiedGaussian()
+    elif prior_name == "gaussian":
+        std = float(settings.get("prior_std") or 1.0)
+        if not std > 0.0:
+            raise ConfigError(f"a saliency's gaussian prior needs prior_std > 0, got {std}")
+        prior = Gaussian(std=std)
+    else:
+        raise ConfigError(f"a channel saliency's prior must be tied_gaussian or gaussian, got "
+                          f"{prior_name!r}")
+    return {"prior": prior, "init_mean": float(settings.get("init_mean", 1.0)),
+            "init_log_var": float(settings.get("init_log_var", -6.0))}
+
+
+def laplace_settings(settings: Mapping[str, Any], where: str, init_default: float):
+    """``(Laplace prior, initial γ)`` of slimming's scales from ``penalty`` (s), ``n_train``
+    (N, which the slimming procedure adds: the objective divides the KL by it) and
+    ``init_scale``."""
+    from bayescomp.priors.laplace import Laplace
+
+    if settings.get("n_train") is None:
+        raise ConfigError(f"{where}.kind=slimming needs the training-set size to scale its L1 "
+                          "penalty; run it with the slimming procedure (conf/method/slimming.yaml)")
+    prior = Laplace.matching_l1(float(settings.get("penalty", 1e-4)), int(settings["n_train"]))
+    init = settings.get("init_scale")
+    return prior, float(init_default if init is None else init)
 
 
 def from_config(method_cfg: Mapping[str, Any],
@@ -152,4 +237,5 @@ def from_config(method_cfg: Mapping[str, Any],
         norm_momentum=float((batch_norm or {}).get("momentum", 0.1)),
         norm_epsilon=float((batch_norm or {}).get("epsilon", 1e-5)),
         channel_settings=dict(method_cfg.get("channel") or {}),
+        norm_settings=dict(method_cfg.get("norm") or {}),
     )

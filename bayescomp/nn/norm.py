@@ -22,9 +22,16 @@ running mean and variance are ``nnx.BatchStat``, never differentiated, decayed o
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+
+#: Whether batch-statistics BatchNorm on XLA:CPU uses :func:`batch_norm_with_dot_sums` (a switch
+#: for ``benchmarks/kernel_ab.py``; the two agree up to float32 summation order).
+DOT_SUMS = True
 
 
 class NormScale(nnx.Param):
@@ -74,13 +81,88 @@ class BatchNorm(nnx.Module):
         del rngs
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
+            return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+        if DOT_SUMS and jax.default_backend() == "cpu":
+            y, mean, var = batch_norm_with_dot_sums(x, self.scale[...], self.bias[...],
+                                                    self.epsilon)
         else:
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(x, axis=axes)
             var = jnp.mean(jnp.square(x - mean), axis=axes)
-            count = x.size // x.shape[-1]
-            unbiased = var * (count / max(count - 1, 1))
-            m = self.momentum
-            self.mean[...] = (1.0 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
-            self.var[...] = (1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased)
-        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+            y = (x - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+        count = x.size // x.shape[-1]
+        unbiased = var * (count / max(count - 1, 1))
+        m = self.momentum
+        self.mean[...] = (1.0 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
+        self.var[...] = (1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased)
+        return y
+
+
+def channel_sum(a: jax.Array) -> jax.Array:
+    """Σ over every axis but the last, as a matrix-vector product with a vector of ones.
+
+    On XLA:CPU a reduction of an NHWC activation over N, H and W (keeping a minor axis of 16-64
+    channels) becomes a tree of ``reduce-window`` s that runs ~1.5-2x slower than this dot
+    (``benchmarks/README.md``). Contracting the axes in place (no reshape that merges the batch
+    axis) keeps a batch-sharded array partitionable. ``HIGHEST`` precision: a full float32
+    product on every backend.
+    """
+    ones = jnp.ones(a.shape[:-1], a.dtype)
+    axes = tuple(range(a.ndim - 1))
+    # ones on the left: XLA:CPU then reads ``a`` as the right operand of a matrix-vector product
+    # in its stored layout; on the right it would first copy ``a`` with the channels major.
+    return jax.lax.dot_general(ones, a, ((axes, axes), ((), ())),
+                               precision=jax.lax.Precision.HIGHEST)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_with_dot_sums(x: jax.Array, scale: jax.Array, bias: jax.Array,
+                             epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    r"""Batch-statistics BatchNorm ``(y, μ_B, σ²_B)`` with every per-channel sum a dot.
+
+    Forward: :math:`\mu = \tfrac1M\sum x`, :math:`\sigma^2 = \tfrac1M\sum (x-\mu)^2`,
+    :math:`\hat x = (x-\mu)/\sqrt{\sigma^2+\epsilon}`, :math:`y = \gamma\hat x + \beta`, over the
+    :math:`M` positions of each channel. Backward (Ioffe & Szegedy, ICML 2015, §3), with
+    :math:`g = \partial L/\partial y` and :math:`r = (\sigma^2+\epsilon)^{-1/2}`:
+
+    .. math::
+
+        \frac{\partial L}{\partial\beta} = \sum g,\quad
+        \frac{\partial L}{\partial\gamma} = \sum g\hat x,\quad
+        \frac{\partial L}{\partial x} = \frac{\gamma r}{M}\Big(Mg - \sum g
+            - \hat x\sum g\hat x\Big) + \frac{\bar\mu}{M} + \frac{2\bar v}{M}(x-\mu),
+
+    the last two terms for cotangents :math:`\bar\mu, \bar v` of the returned statistics (zero
+    where only the running averages read them, through ``stop_gradient``). Written out so that
+    autodiff's reductions (transposes of the per-channel broadcasts) are :func:`channel_sum`
+    dots as well. Equal to the plain formula up to float32 summation order
+    (``tests/test_batch_norm.py``).
+    """
+    return _batch_norm_forward(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_forward(x, scale, bias, epsilon):
+    count = x.size // x.shape[-1]
+    mean = channel_sum(x) / count
+    centred = x - mean
+    var = channel_sum(jnp.square(centred)) / count
+    rstd = jax.lax.rsqrt(var + epsilon)
+    y = centred * (rstd * scale) + bias
+    return (y, mean, var), (x, mean, rstd, scale)
+
+
+def _batch_norm_backward(epsilon, residuals, cotangents):
+    del epsilon
+    x, mean, rstd, scale = residuals
+    g, g_mean, g_var = cotangents
+    count = x.size // x.shape[-1]
+    centred = x - mean
+    x_hat = centred * rstd
+    d_bias = channel_sum(g)
+    d_scale = channel_sum(g * x_hat)
+    d_x = ((scale * rstd / count) * (count * g - d_bias - x_hat * d_scale)
+           + g_mean / count + (2.0 * g_var / count) * centred)
+    return d_x, d_scale, d_bias
+
+
+batch_norm_with_dot_sums.defvjp(_batch_norm_forward, _batch_norm_backward)

@@ -58,6 +58,34 @@ from bayescomp.priors.gaussian import Gaussian, kl_normal_zero_mean
 from bayescomp.priors.tied_gaussian import TiedGaussian, kl_normal_tied_variance
 
 
+def saliency_kl(mean: jax.Array, log_var: jax.Array,
+                prior: TiedGaussian | Gaussian | None = None) -> jax.Array:
+    """Σ_c KL(N(μ_c, σ_c²) ‖ p(γ_c)) of channel saliencies (nats), see the module docstring.
+
+    The one KL of every channel-saliency module (this BatchNorm and the per-channel
+    :class:`~bayescomp.nn.saliency_scale.SaliencyScale`): μ²/(2σ²) summed for the
+    :class:`TiedGaussian` prior (``None``, the default), log(s/σ) + (σ² + μ²)/(2s²) − ½ for a
+    :class:`Gaussian` of standard deviation s.
+
+    Args:
+        mean: μ per channel.
+        log_var: log σ² per channel.
+        prior: The prior.
+    """
+    if isinstance(prior, Gaussian):
+        return kl_normal_zero_mean(mean, log_var, prior.std)
+    return kl_normal_tied_variance(mean, log_var)
+
+
+def check_saliency_prior(prior) -> TiedGaussian | Gaussian:
+    """``prior`` (``None``: :class:`TiedGaussian`), refused unless a zero-mean Gaussian one."""
+    prior = TiedGaussian() if prior is None else prior
+    if not isinstance(prior, (TiedGaussian, Gaussian)):
+        raise ConfigError(f"a channel saliency takes a tied_gaussian or gaussian prior, got "
+                          f"{type(prior).__name__}")
+    return prior
+
+
 class SaliencyMean(nnx.Param):
     """Posterior mean μ of a channel saliency, q(γ) = N(μ, σ²) (one per channel)."""
 
@@ -101,10 +129,7 @@ class SaliencyBatchNorm(BatchNorm):
                  init_mean: float = 1.0, init_log_var: float = -6.0, momentum: float = 0.1,
                  epsilon: float = 1e-5, use_running_average: bool = False,
                  deterministic: bool = False, rng_collection: str = "noise"):
-        prior = TiedGaussian() if prior is None else prior
-        if not isinstance(prior, (TiedGaussian, Gaussian)):
-            raise ConfigError(f"a channel saliency takes a tied_gaussian or gaussian prior, got "
-                              f"{type(prior).__name__}")
+        prior = check_saliency_prior(prior)
         super().__init__(num_features, momentum=momentum, epsilon=epsilon,
                          use_running_average=use_running_average)
         del self.scale  # γ is the saliency; a second, unused scale would train and be exported
@@ -178,7 +203,4 @@ class SaliencyBatchNorm(BatchNorm):
 
     def kl(self) -> jax.Array:
         """Σ_c KL(N(μ_c, σ_c²) ‖ prior) (nats), see the module docstring."""
-        mu, log_var = self.saliency_mean[...], self.saliency_log_var[...]
-        if isinstance(self.prior, Gaussian):
-            return kl_normal_zero_mean(mu, log_var, self.prior.std)
-        return kl_normal_tied_variance(mu, log_var)
+        return saliency_kl(self.saliency_mean[...], self.saliency_log_var[...], self.prior)

@@ -17,6 +17,11 @@ metrics. ``conf/method/*.yaml`` names its procedure with the key ``procedure`` (
 * ``dirichlet``: Dirichlet importance switches trained on a frozen finished dense run, the top
   channels per layer kept, masked retraining (:func:`bayescomp.procedures.dirichlet.run`;
   Adamczewski & Park, AISTATS 2021).
+* ``vcnn``: Gaussian channel saliencies trained jointly with the weights on the ELBO, channels
+  with |μ| < τ and σ < θ removed, no retraining (optional fine-tuning)
+  (:func:`bayescomp.procedures.vcnn.run`; Zhao et al., CVPR 2019).
+* ``slimming``: L1 on channel scales, one global percentile threshold, fine-tuning
+  (:func:`bayescomp.procedures.slimming.run`; Liu et al., ICCV 2017).
 
 A procedure is a short script of :class:`bayescomp.loop.Phase` s carried out by
 :meth:`bayescomp.loop.TrainingRun.fit`, and ends with :func:`bayescomp.metrics.finish_run`.
@@ -38,6 +43,8 @@ REGISTRY: dict[str, str] = {
     "deep_compression": "bayescomp.procedures.deep_compression:run",
     "soft_weight_sharing": "bayescomp.procedures.soft_weight_sharing:run",
     "dirichlet": "bayescomp.procedures.dirichlet:run",
+    "vcnn": "bayescomp.procedures.vcnn:run",
+    "slimming": "bayescomp.procedures.slimming:run",
 }
 
 

@@ -1,0 +1,315 @@
+r"""Variational CNN pruning: Gaussian channel saliencies trained by the ELBO, pruned without retraining.
+
+Zhao, Ni, Zhang, Zhao, Zhang & Tian, "Variational Convolutional Neural Network Pruning", CVPR
+2019 (CVF open access; no arXiv version). Every prunable channel c carries a saliency
+:math:`\gamma_c` with posterior :math:`q(\gamma_c) = \mathcal N(\mu_c, \sigma_c^2)`:
+
+* in a BatchNorm network, inside BatchNorm, y = γ(x̂ + β̃) (``method.norm.kind: vcnn``,
+  :class:`~bayescomp.nn.saliency_norm.SaliencyBatchNorm`);
+* in LeNet-5, which has no BatchNorm, as a factor after the channel's ReLU (and pool)
+  (``method.channel.kind: vcnn``, :class:`~bayescomp.nn.saliency_scale.SaliencyScale`).
+
+1. **Training** (phase ``train``). Weights, biases, β̃ and the saliencies (μ, log σ²) train
+   jointly on the loop's negative ELBO per training example,
+
+   .. math::
+
+       \mathcal L = \frac1B\sum_{n\in\text{batch}} -\log p(y_n\mid x_n, \gamma_n)
+                    + \beta_t\,\frac{\sum_c \mathrm{KL}(q(\gamma_c)\,\|\,p(\gamma_c))}{N},
+
+   γ drawn per example with the reparameterisation γ = μ + σε (the weights are point
+   estimates, as in the paper), the KL closed-form and zero-mean (default: the tied prior,
+   μ²/(2σ²); or ``prior: gaussian`` with ``prior_std``), β_t the run's KL warm-up
+   (``trainer.kl_warmup``), with the run's optimiser and ``trainer.epochs``.
+
+   *Start.* The paper trains the saliencies jointly with the weights of a network that has
+   been trained before. Here ``method.start_from: null`` (the default) trains from scratch with
+   the dense recipe of the same experiment (same optimiser, schedule and epochs, so the run is
+   directly comparable to its ``*_dense`` baseline and needs nothing else), and
+   ``method.start_from=DIR`` of a finished ``<model>_dense`` run starts from its weights and
+   BatchNorms (μ = γ, β̃ = β/γ: :func:`bayescomp.nn.fold.load_plain`; LeNet-5's saliencies start
+   at μ = 1, the identity), which is the paper's setting.
+
+2. **Pruning decision** (``method.prune``): channel c is removed when its posterior is
+   concentrated at zero, :math:`|\mu_c| < \tau` and :math:`\sigma_c < \theta`
+   (:func:`bayescomp.channel_selection.vcnn_keep`; a layer keeps at least its largest |μ|). The
+   paper does not print τ and θ; the defaults 0.02 and 0.01 are the only public code's (a
+   third-party drop-in BatchNorm). Or, with ``method.prune.select: {tolerance, examples}``,
+   τ is chosen on training data as BC-GHS's thresholds are (:mod:`bayescomp.threshold_selection`):
+   one global τ (BatchNorm-normalised saliencies are on one scale across layers, as slimming's
+   global threshold assumes for γ), the largest whose pruned network keeps the error of
+   ``examples`` seeded training examples within ``tolerance`` points of the unpruned network's,
+   found by bisection over the midpoints between consecutive |μ| of the channels with σ < θ
+   (pruning one more channel per candidate); θ stays the configured one. Which groups are
+   prunable (``method.prune.groups``: block-internal channels, or residual streams too) is
+   :mod:`bayescomp.procedures.channel_pruning`'s rule.
+
+3. **No retraining** (the paper's claim): the pruned network is the trained one's posterior-mean
+   network, saliencies folded into plain BatchNorms (scale μ, shift μβ̃) or into the
+   consumers' input rows (LeNet-5), with the removed channels cut out of their producers and
+   consumers. An optional **fine-tuning** phase (``method.finetune.epochs``, default 0) trains
+   the kept weights, biases and BatchNorm parameters of that plain network with the masks fixed.
+
+4. **Artifacts**, as every channel method: the quantized network (float32 point weights; VCNN
+   derives no bit widths), counting dense → pruned, the errors before pruning, after pruning and
+   after fine-tuning, and ``quantized_network.npz`` for ``python -m bayescomp.compress``.
+
+``metrics.json`` gets ``vcnn`` (τ, θ, the selection's trace, μ and σ per saliency module, the KL
+per module, kept widths and channels per group, the errors) and ``counting``. Rerunning in the
+same directory skips finished phases; a finished run rerun with other ``method.prune`` settings
+is re-evaluated without training (fine-tuning, if any, is its own phase per set of kept
+channels).
+
+Entry point: :func:`run` (procedure ``vcnn``, ``conf/method/vcnn.yaml``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from omegaconf import DictConfig, OmegaConf
+
+from bayescomp import channel_selection, objectives, pretrained, runs, threshold_selection
+from bayescomp.errors import ConfigError
+from bayescomp.loop import Phase, TrainingRun
+from bayescomp.models.graph import channel_graph
+from bayescomp.nn import fold
+from bayescomp.nn.saliency_norm import SaliencyBatchNorm
+from bayescomp.nn.saliency_scale import SaliencyScale
+from bayescomp.procedures import channel_pruning as cp
+
+log = logging.getLogger(__name__)
+
+SALIENCY_TYPES = (SaliencyBatchNorm, SaliencyScale)
+
+
+def thresholds(cfg: DictConfig) -> tuple[float, float]:
+    """``(τ, θ)`` of ``method.prune`` (defaults: the third-party code's 0.02 and 0.01)."""
+    prune = cfg.method.get("prune") or {}
+    tau = prune.get("tau")
+    theta = prune.get("theta")
+    tau = channel_selection.VCNN_TAU if tau is None else float(tau)
+    theta = channel_selection.VCNN_THETA if theta is None else float(theta)
+    if not (tau >= 0.0 and theta >= 0.0 and math.isfinite(tau) and math.isfinite(theta)):
+        raise ConfigError(f"method.prune.tau={tau} and method.prune.theta={theta} must be finite "
+                          "and >= 0")
+    return tau, theta
+
+
+def saliencies(factors: Mapping[str, Mapping[str, nnx.Module]]
+               ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """μ and log σ² of every saliency module of the prunable groups, by module path."""
+    means, log_vars = {}, {}
+    for modules in factors.values():
+        for path, module in modules.items():
+            means[path] = np.asarray(module.saliency_mean[...], np.float64)
+            log_vars[path] = np.asarray(module.saliency_log_var[...], np.float64)
+    return means, log_vars
+
+
+def decide(graph, factors, tau: float, theta: float) -> dict[str, np.ndarray]:
+    """Keep vectors by group at (τ, θ): per module :func:`~bayescomp.channel_selection.
+    vcnn_keep`, combined per group by :func:`~bayescomp.procedures.channel_pruning.group_keep`."""
+    means, log_vars = saliencies(factors)
+    per_module = channel_selection.vcnn_keep(means, log_vars, tau=tau, theta=theta)
+    return cp.group_keep(graph, {group: {path: per_module[path] for path in modules}
+                                 for group, modules in factors.items()})
+
+
+def select_tau(graph, factors, theta: float, error_of, tolerance: float
+               ) -> tuple[float, dict[str, Any]]:
+    """The largest τ (at fixed θ) whose pruned network's selection error is within
+    ``tolerance`` points of the unpruned one's (module docstring).
+
+    Args:
+        graph: The model's channel graph.
+        factors: The saliency modules of the prunable groups.
+        theta: θ.
+        error_of: ``keep by group -> selection-subset error (%)``.
+        tolerance: Allowed rise in percentage points.
+
+    Returns:
+        ``(τ, trace)``; τ = 0 prunes nothing.
+    """
+    means, log_vars = saliencies(factors)
+    eligible = np.concatenate([np.abs(means[p])[np.exp(0.5 * log_vars[p]) < theta]
+                               for p in means])
+    everything = {group: np.ones(graph.sizes[group], bool) for group in factors}
+    reference = float(error_of(everything))
+    values = np.unique(eligible)
+    # Candidate i prunes the eligible channels with |μ| below it: 0 prunes none, then one more
+    # distinct |μ| per step (midpoints, never on a value), the last one all of them.
+    candidates = np.concatenate([[0.0], (values[:-1] + values[1:]) / 2,
+                                 [values[-1] * 2 + 1.0] if values.size else []])
+    bound = reference + float(tolerance)
+    lo, hi, best_error, evaluations = 0, len(candidates) - 1, reference, 1
+    while lo < hi:  # the last candidate meeting the bound; candidate 0 always does
+        mid = (lo + hi + 1) // 2
+        err = float(error_of(decide(graph, factors, float(candidates[mid]), theta)))
+        evaluations += 1
+        if err <= bound:
+            lo, best_error = mid, err
+        else:
+            hi = mid - 1
+    tau = float(candidates[lo])
+    log.info("τ selection: τ = %.4g (θ = %g), selection error %.3f %% (unpruned %.3f %%, "
+             "bound %.3f %%, %d evaluations)", tau, theta, best_error, reference, bound,
+             evaluations)
+    return tau, {"reference_error": reference, "tolerance": float(tolerance), "bound": bound,
+                 "tau": tau, "error": best_error, "evaluations": evaluations}
+
+
+def subset_error_of(cfg: DictConfig, plain: nnx.Module, dataset, evaluator, examples: int):
+    """``error_of(keep)``: the error (%) of ``plain`` with the channels ``~keep`` cut, on the
+    seeded training subset thresholds are chosen on (never the test set)."""
+    x, y = threshold_selection.selection_subset(dataset.x_train, dataset.y_train, examples,
+                                                int(cfg.seed))
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    kernels = {name: layer.posterior.weight[...]
+               for name, layer in objectives.variational_layers(plain)}
+
+    def error_of(keep) -> float:
+        masks = cp.pruned_masks(plain, keep)
+        try:
+            cp.apply_masks_in_place(plain, masks)
+            return evaluator.error(plain, x, y)
+        finally:
+            for name, layer in objectives.variational_layers(plain):
+                layer.posterior.weight[...] = kernels[name]
+
+    return error_of
+
+
+def _start(cfg: DictConfig, model: nnx.Module) -> str | None:
+    """Load ``method.start_from`` (a finished dense run) into ``model``; its path, or None."""
+    start = cfg.method.get("start_from")
+    if start is None or not str(start).strip():
+        return None
+    as_pretrained = OmegaConf.merge(cfg, {"method": {"pretrained_run": str(start)}})
+    try:
+        dense, _ = pretrained.load_pretrained(as_pretrained)
+    except ConfigError as error:
+        raise ConfigError(str(error).replace("method.pretrained_run", "method.start_from")) \
+            from None
+    fold.load_plain(model, dense)
+    return str(start)
+
+
+def _kl_weight(cfg: DictConfig, epochs: int):
+    warmup = cfg.trainer.kl_warmup
+    return lambda epoch: objectives.kl_weight(
+        epoch, objectives.warmup_epoch(warmup.start_epoch, epochs),
+        objectives.warmup_epoch(warmup.end_epoch, epochs))
+
+
+def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Variational CNN pruning of ``cfg.model`` on ``cfg.data`` (module docstring).
+
+    Rerunning in the same ``workdir`` resumes (finished phases are restored, not retrained).
+    Writes ``metrics.json`` (keys as every run, plus ``vcnn`` and ``counting``),
+    ``quantized_network.npz``, ``config.yaml`` and TensorBoard events.
+
+    Args:
+        cfg: The composed configuration (``conf/method/vcnn.yaml``).
+        workdir: The run directory.
+
+    Returns:
+        The metrics.
+    """
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs.check_settings(cfg)
+    runs.check_run_identity(cfg, workdir)
+    method = cfg.method
+    if (method.get("norm") or {}).get("kind") != "vcnn" and \
+            (method.get("channel") or {}).get("kind") != "vcnn":
+        raise ConfigError("the vcnn procedure needs method.norm.kind=vcnn (BatchNorm networks) "
+                          "and/or method.channel.kind=vcnn (LeNet-5) (conf/method/vcnn.yaml)")
+    mode = cp.group_mode(cfg)
+    tau, theta = thresholds(cfg)
+    dataset = runs.load_run_dataset(cfg)
+    model = runs.build_model(cfg, dataset.x_train.shape[1:], dataset.num_classes, int(cfg.seed))
+    factors = cp.prunable_factors(model, SALIENCY_TYPES, mode)
+    start = _start(cfg, model)
+    training = TrainingRun(cfg, workdir, dataset, resumable=runs.RESUMABLE_CHANGES_RETRAINING,
+                           pretrained_run=start)
+    epochs = int(cfg.trainer.epochs)
+    finetune_epochs = cp.phase_epochs((method.get("finetune") or {}).get("epochs", 0), cfg)
+    try:
+        # 1. Weights and saliencies, jointly, on the ELBO.
+        training.fit(model, Phase(
+            cp.TRAIN_PHASE, epochs, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+            key=cp.phase_key(cfg, cp.TRAIN_PHASE), kl_weight=_kl_weight(cfg, epochs),
+            record=_record))
+        trained_error = training.error(model)
+        # 2. The decision, on the posterior-mean network folded into a plain one.
+        plain = cp.plain_network(cfg, model, dataset)
+        graph = channel_graph(plain)
+        select = (method.get("prune") or {}).get("select")
+        selection = None
+        if select is not None:
+            examples = int(select.get("examples") or threshold_selection.DEFAULT_EXAMPLES)
+            tau, selection = select_tau(
+                graph, factors, theta,
+                subset_error_of(cfg, plain, dataset, training.evaluator, examples),
+                float(select.tolerance))
+        keep = decide(graph, factors, tau, theta)
+        masks = cp.pruned_masks(plain, keep)
+        cp.apply_masks_in_place(plain, masks)
+        pruned_error = training.error(plain)
+        summary = cp.keep_summary(keep)
+        log.info("VCNN: test error %.2f %% with the saliency means, %.2f %% after pruning %d of "
+                 "%d prunable channels (τ = %.4g, θ = %g); kept widths %s", trained_error,
+                 pruned_error, summary["pruned_channels"], summary["prunable_channels"], tau,
+                 theta, summary["kept_widths"])
+        # 3. No retraining by default; optional fine-tuning of the pruned plain network.
+        if finetune_epochs:
+            training.fit(plain, cp.finetune_phase(cfg, masks, keep, finetune_epochs))
+    finally:
+        training.close()
+    finetuned_error = training.error(plain) if finetune_epochs else None
+    final_error = pruned_error if finetuned_error is None else finetuned_error
+    means, log_vars = saliencies(factors)
+    info = {
+        "groups": mode,
+        "prior": type(next(iter(next(iter(factors.values())).values())).prior).__name__,
+        "start_from": start,
+        "tau": tau,
+        "theta": theta,
+        "selection": selection,
+        **summary,
+        "saliency_means": {p: m.tolist() for p, m in means.items()},
+        "saliency_stds": {p: np.exp(0.5 * v).tolist() for p, v in log_vars.items()},
+        "kl": {p: float(module.kl()) for modules in factors.values()
+               for p, module in modules.items()},
+        "error_before_pruning": trained_error,
+        "error_after_pruning": pruned_error,
+        "finetune_epochs": finetune_epochs,
+        "error_after_finetuning": finetuned_error,
+    }
+    return cp.finish(cfg, workdir, training=training, dataset=dataset, plain=plain, keep=keep,
+                     masks=masks, test_error=trained_error, final_error=final_error,
+                     extra={"vcnn": info})
+
+
+def _record(model) -> dict[str, float]:
+    """Per-epoch history entries: the saliency KL and the share of channels with σ < θ₀ = 0.01
+    and |μ| < τ₀ = 0.02 (the default rule's prunable share, to watch it grow)."""
+    total, prunable, kl = 0, 0, 0.0
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, SALIENCY_TYPES):
+            mu = np.abs(np.asarray(module.saliency_mean[...]))
+            sigma = np.exp(0.5 * np.asarray(module.saliency_log_var[...]))
+            total += mu.size
+            prunable += int(((mu < channel_selection.VCNN_TAU)
+                             & (sigma < channel_selection.VCNN_THETA)).sum())
+            kl += float(module.kl())
+    return {"saliency_kl": kl, "prunable_share": prunable / max(total, 1)}

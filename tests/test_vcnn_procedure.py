@@ -1,0 +1,132 @@
+"""Variational CNN pruning (Zhao et al., CVPR 2019) end to end, on LeNet-5 and a tiny ResNet.
+
+Smoke runs of 2 steps on synthetic data: ``metrics.json`` has the kept widths and the counting
+of a network of those widths, the exported (physically smaller) network has the logits of the
+masked one (a ResNet with its residual streams pruned too), ``bayescomp.compress`` decodes the
+file, a finished run rerun trains nothing, and a rerun with other pruning settings re-evaluates
+without training.
+"""
+
+import json
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from bayescomp import counting, models, runs
+from bayescomp.compression import quantize
+from bayescomp.compression.export import export_model
+from bayescomp.errors import ConfigError
+from bayescomp.nn import LayerFactory
+from bayescomp.procedures import vcnn
+
+NARROW_LENET = "model.widths=[6,8,12]"
+
+
+@pytest.fixture(scope="module")
+def lenet_run(tmp_path_factory, smoke_cfg):
+    """A 2-step LeNet-5 smoke run: ``(cfg, run_dir, metrics)``."""
+    cfg = smoke_cfg("lenet5_vcnn", NARROW_LENET)
+    run_dir = tmp_path_factory.mktemp("vcnn") / "lenet"
+    return cfg, run_dir, vcnn.run(cfg, run_dir)
+
+
+@pytest.fixture(scope="module")
+def resnet_run(tmp_path_factory, smoke_cfg):
+    """A 2-step ResNet-8 smoke run pruning residual streams too, with thresholds that remove all
+    but the largest |μ| of each BatchNorm (no fine-tuning: the paper's setting)."""
+    cfg = smoke_cfg("resnet20_vcnn_cpu", "data=synthetic_cifar", "model=resnet8",
+                    "model.widths=[4,8,8]", "method.prune.groups=all", "method.prune.tau=100",
+                    "method.prune.theta=100")
+    run_dir = tmp_path_factory.mktemp("vcnn") / "resnet"
+    return cfg, run_dir, vcnn.run(cfg, run_dir)
+
+
+def _exported_matches_masked(cfg, run_dir, model_cls, input_shape, num_classes):
+    quantized = quantize.load_quantized(run_dir / quantize.QUANTIZED_FILE)
+    model = quantize.quantized_model(model_cls, quantized, input_shape=input_shape,
+                                     num_classes=num_classes)
+    masks = dict(zip(quantized.names, quantized.masks))
+    exported = export_model(model, masks, input_shape=input_shape)
+    x = jnp.asarray(runs.load_run_dataset(cfg).x_test[:32])
+    want = np.asarray(nnx.view(model, use_running_average=True, raise_if_not_found=False)(x))
+    np.testing.assert_allclose(np.asarray(exported(x)), want, rtol=1e-4, atol=1e-4)
+    return exported
+
+
+def test_lenet5_metrics_widths_counting_and_export(lenet_run):
+    cfg, run_dir, _ = lenet_run
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert written["method"] == "vcnn" and written["experiment"] == "lenet5_vcnn"
+    assert [h["phase"] for h in written["history"]] == ["train"]
+    info = written["vcnn"]
+    assert info["widths"] == {"conv1": 6, "conv2": 8, "fc1": 12}
+    assert info["tau"] == 0.02 and info["theta"] == 0.01 and info["prior"] == "TiedGaussian"
+    assert set(info["saliency_means"]) == {"conv1_switch", "conv2_switch", "fc1_switch"}
+    assert all(k >= 0 for k in info["kl"].values())
+    widths = tuple(info["kept_widths"][g] for g in ("conv1", "conv2", "fc1"))
+    narrow = nnx.eval_shape(lambda: models.LeNet5(LayerFactory(), rngs=nnx.Rngs(0),
+                                                  widths=widths))
+    want = counting.count(narrow, (28, 28, 1))
+    pruned = written["counting"]["pruned"]
+    assert (pruned["params"], pruned["macs"]) == (want.params, want.macs)
+    assert written["weights_kept"] == want.weights
+    assert written["pruned_test_error"] == info["error_after_pruning"]
+    assert info["error_after_finetuning"] is None  # no fine-tuning by default
+    _exported_matches_masked(cfg, run_dir, models.LeNet5, (28, 28, 1), 10)
+
+
+def test_compress_decodes_the_pruned_network(lenet_run, tmp_path):
+    from bayescomp import compress
+
+    _, lenet_dir, metrics = lenet_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(lenet_dir, run_dir)
+    measured = compress.compress_run(run_dir)
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert written["compressed_test_error"] == metrics["quantized_test_error"]
+    assert measured["compressed_file"]
+
+
+def test_resnet_residual_streams_pruned_export_keeps_the_logits(resnet_run):
+    cfg, run_dir, metrics = resnet_run
+    info = metrics["vcnn"]
+    assert info["groups"] == "all"
+    assert [h["phase"] for h in metrics["history"]] == ["train"]
+    kept = info["kept_widths"]
+    # every BatchNorm keeps one channel; a stream keeps one per BatchNorm on it at most, and
+    # each stage's stream keeps the channels the previous stream keeps (option-A shortcut)
+    assert kept["stage1.0.conv1"] == kept["stage2.0.conv1"] == kept["stage3.0.conv1"] == 1
+    for earlier, later in (("stage1", "stage2"), ("stage2", "stage3")):
+        assert set(info["kept_channels"][earlier]) <= set(info["kept_channels"][later])
+    assert info["pruned_channels"] > 0 and metrics["counting"]["macs_ratio"] > 1
+    exported = _exported_matches_masked(cfg, run_dir, models.get("resnet8"), (32, 32, 3), 10)
+    assert exported.network.stem.kernel.shape[-1] == kept["stage1"]
+
+
+def test_rerun_trains_nothing_and_new_thresholds_only_reevaluate(lenet_run, smoke_cfg,
+                                                                 tmp_path):
+    cfg, lenet_dir, metrics = lenet_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(lenet_dir, run_dir)
+    again = vcnn.run(cfg, run_dir)
+    assert again["history"] == metrics["history"]
+    assert again["train_seconds"] == metrics["train_seconds"]
+    assert again["vcnn"]["kept_channels"] == metrics["vcnn"]["kept_channels"]
+    # τ chosen on training data within a tolerance: a re-evaluation of the same training
+    selected = vcnn.run(smoke_cfg("lenet5_vcnn", NARROW_LENET, "method.prune.theta=10",
+                                  "method.prune.select={tolerance: 100, examples: 64}"),
+                        run_dir)
+    assert selected["history"] == metrics["history"]
+    trace = selected["vcnn"]["selection"]
+    assert trace["tolerance"] == 100 and selected["vcnn"]["tau"] == trace["tau"]
+    # a 100-point tolerance prunes every channel the rule may: all but one per layer
+    assert selected["vcnn"]["kept_widths"] == {"conv1": 1, "conv2": 1, "fc1": 1}
+
+
+def test_wrong_method_is_one_line_error(smoke_cfg, tmp_path):
+    cfg = smoke_cfg("lenet5_dense")
+    with pytest.raises(ConfigError, match="method.norm.kind=vcnn"):
+        vcnn.run(cfg, tmp_path)

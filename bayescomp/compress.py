@@ -61,7 +61,14 @@ def compress_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = N
         raise ConfigError(f"{run_dir} holds no {quantize.QUANTIZED_FILE}, which every finished "
                           "run writes; rerun the run's command in that directory to finish it "
                           "(a finished run is re-evaluated without training)")
-    cfg = _run_config(run_dir)
+    # One writer per run directory: a training process still running in it (or a second
+    # compress) holds the lock, and this one stops with a line naming it.
+    with runs.lock_run_directory(run_dir):
+        return _compress_locked(run_dir, saved, out, evaluate)
+
+
+def _compress_locked(run_dir: pathlib.Path, saved: pathlib.Path, out, evaluate: bool) -> dict:
+    cfg = runs.read_run_config(run_dir)
     quantized = quantize.load_quantized(saved)
     spec = data_lib.REGISTRY[cfg.data.name]
     out = pathlib.Path(out) if out else run_dir / "model.bcz"
@@ -206,20 +213,6 @@ def _write_and_measure(out: pathlib.Path, quantized, cfg, spec, evaluate: bool) 
                                                        int(cfg.trainer.eval_batch_size))
 
     return measured
-
-
-def _run_config(run_dir: pathlib.Path):
-    """The resolved config a run wrote (``config.yaml``, or Hydra's ``.hydra/config.yaml``)."""
-    from omegaconf import OmegaConf
-
-    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
-        if path.is_file():
-            cfg = OmegaConf.load(path)
-            if cfg.data.name not in data_lib.REGISTRY:
-                raise ConfigError(f"{path} names an unknown dataset {cfg.data.name!r}")
-            return cfg
-    raise ConfigError(f"{run_dir} holds {quantize.QUANTIZED_FILE} but no config.yaml; rerun "
-                      "the run's command in that directory to write it")
 
 
 def test_error(model: nnx.Module, dataset, batch_size: int = 1000) -> float:

@@ -189,6 +189,24 @@ def test_a_refused_rerun_keeps_the_hydra_record_and_every_file(full_disk_then_re
     assert _files(run_dir) == before  # .hydra/ included
 
 
+def test_compress_is_refused_and_writes_nothing_while_a_run_holds_the_directory(
+        full_disk_then_resumed, tmp_path):
+    """`compress` writes model.bcz and metrics.json into the run directory, so it takes the
+    run's lock too: while a training process holds it, compress stops with one line naming it."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(full_disk_then_resumed[0], run_dir)
+    before = _files(run_dir, exclude=("run.log", runs.LOCK_FILE))
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    with runs.lock_run_directory(run_dir):
+        result = subprocess.run([sys.executable, "-m", "bayescomp.compress", str(run_dir)],
+                                cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=300)
+    line = _one_line_error(result)
+    assert f"is in use by another bayescomp run (process {os.getpid()})" in line
+    assert _files(run_dir, exclude=("run.log", runs.LOCK_FILE)) == before
+
+
 def test_a_second_process_in_a_run_directory_is_refused_naming_the_first(
         full_disk_then_resumed, tmp_path):
     run_dir = tmp_path / "run"

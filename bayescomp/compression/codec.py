@@ -1065,6 +1065,46 @@ def save(path, quantized: QuantizedNetwork, *, model_name: str, input_shape,
     return len(data)
 
 
+#: Largest ``.bcz`` file read: every weight of :data:`MAX_FILE_WEIGHTS` at 32 bits plus its keep
+#: bit, with room for headers, BatchNorms and entropy-coder overhead.
+MAX_FILE_BYTES = 2 * 33 * MAX_FILE_WEIGHTS // 8
+
+
+def read_file_bytes(path) -> bytes:
+    """The bytes of the regular file ``path``, at most :data:`MAX_FILE_BYTES` of them.
+
+    A FIFO would block the reader until some writer appeared, and a device such as /dev/zero
+    never ends, so anything but a regular file is refused before it is opened; a regular file
+    longer than any valid ``.bcz`` is refused before it is read.
+
+    Raises:
+        CompressedFileError: The path cannot be read, is not a regular file, or is too long.
+    """
+    import os
+    import stat
+
+    source = str(path)
+    hint = "check the path, or run `python -m bayescomp.compress RUN_DIR` to write it"
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        raise file_error(source, f"cannot be read ({error.strerror or error})", hint) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise file_error(source, "is not a regular file (a directory, FIFO or device)", hint)
+    if info.st_size > MAX_FILE_BYTES:
+        raise file_error(source, f"is {info.st_size} bytes, more than any .bcz file holds "
+                         f"({MAX_FILE_BYTES})", hint)
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)  # the file may have grown since stat
+    except OSError as error:
+        raise file_error(source, f"cannot be read ({error.strerror or error})", hint) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise file_error(source, f"is more than {MAX_FILE_BYTES} bytes, more than any .bcz file "
+                         "holds", hint)
+    return data
+
+
 def load(path):
     """Read a ``.bcz`` file and build the runnable point-weight model it describes.
 
@@ -1079,12 +1119,7 @@ def load(path):
             layers do not fit the model class it names.
     """
     source = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise file_error(source, f"cannot be read ({error.strerror or error})",
-                         "check the path, or run `python -m bayescomp.compress RUN_DIR` to write "
-                         "it") from None
+    data = read_file_bytes(path)
     # _decode has checked the layers against the model class (names, shapes, total size).
     network = _decode(data, source)
     model_cls = _registry()[network.model_name]

@@ -587,3 +587,30 @@ def test_the_cap_on_weights_is_checked_before_the_model():
     data = reseal(tiny_network("lenet300"), edit)
     with pytest.raises(CompressedFileError, match="exceed"):
         codec.decode_network(data)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory", "too_long"])
+def test_only_regular_files_of_a_possible_size_are_read(kind, tmp_path, monkeypatch):
+    """Issue 20 item 10: `evaluate` on a FIFO blocked forever (opening it waits for a writer) and
+    on /dev/zero read until MemoryError. Both are refused before they are opened; so is a file
+    longer than any .bcz can be (checked here with the limit lowered to 16 bytes)."""
+    from bayescomp.compression import codec
+    from bayescomp.compression.container import CompressedFileError
+
+    if kind == "fifo":
+        path = tmp_path / "pipe.bcz"
+        os.mkfifo(path)
+    elif kind == "device":
+        path = pathlib.Path("/dev/zero")
+        if not path.exists():
+            pytest.skip("no /dev/zero on this system")
+    elif kind == "directory":
+        path = tmp_path
+    else:
+        path = tmp_path / "long.bcz"
+        path.write_bytes(b"\0" * 17)
+        monkeypatch.setattr(codec, "MAX_FILE_BYTES", 16)
+    started = time.monotonic()
+    with pytest.raises(CompressedFileError, match="regular file|bytes"):
+        codec.load(path)
+    assert time.monotonic() - started < 5.0

@@ -61,6 +61,29 @@ Usage::
 keep everything). The model may be abstract (``nnx.eval_shape(lambda: Model(...))``): only
 shapes are read, from one abstract forward pass (``jax.eval_shape``) that records each weight
 layer's contraction output and each BatchNorm's output.
+
+**A pruned network's count, from its kernel masks** (every run's ``counting`` in
+``metrics.json``, :func:`summary`, written by :func:`bayescomp.metrics.finish_run`):
+
+* ``pruned`` is *structural*: what the physically smaller network of
+  :func:`bayescomp.compression.export.export_model` computes. Its channels are the ones export
+  keeps (:func:`pruned_structure`: read by some kept weight, and not input-independent, which
+  export folds into the consumers' biases; so a unit whose outgoing weights are all pruned, or
+  whose incoming are, is gone), and a dense layer counts only the input rows export gathers
+  (a pixel LeNet-300-100's first layer never reads, a flatten position LeNet-5's fc1 never
+  reads: ``rows × kept outputs`` weights rather than ``positions × channels × outputs``). A
+  conv keeps whole ``k_h × k_w`` filters between kept channels: a weight pruned inside a kept
+  filter is still multiplied (as a zero). Biases, BatchNorm γ, β and their multiply-adds as
+  above, over the kept channels. For per-weight (unstructured) pruning such as Deep
+  Compression and soft weight-sharing this is mostly the dense count: few units lose every
+  weight.
+* ``nonzero_macs`` is what unstructured-pruning papers count: per layer, the weights the mask
+  keeps times the layer's output positions (``H_out·W_out`` for a conv, 1 for a dense layer),
+  the multiply-adds of a sparse kernel that skips every pruned weight. No biases, no
+  BatchNorm. For group pruning whose groups are whole channels and units it equals the
+  structural ``macs``.
+
+Channel padding (export's ``channel_multiple``) is a speed choice and is never counted.
 """
 
 from __future__ import annotations
@@ -179,19 +202,27 @@ def count(model: nnx.Module, input_shape, keep: Mapping[str, np.ndarray] | None 
     """
     graph = channel_graph(model)
     kept = _kept_channels(graph, keep or {})
-    outputs = _output_shapes(model, tuple(int(d) for d in input_shape))
+    return _count(model, graph, kept, {}, _output_shapes(model, tuple(int(d) for d in input_shape)))
+
+
+def _count(model: nnx.Module, graph: ChannelGraph, kept: Mapping[str, int],
+           rows: Mapping[str, int], outputs: Mapping[str, list]) -> Count:
+    """The :class:`Count` of ``kept`` channels per group; ``rows``: the input rows a dense layer
+    keeps where fewer than its kept channels' (:func:`pruned_structure`)."""
     layers = {}
     for name, layer in weight_layers(model):
         in_group, consumer = graph.input_of(name)
         out_group = graph.output_of(name)
-        taps = int(np.prod(layer.kernel_size)) if isinstance(layer, VariationalConv) else 1
-        weights = taps * consumer.positions * kept[in_group.name] * kept[out_group.name]
-        calls = outputs[f"{name}.contract"]
-        # A conv's output positions; 1 for a dense layer (its contraction output is (1, out)).
-        positions = sum(int(np.prod(shape[1:-1])) for shape in calls)
+        conv = isinstance(layer, VariationalConv)
+        if name in rows:
+            weights = rows[name] * kept[out_group.name]
+        else:
+            taps = int(np.prod(layer.kernel_size)) if conv else 1
+            weights = taps * consumer.positions * kept[in_group.name] * kept[out_group.name]
         layers[name] = LayerCount(
-            kind="conv" if isinstance(layer, VariationalConv) else "dense", weights=weights,
-            biases=0 if out_group.norms else kept[out_group.name], macs=weights * positions)
+            kind="conv" if conv else "dense", weights=weights,
+            biases=0 if out_group.norms else kept[out_group.name],
+            macs=weights * _positions(outputs, name))
     norms = {}
     for group in graph.groups:
         for path in group.norms:
@@ -199,6 +230,169 @@ def count(model: nnx.Module, input_shape, keep: Mapping[str, np.ndarray] | None 
             norms[path] = NormCount(params=2 * kept[group.name],
                                     macs=elements * kept[group.name])
     return Count(layers, norms)
+
+
+def _positions(outputs: Mapping[str, list], name: str) -> int:
+    """Output positions of weight layer ``name``: a conv's ``H_out·W_out`` (summed over calls),
+    1 for a dense layer (its contraction output is ``(1, out)``)."""
+    return sum(int(np.prod(shape[1:-1])) for shape in outputs[f"{name}.contract"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Structure:
+    """What the exported network of a pruned model keeps (:func:`pruned_structure`).
+
+    Attributes:
+        keep: Prunable group name → boolean vector of the channels export keeps.
+        rows: Dense layer path → the input rows export's gather keeps.
+    """
+
+    keep: Mapping[str, np.ndarray]
+    rows: Mapping[str, int]
+
+
+def pruned_structure(model: nnx.Module, masks: Mapping[str, np.ndarray]) -> Structure:
+    """The channels and dense input rows that :func:`bayescomp.compression.export.export_model`
+    keeps for ``masks``, computed from the masks and the model's shapes alone.
+
+    Args:
+        model: The model (concrete or abstract).
+        masks: Kernel-shaped keep masks by layer path (propagated or not: export's own analysis
+            removes what propagation would).
+
+    Returns:
+        The :class:`Structure` (channel padding never included).
+    """
+    # Late: export builds on the model stack, which must not import counting at load time.
+    from bayescomp.compression.export import _absorbs_constants, _align_shortcuts
+    from bayescomp.compression.survivors import rows_reaching, surviving_channels
+
+    graph, layers = channel_graph(model), dict(weight_layers(model))
+    masks = {name: np.asarray(masks[name], bool) for name in graph.layers}
+    # Export's own two steps, so that this count is the exported network's by construction.
+    channels = surviving_channels(graph, masks, {n: _absorbs_constants(layers[n])
+                                                 for n in graph.layers})
+    channels = _align_shortcuts(graph, channels)
+    rows = {}
+    for name, layer in layers.items():
+        if isinstance(layer, VariationalConv):
+            continue  # a conv keeps whole filters between kept channels
+        in_group, consumer = graph.input_of(name)
+        # export._exported_layer: the rows p·C + c of kept channels that still reach a read
+        # output of this layer.
+        flat_rows = np.flatnonzero(np.tile(channels[in_group.name].kept, consumer.positions))
+        reaching = rows_reaching(masks[name], channels[graph.output_of(name).name].read)
+        rows[name] = int(reaching[flat_rows].sum())
+    return Structure({g.name: channels[g.name].kept for g in graph.groups if g.prunable}, rows)
+
+
+def count_pruned(model: nnx.Module, input_shape, masks: Mapping[str, np.ndarray]) -> Count:
+    """The structural :class:`Count` of ``model`` pruned by kernel ``masks`` (module docstring).
+
+    Args:
+        model: The model (concrete or abstract).
+        input_shape: ``(h, w, c)`` of one example.
+        masks: Kernel-shaped keep masks by layer path.
+    """
+    graph = channel_graph(model)
+    structure = pruned_structure(model, masks)
+    return _count(model, graph, _kept_channels(graph, structure.keep), structure.rows,
+                  _output_shapes(model, tuple(int(d) for d in input_shape)))
+
+
+def nonzero_macs(model: nnx.Module, input_shape, masks: Mapping[str, np.ndarray],
+                 *, outputs: Mapping[str, list] | None = None) -> dict[str, int]:
+    """Per layer, the weights ``masks`` keeps times the layer's output positions.
+
+    Args:
+        model: The model (concrete or abstract).
+        input_shape: ``(h, w, c)`` of one example.
+        masks: Kernel-shaped keep masks by layer path.
+        outputs: The abstract forward pass's shapes, where already traced.
+
+    Returns:
+        Layer path → multiply-adds of its kept weights, per example, in ``layer_names`` order.
+    """
+    if outputs is None:
+        outputs = _output_shapes(model, tuple(int(d) for d in input_shape))
+    return {name: int(np.count_nonzero(masks[name])) * _positions(outputs, name)
+            for name, _ in weight_layers(model)}
+
+
+def _ratio(dense: int, pruned: int) -> float | None:
+    return dense / pruned if pruned else None  # an emptied network has no finite ratio
+
+
+def nonzero_summary(model: nnx.Module, input_shape, masks: Mapping[str, np.ndarray],
+                    dense_macs: int, *, outputs: Mapping[str, list] | None = None) -> dict:
+    """The ``nonzero_macs`` keys of ``counting`` (:func:`summary`), against ``dense_macs``."""
+    per_layer = nonzero_macs(model, input_shape, masks, outputs=outputs)
+    total = sum(per_layer.values())
+    return {"nonzero_macs": total, "nonzero_macs_per_layer": per_layer,
+            "nonzero_macs_ratio": _ratio(dense_macs, total)}
+
+
+def summary(model: nnx.Module, input_shape, masks: Mapping[str, np.ndarray]) -> dict:
+    """The ``counting`` entry of ``metrics.json``: dense and structurally pruned counts, their
+    ratios, and the multiply-adds of the kept weights (module docstring).
+
+    The same format as the channel-pruning procedures' own entry (``dense`` and ``pruned``:
+    :meth:`Count.as_dict`; ``params_ratio``, ``macs_ratio`` dense / pruned), plus
+    ``nonzero_macs`` (total), ``nonzero_macs_per_layer`` and ``nonzero_macs_ratio``.
+
+    Args:
+        model: The model (concrete or abstract, e.g. :func:`shape_model`).
+        input_shape: ``(h, w, c)`` of one example.
+        masks: Kernel-shaped keep masks by layer path (``zip(quantized.names,
+            quantized.masks)``).
+    """
+    input_shape = tuple(int(d) for d in input_shape)
+    graph = channel_graph(model)
+    outputs = _output_shapes(model, input_shape)
+    dense = _count(model, graph, dict(graph.sizes), {}, outputs)
+    structure = pruned_structure(model, masks)
+    pruned = _count(model, graph, _kept_channels(graph, structure.keep), structure.rows, outputs)
+    return {"dense": dense.as_dict(), "pruned": pruned.as_dict(),
+            "params_ratio": _ratio(dense.params, pruned.params),
+            "macs_ratio": _ratio(dense.macs, pruned.macs),
+            **nonzero_summary(model, input_shape, masks, dense.macs, outputs=outputs)}
+
+
+def shape_model(model_name: str, input_shape, num_classes: int, widths=None) -> nnx.Module:
+    """The registered model ``model_name`` with every array abstract (``nnx.eval_shape``).
+
+    Point layers stand in for the method's: counting reads only shapes, which a method's layers
+    do not change.
+
+    Args:
+        model_name: A key of :data:`bayescomp.models.REGISTRY`.
+        input_shape: ``(h, w, c)`` of one example.
+        num_classes: Number of outputs.
+        widths: The model's ``widths`` (``None``: its defaults).
+    """
+    from bayescomp import models  # late: the registry imports every model
+    from bayescomp.nn import LayerFactory
+
+    model_cls = models.get(model_name)
+    extra = {} if widths is None else {"widths": tuple(widths)}
+    return nnx.eval_shape(lambda: model_cls(
+        LayerFactory(), rngs=nnx.Rngs(params=0), input_shape=tuple(int(d) for d in input_shape),
+        num_classes=int(num_classes), **extra))
+
+
+def network_summary(model_name: str, network, input_shape, num_classes: int) -> dict:
+    """:func:`summary` of a quantized or decoded network (``QuantizedNetwork``,
+    ``DecodedNetwork``: ``names``, ``masks``, ``kernels``, ``widths``).
+
+    The model is rebuilt abstractly at the network's widths (``widths``, or the LeNets'
+    per-layer output sizes read off its kernels, as :func:`bayescomp.compression.quantize.
+    point_model` does).
+    """
+    from bayescomp.models import hidden_widths
+
+    widths = network.widths if network.widths is not None else hidden_widths(network.kernels)
+    model = shape_model(model_name, input_shape, num_classes, widths)
+    return summary(model, input_shape, dict(zip(network.names, network.masks)))
 
 
 def _kept_channels(graph: ChannelGraph, keep: Mapping[str, np.ndarray]) -> dict[str, int]:

@@ -3,7 +3,8 @@
 Every procedure ends with :func:`finish_run`, which writes the quantized network
 (``quantized_network.npz``, what ``python -m bayescomp.compress`` encodes), ``config.yaml`` and
 ``metrics.json`` with the same keys: which run it is, its errors, what was kept and how well it
-compresses (Louizos et al. 2017, Table 1 columns), speed, provenance, history and config.
+compresses (Louizos et al. 2017, Table 1 columns), parameters and multiply-adds dense → pruned
+(``counting``, :func:`run_counting`), speed, provenance, history and config.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from bayescomp import atomic, provenance, pruning
+from bayescomp import atomic, counting, provenance, pruning
 from bayescomp.errors import ConfigError
 
 
@@ -89,6 +90,36 @@ def compression_metrics(masks: dict[str, np.ndarray], report: dict[str, Any]) ->
         "compression_details": {k: v for k, v in report.items() if k not in (
             "compression", "architecture", "bits_per_layer", "exponent_bits")},
     }
+
+
+def run_counting(cfg: DictConfig, dataset, quantized,
+                 given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``counting`` key of ``metrics.json``: parameters and multiply-adds of the dense
+    network and of the pruned one, per layer and in total (:func:`bayescomp.counting.summary`).
+
+    Counted on the model ``cfg`` builds, abstractly (shapes only), pruned by the quantized
+    network's masks, so every procedure is counted alike from what it wrote.
+
+    Args:
+        cfg: The run's configuration (model and widths).
+        dataset: The dataset (input shape, classes).
+        quantized: The compressed network (``names``, ``masks``).
+        given: The procedure's own ``counting`` (the channel procedures count their keep
+            vectors): kept as it is, with the ``nonzero_macs`` keys added where it lacks them.
+
+    Returns:
+        The entry.
+    """
+    from bayescomp import runs  # late: runs imports this module
+
+    input_shape = tuple(int(d) for d in dataset.x_train.shape[1:])
+    model = counting.shape_model(cfg.model.name, input_shape, dataset.num_classes,
+                                 runs.model_widths(cfg))
+    masks = dict(zip(quantized.names, quantized.masks))
+    if given is None:
+        return counting.summary(model, input_shape, masks)
+    nonzero = counting.nonzero_summary(model, input_shape, masks, int(given["dense"]["macs"]))
+    return {**nonzero, **dict(given)}
 
 
 def read_metrics(workdir: pathlib.Path) -> dict:
@@ -165,7 +196,8 @@ def finish_run(cfg: DictConfig, workdir, *, dataset, quantized, history: list[di
             :func:`~bayescomp.compression.report.compression_report`.
         prune_thresholds: The log α thresholds a variational run pruned at.
         threshold_selection: The trace of the thresholds' selection, if they were chosen.
-        extra: Method-specific entries (e.g. per-round errors).
+        extra: Method-specific entries (e.g. per-round errors). A ``counting`` entry here is
+            the procedure's own count, kept (:func:`run_counting`).
 
     Returns:
         The metrics written.
@@ -205,6 +237,7 @@ def finish_run(cfg: DictConfig, workdir, *, dataset, quantized, history: list[di
         **code_metrics(history),
         **provenance.runtime(),
         **dict(extra or {}),
+        "counting": run_counting(cfg, dataset, quantized, (extra or {}).get("counting")),
         "history": history,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }

@@ -92,6 +92,45 @@ def find_runs(paths: list[pathlib.Path], include_studies: bool = False) -> list[
     return runs
 
 
+#: The entropy-coded network ``python -m bayescomp.compress`` writes into a run directory.
+COMPRESSED_FILE = "model.bcz"
+
+_COUNTED: dict = {}  # (path, mtime, size) of a model.bcz → its counting: decoded once per process
+
+
+def run_counting(run: dict) -> dict | None:
+    """A run's ``counting`` (:func:`bayescomp.counting.summary`): from its ``metrics.json``, or,
+    for runs written before ``metrics.json`` had it, computed from the run's ``model.bcz``
+    (its model, widths, input shape and masks are all in the file).
+
+    Returns:
+        The entry, or ``None`` when the run has neither. A procedure's own ``counting``
+        (channel methods) is kept, with ``nonzero_macs`` added from the file where it lacks it.
+
+    Raises:
+        CompressedFileError: the ``model.bcz`` cannot be decoded (one line naming it).
+    """
+    given = run.get("counting")
+    if given and "nonzero_macs" in given:
+        return given
+    path = pathlib.Path(run["_path"]) / COMPRESSED_FILE
+    if not path.is_file():
+        return given
+    from bayescomp import counting  # late: counting pulls in the model stack
+    from bayescomp.compression import codec
+
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _COUNTED:
+        decoded = codec.decode_network(path.read_bytes(), source=str(path))
+        _COUNTED[key] = counting.network_summary(decoded.model_name, decoded,
+                                                 decoded.input_shape, decoded.num_classes)
+    computed = _COUNTED[key]
+    if not given:
+        return computed
+    return {**{k: v for k, v in computed.items() if k.startswith("nonzero_macs")}, **given}
+
+
 #: Keys every run's ``metrics.json`` has (:func:`bayescomp.metrics.run_identity`); the tables
 #: group runs by them.
 IDENTITY_KEYS = ("model", "method", "dataset")
@@ -258,6 +297,23 @@ def _mean_std(values, fmt: str) -> str:
     return f"{format(float(np.mean(values)), fmt)} ± {format(float(np.std(values, ddof=1)), fmt)}"
 
 
+def _macs_cell(runs: list[dict], structural: bool) -> str:
+    """Multiply-adds (thousands) of the pruned network, mean ± std over ``runs``, of the dense
+    network's, and the ratio: ``pruned / dense (ratio×)``; ``–`` where a run has no count."""
+    counts = [run_counting(r) for r in runs]
+    if not counts or any(c is None for c in counts):
+        return "–"
+    if structural:
+        pruned = [c["pruned"]["macs"] / 1e3 for c in counts]
+        ratios = [c["macs_ratio"] for c in counts]
+        dense = {c["dense"]["macs"] / 1e3 for c in counts}
+        return (f"{_mean_std(pruned, ',.1f')}K / "
+                f"{' / '.join(format(d, ',.1f') for d in sorted(dense))}K "
+                f"({_mean_std(ratios, '.1f')}×)")
+    return (f"{_mean_std([c['nonzero_macs'] / 1e3 for c in counts], ',.1f')}K "
+            f"({_mean_std([c['nonzero_macs_ratio'] for c in counts], '.1f')}×)")
+
+
 def _join_units(lists) -> str:
     """Per-layer integers written '8-13-88-13'; one per seed, separated by ' / ', where seeds
     differ (a mean architecture such as '666.5-133.5' describes no network)."""
@@ -377,6 +433,10 @@ def render(runs: list[dict], published: dict, sources: list[str],
         "ending in `-copy` ran from a copy of that clean commit without its `.git` (a lent GPU",
         "machine; see `bayescomp/provenance.py`). Seeds are averaged only when their configs",
         "agree (see `bayescomp/tables.py`); other recipes of a method get their own labelled row.",
+        "Multiply-adds per example, in thousands (`bayescomp/counting.py`): *structural* counts",
+        "the network export builds (kept channels and rows; unstructured pruning keeps most of",
+        "them), *nonzero* the kept weights times their output positions; from each run's",
+        "`counting`, or computed from its `model.bcz`.",
         "",
         f"Published rows: {', '.join(cite['authors'])} ({cite['year']}), *{cite['title']}*, "
         f"{cite['venue']}, arXiv:{cite['arxiv']}; as printed in {cite['source']['slides']}, "
@@ -389,7 +449,9 @@ def render(runs: list[dict], published: dict, sources: list[str],
         lines += [f"## {title}: ours", ""]
         lines += ["### Pruned architecture and bit precision", "",
                   "| Network | Method | n | Pruned architecture | Bits per layer | Exponent bits |"
-                  " Error (quantized) % |", "|---|---|---|---|---|---|---|"]
+                  " Error (quantized) % | Multiply-adds, structural: pruned / dense (× fewer) |"
+                  " Multiply-adds, nonzero weights (× fewer) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         keys = sorted((k for k in groups if k[0] == dataset),
                       key=lambda k: (k[1], METHOD_ORDER.index(k[2]) if k[2] in METHOD_ORDER else 99,
                                      label_order.get(k, ())))
@@ -404,7 +466,8 @@ def render(runs: list[dict], published: dict, sources: list[str],
                 f"{len(rs)} | {_join_units([r.get('architecture') for r in rs])} | "
                 f"{_join_units([r.get('bits_per_layer') for r in rs])} | "
                 f"{_mean_std([r.get('exponent_bits') for r in rs], '.0f')} | "
-                f"{_mean_std([r.get('quantized_test_error') for r in rs], '.2f')} |")
+                f"{_mean_std([r.get('quantized_test_error') for r in rs], '.2f')} | "
+                f"{_macs_cell(rs, structural=True)} | {_macs_cell(rs, structural=False)} |")
         lines += ["", "### Compression rates", "",
                   "| Network | Method | n | Epochs | Error % (mean / pruned / quantized) | "
                   "\\|W≠0\\|/\\|W\\| % | Pruning | Fast Prediction | Maximum Compression (estimate) | "

@@ -89,3 +89,92 @@ def test_cli_writes_the_report_and_the_figure(results, tmp_path):
     assert (out / "frontier.md").read_text().startswith("# Error against Pruning")
     assert (out / "frontier.png").stat().st_size > 0
     assert frontier.main([str(tmp_path / "missing")]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Multiply-adds: from metrics.json's counting, or from a run's model.bcz
+
+
+def _lenet5_masks(drop_one=False):
+    """Full-width LeNet-5 masks keeping conv1 channels 0-4, conv2 0-9 (from those), fc1's rows
+    of conv2 channels 0-9 at all 16 positions into units 0-19, fc2 from those."""
+    import numpy as np
+
+    masks = {"conv1": np.zeros((5, 5, 1, 20), bool), "conv2": np.zeros((5, 5, 20, 50), bool),
+             "fc1": np.zeros((800, 500), bool), "fc2": np.zeros((500, 10), bool)}
+    masks["conv1"][..., :5] = True
+    masks["conv2"][:, :, :5, :10] = True
+    rows = [p * 50 + c for p in range(16) for c in range(10)]
+    masks["fc1"][np.ix_(rows, range(20))] = True
+    masks["fc2"][:20] = True
+    if drop_one:
+        masks["conv2"][0, 0, 0, 0] = False  # inside a kept filter: not a structural change
+    return masks
+
+
+def _write_bcz(run_dir, masks):
+    import numpy as np
+
+    from bayescomp.compression import codec
+    from bayescomp.compression.quantize import BitPrecision, QuantizedNetwork
+
+    rng = np.random.default_rng(0)
+    names = list(masks)
+    kernels = [np.where(m, rng.integers(1, 40, m.shape) * 2.0**-6, 0).astype(np.float32)
+               for m in masks.values()]
+    biases = [np.zeros(m.shape[-1], np.float32) for m in masks.values()]
+    precision = BitPrecision([6] * 4, 3, [10] * 4, 0.75)
+    codec.save(run_dir / "model.bcz", QuantizedNetwork(names, kernels, biases, list(masks.values()),
+                                                       precision),
+               model_name="lenet5", input_shape=(28, 28, 1), num_classes=10)
+
+
+@pytest.fixture
+def counted_results(tmp_path):
+    import numpy as np
+    from flax import nnx
+
+    from bayescomp import counting
+    from bayescomp.models import LeNet5
+    from bayescomp.nn import LayerFactory
+
+    root = tmp_path / "results"
+    dense = _run(root, ("fashion_mnist", "lenet5_dense", "seed0"), method="dense", seed=0,
+                 weights_total=FULL, pruning=1.0, error=8.0)
+    model = nnx.eval_shape(lambda: LeNet5(LayerFactory(), rngs=nnx.Rngs(0)))
+    ones = {name: np.ones(m.shape, bool) for name, m in _lenet5_masks().items()}
+    metrics = json.loads((dense / "metrics.json").read_text())
+    metrics["counting"] = counting.summary(model, (28, 28, 1), ones)  # a run that has it
+    (dense / "metrics.json").write_text(json.dumps(metrics))
+    # Published runs written before counting: only their model.bcz knows.
+    _write_bcz(_run(root, ("fashion_mnist", "lenet5_bc_ghs", "seed0"), method="bc_ghs", seed=0,
+                    weights_total=FULL, pruning=100.0, error=8.5), _lenet5_masks())
+    _write_bcz(_run(root, ("fashion_mnist", "lenet5_dc", "seed0"), method="dc", seed=0,
+                    weights_total=FULL, pruning=6.0, error=9.4), _lenet5_masks(drop_one=True))
+    return root
+
+
+def test_multiply_adds_from_model_bcz_without_counting(counted_results):
+    points, full = frontier.collect([counted_results], "lenet5", "fashion_mnist", "macs")
+    assert full == 2_293_000
+    by_method = {p["method"]: p for p in points}
+    assert set(by_method) == {"dense", "bc_ghs", "dc"}  # DC is on the multiply-add axes
+    structural = 576 * 25 * 5 + 64 * 25 * 5 * 10 + 160 * 20 + 20 * 10
+    assert by_method["bc_ghs"]["macs"] == by_method["bc_ghs"]["nonzero_macs"] == structural
+    assert by_method["dc"]["macs"] == structural
+    assert by_method["dc"]["nonzero_macs"] == structural - 64  # one conv2 weight, 8·8 positions
+    assert by_method["bc_ghs"]["macs_reduction"] == pytest.approx(2_293_000 / structural)
+    assert by_method["dense"]["macs"] == 2_293_000
+
+
+def test_cli_writes_the_multiply_add_report_beside_the_pruning_one(counted_results, tmp_path):
+    out = tmp_path / "out"
+    assert frontier.main([str(counted_results), "--measure", "nonzero_macs", "--out",
+                          str(out)]) == 0
+    text = (out / "frontier_nonzero_macs.md").read_text()
+    assert text.startswith("# Error against multiply-adds")
+    # Dense 8.0 + 1 point: BC-GHS (8.5 %) is within the bar, DC (9.4 %) is not.
+    assert "Fewest nonzero multiply-adds within the bar: 155,400 (14.8× fewer than dense), " \
+           "BC-GHS" in text
+    assert (out / "frontier_nonzero_macs.png").stat().st_size > 0
+    assert not (out / "frontier.md").exists()

@@ -156,3 +156,34 @@ def test_settings_added_later_at_their_neutral_value_keep_the_recipe():
     other_types = json.loads(json.dumps(decayed))
     other_types["config"]["optimizer"]["decay"] = ["weights", "norm"]
     assert len({tables.recipe(r) for r in (before, decayed, other_types)}) == 3
+
+
+def test_multiply_adds_come_from_counting_or_from_the_runs_model_bcz(tmp_path):
+    """Seed 0 has ``counting`` in its metrics.json; seed 1, written before it, only a model.bcz
+    (LeNet-300-100 keeping 100 inputs → 30 units → 10 → 10 classes)."""
+    import numpy as np
+
+    from bayescomp.compression import codec
+    from bayescomp.compression.quantize import BitPrecision, QuantizedNetwork
+
+    dense = 784 * 300 + 300 * 100 + 100 * 10
+    pruned = 100 * 30 + 30 * 10 + 10 * 10
+    counted = {"dense": {"macs": dense}, "pruned": {"macs": 2 * pruned},
+               "macs_ratio": dense / (2 * pruned), "nonzero_macs": pruned,
+               "nonzero_macs_ratio": dense / pruned}
+    _run(tmp_path, 0, [100, 30, 10], [6, 3, 9], 10.4, 1.0, counting=counted)
+    _run(tmp_path, 1, [100, 30, 10], [6, 3, 9], 10.6, 1.0)
+    masks = [np.zeros((784, 300), bool), np.zeros((300, 100), bool), np.zeros((100, 10), bool)]
+    masks[0][:100, :30] = masks[1][:30, :10] = masks[2][:10] = True
+    kernels = [np.where(m, 0.25, 0).astype(np.float32) for m in masks]
+    biases = [np.zeros(m.shape[1], np.float32) for m in masks]
+    codec.save(tmp_path / "fashion_mnist" / "lenet300_gnj" / "seed1" / "model.bcz",
+               QuantizedNetwork(["fc1", "fc2", "fc3"], kernels, biases, masks,
+                                BitPrecision([6] * 3, 3, [10] * 3, 0.75)),
+               model_name="lenet300", input_shape=(28, 28, 1), num_classes=10)
+    out = tmp_path / "lenet.md"
+    assert tables.main([str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    # Structural: seed 0's 6.8K (39.1×, its own count) and seed 1's 3.4K (78.3×, from its file).
+    assert (f"| 5.1 ± 2.4K / {dense / 1e3:,.1f}K (58.7 ± 27.7×) | 3.4K "
+            f"({dense / pruned:.1f}×) |") in text

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from bayescomp import metrics, models, objectives, pretrained, runs
+from bayescomp import atomic, metrics, models, objectives, pretrained, runs
 from bayescomp.bit_precision import codebook_precision
 from bayescomp.compression import quantize as quantize_lib
 from bayescomp.compression.quantize import QuantizedNetwork
@@ -418,5 +418,5 @@ def _save_weight_plots(directory: pathlib.Path, names, pretrained: Mapping[str, 
         ax.set_title(f"{name}: {codebook.size} shared values (red)")
         ax.legend(fontsize=8, loc="upper right")  # "best" scans every bar: slow
         fig.tight_layout()
-        fig.savefig(directory / f"weights_{name}.png", dpi=100)
+        atomic.save_figure(fig, directory / f"weights_{name}.png", dpi=100)  # never truncated
         plt.close(fig)

@@ -54,7 +54,7 @@ import scipy.special
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
-from bayescomp import metrics, models, objectives, pretrained, priors, runs
+from bayescomp import atomic, metrics, models, objectives, pretrained, priors, runs
 from bayescomp.bit_precision import codebook_precision
 from bayescomp.compression import quantize as quantize_lib
 from bayescomp.compression.quantize import QuantizedNetwork
@@ -299,7 +299,7 @@ def save_weight_figure(pretrained: np.ndarray, retrained: np.ndarray, mixture: M
     scatter.set_ylim(low - margin, high + margin)
     top.set_title(f"soft weight-sharing: {len(mixture.means)} components "
                   f"(red: zero component, ±2σ bands)", fontsize=10)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
+    atomic.save_figure(figure, path, dpi=120, bbox_inches="tight")  # no truncated PNG on a full disk
     plt.close(figure)
     return path
 

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 from train_speed import ExperimentTimer  # importing it puts the checkout on sys.path
 
-from bayescomp.nn import conv as conv_lib  # noqa: E402
-from bayescomp.nn import norm as norm_lib  # noqa: E402
+from bayescomp.nn import conv as conv_lib
+from bayescomp.nn import norm as norm_lib
 
 SWITCHES = ("conv", "norm")
 

@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-
 #: Whether batch-statistics BatchNorm on XLA:CPU uses :func:`batch_norm_with_dot_sums` (a switch
 #: for ``benchmarks/kernel_ab.py``; the two agree up to float32 summation order).
 DOT_SUMS = True

@@ -86,11 +86,9 @@ import logging
 import math
 import os
 import pathlib
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -102,6 +100,7 @@ from bayescomp.errors import ConfigError
 from bayescomp.loop import Phase, TrainingRun
 from bayescomp.nn.switch import SwitchLogit
 from bayescomp.posteriors.variables import Bias, PointWeight
+from bayescomp.procedures import channel_pruning
 from bayescomp.pruning import apply_group_masks
 
 log = logging.getLogger(__name__)
@@ -186,28 +185,17 @@ def apply_masks_in_place(model: nnx.Module, masks: Mapping[str, np.ndarray]) -> 
         layer.posterior.weight[...] = jnp.where(masks[name], kernel, jnp.zeros_like(kernel))
 
 
-def _epochs(value, cfg: DictConfig) -> int:
-    """A phase's epochs: ``null`` means ``trainer.epochs``."""
-    epochs = int(cfg.trainer.epochs if value is None else value)
-    if epochs < 0:
-        raise ConfigError(f"a phase cannot train {epochs} epochs")
-    return epochs
-
-
-def _key(cfg: DictConfig, name: str) -> jax.Array:
-    return jax.random.fold_in(jax.random.key(int(cfg.seed)), zlib.crc32(name.encode()))
-
-
 def switch_phase(cfg: DictConfig) -> Phase:
     """Phase 1: the switches alone, Adam at ``method.switches.lr``, β annealed per epoch."""
     settings = cfg.method.switches
-    epochs = _epochs(settings.epochs, cfg)
+    epochs = channel_pruning.phase_epochs(settings.epochs, cfg)
     anneal = settings.get("anneal_epochs")
     anneal = epochs if anneal is None else int(anneal)
     optimizer = {"name": "adam", "lr": float(settings.lr), "b1": 0.9, "b2": 0.999,
                  "schedule": "constant", "weight_decay": 0.0, "decay": [],
                  "warmup_epochs": 0}
-    return Phase(SWITCH_PHASE, epochs, optimizer=optimizer, key=_key(cfg, SWITCH_PHASE),
+    return Phase(SWITCH_PHASE, epochs, optimizer=optimizer,
+                 key=channel_pruning.phase_key(cfg, SWITCH_PHASE),
                  trains=SwitchLogit, kl_weight=lambda e: kl_weight(e, anneal),
                  batch_norm="running", record=_switch_record)
 
@@ -220,8 +208,9 @@ def retrain_phase(cfg: DictConfig, masks: Mapping[str, np.ndarray]) -> Phase:
                  "decay_start": float(settings.get("decay_start", 0.0))}
     rates = ((PointWeight, float(settings.lr)), (Bias, float(settings.get("bias_lr",
                                                                            settings.lr))))
-    return Phase(RETRAIN_PHASE, _epochs(settings.epochs, cfg), optimizer=optimizer,
-                 key=_key(cfg, RETRAIN_PHASE), trains=(PointWeight, Bias),
+    return Phase(RETRAIN_PHASE, channel_pruning.phase_epochs(settings.epochs, cfg),
+                 optimizer=optimizer,
+                 key=channel_pruning.phase_key(cfg, RETRAIN_PHASE), trains=(PointWeight, Bias),
                  learning_rates=rates, masks=dict(masks))
 
 
@@ -298,7 +287,8 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     quantized_error = training.error(quantize_lib.quantized_model(
         model_cls, quantized, input_shape=input_shape, num_classes=dataset.num_classes))
     log.info("retrained %d epochs: test error %.2f %% (quantized %.2f %%)",
-             _epochs(method.retrain.epochs, cfg), retrained_error, quantized_error)
+             channel_pruning.phase_epochs(method.retrain.epochs, cfg), retrained_error,
+             quantized_error)
     dense_count = counting.count(dense, input_shape)
     pruned_count = counting.count(dense, input_shape, keep=keep)
     extra = {

@@ -168,9 +168,10 @@ class GroupHorseshoe(Prior):
 @register_kl(GroupLogNormal, GroupHorseshoe)
 def _kl_group_lognormal_horseshoe(q: GroupLogNormal, p: GroupHorseshoe) -> jax.Array:
     tau0_sq = float(p.tau0) ** 2  # a Python float: its log is taken in float64
-    kl_global = (kl_lognormal_gamma(q.sa_mu[...], q.sa_log_var[...], 0.5, tau0_sq)
-                 + kl_lognormal_inverse_gamma(q.sb_mu[...], q.sb_log_var[...], 0.5, 1.0))
-    kl_local = jnp.sum(kl_lognormal_gamma(q.a_mu[...], q.a_log_var[...], 0.5, 1.0)
-                       + kl_lognormal_inverse_gamma(q.b_mu[...], q.b_log_var[...], 0.5, 1.0))
+    theta = q.scale_param  # each scale parameter's θ (stored as θ / scale_lr_multiplier)
+    kl_global = (kl_lognormal_gamma(theta("sa_mu"), theta("sa_log_var"), 0.5, tau0_sq)
+                 + kl_lognormal_inverse_gamma(theta("sb_mu"), theta("sb_log_var"), 0.5, 1.0))
+    kl_local = jnp.sum(kl_lognormal_gamma(theta("a_mu"), theta("a_log_var"), 0.5, 1.0)
+                       + kl_lognormal_inverse_gamma(theta("b_mu"), theta("b_log_var"), 0.5, 1.0))
     kl_weights = kl_normal_zero_mean(q.w_mean[...], q.w_log_var[...], 1.0)
     return kl_global + kl_local + kl_weights

@@ -369,7 +369,7 @@ def plot(points: list[dict], reference: float, within: float, min_pruning: float
     axis.legend(fontsize=7)
     axis.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic.save_figure(fig, path, dpi=100)  # a full disk leaves no truncated image
     plt.close(fig)
 
 

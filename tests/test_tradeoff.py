@@ -122,3 +122,30 @@ def test_out_and_its_parents_are_created(svd_run, tmp_path):
     out = tmp_path / "new" / "nested" / "curve"
     assert tradeoff.main([str(svd_run[0]), "--thresholds", "3", "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"tradeoff.json", "tradeoff.md", "tradeoff.png"}
+
+
+def test_an_unwritable_out_is_one_line_and_keeps_the_earlier_files(svd_run, tmp_path, capsys,
+                                                                   monkeypatch):
+    """Issue 20 item 7: a failure to write the results (a full disk, a read-only directory:
+    root ignores permission bits, so the write itself is made to fail) ends in one line with
+    exit 2, after the table was printed; files written before are kept whole."""
+    import errno
+
+    from bayescomp import atomic
+
+    out = tmp_path / "sweep"
+    assert tradeoff.main([str(svd_run[0]), "--thresholds", "3", "--out", str(out)]) == 0
+    before = (out / "tradeoff.json").read_bytes()
+    capsys.readouterr()
+
+    def full_disk(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(atomic, "write_text", full_disk)
+    assert tradeoff.main([str(svd_run[0]), "--thresholds", "2", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write the results into")
+    assert "No space left on device" in lines[0]
+    assert "threshold" in captured.out.lower() or captured.out.strip()  # the table was printed
+    assert (out / "tradeoff.json").read_bytes() == before

@@ -67,10 +67,18 @@ def test_experiment_composes(experiment, compose):
 # with 9 blocks per stage instead of 3): their compilation alone takes a minute on 2 cores, so
 # their two-step runs are in the slow set (pytest -m slow); they still compose above.
 DEEPER_COPIES = {"resnet56_dense"}
+# Experiments whose procedure is run end to end on the same model family by its own test file
+# in the default run (tests/test_dirichlet_procedure.py, test_deep_compression.py,
+# test_vcnn_procedure.py, test_slimming_procedure.py): their two-step runs (25-50 s each on a
+# loaded 2-core CPU) are in the slow set, which keeps the default run under 10 minutes; they
+# still compose above.
+COVERED_END_TO_END = {"lenet5_dirichlet", "lenet5_dc", "lenet300_dc", "resnet20_vcnn_cpu",
+                      "resnet20_slimming_cpu"}
 
 
 @pytest.mark.parametrize("experiment", [
-    pytest.param(e, marks=pytest.mark.slow) if e in DEEPER_COPIES else e for e in EXPERIMENTS])
+    pytest.param(e, marks=pytest.mark.slow) if e in DEEPER_COPIES | COVERED_END_TO_END else e
+    for e in EXPERIMENTS])
 def test_experiment_trains_two_steps(experiment, smoke_cfg, tmp_path, pretrained_dense_run):
     cfg = smoke_cfg(experiment)
     narrow = NARROW_WIDTHS.get(cfg.model.name)

@@ -11,6 +11,7 @@ import json
 import pathlib
 import shutil
 
+import pytest
 
 from bayescomp import data, priors
 
@@ -94,6 +95,10 @@ def test_missing_data_dir_names_the_path(tmp_path):
     assert _snapshot(run_dir) == before
 
 
+# Slow set (two CLI runs, over a minute on 2 cores): the default run checks the same refusal
+# and message in tests/test_robustness_cli.py
+# (test_a_refused_rerun_keeps_the_hydra_record_and_every_file).
+@pytest.mark.slow
 def test_checkpoint_of_another_configuration(tmp_path):
     run_dir = tmp_path / "run"
     first = run_cli(run_dir, "+experiment=lenet300_dense", *SMOKE)

@@ -230,6 +230,9 @@ def test_rerun_in_the_same_directory_resumes_and_trains_nothing(dc_run, pretrain
     assert after["quantized_test_error"] == before["quantized_test_error"]
 
 
+# Slow set (about a minute on 2 cores): resuming between phases is the loop's, tested in the
+# default run by tests/test_loop.py and tests/test_dirichlet_procedure.py.
+@pytest.mark.slow
 def test_resume_after_an_interruption_between_phases(pretrained_dense_run, tmp_path):
     """Two pruning rounds, interrupted after the first: the rerun recomputes round 2's mask and
     the codebooks from the restored weights and ends exactly where an uninterrupted run does."""

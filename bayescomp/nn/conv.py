@@ -46,9 +46,10 @@ class VariationalConv(VariationalLayer):
         prune_threshold: See :class:`VariationalLayer`.
         input_is_normalized: The input is computed by a BatchNorm (with ReLU, residual add), as
             in the ResNets and VGGs. On XLA:CPU the kernel gradient then reads materialised
-            operands (:func:`conv_with_materialized_gradient_operands`), which makes a ResNet-20
-            step ~1.5x faster; where the input is data or a pooled map (LeNet-5) the extra
-            copies cost ~6 % instead (``benchmarks/README.md``). Same values either way.
+            operands (:func:`conv_with_materialized_gradient_operands`); with BatchNorm's dot
+            sums (:mod:`bayescomp.nn.norm`) a ResNet-20 step took 0.68-0.70 of the time. Where
+            the input is data or a pooled map (LeNet-5) the extra copies cost ~6 % instead
+            (``benchmarks/README.md``). Same values either way.
     """
 
     group_axis = -1  # output channels

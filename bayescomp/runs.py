@@ -226,6 +226,20 @@ def check_settings(cfg: DictConfig) -> None:
 RUN_IDENTITY = ("model.name", "method.name", "data.name", "seed")
 
 
+def prepare_run_directory(cfg: DictConfig, workdir) -> pathlib.Path:
+    """Where every procedure starts: check the settings (:func:`check_settings`), create
+    ``workdir`` and refuse it if it holds another run (:func:`check_run_identity`).
+
+    Returns:
+        ``workdir`` as a path.
+    """
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    check_settings(cfg)
+    check_run_identity(cfg, workdir)
+    return workdir
+
+
 def check_run_identity(cfg: DictConfig, workdir) -> None:
     """Refuse to start a run in a directory that holds another run.
 

@@ -331,10 +331,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     Returns:
         The metrics.
     """
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    runs.check_settings(cfg)
-    runs.check_run_identity(cfg, workdir)
+    workdir = runs.prepare_run_directory(cfg, workdir)
     model, pretrained_metrics = pretrained.load_pretrained(cfg)
     dataset = runs.load_run_dataset(cfg)
     layers = objectives.variational_layers(model)

@@ -85,7 +85,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pathlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -94,14 +93,13 @@ import numpy as np
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
-from bayescomp import channel_selection, counting, metrics, models, objectives, pretrained, runs
+from bayescomp import channel_selection, counting, metrics, models, pretrained, runs
 from bayescomp.compression import quantize as quantize_lib
 from bayescomp.errors import ConfigError
 from bayescomp.loop import Phase, TrainingRun
 from bayescomp.nn.switch import SwitchLogit
 from bayescomp.posteriors.variables import Bias, PointWeight
 from bayescomp.procedures import channel_pruning
-from bayescomp.pruning import apply_group_masks
 
 log = logging.getLogger(__name__)
 
@@ -171,20 +169,6 @@ def kept_widths(cfg: DictConfig, means: Mapping[str, np.ndarray]) -> tuple[dict[
         "mass"
 
 
-def pruned_masks(model: nnx.Module, keep: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Kernel-shaped keep masks of ``model`` with the channels ``~keep`` removed."""
-    full = {name: np.ones(layer.posterior.weight[...].shape, bool)
-            for name, layer in objectives.variational_layers(model)}
-    return apply_group_masks(model, full, keep)
-
-
-def apply_masks_in_place(model: nnx.Module, masks: Mapping[str, np.ndarray]) -> None:
-    """Zero the removed weights of ``model``'s point kernels (``+0.0``)."""
-    for name, layer in objectives.variational_layers(model):
-        kernel = layer.posterior.weight[...]
-        layer.posterior.weight[...] = jnp.where(masks[name], kernel, jnp.zeros_like(kernel))
-
-
 def switch_phase(cfg: DictConfig) -> Phase:
     """Phase 1: the switches alone, Adam at ``method.switches.lr``, β annealed per epoch."""
     settings = cfg.method.switches
@@ -241,10 +225,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     Returns:
         The metrics.
     """
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    runs.check_settings(cfg)
-    runs.check_run_identity(cfg, workdir)
+    workdir = runs.prepare_run_directory(cfg, workdir)
     method = cfg.method
     if (method.get("channel") or {}).get("kind") != "dirichlet":
         raise ConfigError("the dirichlet procedure needs method.channel.kind=dirichlet "
@@ -270,9 +251,9 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         # 2. The pruning decision: top k per group by the switch means.
         widths, rule = kept_widths(cfg, means)
         keep = channel_selection.top_k_keep(means, widths)
-        masks = pruned_masks(dense, keep)
+        masks = channel_pruning.pruned_masks(dense, keep)
         # 3. The switches dropped; the pretrained network with the channels cut, retrained.
-        apply_masks_in_place(dense, masks)
+        channel_pruning.apply_masks_in_place(dense, masks)
         pruned_error = training.error(dense)
         log.info("switches (%s): test error %.2f %% with the switch means; kept widths %s "
                  "(%s), %.2f %% after pruning", method.channel.mode, switch_error, widths, rule,

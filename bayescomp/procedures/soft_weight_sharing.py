@@ -540,12 +540,9 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         BayescompError: Bad configuration, no usable pretrained run, missing data, a diverged
             retraining, or a post-processed network that keeps no weight.
     """
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = runs.prepare_run_directory(cfg, workdir)
     settings = settings_from_config(cfg.method)
     prior = settings.prior
-    runs.check_settings(cfg)
-    runs.check_run_identity(cfg, workdir)
     model, pretrained_metrics = pretrained.load_pretrained(cfg)
     dataset = runs.load_run_dataset(cfg)
     training = TrainingRun(cfg, workdir, dataset, resumable=runs.RESUMABLE_CHANGES_RETRAINING,

@@ -60,10 +60,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     Raises:
         BayescompError: Bad configuration, missing data, or a diverged run.
     """
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    runs.check_settings(cfg)
-    runs.check_run_identity(cfg, workdir)
+    workdir = runs.prepare_run_directory(cfg, workdir)
     dataset = runs.load_run_dataset(cfg)
     model = runs.build_model(cfg, dataset.x_train.shape[1:], dataset.num_classes,
                                 int(cfg.seed))

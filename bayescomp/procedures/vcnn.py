@@ -68,7 +68,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pathlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -224,10 +223,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     Returns:
         The metrics.
     """
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    runs.check_settings(cfg)
-    runs.check_run_identity(cfg, workdir)
+    workdir = runs.prepare_run_directory(cfg, workdir)
     method = cfg.method
     if (method.get("norm") or {}).get("kind") != "vcnn" and \
             (method.get("channel") or {}).get("kind") != "vcnn":

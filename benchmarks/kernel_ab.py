@@ -18,11 +18,15 @@ Usage::
 
     python benchmarks/kernel_ab.py resnet20_dense --a none --b conv,norm --steps 2 --rounds 7
     python benchmarks/kernel_ab.py lenet5_dense --a none --b conv --steps 10 --rounds 7
+    python benchmarks/kernel_ab.py resnet20_dense --rounds 3 --profile /tmp/kernel_ab_trace
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import pathlib
+import re
 import statistics
 import sys
 
@@ -79,6 +83,9 @@ def main(argv=None) -> None:
     parser.add_argument("--b", default="conv,norm", help="switches of B (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=2, help="steps per call")
     parser.add_argument("--rounds", type=int, default=7, help="alternated calls of each")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="after the timing, trace one more call of each into DIR/A and "
+                             "DIR/B and print XLA self time per step by kind of operation")
     args = parser.parse_args(argv)
     a_switches, b_switches = switch_set(args.a), switch_set(args.b)
     timers = [build(args.experiment, a_switches, args.steps, args.rounds),
@@ -106,6 +113,22 @@ def main(argv=None) -> None:
     print(f"{args.experiment}: B/A median within-round ratio {statistics.median(ratios):.3f} "
           f"(range {min(ratios):.3f}-{max(ratios):.3f}, {args.rounds} rounds of "
           f"{args.steps} steps, {jax.default_backend()})")
+    if args.profile:
+        for label, timer in zip("AB", timers):
+            print_op_kinds(label, timer.profile(str(pathlib.Path(args.profile) / label)))
+
+
+def print_op_kinds(label: str, op_ms: dict[str, float], top: int = 10) -> None:
+    """Self time per step summed by kind of XLA operation (the name without its ``.N``)."""
+    kinds: collections.Counter = collections.Counter()
+    counts: collections.Counter = collections.Counter()
+    for name, ms in op_ms.items():
+        kind = re.sub(r"\.\d+$", "", name)
+        kinds[kind] += ms
+        counts[kind] += 1
+    print(f"{label}: traced XLA self time {sum(op_ms.values()):.0f} ms/step (sum over threads)")
+    for kind, ms in kinds.most_common(top):
+        print(f"   {ms:8.1f} ms  {counts[kind]:4d} ops  {kind}")
 
 
 if __name__ == "__main__":

@@ -12,12 +12,18 @@ big-endian data:
 
 Files are often gzipped (``*.gz``); gzip is recognised by its magic bytes, not by the name.
 Everything that can be wrong with a file (truncated, bad magic, unknown type, extra bytes, a bad
-gzip stream) is reported as one :class:`~bayescomp.errors.DataError` naming the file.
+gzip stream, a header declaring more data than :data:`MAX_DATA_BYTES`) is reported as one
+:class:`~bayescomp.errors.DataError` naming the file.
+
+A gzipped file is inflated in pieces and never beyond what its own header declares (plus one
+byte, to detect trailing data), so a small "gzip bomb" costs at most the declared size, which is
+itself capped: memory stays proportional to what the file can legitimately describe.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import typing
 import zlib
@@ -58,21 +64,117 @@ MNIST_IDX_FILES = IdxFiles(
 )
 
 
+# The largest data payload a header may declare: 4 GiB. The biggest IDX datasets in use (EMNIST
+# ByClass, ~0.7 GB) fit with room to spare, while a header that would need more memory than a
+# workstation has is refused before anything is allocated or inflated.
+MAX_DATA_BYTES = 4 << 30
+
+# numpy arrays have at most 64 dimensions; no image or label file needs more than 4.
+_MAX_DIMS = 32
+
+_REDO = "download or copy the file again"
+
+
+def _parse_header(content: bytes, path: str) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Validates the header at the start of ``content``.
+
+    Returns:
+        ``(dtype, shape, header_length)``; the payload must hold ``prod(shape) * itemsize`` bytes,
+        computed with Python integers (numpy's int64 product would wrap for hostile shapes).
+
+    Raises:
+        DataError: If the header is incomplete or invalid, or declares more than
+            :data:`MAX_DATA_BYTES` of data.
+    """
+    if len(content) < 4:
+        raise DataError(f"IDX file {path} is truncated: {len(content)} bytes, shorter than the "
+                        f"4-byte header; {_REDO}")
+    if content[0] != 0 or content[1] != 0:
+        raise DataError(f"{path} is not an IDX file: it starts with bytes "
+                        f"{content[:4].hex(' ')} instead of 00 00 <type> <ndim>; "
+                        "pass the uncompressed or gzipped MNIST-style IDX files")
+    type_code, num_dims = content[2], content[3]
+    if type_code not in _DTYPE_BY_CODE:
+        known = ", ".join(f"0x{code:02X}" for code in _DTYPE_BY_CODE)
+        raise DataError(f"IDX file {path} has unknown element type code 0x{type_code:02X} "
+                        f"(known: {known}); the file is corrupt or not an IDX file; {_REDO}")
+    if num_dims == 0 or num_dims > _MAX_DIMS:
+        raise DataError(f"IDX file {path} declares {num_dims} dimensions (images and labels have "
+                        f"1 to 4, at most {_MAX_DIMS} are read); the file is corrupt; {_REDO}")
+    header_length = 4 + 4 * num_dims
+    if len(content) < header_length:
+        raise DataError(f"IDX file {path} is truncated inside its header ({len(content)} bytes, "
+                        f"the header of a {num_dims}-d array needs {header_length}); {_REDO}")
+    shape = tuple(int(size) for size in np.frombuffer(content, ">u4", num_dims, offset=4))
+    dtype = _DTYPE_BY_CODE[type_code]
+    data_length = math.prod(shape) * dtype.itemsize
+    if data_length > MAX_DATA_BYTES:
+        raise DataError(f"IDX file {path} declares shape {shape} of {dtype.name}, "
+                        f"{data_length} data bytes, more than the {MAX_DATA_BYTES} bytes bayescomp "
+                        f"reads from one file; the header is corrupt; {_REDO}")
+    return dtype, shape, header_length
+
+
+def _gunzip_bounded(compressed: bytes, path: str) -> bytes:
+    """Inflates gzip data, never beyond what the IDX header inside it declares (+1 byte).
+
+    The header is inflated first; the rest only up to the declared data length plus one byte, so
+    that a stream inflating to more is reported as "longer than its header says" without
+    inflating all of it. Concatenated gzip members (valid gzip) are read one after the other.
+    """
+    pieces: list[bytes] = []
+    remaining = 4  # first the fixed part of the header, then as the header says
+    header_known = False
+    pending = compressed
+    try:
+        while pending and remaining > 0:
+            inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # one gzip member
+            while remaining > 0 and not inflater.eof:
+                piece = inflater.decompress(pending, min(remaining, 1 << 24))
+                pending = inflater.unconsumed_tail
+                pieces.append(piece)
+                remaining -= len(piece)
+                if remaining <= 0 and not header_known:
+                    content = b"".join(pieces)
+                    if len(content) == 4 and 0 < content[3] <= _MAX_DIMS:
+                        remaining += 4 * content[3]  # the sizes follow
+                        if len(content) < 4 + 4 * content[3]:
+                            continue
+                    try:
+                        dtype, shape, header_length = _parse_header(content, path)
+                    except DataError:
+                        return content  # parse_idx reports it, with the same message
+                    header_known = True
+                    remaining = header_length + math.prod(shape) * dtype.itemsize + 1 \
+                        - len(content)
+                if not piece and not pending:
+                    break
+            if inflater.eof:
+                pending = inflater.unused_data
+            elif remaining > 0:
+                raise DataError(f"IDX file {path} is a damaged gzip file (the compressed data "
+                                f"ends early); {_REDO}")
+    except zlib.error as error:
+        raise DataError(f"IDX file {path} is a damaged gzip file ({error}); {_REDO}") from error
+    return b"".join(pieces)
+
+
 def _read_bytes(path: str) -> bytes:
-    """Returns the content of ``path``, gunzipped if it starts with the gzip magic bytes."""
+    """Returns the content of ``path``, gunzipped (bounded) if it starts with the gzip magic."""
     try:
         with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > MAX_DATA_BYTES + 4 + 4 * 255:
+                raise DataError(f"IDX file {path} has {size} bytes, more than any IDX file "
+                                f"bayescomp reads ({MAX_DATA_BYTES} data bytes); pass the "
+                                "MNIST-style image and label files")
             content = file.read()
     except OSError as error:
         raise DataError(f"cannot read IDX file {path}: {error.strerror or error}; "
                         "check that it exists and is readable") from error
     if content[:2] != _GZIP_MAGIC:
         return content
-    try:
-        return gzip.decompress(content)
-    except (EOFError, OSError, zlib.error) as error:
-        raise DataError(f"IDX file {path} is a damaged gzip file ({error}); "
-                        "download or copy it again") from error
+    return _gunzip_bounded(content, path)
 
 
 def parse_idx(content: bytes, path: str = "<bytes>") -> np.ndarray:
@@ -90,34 +192,14 @@ def parse_idx(content: bytes, path: str = "<bytes>") -> np.ndarray:
         DataError: If the header is invalid or the payload is not exactly as long as the header
             says.
     """
-    redo = "download or copy the file again"
-    if len(content) < 4:
-        raise DataError(f"IDX file {path} is truncated: {len(content)} bytes, shorter than the "
-                        f"4-byte header; {redo}")
-    if content[0] != 0 or content[1] != 0:
-        raise DataError(f"{path} is not an IDX file: it starts with bytes "
-                        f"{content[:4].hex(' ')} instead of 00 00 <type> <ndim>; "
-                        "pass the uncompressed or gzipped MNIST-style IDX files")
-    type_code, num_dims = content[2], content[3]
-    if type_code not in _DTYPE_BY_CODE:
-        known = ", ".join(f"0x{code:02X}" for code in _DTYPE_BY_CODE)
-        raise DataError(f"IDX file {path} has unknown element type code 0x{type_code:02X} "
-                        f"(known: {known}); the file is corrupt or not an IDX file; {redo}")
-    if num_dims == 0:
-        raise DataError(f"IDX file {path} declares 0 dimensions; the file is corrupt; {redo}")
-    header_length = 4 + 4 * num_dims
-    if len(content) < header_length:
-        raise DataError(f"IDX file {path} is truncated inside its header ({len(content)} bytes, "
-                        f"the header of a {num_dims}-d array needs {header_length}); {redo}")
-    shape = tuple(int(size) for size in np.frombuffer(content, ">u4", num_dims, offset=4))
-    dtype = _DTYPE_BY_CODE[type_code]
-    expected_length = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    dtype, shape, header_length = _parse_header(content, path)
+    expected_length = math.prod(shape) * dtype.itemsize
     payload_length = len(content) - header_length
     if payload_length != expected_length:
         problem = "truncated" if payload_length < expected_length else "longer than its header says"
         raise DataError(f"IDX file {path} is {problem}: the header declares shape {shape} of "
                         f"{dtype.name} ({expected_length} data bytes) but {payload_length} data "
-                        f"bytes follow; {redo}")
+                        f"bytes follow; {_REDO}")
     array = np.frombuffer(content, dtype, offset=header_length).reshape(shape)
     # Native byte order so that downstream code never sees big-endian arrays.
     return array.astype(dtype.newbyteorder("="), copy=False)

@@ -339,6 +339,11 @@ def _validated(spec: DatasetSpec, x_train, y_train, x_test, y_test, source: str,
         if labels.ndim != 1 or labels.dtype.kind not in "iu":
             raise DataError(f"{spec.name} y_{split} from {source} is a {labels.ndim}-d "
                             f"{labels.dtype} array; expected integer class labels of shape (N,)")
+        if images.shape[0] == 0:
+            # Refused here rather than after a training epoch: no step (train) or no test error
+            # (test) can be computed from an empty split.
+            raise DataError(f"{spec.name} from {source} holds no {split} images; a run needs both "
+                            "a training and a test split, so point data.dir at complete data")
         if labels.shape[0] != images.shape[0]:
             raise DataError(f"{spec.name} from {source} has {images.shape[0]} {split} images but "
                             f"{labels.shape[0]} {split} labels; the arrays do not belong together")
@@ -393,8 +398,9 @@ def _from_npz(spec: DatasetSpec, path: str) -> tuple[RawData | None, str]:
                                 f"{', '.join(archive.files) or 'nothing'}); save x_train, "
                                 "y_train, x_test, y_test with numpy.savez")
             arrays = [archive[key] for key in _NPZ_KEYS]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise DataError(f"cannot read {path} as an .npz archive of plain arrays ({error}); "
+    except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile) as error:
+        # MemoryError: a damaged or hostile .npy header can declare any shape.
+        raise DataError(f"cannot read {path} as an .npz archive of plain arrays ({error or type(error).__name__}); "
                         "write it again with numpy.savez(path, x_train=..., y_train=..., "
                         "x_test=..., y_test=...)") from error
     return _validated(spec, *arrays, source=path), ""

@@ -133,3 +133,65 @@ def test_find_idx_files_reports_missing_ones(tmp_path):
     assert paths is None
     assert names.test_images in reason and names.test_labels in reason
     assert names.train_images not in reason
+
+
+def test_shape_whose_size_wraps_int64_is_refused(tmp_path):
+    # 2^16 ** 4 = 2^64 bytes wraps to 0 in an int64 product, which matched an empty payload and
+    # then failed in reshape with a numpy traceback.
+    path = tmp_path / "wrapping"
+    path.write_bytes(_idx_bytes(0x08, (1 << 16,) * 4, b""))
+    with pytest.raises(DataError, match="more than the .* bytes bayescomp reads"):
+        idx.read_idx(path)
+
+
+def test_header_declaring_more_than_the_cap_is_refused_before_reading(tmp_path, monkeypatch):
+    monkeypatch.setattr(idx, "MAX_DATA_BYTES", 1000)
+    path = tmp_path / "large"
+    path.write_bytes(gzip.compress(_idx_bytes(0x08, (1001,), bytes(1001))))
+    with pytest.raises(DataError, match="declares shape \\(1001,\\)"):
+        idx.read_idx(path)
+
+
+def test_a_255_dimension_file_is_refused_with_one_line(tmp_path):
+    # numpy holds at most 64 dimensions: before the fix, reshape raised a ValueError traceback.
+    path = tmp_path / "many-dims"
+    path.write_bytes(_idx_bytes(0x08, (1,) * 255, b"\x00"))
+    with pytest.raises(DataError, match="declares 255 dimensions"):
+        idx.read_idx(path)
+
+
+def test_gzip_bomb_is_inflated_only_to_its_declared_size(tmp_path):
+    """A 1-byte array followed by 64 MiB of zeros compresses to ~64 KiB.
+
+    Before the fix the whole 64 MiB was inflated before the length check; now inflation stops
+    one byte past the declared length. tracemalloc sees the bytes objects zlib returns, so the
+    peak bounds what was inflated; 8 MiB leaves room for the 16 MiB-step buffer zlib sizes from
+    ``max_length`` (the piece actually returned is 2 bytes) while staying far below 64 MiB.
+    """
+    import tracemalloc
+
+    path = tmp_path / "bomb.gz"
+    path.write_bytes(gzip.compress(_idx_bytes(0x08, (1,), b"\x01") + bytes(64 << 20), 9))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="longer than its header says"):
+            idx.read_idx(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
+
+
+def test_concatenated_gzip_members_are_read_as_one_stream(tmp_path):
+    content = _idx_bytes(0x08, (2, 3), bytes(range(6)))
+    path = tmp_path / "two-members.gz"
+    path.write_bytes(gzip.compress(content[:7]) + gzip.compress(content[7:]))
+    np.testing.assert_array_equal(idx.read_idx(path), [[0, 1, 2], [3, 4, 5]])
+
+
+def test_gzip_ending_inside_the_stream_is_a_damaged_file(tmp_path):
+    path = tmp_path / "cut.gz"
+    payload = np.random.default_rng(0).bytes(4000)  # incompressible, so the cut is mid-stream
+    path.write_bytes(gzip.compress(_idx_bytes(0x08, (4000,), payload))[:-2000])
+    with pytest.raises(DataError, match="damaged gzip file"):
+        idx.read_idx(path)

@@ -187,3 +187,33 @@ def test_download_without_tensorflow_is_skipped_with_a_reason(monkeypatch, no_st
     monkeypatch.setattr(sources, "tensorflow_installed", lambda: False)
     with pytest.raises(DataError, match="TensorFlow is not installed"):
         load_dataset("cifar10", download=True)
+
+
+@pytest.mark.parametrize("empty_split", ["train", "test"])
+def test_an_empty_split_is_refused_before_training(tmp_path, empty_split):
+    # Before the fix, 0 test images passed and a full epoch later the test error divided by 0;
+    # 0 training images were reported as a batch-size problem.
+    counts = {"train": 2, "test": 1, empty_split: 0}
+    np.savez(tmp_path / "mnist.npz",
+             x_train=np.zeros((counts["train"], 28, 28), np.uint8),
+             y_train=np.zeros(counts["train"], np.int64),
+             x_test=np.zeros((counts["test"], 28, 28), np.uint8),
+             y_test=np.zeros(counts["test"], np.int64))
+    with pytest.raises(DataError, match=f"holds no {empty_split} images"):
+        load_dataset("mnist", data_dir=str(tmp_path))
+
+
+def test_npz_declaring_an_impossible_array_is_a_data_error(tmp_path):
+    # A .npy header inside the archive may declare any shape (here 2^62 bytes, followed by one
+    # byte); numpy then fails to allocate or to read that much. Either way one DataError.
+    import io
+    import zipfile
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": "|u1", "fortran_order": False, "shape": (1 << 62,)})
+    hostile = buffer.getvalue() + b"\x00"
+    with zipfile.ZipFile(tmp_path / "mnist.npz", "w") as archive:
+        for key in ("x_train", "y_train", "x_test", "y_test"):
+            archive.writestr(key + ".npy", hostile)
+    with pytest.raises(DataError, match="cannot read .* as an .npz archive"):
+        load_dataset("mnist", data_dir=str(tmp_path))

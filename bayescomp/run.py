@@ -12,7 +12,8 @@ bad override syntax) or an output directory that cannot be written ends the comm
 line and exit status 2, instead of Hydra's multi-line report and exit status 1.
 
 The run directory is logged first. Its lock is taken next (:func:`bayescomp.runs.
-lock_run_directory`: a second process in the same directory is refused, naming the first), then
+lock_run_directory`: a second process in the same directory is refused, naming the first, and
+writes nothing there, not even to ``run.log``, whose lines are held back until the lock), then
 Hydra's record of the command, ``.hydra/``, is written (by this module, not by Hydra:
 ``hydra.output_subdir`` is null in ``conf/config.yaml``), so that a command refused before it
 writes anything of the run puts the previous record back. User errors
@@ -28,6 +29,7 @@ import contextlib
 import difflib
 import functools
 import logging
+import logging.handlers
 import os
 import pathlib
 import shlex
@@ -39,7 +41,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from bayescomp import atomic
-from bayescomp.errors import BayescompError, DiskFullError, unknown_name_error
+from bayescomp.errors import (BayescompError, DiskFullError, RunDirectoryBusyError,
+                              unknown_name_error)
 
 log = logging.getLogger("bayescomp")
 
@@ -67,6 +70,39 @@ def _to_log_files(level: int, message: str) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
+
+
+class _LogFilesUntilLocked:
+    """Holds back the lines for the run's log files until the run directory's lock is taken.
+
+    Hydra opens ``RUN_DIR/run.log`` before any code of ours runs. A second process started in
+    a directory that a live run holds is refused at the lock; its lines (the run directory, the
+    refusal) must not be appended to the live run's ``run.log``. So from the start of the job
+    until :meth:`release`, records meant for log files are kept in memory instead.
+    """
+
+    def __init__(self):
+        root = logging.getLogger()
+        self.file_handlers = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+        # Never flushes by itself: only the few records before the lock are held.
+        self.held = logging.handlers.BufferingHandler(capacity=1 << 20)
+        for handler in self.file_handlers:
+            root.removeHandler(handler)
+        root.addHandler(self.held)
+
+    def release(self, write_held: bool = True) -> None:
+        """Give the log files back to logging, first writing the held records (if asked)."""
+        root = logging.getLogger()
+        if self.held not in root.handlers:
+            return
+        root.removeHandler(self.held)
+        for handler in self.file_handlers:
+            if write_held:
+                for record in self.held.buffer:
+                    if record.levelno >= handler.level:
+                        handler.handle(record)
+            root.addHandler(handler)
+        self.held.buffer.clear()
 
 
 def _skip_full_disk(original, record: logging.LogRecord) -> None:
@@ -149,18 +185,25 @@ def _run_job(cfg: DictConfig) -> float | None:
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     _quiet_full_log_files()
+    log_files = _LogFilesUntilLocked()
     workdir = HydraConfig.get().runtime.output_dir
     log.info("run directory: %s", workdir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        with runs.lock_run_directory(workdir), _hydra_record(pathlib.Path(workdir), cfg):
-            run_procedure = procedures.get(str(cfg.method.get("procedure", "variational")))
-            metrics = run_procedure(cfg, workdir)
+        with runs.lock_run_directory(workdir):
+            log_files.release()
+            with _hydra_record(pathlib.Path(workdir), cfg):
+                run_procedure = procedures.get(str(cfg.method.get("procedure", "variational")))
+                metrics = run_procedure(cfg, workdir)
     except BayescompError as err:
+        # The run.log of a directory another process holds is that process's.
+        busy = isinstance(err, RunDirectoryBusyError)
+        log_files.release(write_held=not busy)
         if isinstance(err, DiskFullError):
             err = err.with_advice("free space there, then run again (it resumes from the last "
                                   f"complete checkpoint): {resume_command(workdir)}")
-        _to_log_files(logging.ERROR, str(err))
+        if not busy:
+            _to_log_files(logging.ERROR, str(err))
         print(f"error: {err}", file=sys.stderr)
         if multirun:
             # An exception (unlike SystemExit) lets Hydra's sweeper run the remaining jobs of
@@ -168,6 +211,7 @@ def _run_job(cfg: DictConfig) -> float | None:
             raise err
         sys.exit(2)
     except KeyboardInterrupt:
+        log_files.release()
         if multirun:
             raise
         line = (f"interrupted: {workdir} keeps the checkpoint of the last finished epoch; "
@@ -175,6 +219,8 @@ def _run_job(cfg: DictConfig) -> float | None:
         _to_log_files(logging.WARNING, line)
         print(line, file=sys.stderr)
         sys.exit(130)
+    finally:
+        log_files.release()  # a no-op where already released
     log.info("test error %.2f %% (pruned %.2f %%), %d of %d weights kept (%.2f %%), "
              "metrics in %s/metrics.json", metrics["test_error"], metrics["pruned_test_error"],
              metrics["weights_kept"], metrics["weights_total"], metrics["percent_kept"], workdir)

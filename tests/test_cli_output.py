@@ -21,6 +21,10 @@ def test_a_run_prints_its_directory_first_and_no_backend_noise(tmp_path):
     lines = [line for line in output.splitlines() if "bayescomp" in line]
     assert f"run directory: {run_dir}" in lines[0], lines[:3]
     assert "tpu" not in output.lower()
+    # run.log gets the line too, once (held back until the directory's lock was taken).
+    log_lines = (run_dir / "run.log").read_text().splitlines()
+    assert sum(f"run directory: {run_dir}" in line for line in log_lines) == 1, log_lines[:3]
+    assert f"run directory: {run_dir}" in log_lines[0], log_lines[:3]
 
 
 def test_a_user_error_is_printed_once(tmp_path):

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import pathlib
+import re
 import sys
 import tempfile
 import zlib
@@ -41,6 +43,8 @@ from bayescomp import metrics, models, provenance, runs
 from bayescomp.compression import codec, container, quantize
 from bayescomp.errors import BayescompError, ConfigError
 from bayescomp.evaluation import Evaluator
+
+log = logging.getLogger(__name__)
 
 
 def compress_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = None,
@@ -84,6 +88,8 @@ def _compress_locked(run_dir: pathlib.Path, saved: pathlib.Path, out, evaluate: 
     # describe it stay as they were.
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        if out.parent.resolve() == run_dir.resolve():
+            _remove_leftover_staging_files(out)
         handle, staging_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.",
                                                 suffix=".staging")
         os.close(handle)
@@ -109,6 +115,22 @@ def _compress_locked(run_dir: pathlib.Path, saved: pathlib.Path, out, evaluate: 
         run_metrics["compression_file"] = measured["compression_file"]
         metrics.write_metrics(run_dir, run_metrics)
     return measured
+
+
+def _remove_leftover_staging_files(out: pathlib.Path) -> None:
+    """Removes the staging files a killed ``compress`` left beside ``out`` in its run directory.
+
+    Only called while this process holds the run directory's lock, so no other ``compress``
+    can be writing there; a staging file there is a leftover. Only names ``mkstemp`` makes for
+    ``out`` (eight random characters) are removed, never other files that merely look alike.
+    """
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.[A-Za-z0-9_]{{8}}\.staging$")
+    leftovers = [path for path in out.parent.iterdir() if pattern.match(path.name)]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    if leftovers:
+        log.warning("removed %d staging file(s) left by an interrupted compress: %s",
+                 len(leftovers), ", ".join(path.name for path in leftovers))
 
 
 def run_widths(cfg) -> tuple[int, ...]:

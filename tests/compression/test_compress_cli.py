@@ -212,3 +212,14 @@ def test_compress_prints_what_was_gained(run_copy, capsys):
     assert f"{metrics['compressed_test_error']:.2f} % decoded file" in out
     assert (f"measured file {metrics['compression']['max_compression_measured']:.1f}x"
             in out)
+
+
+def test_staging_files_a_killed_compress_left_in_the_run_directory_are_removed(run_copy):
+    # compress holds the run directory's lock, so a staging file of its destination there
+    # (mkstemp's name: eight random characters) was left by a compress that was killed.
+    leftover = run_copy / ".model.bcz.k1ll3d_x.staging"
+    leftover.write_bytes(b"half a file")
+    before = {p.name for p in run_copy.iterdir()} - {leftover.name}
+    compress.compress_run(run_copy, evaluate=False)
+    assert not leftover.exists()
+    assert {p.name for p in run_copy.iterdir()} - before <= {"model.bcz"}

@@ -288,6 +288,11 @@ def _per_device(runs: list[dict], key: str, fmt: str) -> str:
         for d in devices)
 
 
+def _with_hours(run: dict) -> dict:
+    seconds = run.get("train_seconds")
+    return {**run, "train_hours": None if seconds is None else seconds / 3600}
+
+
 def _mean_std(values, fmt: str) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -429,7 +434,9 @@ def render(runs: list[dict], published: dict, sources: list[str],
         "and the first error is the pretrained dense network's (they retrain a finished dense run).",
         "*s / epoch (as trained)* is the median epoch time of the run itself, often on a CPU",
         "shared with other runs (per device where seeds ran on different ones; several runs",
-        "shared one GPU); speed comparisons come from `benchmarks/train_speed.py`. Commits",
+        "shared one GPU), and *training time* the sum of its epochs, all phases (what the",
+        "recipe took, not what it must take); speed comparisons come from",
+        "`benchmarks/train_speed.py`. Commits",
         "ending in `-copy` ran from a copy of that clean commit without its `.git` (a lent GPU",
         "machine; see `bayescomp/provenance.py`). Seeds are averaged only when their configs",
         "agree (see `bayescomp/tables.py`); other recipes of a method get their own labelled row.",
@@ -472,8 +479,8 @@ def render(runs: list[dict], published: dict, sources: list[str],
                   "| Network | Method | n | Epochs | Error % (mean / pruned / quantized) | "
                   "\\|W≠0\\|/\\|W\\| % | Pruning | Fast Prediction | Maximum Compression (estimate) | "
                   "Maximum Compression (measured file) | File bytes | Error of the decoded file % | "
-                  "s / epoch (as trained) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "s / epoch (as trained) | Training time, h (as trained) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for key in keys:
             model, rs = key[1], groups[key]
             comp = [r.get("compression") or {} for r in rs]
@@ -490,7 +497,8 @@ def render(runs: list[dict], published: dict, sources: list[str],
                 f"{_mean_std([c.get('max_compression_measured') for c in comp], '.1f')} | "
                 f"{_mean_std([r.get('compressed_bytes') for r in rs], '.0f')} | "
                 f"{_mean_std([r.get('compressed_test_error') for r in rs], '.2f')} | "
-                f"{_per_device(rs, 'seconds_per_epoch', '.2f')} |")
+                f"{_per_device(rs, 'seconds_per_epoch', '.2f')} | "
+                f"{_per_device([_with_hours(r) for r in rs], 'train_hours', '.2f')} |")
         lines += ["", "Runs (directory, seed, git commit, device, input preprocessing):", ""]
         for key in keys:
             for r in groups[key]:

@@ -54,12 +54,13 @@ def test_no_runs_is_one_clear_error(tmp_path, capsys):
 def test_runs_of_different_recipes_get_labelled_rows_and_studies_are_skipped(tmp_path):
     # Seeds 0 and 1 share a recipe although their data directories and seeds differ.
     _run(tmp_path, 0, [447, 130, 19], [6, 3, 9], 10.4, 22.0,
-         config={"seed": 0, "data": {"dir": None}, "method": {"prior": {"tau0": 1e-5}}})
+         config={"seed": 0, "data": {"dir": None}, "method": {"prior": {"tau0": 1e-5}}},
+         train_seconds=9000.0)
     # Seed 1 also has an option, off (null), that did not exist when seed 0 ran.
     _run(tmp_path, 1, [450, 128, 19], [6, 3, 9], 10.6, 24.0,
          config={"seed": 1, "data": {"dir": "/x"},
                  "method": {"prior": {"tau0": 1e-5}, "prune": {"select": None}}},
-         device_kind="NVIDIA H100", seconds_per_epoch=0.5)
+         device_kind="NVIDIA H100", seconds_per_epoch=0.5, train_seconds=1800.0)
     _run(tmp_path, 2, [300, 100, 19], [6, 3, 9], 11.0, 15.0,
          config={"seed": 2, "method": {"prior": {"tau0": 1e-3}}})
     _run(tmp_path, 0, [1, 1, 1], [1, 1, 1], 50.0, 1.0, sub="studies",
@@ -74,6 +75,9 @@ def test_runs_of_different_recipes_get_labelled_rows_and_studies_are_skipped(tmp
     assert text.index("tau0=1e-05) | 2") < text.index("tau0=0.001) | 1")
     # Epoch times of different devices are not averaged together.
     assert "0.50 (NVIDIA H100) / 2.00 (cpu)" in text
+    # ... nor their training times (1800 s and 9000 s, in hours); a run without one shows –.
+    assert "| 0.50 (NVIDIA H100) / 2.50 (cpu) |" in text
+    assert "| 2.00 | – |" in text
     # The run under studies/ is not in the table scanned from its parent ...
     assert "tau0=7.0" not in text and "1-1-1" not in text
     # ... but is when its directory is named.

@@ -288,9 +288,9 @@ def _per_device(runs: list[dict], key: str, fmt: str) -> str:
         for d in devices)
 
 
-def _with_hours(run: dict) -> dict:
+def _with_minutes(run: dict) -> dict:
     seconds = run.get("train_seconds")
-    return {**run, "train_hours": None if seconds is None else seconds / 3600}
+    return {**run, "train_minutes": None if seconds is None else seconds / 60}
 
 
 def _mean_std(values, fmt: str) -> str:
@@ -479,7 +479,7 @@ def render(runs: list[dict], published: dict, sources: list[str],
                   "| Network | Method | n | Epochs | Error % (mean / pruned / quantized) | "
                   "\\|W≠0\\|/\\|W\\| % | Pruning | Fast Prediction | Maximum Compression (estimate) | "
                   "Maximum Compression (measured file) | File bytes | Error of the decoded file % | "
-                  "s / epoch (as trained) | Training time, h (as trained) |",
+                  "s / epoch (as trained) | Training time, min (as trained) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for key in keys:
             model, rs = key[1], groups[key]
@@ -498,7 +498,7 @@ def render(runs: list[dict], published: dict, sources: list[str],
                 f"{_mean_std([r.get('compressed_bytes') for r in rs], '.0f')} | "
                 f"{_mean_std([r.get('compressed_test_error') for r in rs], '.2f')} | "
                 f"{_per_device(rs, 'seconds_per_epoch', '.2f')} | "
-                f"{_per_device([_with_hours(r) for r in rs], 'train_hours', '.2f')} |")
+                f"{_per_device([_with_minutes(r) for r in rs], 'train_minutes', '.1f')} |")
         lines += ["", "Runs (directory, seed, git commit, device, input preprocessing):", ""]
         for key in keys:
             for r in groups[key]:

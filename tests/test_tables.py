@@ -75,8 +75,8 @@ def test_runs_of_different_recipes_get_labelled_rows_and_studies_are_skipped(tmp
     assert text.index("tau0=1e-05) | 2") < text.index("tau0=0.001) | 1")
     # Epoch times of different devices are not averaged together.
     assert "0.50 (NVIDIA H100) / 2.00 (cpu)" in text
-    # ... nor their training times (1800 s and 9000 s, in hours); a run without one shows –.
-    assert "| 0.50 (NVIDIA H100) / 2.50 (cpu) |" in text
+    # ... nor their training times (1800 s and 9000 s, in minutes); a run without one shows –.
+    assert "| 30.0 (NVIDIA H100) / 150.0 (cpu) |" in text
     assert "| 2.00 | – |" in text
     # The run under studies/ is not in the table scanned from its parent ...
     assert "tau0=7.0" not in text and "1-1-1" not in text

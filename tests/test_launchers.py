@@ -7,9 +7,11 @@ optional dependencies; without them these tests are skipped with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -58,12 +60,22 @@ def test_a_two_seed_sweep_through_submitit_local_runs_both_jobs(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(
         os.pathsep)
     env["JAX_PLATFORMS"] = "cpu"
-    result = subprocess.run(
+    # Its own process group, which submitit's job processes (plain Popen children) join: when
+    # the test ends in any way but SIGKILL (a timeout, a failure, Ctrl-C), the whole group is
+    # killed, so no job process outlives it (they ignore SIGTERM, forwarding it to their task).
+    sweep = subprocess.Popen(
         [sys.executable, "-m", "bayescomp.run", "--multirun", "hydra/launcher=submitit",
          "+experiment=lenet300_dense", *SMOKE, "seed=0,1", f"hydra.sweep.dir={sweep_dir}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Submitit 'local' sweep output dir" in result.stdout + result.stderr
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        stdout, stderr = sweep.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sweep.pid, signal.SIGKILL)
+        sweep.wait()
+    assert sweep.returncode == 0, stderr[-3000:]
+    assert "Submitit 'local' sweep output dir" in stdout + stderr
 
     job_dirs = {seed: sweep_dir / f"{seed}_synthetic_seed{seed}" for seed in (0, 1)}
     metrics = {seed: json.loads((d / "metrics.json").read_text())

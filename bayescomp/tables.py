@@ -21,6 +21,11 @@ is scanned; name them directly for their own table::
 The tables go into the scanned tree (:func:`default_out`): ``python -m bayescomp.tables
 results/`` writes ``results/lenet.md``, ``python -m bayescomp.tables runs/x`` writes
 ``runs/x/lenet.md`` and never the repository's own tables. Several trees need ``--out``.
+
+Runs on a CIFAR dataset (``cifar10``, ``cifar100``, ``cifar10_jpeg``) go into ``cifar.md`` instead,
+beside the published channel-pruning numbers (:mod:`bayescomp.cifar_tables`); a scan without them
+writes no ``cifar.md``. ``--out`` names the file of the one kind a scan found; where it found both,
+it names the LeNet file and ``cifar.md`` goes into the same directory (:func:`out_paths`).
 """
 
 from __future__ import annotations
@@ -173,6 +178,38 @@ def default_out(paths: list[str]) -> pathlib.Path:
                           "--out PATH (without it they go into the one scanned directory)")
     path = pathlib.Path(paths[0])
     return (path.parent if path.is_file() else path) / TABLES_FILE
+
+
+#: The name of the CIFAR tables' file (:mod:`bayescomp.cifar_tables`), beside :data:`TABLES_FILE`.
+CIFAR_TABLES_FILE = "cifar.md"
+
+
+def out_paths(paths: list[str], out: str | None, lenet: bool, cifar: bool
+              ) -> tuple[pathlib.Path | None, pathlib.Path | None]:
+    """Where the LeNet tables and the CIFAR tables of a scan go (``None``: that kind not found).
+
+    Without ``--out``, ``lenet.md`` and ``cifar.md`` in the one scanned tree (:func:`default_out`).
+    With ``--out``, the file of the one kind the scan found; where it found both, ``--out`` names
+    the LeNet file, as it did before there were CIFAR tables (so the commands written for those
+    still work), and the CIFAR tables go to ``cifar.md`` in the same directory.
+
+    Raises:
+        ConfigError: Several paths and no ``--out`` (:func:`default_out`), or both kinds found
+            and ``--out`` itself names a ``cifar.md`` (both tables would go there).
+    """
+    if out is None:
+        lenet_out = default_out(paths)
+        cifar_out = lenet_out.with_name(CIFAR_TABLES_FILE)
+    elif lenet and cifar:
+        lenet_out = pathlib.Path(out)
+        cifar_out = lenet_out.with_name(CIFAR_TABLES_FILE)
+        if lenet_out.name == CIFAR_TABLES_FILE:
+            raise ConfigError(f"the scan found LeNet and CIFAR runs, and --out {out} names where "
+                              f"the CIFAR tables go beside the LeNet ones; name the LeNet file, "
+                              f"e.g. --out {lenet_out.with_name(TABLES_FILE)}")
+    else:
+        lenet_out = cifar_out = pathlib.Path(out)
+    return (lenet_out if lenet else None), (cifar_out if cifar else None)
 
 
 def _flatten(config, prefix: str = "") -> dict:
@@ -383,12 +420,18 @@ def _identifiable(run: dict) -> bool:
     return all(c and c != "unknown" and not str(c).endswith("-dirty") for c in commits)
 
 
-def render(runs: list[dict], published: dict, sources: list[str],
-           published_dc: dict | None = None) -> str:
-    """The markdown document for ``runs`` beside the ``published`` rows.
+def group_runs(runs: list[dict]) -> tuple[dict, dict, dict]:
+    """The tables' rows: runs grouped by dataset, model, method and :func:`recipe`.
 
-    ``published_dc``: Deep Compression's own rows (``han2016_dc.yaml``), shown after
-    Louizos et al.'s table when given.
+    Returns:
+        ``(groups, labels, label_order)``: ``groups`` maps ``(dataset, model, method, recipe)``
+        to its runs; where one method ran several recipes, ``labels`` gives each key's
+        ``" (key=value, ...)"`` of the config values it differs in and ``label_order`` a sort key
+        that orders them by value (:func:`_recipe_labels`).
+
+    Raises:
+        ConfigError: One seed appears in two runs of one recipe (a mean ± std over seeds counts
+            each seed once).
     """
     groups: dict = collections.defaultdict(list)
     for run in runs:
@@ -415,6 +458,38 @@ def render(runs: list[dict], published: dict, sources: list[str],
             for key, (label, order) in zip(keys_of_method,
                                            _recipe_labels([k[3] for k in keys_of_method])):
                 labels[key], label_order[key] = f" ({label})", order
+    return groups, labels, label_order
+
+
+def run_line(run: dict) -> str:
+    """The run's line in the tables' list of runs: directory, experiment, seed, commit, device
+    and input preprocessing, the commits that trained it where others than the one that wrote
+    its metrics, and a warning where its code is not identifiable."""
+    preprocess = _flatten(run.get("config")).get("data.preprocess")
+    line = (f"- `{_relative(run['_path'])}`: {run.get('experiment')}, seed "
+            f"{run.get('seed')}, commit `{run.get('git_commit')}`, {_device(run)}"
+            + (f", inputs `{preprocess}`" if preprocess else ""))
+    segments = run.get("code_history") or []
+    # A resumed run trained by several commits, or a finished run re-evaluated by a later one:
+    # name the commits that trained it.
+    if len(segments) > 1 or (segments and segments[0].get("git_commit")
+                             != run.get("git_commit")):
+        line += "; epochs trained by " + ", ".join(
+            f"{a}–{b} `{s['git_commit']}`" for s in segments for a, b in [s["epochs"]])
+    if not _identifiable(run):
+        line += (" — **code not identifiable**: trained with uncommitted changes "
+                 "(`-dirty`) or no recorded commit; rerun it from a clean checkout")
+    return line
+
+
+def render(runs: list[dict], published: dict, sources: list[str],
+           published_dc: dict | None = None) -> str:
+    """The markdown document for ``runs`` beside the ``published`` rows.
+
+    ``published_dc``: Deep Compression's own rows (``han2016_dc.yaml``), shown after
+    Louizos et al.'s table when given.
+    """
+    groups, labels, label_order = group_runs(runs)
     cite = published["citation"]
     lines = [
         "# LeNet results: Bayesian compression, ours beside the published numbers",
@@ -500,24 +575,7 @@ def render(runs: list[dict], published: dict, sources: list[str],
                 f"{_per_device(rs, 'seconds_per_epoch', '.2f')} | "
                 f"{_per_device([_with_minutes(r) for r in rs], 'train_minutes', '.1f')} |")
         lines += ["", "Runs (directory, seed, git commit, device, input preprocessing):", ""]
-        for key in keys:
-            for r in groups[key]:
-                preprocess = _flatten(r.get("config")).get("data.preprocess")
-                line = (f"- `{_relative(r['_path'])}`: {r.get('experiment')}, seed "
-                        f"{r.get('seed')}, commit `{r.get('git_commit')}`, {_device(r)}"
-                        + (f", inputs `{preprocess}`" if preprocess else ""))
-                segments = r.get("code_history") or []
-                # A resumed run trained by several commits, or a finished run re-evaluated by a
-                # later one: name the commits that trained it.
-                if len(segments) > 1 or (segments and segments[0].get("git_commit")
-                                         != r.get("git_commit")):
-                    line += "; epochs trained by " + ", ".join(
-                        f"{a}–{b} `{s['git_commit']}`" for s in segments
-                        for a, b in [s["epochs"]])
-                if not _identifiable(r):
-                    line += (" — **code not identifiable**: trained with uncommitted changes "
-                             "(`-dirty`) or no recorded commit; rerun it from a clean checkout")
-                lines.append(line)
+        lines += [run_line(r) for key in keys for r in groups[key]]
         lines.append("")
 
     lines += ["## MNIST: published (Louizos et al. 2017)", "",
@@ -556,34 +614,48 @@ def main(argv: list[str] | None = None) -> int:
                         help="run directories or parents of them (default: results/)")
     parser.add_argument("--out", default=None,
                         help=f"the Markdown file to write (default: {TABLES_FILE} in the one "
-                             "scanned directory)")
+                             f"scanned directory); where the scan holds LeNet and CIFAR runs, "
+                             f"the LeNet file, with the CIFAR tables in {CIFAR_TABLES_FILE} "
+                             "beside it")
     parser.add_argument("--published", default=str(PUBLISHED))
     args = parser.parse_args(argv)
+    from bayescomp import cifar_tables, table_plots  # here, not at the top: they build on this
+
     try:
-        runs = find_runs([pathlib.Path(p) for p in args.runs])
-        runs = [r for r in runs if r.get("model") in MODEL_KEYS]
-        if not runs:
-            raise ConfigError(f"no LeNet metrics.json found under {', '.join(args.runs)}; run "
-                              "an experiment first (python -m bayescomp.run +experiment=...)")
+        found = find_runs([pathlib.Path(p) for p in args.runs])
+        cifar_runs = [r for r in found if cifar_tables.is_cifar(r)]
+        runs = [r for r in found if r.get("model") in MODEL_KEYS and not cifar_tables.is_cifar(r)]
+        if not runs and not cifar_runs:
+            raise ConfigError(f"no LeNet metrics.json found under {', '.join(args.runs)}, nor a "
+                              "CIFAR run's; run an experiment first (python -m bayescomp.run "
+                              "+experiment=...)")
         published_path = pathlib.Path(args.published)
         if not published_path.exists():
             raise ConfigError(f"published numbers not found at {published_path}")
         published = yaml.safe_load(published_path.read_text())
-        published_dc = yaml.safe_load(PUBLISHED_DC.read_text()) if PUBLISHED_DC.exists() else None
-        text = render(runs, published, args.runs, published_dc)
-        out = pathlib.Path(args.out) if args.out else default_out(args.runs)
-        from bayescomp import table_plots  # here, not at the top: it builds on this module
-
-        text = table_plots.add_figures(text, runs, out)  # PNGs beside `out`, linked from the text
-        try:
-            atomic.write_text(out, text)
-        except OSError as err:  # a directory, a read-only place (a full disk is a DiskFullError)
-            raise ConfigError(f"cannot write {out} ({err.strerror or err}); pass --out with a "
-                              "writable file path") from None
+        out, cifar_out = out_paths(args.runs, args.out, bool(runs), bool(cifar_runs))
+        written = []
+        if runs:
+            published_dc = (yaml.safe_load(PUBLISHED_DC.read_text()) if PUBLISHED_DC.exists()
+                            else None)
+            text = render(runs, published, args.runs, published_dc)
+            # PNGs beside `out`, linked from the text
+            written.append((out, table_plots.add_figures(text, runs, out), f"{len(runs)} runs"))
+        if cifar_runs:
+            text = cifar_tables.render(cifar_runs, cifar_tables.published_papers(), published,
+                                       args.runs)
+            written.append((cifar_out, text, f"{len(cifar_runs)} CIFAR runs"))
+        for path, text, _ in written:
+            try:
+                atomic.write_text(path, text)
+            except OSError as err:  # a directory, a read-only place (a full disk: DiskFullError)
+                raise ConfigError(f"cannot write {path} ({err.strerror or err}); pass --out with "
+                                  "a writable file path") from None
     except BayescompError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {out} ({len(runs)} runs)")
+    for path, _, what in written:
+        print(f"wrote {path} ({what})")
     return 0
 
 

@@ -69,17 +69,7 @@ def rows(runs: list[dict]) -> list[Row]:
     and :func:`bayescomp.tables.recipe`; a method with several recipes gets them labelled by
     their differing config values, ordered by those values.
     """
-    groups = collections.defaultdict(list)
-    for run in runs:
-        groups[(run["dataset"], run["model"], run["method"], tables.recipe(run))].append(run)
-    by_method = collections.defaultdict(list)
-    for key in groups:
-        by_method[key[:3]].append(key)
-    labels, order = {}, {}
-    for keys in by_method.values():
-        if len(keys) > 1:
-            for key, (label, sort_key) in zip(keys, tables._recipe_labels([k[3] for k in keys])):
-                labels[key], order[key] = f" ({label})", sort_key
+    groups, labels, order = tables.group_runs(runs)
 
     def position(key):
         method_rank = (tables.METHOD_ORDER.index(key[2]) if key[2] in tables.METHOD_ORDER

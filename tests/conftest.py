@@ -99,22 +99,25 @@ def finished_smoke_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pretrained_dense_run(tmp_path_factory):
-    """``pretrained_dense_run(model)``: the directory of a finished 2-step smoke dense run.
+    """``pretrained_dense_run(model, *overrides)``: the directory of a finished 2-step smoke
+    dense run of ``+experiment=<model>_dense`` with ``overrides`` (e.g. a narrow CIFAR model:
+    ``"data=synthetic_cifar", "model=resnet8", "model.widths=[4,8,8]"``).
 
-    The retraining methods (Deep Compression, soft weight-sharing) start from a finished dense
-    run (``method.pretrained_run``); one is trained per model (``"lenet300"``, ``"lenet5"``) on
+    The retraining methods (Deep Compression, soft weight-sharing, Dirichlet pruning) start from
+    a finished dense run (``method.pretrained_run``); one is trained per model and overrides on
     first use and shared by the whole session (per xdist worker). Do not modify it: copy it.
     """
     from bayescomp.procedures import variational
 
     runs = {}
 
-    def get(model: str) -> pathlib.Path:
-        if model not in runs:
+    def get(model: str, *overrides: str) -> pathlib.Path:
+        if (model, overrides) not in runs:
             workdir = tmp_path_factory.mktemp(f"{model}_dense")
-            variational.run(_compose([f"+experiment={model}_dense", *TWO_STEPS]), workdir)
-            runs[model] = workdir
-        return runs[model]
+            variational.run(_compose([f"+experiment={model}_dense", *TWO_STEPS, *overrides]),
+                            workdir)
+            runs[model, overrides] = workdir
+        return runs[model, overrides]
 
     return get
 

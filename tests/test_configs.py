@@ -73,7 +73,7 @@ DEEPER_COPIES = {"resnet56_dense"}
 # loaded 2-core CPU) are in the slow set, which keeps the default run under 10 minutes; they
 # still compose above.
 COVERED_END_TO_END = {"lenet5_dirichlet", "lenet5_dc", "lenet300_dc", "resnet20_vcnn_cpu",
-                      "resnet20_slimming_cpu"}
+                      "resnet20_slimming_cpu", "resnet20_dirichlet_cpu"}
 
 
 @pytest.mark.parametrize("experiment", [
@@ -82,15 +82,16 @@ COVERED_END_TO_END = {"lenet5_dirichlet", "lenet5_dc", "lenet300_dc", "resnet20_
 def test_experiment_trains_two_steps(experiment, smoke_cfg, tmp_path, pretrained_dense_run):
     cfg = smoke_cfg(experiment)
     narrow = NARROW_WIDTHS.get(cfg.model.name)
+    overrides = ()
     if narrow is not None:
         # 8 steps of 64, so that step-decay milestones at 50 % and 75 % fall inside the run.
-        cfg = smoke_cfg(experiment, "data=synthetic_cifar",
-                        f"model.widths=[{','.join(map(str, narrow))}]",
-                        "trainer.batch_size=64", "trainer.chunk_steps=8")
+        overrides = ("data=synthetic_cifar", f"model.widths=[{','.join(map(str, narrow))}]",
+                     "trainer.batch_size=64", "trainer.chunk_steps=8")
+        cfg = smoke_cfg(experiment, *overrides)
     procedure = str(cfg.method.get("procedure", "variational"))
     if "pretrained_run" in cfg.method:  # retraining methods start from a finished dense run
-        cfg = smoke_cfg(experiment,
-                        f"method.pretrained_run={pretrained_dense_run(cfg.model.name)}")
+        pretrained = pretrained_dense_run(cfg.model.name, *overrides)
+        cfg = smoke_cfg(experiment, *overrides, f"method.pretrained_run={pretrained}")
     dataset = "synthetic" if narrow is None else "synthetic_cifar"
     assert cfg.data.name == dataset and cfg.trainer.epochs == 1
     metrics = procedures.get(procedure)(cfg, tmp_path)

@@ -615,8 +615,8 @@ class _ShapeRecorder:
         del name
         return _ShapeOnly(_dims(features, features), weights=False)
 
-    def channel(self, name, features):
-        del name, features  # a compressed network has no channel modules (switches)
+    def channel(self, name, features, *, after_norm=False):
+        del name, features, after_norm  # a compressed network has no channel modules (switches)
         return None
 
     def check_layer_names(self, layer_names) -> None:

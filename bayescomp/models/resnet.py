@@ -62,6 +62,25 @@ of two forms:
   inner width (bottleneck: the stem first, then per stage the stream and each block's two inner
   widths).
 
+**Channel modules** (``layers.channel``; Dirichlet pruning's importance switches, Adamczewski &
+Park, "Dirichlet Pruning for Convolutional Neural Networks", AISTATS 2021). Each block-internal
+group gets one, a positive per-channel scale :math:`a_c` on the group's channels where the next
+conv reads them: after the BatchNorm and the ReLU,
+
+.. math::
+
+    h = a \odot \mathrm{relu}(\mathrm{bn}_1(\mathrm{conv}_1(x)))
+
+(basic block; in the bottleneck, :math:`a \odot \mathrm{relu}(\mathrm{bn}_2(\cdot))` before
+conv2 and :math:`a' \odot \mathrm{relu}(\mathrm{bn}_3(\cdot))` before conv3). After the
+BatchNorm, never before it: a batch-statistics BatchNorm divides a scale of its input away. The
+residual streams get none: a stream's channel is one index through a whole stage, written by
+several convs and read through option-A shortcuts, so there is no one place where a scale would
+stand for the channel (likewise the pre-activation net's stem channels, which the first block's
+projection reads raw and its conv1 through its first BatchNorm). Every method without channel
+modules gets ``None`` and builds exactly the network above; ``channel_modules()`` gives them by
+group name.
+
 Option A needs the basic net's streams not to narrow from stage to stage. BatchNorms are called
 with the model's ``rngs`` too, for a method whose normalisation samples (channel saliencies).
 """
@@ -88,8 +107,22 @@ def _block_paths(blocks_per_stage: int) -> tuple[str, ...]:
     return tuple(f"stage{s + 1}.{b}" for s in range(STAGES) for b in range(blocks_per_stage))
 
 
+def _channel_modules(model: nnx.Module, convs: tuple[str, ...]) -> dict[str, nnx.Module]:
+    """``{"stage<s>.<b>.<conv>": block.<conv>_switch}`` over the blocks in order, the ``None``
+    ones left out."""
+    modules = {}
+    for path, block in zip(_block_paths(model.blocks_per_stage),
+                           (b for stage in (model.stage1, model.stage2, model.stage3)
+                            for b in stage)):
+        for conv in convs:
+            module = getattr(block, f"{conv}_switch")
+            if module is not None:
+                modules[f"{path}.{conv}"] = module
+    return modules
+
+
 class BasicBlock(nnx.Module):
-    """conv3x3 → BN → ReLU → conv3x3 → BN, plus the (option-A) shortcut, → ReLU.
+    """conv3x3 → BN → ReLU (→ channel module) → conv3x3 → BN, plus the (option-A) shortcut, → ReLU.
 
     Args:
         layers: The method's layer factory.
@@ -110,10 +143,15 @@ class BasicBlock(nnx.Module):
         self.conv2 = layers.conv(f"{prefix}.conv2", hidden, out_channels, (3, 3), rngs=rngs,
                                  padding=PAD_1, input_is_normalized=True)
         self.bn2 = layers.norm(f"{prefix}.bn2", out_channels)
+        # The method's module over conv1's channels (module docstring); None for every method
+        # without one, whose block is then exactly the one above.
+        self.conv1_switch = layers.channel(f"{prefix}.conv1", hidden, after_norm=True)
         self.stride = stride
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         h = jax.nn.relu(self.bn1(self.conv1(x, rngs=rngs), rngs=rngs))
+        if self.conv1_switch is not None:
+            h = self.conv1_switch(h, rngs=rngs)
         h = self.bn2(self.conv2(h, rngs=rngs), rngs=rngs)
         if self.stride > 1:
             x = x[:, :: self.stride, :: self.stride, :]
@@ -179,6 +217,11 @@ class ResNet(nnx.Module):
             setattr(self, f"stage{s + 1}", nnx.List(blocks))
         self.fc = layers.dense("fc", streams[-1], num_classes, rngs=rngs)
 
+    def channel_modules(self) -> dict[str, nnx.Module]:
+        """The channel modules by channel group (``stage<s>.<b>.conv1``, block by block);
+        empty for methods without them."""
+        return _channel_modules(self, ("conv1",))
+
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """Logits ``(batch, num_classes)`` for images ``(batch, h, w, c)``."""
         x = jax.nn.relu(self.stem_bn(self.stem(x, rngs=rngs), rngs=rngs))
@@ -242,7 +285,8 @@ class ResNet110(ResNet):
 
 class Bottleneck(nnx.Module):
     """Pre-activation bottleneck: BN → ReLU → 1x1 → BN → ReLU → 3x3 → BN → ReLU → 1x1, plus
-    the input or, where width or map changes, a strided 1x1 projection of it.
+    the input or, where width or map changes, a strided 1x1 projection of it; the channel
+    modules (if any) after the second and third ReLU.
 
     Args:
         layers: The method's layer factory.
@@ -270,11 +314,20 @@ class Bottleneck(nnx.Module):
                                      rngs=rngs, strides=(stride, stride),
                                      input_is_normalized=True)
                          if stride != 1 or in_channels != out_channels else None)
+        # The method's modules over conv1's and conv2's channels, after the BatchNorm and ReLU
+        # that normalise them (module docstring); None for every method without them.
+        self.conv1_switch = layers.channel(f"{prefix}.conv1", inner[0], after_norm=True)
+        self.conv2_switch = layers.channel(f"{prefix}.conv2", inner[1], after_norm=True)
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         h = self.conv1(jax.nn.relu(self.bn1(x, rngs=rngs)), rngs=rngs)
-        h = self.conv2(jax.nn.relu(self.bn2(h, rngs=rngs)), rngs=rngs)
-        h = self.conv3(jax.nn.relu(self.bn3(h, rngs=rngs)), rngs=rngs)
+        h = jax.nn.relu(self.bn2(h, rngs=rngs))
+        if self.conv1_switch is not None:
+            h = self.conv1_switch(h, rngs=rngs)
+        h = jax.nn.relu(self.bn3(self.conv2(h, rngs=rngs), rngs=rngs))
+        if self.conv2_switch is not None:
+            h = self.conv2_switch(h, rngs=rngs)
+        h = self.conv3(h, rngs=rngs)
         return h + (x if self.shortcut is None else self.shortcut(x, rngs=rngs))
 
 
@@ -334,6 +387,11 @@ class PreActResNet(nnx.Module):
             setattr(self, f"stage{s + 1}", nnx.List(blocks))
         self.bn = layers.norm("bn", streams[-1])
         self.fc = layers.dense("fc", streams[-1], num_classes, rngs=rngs)
+
+    def channel_modules(self) -> dict[str, nnx.Module]:
+        """The channel modules by channel group (``stage<s>.<b>.conv1`` and ``.conv2``, block by
+        block); empty for methods without them."""
+        return _channel_modules(self, ("conv1", "conv2"))
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """Logits ``(batch, num_classes)`` for images ``(batch, h, w, c)``."""

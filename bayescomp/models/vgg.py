@@ -1,4 +1,4 @@
-"""The CIFAR VGGs of the channel-pruning papers, written once for every method.
+r"""The CIFAR VGGs of the channel-pruning papers, written once for every method.
 
 Every network is a stack of 3x3 convolutions (stride 1, ``SAME``), each followed by BatchNorm
 (Ioffe & Szegedy, ICML 2015) and ReLU, in blocks separated by 2x2 max-pools, then a small
@@ -38,6 +38,16 @@ are one group (conv → BatchNorm → ReLU → next conv); the last conv's chann
 classifier through the flatten of its ``H/32 × W/32`` map (one position for 32x32 inputs) or,
 for VGG19, through the global average (one position at any size). BatchNorms are called with
 the model's ``rngs`` too, for a method whose normalisation samples (channel saliencies).
+
+**Channel modules** (``layers.channel``; Dirichlet pruning's importance switches, Adamczewski &
+Park, "Dirichlet Pruning for Convolutional Neural Networks", AISTATS 2021): every group gets a
+positive per-channel scale :math:`a` after its BatchNorm and ReLU,
+:math:`a \odot \mathrm{relu}(\mathrm{bn}(\mathrm{conv}(x)))` (and
+:math:`a \odot \mathrm{relu}(\mathrm{bn_{fc1}}(\mathrm{fc1}(x)))`), never before the BatchNorm,
+whose batch statistics would divide it away. A positive scale commutes with max- and
+average-pooling, so where a pool follows the conv it is applied after the pool, on the 4x
+smaller map, with the same result. Every method without channel modules gets ``None`` and
+builds exactly the network above; ``channel_modules()`` gives them by group name.
 """
 
 from __future__ import annotations
@@ -110,10 +120,14 @@ class VGG(nnx.Module):
             setattr(self, name, layers.conv(name, in_ch, widths[i], (3, 3), rngs=rngs,
                                             padding="SAME", input_is_normalized=i > 0))
             setattr(self, f"bn{i + 1}", layers.norm(f"bn{i + 1}", widths[i]))
+            # The method's module over the conv's channels (module docstring); None for every
+            # method without one, whose network is then exactly the plain VGG.
+            setattr(self, f"{name}_switch", layers.channel(name, widths[i], after_norm=True))
         features = widths[convs - 1] * self.positions
         if self.hidden_fc:
             self.fc1 = layers.dense("fc1", features, widths[convs], rngs=rngs)
             self.bn_fc1 = layers.norm("bn_fc1", widths[convs])
+            self.fc1_switch = layers.channel("fc1", widths[convs], after_norm=True)
             self.fc2 = layers.dense("fc2", widths[convs], num_classes, rngs=rngs)
         else:
             self.fc = layers.dense("fc", features, num_classes, rngs=rngs)
@@ -125,11 +139,25 @@ class VGG(nnx.Module):
             x = jax.nn.relu(x)
             if i in self.pool_after:
                 x = max_pool_2x2(x)
+            switch = getattr(self, f"conv{i}_switch")
+            if switch is not None:
+                x = switch(x, rngs=rngs)
         if self.global_pool:
             return self.fc(global_average_pool(x), rngs=rngs)
         x = x.reshape(x.shape[0], -1)  # NHWC flatten: channel is the fastest-varying index
         x = jax.nn.relu(self.bn_fc1(self.fc1(x, rngs=rngs), rngs=rngs))
+        if self.fc1_switch is not None:
+            x = self.fc1_switch(x, rngs=rngs)
         return self.fc2(x, rngs=rngs)
+
+    def channel_modules(self) -> dict[str, nnx.Module]:
+        """The channel modules by channel group (``conv<i>``, then ``fc1``); empty for methods
+        without them."""
+        modules = {f"conv{i}": getattr(self, f"conv{i}_switch")
+                   for i in range(1, sum(self.blocks) + 1)}
+        if self.hidden_fc:
+            modules["fc1"] = self.fc1_switch
+        return {group: module for group, module in modules.items() if module is not None}
 
     def channel_groups(self) -> tuple[ChannelGroup, ...]:
         """Each conv's channels (with its BatchNorm), read by the next conv; the last conv's by

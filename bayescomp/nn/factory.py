@@ -121,13 +121,20 @@ class LayerFactory:
             return SlimmingBatchNorm(features, prior=prior, init_scale=init, **common)
         raise ConfigError(f"unknown method.norm.kind {kind!r}; known: {', '.join(NORM_KINDS)}")
 
-    def channel(self, name: str, features: int):
+    def channel(self, name: str, features: int, *, after_norm: bool = False):
         """The method's module over the ``features`` channels of group ``name``, or ``None``.
 
         A model places it where a positive per-channel scale belongs (after the group's ReLU)
         and skips it when it is ``None``, so a method without a channel module (every method but
         Dirichlet pruning) builds exactly the network it built before: no extra operation, no
         extra Variable.
+
+        ``after_norm``: the group's channels have passed a BatchNorm (:meth:`norm`) where the
+        module sits (the CIFAR ResNets and VGGs). The kinds that are also normalisations
+        (:data:`NORM_KINDS`: VCNN, slimming) carry their per-channel factor in that BatchNorm
+        (``method.norm``); their channel module is for networks without one (LeNet-5), so they
+        get ``None`` there and a normalised network keeps exactly its layers. Dirichlet switches
+        scale the normalised channels, so they are built either way.
 
         ``kind: dirichlet`` gives a :class:`~bayescomp.nn.switch.DirichletSwitch` with prior
         Dir(``alpha0``·1), θ initialised to ``init_logit`` and ``mode`` ``integral`` or
@@ -140,7 +147,7 @@ class LayerFactory:
         del name  # one setting for every group; the name is there for per-group settings
         settings = dict(self.channel_settings)
         kind = settings.pop("kind", None)
-        if kind is None:
+        if kind is None or (after_norm and kind in NORM_KINDS):
             return None
         if kind == "dirichlet":
             from bayescomp.nn.switch import INIT_LENET, DirichletSwitch

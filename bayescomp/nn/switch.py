@@ -29,7 +29,12 @@ the layer's average channel).
 **Placement.** Put the switch after the layer's BatchNorm (or run BatchNorm on its running
 averages, ``batch_norm="running"``), never before a batch-statistics BatchNorm, which would
 normalise the scale away. Since C·s_j > 0 commutes with ReLU and max-pooling, any place between
-the BatchNorm and the next weight layer gives the same network.
+the BatchNorm and the next weight layer gives the same network. The models ask for it with
+``layers.channel(group, C, after_norm=...)`` and apply it after the group's ReLU: LeNet-5
+(conv1, conv2, fc1), the CIFAR VGGs (every conv and fc1, after BatchNorm and ReLU) and the CIFAR
+ResNets (each block's inner channels, ``relu(bn1(conv1(x)))``); the Dirichlet procedure also
+runs BatchNorm on its running averages while the switches train, so the pretrained statistics
+are used and never updated (:mod:`bayescomp.procedures.dirichlet`).
 
 **Modes** (``mode``, the reference's two scripts):
 

@@ -8,9 +8,10 @@ Adamczewski & Park, "Dirichlet Pruning for Convolutional Neural Networks", AISTA
    \mathrm{softplus}(\theta_l)`, prior :math:`\mathrm{Dir}(\alpha_0\mathbf 1)`, that scales
    channel ``j`` by :math:`C_l s_{lj}` (:class:`~bayescomp.nn.switch.DirichletSwitch`; the
    factor ``C_l`` makes uniform switches the identity, so training starts from the pretrained
-   network). The pretrained weights and biases are copied in and frozen: only the
-   :class:`~bayescomp.nn.switch.SwitchLogit` s train (``trains=SwitchLogit``), with Adam. The
-   objective is the loop's negative ELBO per training example,
+   network). The pretrained weights, biases and BatchNorms (γ, β and running statistics) are
+   copied in (:func:`bayescomp.nn.fold.load_plain`) and frozen: only the
+   :class:`~bayescomp.nn.switch.SwitchLogit` s train (``trains=SwitchLogit``: a selection by
+   Variable type), with Adam. The objective is the loop's negative ELBO per training example,
 
    .. math::
 
@@ -35,18 +36,31 @@ Adamczewski & Park, "Dirichlet Pruning for Convolutional Neural Networks", AISTA
    formula fed epochs), so its β never exceeds ≈ 2·10⁻⁶ and the prior is effectively off
    (``methods/lenet5_switch_integral.py`` of github.com/kamadforge/dirichlet_pruning).
 
-   *Placement.* LeNet-5 has no BatchNorm; the switch scales the channel after its ReLU (and
-   pool, which commutes with a positive scale), so nothing normalises it away (the reference's
-   switch sits before a train-mode BatchNorm, which cancels it, in the same script). For a model
-   with BatchNorm the phase runs BatchNorm on its running averages (``batch_norm="running"``),
-   so the pretrained statistics stay frozen as well.
+   *Placement and groups.* The model places the switches (``layers.channel``): after the
+   group's ReLU (and pool, which commutes with a positive scale), so nothing normalises them
+   away (the reference's switch sits before a train-mode BatchNorm, which cancels it, in the
+   same script). LeNet-5: conv1, conv2, fc1. The CIFAR VGGs (:mod:`bayescomp.models.vgg`):
+   every conv's channels after its BatchNorm and ReLU, and fc1's. The CIFAR ResNets
+   (:mod:`bayescomp.models.resnet`): the block-internal channels, ``relu(bn1(conv1(x)))`` of a
+   basic block (and both inner groups of a bottleneck), the groups
+   ``method.prune.groups=internal`` names for VCNN and slimming
+   (:mod:`bayescomp.procedures.channel_pruning`); the residual streams get no switch (one
+   channel index through a whole stage, written by several convs: no one place for its
+   switch), so ``method.prune.groups=all`` is refused.
+
+   *BatchNorm.* The phase runs every BatchNorm on its running averages
+   (``batch_norm="running"``, :func:`bayescomp.loop.train_view`): it normalises by the
+   pretrained statistics and never updates them, so the network the switches see is the
+   pretrained network's evaluation function (batch statistics would make each switch's effect
+   depend on the batch, and updating the statistics would change the network being pruned).
 
 2. **Pruning decision.** The channels of group ``l`` are ranked by the switch mean
    :math:`\varphi_{lj}/\sum_k\varphi_{lk}` and the top :math:`k_l` kept
    (:func:`bayescomp.channel_selection.top_k_keep`), with
 
    * ``method.widths`` given: :math:`k_l` per prunable group, in the model's group order
-     (LeNet-5: conv1, conv2, fc1). The paper's LeNet-5 result ``5-8-45-15`` has four numbers
+     (``channel_modules()``; LeNet-5: conv1, conv2, fc1; ResNet-20: the nine
+     ``stage<s>.<b>.conv1``). The paper's LeNet-5 result ``5-8-45-15`` has four numbers
      because its LeNet has a second hidden dense layer (10-20-100-25); ours (LeNet-5-Caffe,
      20-50-500) has three prunable groups, so its analogue is ``[5, 8, 45]``; or
    * ``method.widths: null``: :math:`k_l` chosen from the switches, the fewest channels whose
@@ -56,12 +70,15 @@ Adamczewski & Park, "Dirichlet Pruning for Convolutional Neural Networks", AISTA
 
 3. **Retraining** (phase ``retrain``). The switches are *dropped*, not folded: the pruned
    network is the pretrained dense network with the removed channels cut out of their producers
-   and consumers (:func:`bayescomp.pruning.apply_group_masks`), and its kept weights and biases
-   are retrained with the masks fixed, with the run's optimiser at ``method.retrain.lr``. This is
-   what the reference does (it loads the pretrained weights, zeroes the dropped channels and
-   retrains with masked gradients); folding the switch means :math:`C_l s_{lj}` into the
-   consumers would start the retraining from the switch-trained function instead, which the
-   paper does not describe.
+   and consumers (:func:`bayescomp.pruning.apply_group_masks`), and its kept weights, biases and
+   BatchNorm γ, β are retrained with the masks fixed, with the run's optimiser (its momentum and
+   weight decay) at ``method.retrain.lr`` (``bias_lr`` for biases and β) on the schedule
+   ``method.retrain.schedule``, BatchNorm in its training mode (batch statistics, running
+   averages updated), as the dense recipe trains. This is what the reference does (it loads the
+   pretrained weights, zeroes the dropped channels and retrains with masked gradients); folding
+   the switch means :math:`C_l s_{lj}` into the consumers would start the retraining from the
+   switch-trained function instead, which the paper does not describe. The error "after
+   pruning" is measured before the retraining, with the pretrained running statistics.
 
 4. **The quantized network**: the retrained point weights in their float32 values (a point
    weight has posterior variance 0, which :func:`bayescomp.compression.quantize.quantize` turns
@@ -97,6 +114,8 @@ from bayescomp import channel_selection, counting, metrics, models, pretrained, 
 from bayescomp.compression import quantize as quantize_lib
 from bayescomp.errors import ConfigError
 from bayescomp.loop import Phase, TrainingRun
+from bayescomp.nn import fold
+from bayescomp.nn.norm import NormBias, NormScale
 from bayescomp.nn.switch import SwitchLogit
 from bayescomp.posteriors.variables import Bias, PointWeight
 from bayescomp.procedures import channel_pruning
@@ -131,12 +150,35 @@ def switches_of(model: nnx.Module) -> dict[str, nnx.Module]:
         ConfigError: The model has no channel modules (it does not support Dirichlet pruning,
             or the method has no ``channel`` section).
     """
-    modules = model.channel_modules() if hasattr(model, "channel_modules") else {}
+    modules = fold.channel_modules(model)
     if not modules:
         raise ConfigError(f"{type(model).__name__} has no channel switches; Dirichlet pruning "
-                          "needs a model with channel_modules() (LeNet-5) and method.channel."
-                          "kind=dirichlet")
+                          "needs a model with channel_modules() (LeNet-5, the CIFAR ResNets and "
+                          "VGGs) and method.channel.kind=dirichlet")
     return modules
+
+
+def check_groups(cfg: DictConfig) -> None:
+    """Refuse ``method.prune.groups=all``: the switches sit on the block-internal groups only.
+
+    Raises:
+        ConfigError: ``method.prune.groups`` is not ``internal``.
+    """
+    mode = channel_pruning.group_mode(cfg)
+    if mode != "internal":
+        raise ConfigError(f"method.prune.groups={mode}: Dirichlet pruning switches the groups "
+                          "written by one layer (a ResNet's block-internal channels) and has no "
+                          "switch on a residual stream; use method.prune.groups=internal")
+
+
+def switch_model(cfg: DictConfig, dense: nnx.Module, input_shape, num_classes: int
+                 ) -> nnx.Module:
+    """The network with switches, the pretrained ``dense`` network's weights, biases and
+    BatchNorms (γ, β, running statistics) loaded (:func:`bayescomp.nn.fold.load_plain`); the
+    switch logits keep their initial value (uniform switches: the pretrained function)."""
+    model = runs.build_model(cfg, tuple(input_shape), num_classes, int(cfg.seed))
+    switches_of(model)
+    return fold.load_plain(model, dense)
 
 
 def kept_widths(cfg: DictConfig, means: Mapping[str, np.ndarray]) -> tuple[dict[str, int], str]:
@@ -185,17 +227,23 @@ def switch_phase(cfg: DictConfig) -> Phase:
 
 
 def retrain_phase(cfg: DictConfig, masks: Mapping[str, np.ndarray]) -> Phase:
-    """Phase 2: the kept weights and biases, masks fixed, the run's optimiser."""
+    """Phase 2: the kept weights, biases and BatchNorm γ, β, masks fixed, the run's optimiser;
+    BatchNorm on batch statistics (the default mode), as the dense recipe trains.
+
+    Weights and γ train at ``method.retrain.lr``, biases and β at ``bias_lr``. A model without
+    BatchNorm (LeNet-5) has no γ, β: its groups stay empty and add no optimiser state.
+    """
     settings = cfg.method.retrain
     optimizer = {**OmegaConf.to_container(cfg.optimizer, resolve=True),
                  "schedule": str(settings.get("schedule", "constant")),
                  "decay_start": float(settings.get("decay_start", 0.0))}
-    rates = ((PointWeight, float(settings.lr)), (Bias, float(settings.get("bias_lr",
-                                                                           settings.lr))))
+    lr = float(settings.lr)
+    bias_lr = float(settings.get("bias_lr", lr))
+    rates = ((PointWeight, lr), (Bias, bias_lr), (NormScale, lr), (NormBias, bias_lr))
     return Phase(RETRAIN_PHASE, channel_pruning.phase_epochs(settings.epochs, cfg),
-                 optimizer=optimizer,
-                 key=channel_pruning.phase_key(cfg, RETRAIN_PHASE), trains=(PointWeight, Bias),
-                 learning_rates=rates, masks=dict(masks))
+                 optimizer=optimizer, key=channel_pruning.phase_key(cfg, RETRAIN_PHASE),
+                 trains=(PointWeight, Bias, NormScale, NormBias), learning_rates=rates,
+                 masks=dict(masks))
 
 
 def _switch_record(model) -> dict[str, float]:
@@ -230,14 +278,13 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     if (method.get("channel") or {}).get("kind") != "dirichlet":
         raise ConfigError("the dirichlet procedure needs method.channel.kind=dirichlet "
                           "(conf/method/dirichlet.yaml)")
+    check_groups(cfg)
     dense, pretrained_metrics = pretrained.load_pretrained(cfg)
     dataset = runs.load_run_dataset(cfg)
     input_shape = tuple(int(d) for d in dataset.x_train.shape[1:])
-    # The same network with switches; the pretrained weights and biases copied in (the switch
-    # logits, absent from the dense state, keep their initial value).
-    model = runs.build_model(cfg, input_shape, dataset.num_classes, int(cfg.seed))
+    # The same network with switches, the pretrained network loaded into it.
+    model = switch_model(cfg, dense, input_shape, dataset.num_classes)
     switches = switches_of(model)
-    nnx.update(model, nnx.state(dense))
     training = TrainingRun(cfg, workdir, dataset, resumable=runs.RESUMABLE_CHANGES_RETRAINING,
                            pretrained_run=str(method.pretrained_run))
     dense_error = training.error(dense)

@@ -4,27 +4,15 @@ tables by default, and a ``metrics.json`` that is not a run's is one line naming
 from __future__ import annotations
 
 import hashlib
-import json
 
 import pytest
+from table_runs import write_lenet_run  # tests/ is on sys.path (pytest rootdir)
 
 from bayescomp import tables
 
 
 def _run(root, seed=0, **changes):
-    run_dir = root / "fashion_mnist" / "lenet300_gnj" / f"seed{seed}"
-    run_dir.mkdir(parents=True)
-    metrics = {
-        "experiment": "lenet300_gnj", "model": "lenet300", "method": "bc_gnj",
-        "dataset": "fashion_mnist", "seed": seed, "epochs": 1, "test_error": 9.9,
-        "pruned_test_error": 10.3, "quantized_test_error": 10.4, "percent_kept": 22.0,
-        "architecture": [447, 130, 19], "bits_per_layer": [6, 3, 9], "exponent_bits": 3,
-        "compression": {"pruning": 4.0}, "git_commit": "abc", "config": {"seed": seed},
-    }
-    metrics.update(changes)
-    metrics = {k: v for k, v in metrics.items() if v is not None}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    return run_dir
+    return write_lenet_run(root, seed, **changes)
 
 
 def _repository_tables() -> str | None:

@@ -8,6 +8,7 @@ import re
 
 import pytest
 import yaml
+from table_runs import write_lenet_run  # tests/ is on sys.path (pytest rootdir)
 
 from bayescomp import cifar_tables, tables
 
@@ -46,16 +47,7 @@ def _cifar_run(root, seed=0, dataset="cifar10_jpeg", model="resnet20", method="v
 
 
 def _lenet_run(root, seed=0):
-    run_dir = root / "fashion_mnist" / "lenet300_gnj" / f"seed{seed}"
-    run_dir.mkdir(parents=True)
-    metrics = {
-        "experiment": "lenet300_gnj", "model": "lenet300", "method": "bc_gnj",
-        "dataset": "fashion_mnist", "seed": seed, "epochs": 200, "test_error": 9.9,
-        "pruned_test_error": 10.3, "quantized_test_error": 10.4, "percent_kept": 22.0,
-        "architecture": [447, 130, 19], "bits_per_layer": [6, 3, 9], "exponent_bits": 3,
-        "compression": {"pruning": 4.0}, "git_commit": "abc", "config": {"seed": seed},
-    }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    write_lenet_run(root, seed, epochs=200)
 
 
 def _render(root) -> str:

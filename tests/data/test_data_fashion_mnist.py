@@ -84,7 +84,8 @@ def test_a_fashion_mnist_subset_given_as_mnist_is_refused(fashion_arrays, tmp_pa
 
     x_train, y_train, x_test, y_test = fashion_arrays
     if wrong_split == "train":
-        subset = (x_train[:500], y_train[:500], x_test[:0], y_test[:0])
+        # (a non-empty test split: an empty one is refused first, as no test error exists)
+        subset = (x_train[:500], y_train[:500], x_test[:50], y_test[:50])
     else:  # an MNIST-shaped train split that passes, and a Fashion test split that must not
         blank = x_train[:300] * 0
         blank[:, 8:20, 12:16] = 255  # a "1": mean 0.06, off the border

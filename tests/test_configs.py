@@ -74,8 +74,9 @@ DEEPER_COPIES = {"resnet56_dense", "vgg19_dense", "resnet20_dense_cpu"}
 # test_vcnn_procedure.py, test_slimming_procedure.py): their two-step runs (25-50 s each on a
 # loaded 2-core CPU) are in the slow set, which keeps the default run under 10 minutes; they
 # still compose above.
+# lenet300_ghs trains end to end in tests/test_pruning_guard.py and test_threshold_selection.py.
 COVERED_END_TO_END = {"lenet5_dirichlet", "lenet5_dc", "lenet300_dc", "resnet20_vcnn_cpu",
-                      "resnet20_slimming_cpu", "resnet20_dirichlet_cpu"}
+                      "resnet20_slimming_cpu", "resnet20_dirichlet_cpu", "lenet300_ghs"}
 
 
 @pytest.mark.parametrize("experiment", [

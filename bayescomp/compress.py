@@ -120,9 +120,10 @@ def _compress_locked(run_dir: pathlib.Path, saved: pathlib.Path, out, evaluate: 
 def _remove_leftover_staging_files(out: pathlib.Path) -> None:
     """Removes the staging files a killed ``compress`` left beside ``out`` in its run directory.
 
-    Only called while this process holds the run directory's lock, so no other ``compress``
-    can be writing there; a staging file there is a leftover. Only names ``mkstemp`` makes for
-    ``out`` (eight random characters) are removed, never other files that merely look alike.
+    Only called while this process holds the run directory's lock, so no other ``compress`` of
+    this run can be writing there (only one of another run pointed here with ``--out`` could);
+    a staging file there is a leftover. Only names ``mkstemp`` makes for ``out`` (eight random
+    characters) are removed, never other files that merely look alike.
     """
     pattern = re.compile(rf"^\.{re.escape(out.name)}\.[A-Za-z0-9_]{{8}}\.staging$")
     leftovers = [path for path in out.parent.iterdir() if pattern.match(path.name)]
@@ -130,7 +131,7 @@ def _remove_leftover_staging_files(out: pathlib.Path) -> None:
         path.unlink(missing_ok=True)
     if leftovers:
         log.warning("removed %d staging file(s) left by an interrupted compress: %s",
-                 len(leftovers), ", ".join(path.name for path in leftovers))
+                    len(leftovers), ", ".join(path.name for path in leftovers))
 
 
 def run_widths(cfg) -> tuple[int, ...]:

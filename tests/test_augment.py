@@ -121,6 +121,10 @@ def test_bad_settings_are_one_line(cfg, message):
         augment.from_config(cfg, _Data(), augment_by_default=False)
 
 
+# Slow (~20 s idle: three short runs). The default run keeps what it rests on: resume
+# bit-identity of runs whose step noise is keyed from the step (tests/test_loop.py), and the
+# augmentation's key from that step key (step_key tests above).
+@pytest.mark.slow
 def test_an_augmented_run_resumes_bit_identically_and_differs_from_an_unaugmented_one(
         smoke_cfg, tmp_path):
     from bayescomp.procedures import variational

@@ -53,6 +53,7 @@ def test_ratio_is_taken_within_rounds(train_speed):
         train_speed.ratio_within_rounds(svd, dense[:2])
 
 
+@pytest.mark.slow  # compiles three experiments' steps (~10 s idle); the benchmark's own check
 def test_each_experiment_is_timed_at_its_own_batch_size(train_speed):
     # Soft weight-sharing retrains at batch 256 (its recipe), dense at 100: each is timed at its
     # own batch, and their steps are not compared (no vs-dense ratio across batch sizes).

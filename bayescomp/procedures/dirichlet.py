@@ -285,6 +285,9 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     # The same network with switches, the pretrained network loaded into it.
     model = switch_model(cfg, dense, input_shape, dataset.num_classes)
     switches = switches_of(model)
+    if method.get("widths") is not None:
+        # Given widths are checked against the groups now, not after the switch phase trained.
+        kept_widths(cfg, {group: np.asarray(s.mean()) for group, s in switches.items()})
     training = TrainingRun(cfg, workdir, dataset, resumable=runs.RESUMABLE_CHANGES_RETRAINING,
                            pretrained_run=str(method.pretrained_run))
     dense_error = training.error(dense)

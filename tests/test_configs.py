@@ -78,10 +78,13 @@ DEEPER_COPIES = {"resnet56_dense", "vgg19_dense", "resnet20_dense_cpu"}
 # lenet300_sws in test_soft_weight_sharing.py (through the CLI), lenet300_dense in every CLI
 # test, lenet5_dense as the pretrained run of the Dirichlet tests (conftest.pretrained_dense_run),
 # and resnet20_dense's recipe (SGD, step decay, BatchNorm, augmentation) in vgg16_dense's
-# two-step run below and ResNet-20 itself in the model, export and procedure tests.
+# two-step run below and ResNet-20 itself in the model, export and procedure tests;
+# lenet300_svd is quick_look's model and method (quick_look's two-step run stays), lenet300_gnj
+# trains in test_diagnose.py's and test_bad_input.py's runs.
 COVERED_END_TO_END = {"lenet5_dirichlet", "lenet5_dc", "lenet300_dc", "resnet20_vcnn_cpu",
                       "resnet20_slimming_cpu", "resnet20_dirichlet_cpu", "lenet300_ghs",
-                      "lenet300_sws", "lenet300_dense", "lenet5_dense", "resnet20_dense"}
+                      "lenet300_sws", "lenet300_dense", "lenet5_dense", "resnet20_dense",
+                      "lenet300_svd", "lenet300_gnj"}
 
 
 @pytest.mark.parametrize("experiment", [

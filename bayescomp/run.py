@@ -200,6 +200,10 @@ def _run_job(cfg: DictConfig) -> float | None:
         busy = isinstance(err, RunDirectoryBusyError)
         log_files.release(write_held=not busy)
         if isinstance(err, DiskFullError):
+            # Orbax's writer tasks that met the full disk may be collected at exit, and asyncio
+            # then logs each one's traceback ("Task exception was never retrieved"): the line
+            # below already says what happened and what to do.
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
             err = err.with_advice("free space there, then run again (it resumes from the last "
                                   f"complete checkpoint): {resume_command(workdir)}")
         if not busy:

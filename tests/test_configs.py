@@ -74,8 +74,9 @@ DEEPER_COPIES = {"resnet56_dense", "vgg19_dense", "resnet20_dense_cpu"}
 # test_vcnn_procedure.py, test_slimming_procedure.py): their two-step runs (25-50 s each on a
 # loaded 2-core CPU) are in the slow set, which keeps the default run under 10 minutes; they
 # still compose above.
-# lenet300_ghs trains end to end in tests/test_pruning_guard.py and test_threshold_selection.py,
-# lenet300_sws in test_soft_weight_sharing.py (through the CLI), lenet300_dense in every CLI
+# lenet5_vcnn and lenet5_slimming (narrowed) train end to end in test_vcnn_procedure.py and
+# test_slimming_procedure.py; lenet300_ghs in tests/test_pruning_guard.py and
+# test_threshold_selection.py, lenet300_sws in test_soft_weight_sharing.py (through the CLI), lenet300_dense in every CLI
 # test, lenet5_dense as the pretrained run of the Dirichlet tests (conftest.pretrained_dense_run),
 # and resnet20_dense's recipe (SGD, step decay, BatchNorm, augmentation) in vgg16_dense's
 # two-step run below and ResNet-20 itself in the model, export and procedure tests;
@@ -84,7 +85,7 @@ DEEPER_COPIES = {"resnet56_dense", "vgg19_dense", "resnet20_dense_cpu"}
 COVERED_END_TO_END = {"lenet5_dirichlet", "lenet5_dc", "lenet300_dc", "resnet20_vcnn_cpu",
                       "resnet20_slimming_cpu", "resnet20_dirichlet_cpu", "lenet300_ghs",
                       "lenet300_sws", "lenet300_dense", "lenet5_dense", "resnet20_dense",
-                      "lenet300_svd", "lenet300_gnj"}
+                      "lenet300_svd", "lenet300_gnj", "lenet5_vcnn", "lenet5_slimming"}
 
 
 @pytest.mark.parametrize("experiment", [

@@ -111,7 +111,7 @@ def main(argv=None) -> None:
             loss.backward()
             optimizer.step()
             step += 1
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
             correct += int((logits.argmax(1) == y_train[idx]).sum())
         net.eval()
         wrong = 0

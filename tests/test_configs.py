@@ -68,7 +68,7 @@ def test_experiment_composes(experiment, compose):
 # recipe, resnet20_dense_cpu resnet20_dense with a cosine schedule (tests/test_optim.py tests
 # the schedule). Their compilation alone takes 10-60 s on 2 cores, so their two-step runs are in
 # the slow set (pytest -m slow); they still compose above.
-DEEPER_COPIES = {"resnet56_dense", "vgg19_dense", "resnet20_dense_cpu"}
+DEEPER_COPIES = {"resnet56_dense", "vgg19_dense", "resnet20_dense_cpu", "resnet20_dense_cpu100"}
 # Experiments whose procedure is run end to end on the same model family by its own test file
 # in the default run (tests/test_dirichlet_procedure.py, test_deep_compression.py,
 # test_vcnn_procedure.py, test_slimming_procedure.py): their two-step runs (25-50 s each on a

@@ -37,23 +37,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import torch_reference  # noqa: E402  (the networks, shared with train_speed.py --torch)
-
-
-def crop_flip_black(images: torch.Tensor, fill: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    """Pad with the preprocessed black pixel ``fill`` (per channel), crop back to size at a
-    random offset per image, flip horizontally with probability 1/2 (NCHW)."""
-    n, c, h, w = images.shape
-    padded = fill.view(1, c, 1, 1).expand(n, c, h + 2 * pad, w + 2 * pad).clone()
-    padded[:, :, pad:pad + h, pad:pad + w] = images
-    offsets = torch.randint(0, 2 * pad + 1, (n, 2))
-    rows = offsets[:, :1] + torch.arange(h)
-    cols = offsets[:, 1:] + torch.arange(w)
-    flips = torch.rand(n) < 0.5
-    cols = torch.where(flips[:, None], cols.flip(1), cols)
-    batch = torch.arange(n)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2)
+import torch_reference  # the networks, shared with train_speed.py --torch
 
 
 def learning_rate(step: int, total: int, base: float, schedule: str) -> float:
@@ -80,7 +64,10 @@ def main(argv=None) -> None:
 
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=False)
     torch.manual_seed(args.seed)
-    to_nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))  # noqa: E731
+
+    def to_nchw(images):
+        return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
     x_train, x_test = to_nchw(data.x_train), to_nchw(data.x_test)
     y_train = torch.from_numpy(data.y_train.astype(np.int64))
     y_test = torch.from_numpy(data.y_test.astype(np.int64))
@@ -104,7 +91,8 @@ def main(argv=None) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total, args.lr, args.schedule)
             idx = order[i * args.batch_size:(i + 1) * args.batch_size]
-            x = crop_flip_black(x_train[idx], fill).contiguous(memory_format=torch.channels_last)
+            x = torch_reference.crop_flip(x_train[idx], fill=fill)
+            x = x.contiguous(memory_format=torch.channels_last)
             logits = net(x)
             loss = F.cross_entropy(logits, y_train[idx])
             optimizer.zero_grad(set_to_none=True)

@@ -120,10 +120,18 @@ def build_model(name: str) -> tuple[nn.Module, tuple[int, int, int], bool]:
     raise ValueError(f"no PyTorch reference for {name!r}")
 
 
-def crop_flip(images: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    """Pad, one random crop back to size per image, a random horizontal flip (NCHW batch)."""
-    n, _, h, w = images.shape
+def crop_flip(images: torch.Tensor, pad: int = 4, fill: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """Pad, one random crop back to size per image, a random horizontal flip (NCHW batch).
+
+    The padding is 0, or ``fill`` per channel (e.g. the preprocessed black pixel, as bayescomp
+    pads)."""
+    n, c, h, w = images.shape
     padded = F.pad(images, (pad, pad, pad, pad))
+    if fill is not None:
+        border = torch.ones(h + 2 * pad, w + 2 * pad)
+        border[pad:pad + h, pad:pad + w] = 0
+        padded = padded + border * fill.view(1, c, 1, 1)
     offsets = torch.randint(0, 2 * pad + 1, (n, 2))
     rows = offsets[:, :1] + torch.arange(h)
     cols = offsets[:, 1:] + torch.arange(w)

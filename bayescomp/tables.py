@@ -483,11 +483,13 @@ def run_line(run: dict) -> str:
 
 
 def render(runs: list[dict], published: dict, sources: list[str],
-           published_dc: dict | None = None) -> str:
+           published_dc: dict | None = None, dirichlet: dict | None = None) -> str:
     """The markdown document for ``runs`` beside the ``published`` rows.
 
     ``published_dc``: Deep Compression's own rows (``han2016_dc.yaml``), shown after
-    Louizos et al.'s table when given.
+    Louizos et al.'s table when given. ``dirichlet``: Dirichlet pruning's tables
+    (``adamczewski2021_dirichlet.yaml``); when given and ``runs`` hold LeNet-5 runs, the
+    document ends with them in that paper's Table 1 terms (:mod:`bayescomp.lenet5_structured`).
     """
     groups, labels, label_order = group_runs(runs)
     cite = published["citation"]
@@ -598,6 +600,10 @@ def render(runs: list[dict], published: dict, sources: list[str],
               "read.", ""]
     if published_dc:
         lines += _render_deep_compression(published_dc)
+    if dirichlet is not None and any(r.get("model") == "lenet5" for r in runs):
+        from bayescomp import lenet5_structured  # late: it builds on this module
+
+        lines += [""] + lenet5_structured.render(runs, dirichlet)
     return "\n".join(lines)
 
 
@@ -619,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
                              "beside it")
     parser.add_argument("--published", default=str(PUBLISHED))
     args = parser.parse_args(argv)
-    from bayescomp import cifar_tables, table_plots  # here, not at the top: they build on this
+    # here, not at the top: they build on this module
+    from bayescomp import cifar_tables, lenet5_structured, table_plots
 
     try:
         found = find_runs([pathlib.Path(p) for p in args.runs])
@@ -638,7 +645,9 @@ def main(argv: list[str] | None = None) -> int:
         if runs:
             published_dc = (yaml.safe_load(PUBLISHED_DC.read_text()) if PUBLISHED_DC.exists()
                             else None)
-            text = render(runs, published, args.runs, published_dc)
+            dirichlet = cifar_tables.load_published(
+                cifar_tables.PUBLISHED_DIR / lenet5_structured.PAPER_FILE)
+            text = render(runs, published, args.runs, published_dc, dirichlet)
             # PNGs beside `out`, linked from the text
             written.append((out, table_plots.add_figures(text, runs, out), f"{len(runs)} runs"))
         if cifar_runs:

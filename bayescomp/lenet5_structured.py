@@ -11,9 +11,9 @@ biases of the network the export builds), beside that table.
 Two things keep the comparison to differences, not absolute values. The paper's LeNet-5 is not
 LeNet-5-Caffe (20-50-800-500, ours): its pruned architectures, e.g. 5-8-45-15, have four
 prunable layers before a 10-way output (10-20-100-25 unpruned), on MNIST, while ours are on
-Fashion-MNIST. And its parameter counts understate
-fc1's fan-in: :func:`paper_lenet_parameters` counts the 5-8-45-15 network at 7,793 weights and
-biases, which Table 1 reports as about 5.5K.
+Fashion-MNIST. And its parameter counts understate fc1's fan-in: :func:`paper_lenet_parameters`
+counts the 5-8-45-15 network at 7,793 weights and biases, which Table 1's "Dirichlet (mean)"
+row reports as 5.5K.
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ from bayescomp import cifar_tables, tables
 
 #: The published file of Dirichlet pruning's tables (``experiments/published/``).
 PAPER_FILE = "adamczewski2021_dirichlet.yaml"
-#: The pruned architecture whose size the note below recounts (the paper's "mean" switches).
+#: The paper's unpruned LeNet-5 (conv1, conv2, fc1, fc2; a 10-way output follows).
+PAPER_UNPRUNED = (10, 20, 100, 25)
+#: The pruned architecture whose size the note below recounts, and the Table 1 row it is
+#: (the paper's "mean" switches).
 PAPER_ARCHITECTURE = (5, 8, 45, 15)
+PAPER_ARCHITECTURE_ROW = "Dirichlet (mean)"
 
 
 def paper_lenet_parameters(widths, *, image: int = 28, kernel: int = 5, classes: int = 10) -> int:
@@ -87,6 +91,7 @@ def render(runs: list[dict], paper: dict) -> list[str]:
     else:
         lines += ["No LeNet-5 run found.", ""]
     recount = paper_lenet_parameters(PAPER_ARCHITECTURE)
+    printed = next(r["params_k"] for r in table["rows"] if r["label"] == PAPER_ARCHITECTURE_ROW)
     lines += [f"Published: {', '.join(cite['authors'])} ({cite['year']}), *{cite['title'].strip()}*, "
               f"{' '.join(cite['venue'].split())}, Table 1, on {table['dataset']} "
               f"(as printed in {' '.join(cite['source'].split())}):", "",
@@ -96,10 +101,11 @@ def render(runs: list[dict], paper: dict) -> list[str]:
         lines.append(f"| {row['label']} | " + " | ".join(
             "–" if row.get(c["key"]) is None else str(row[c["key"]]) for c in table["columns"])
             + " |")
-    lines += ["", f"Their LeNet-5 is 10-20-100-25 with a 10-way output, on MNIST, not "
-              f"LeNet-5-Caffe on Fashion-MNIST: compare the reductions, not the counts. Their "
-              f"parameter counts understate fc1's fan-in: the "
-              f"{'-'.join(map(str, PAPER_ARCHITECTURE))} network has {recount:,} weights and "
-              f"biases (`bayescomp.lenet5_structured.paper_lenet_parameters`), about 5.5K in the "
-              f"table. Notes on these numbers: `experiments/published/{paper['_file']}`.", ""]
+    lines += ["", f"Their LeNet-5 is {'-'.join(map(str, PAPER_UNPRUNED))} with a 10-way output, "
+              f"on {table['dataset']}, not LeNet-5-Caffe on Fashion-MNIST: compare the "
+              f"reductions, not the counts. Their parameter counts understate fc1's fan-in: the "
+              f"{'-'.join(map(str, PAPER_ARCHITECTURE))} network ({PAPER_ARCHITECTURE_ROW}) has "
+              f"{recount:,} weights and biases "
+              f"(`bayescomp.lenet5_structured.paper_lenet_parameters`), {printed}K in the table. "
+              f"Notes on these numbers: `experiments/published/{paper['_file']}`.", ""]
     return lines

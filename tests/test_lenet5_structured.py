@@ -21,16 +21,15 @@ def test_paper_lenet_parameters_counts_each_layer():
         f * o + o for f, o in layers)
 
 
-def _lenet5_run(root, seed, macs, params, method="bc_gnj"):
+def _lenet5_run(root, seed, macs, params):
+    """A finished BC-GNJ LeNet-5 run's ``metrics.json`` with the given pruned counts."""
     counting = {"dense": {"macs": 2_293_000, "params": 431_080},
                 "pruned": {"macs": macs, "params": params},
                 "macs_ratio": 2_293_000 / macs, "nonzero_macs": macs,
                 "nonzero_macs_ratio": 2_293_000 / macs}
-    run_dir = write_lenet_run(root, seed, experiment=f"lenet5_{method}", model="lenet5",
-                              method=method, architecture=[8, 40, 300, 150],
-                              layers=["conv1", "conv2", "fc1", "fc2"], bits_per_layer=None,
-                              counting=counting)
-    return run_dir
+    write_lenet_run(root, seed, experiment="lenet5_gnj", model="lenet5", method="bc_gnj",
+                    architecture=[8, 40, 300, 150], layers=["conv1", "conv2", "fc1", "fc2"],
+                    bits_per_layer=None, counting=counting)
 
 
 def test_section_lists_our_lenet5_runs_beside_table_1(tmp_path):
@@ -51,7 +50,8 @@ def test_section_lists_our_lenet5_runs_beside_table_1(tmp_path):
     table_1 = next(t for t in paper["tables"] if t["table"] == 1)
     for row in table_1["rows"]:
         assert f"| {row['label']} |" in text
-    assert "7,793 weights and biases" in text and "MNIST" in text
+    assert "5-8-45-15 network (Dirichlet (mean)) has 7,793 weights and biases" in text
+    assert "5.5K in the table" in text  # the row's printed count, read from the file
 
 
 def test_tables_cli_adds_the_section_only_with_lenet5_runs(tmp_path):

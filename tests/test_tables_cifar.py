@@ -10,7 +10,7 @@ import pytest
 import yaml
 from table_runs import write_lenet_run  # tests/ is on sys.path (pytest rootdir)
 
-from bayescomp import cifar_tables, tables
+from bayescomp import cifar_tables, lenet5_structured, tables
 
 
 def _counting(dense_params, pruned_params, dense_macs, pruned_macs):
@@ -245,7 +245,7 @@ def test_a_lenet_only_scan_of_the_repository_is_unchanged():
     if f"from {len(lenet)} run(s)" not in reference:  # runs added since the tables were made
         pytest.skip("results/lenet.md predates some of the runs in results/")
     dirichlet = cifar_tables.load_published(cifar_tables.PUBLISHED_DIR
-                                            / "adamczewski2021_dirichlet.yaml")
+                                            / lenet5_structured.PAPER_FILE)
     text = tables.render(lenet, yaml.safe_load(tables.PUBLISHED.read_text()), ["results/"],
                          yaml.safe_load(tables.PUBLISHED_DC.read_text()), dirichlet)
     figures = _section(reference, "## Figures")

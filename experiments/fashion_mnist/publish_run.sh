@@ -11,4 +11,6 @@ cp "$run_dir/metrics.json" "$run_dir/run.log" "$run_dir/model.bcz" "$published/"
 rm -f "$published/config.yaml"  # never leave an earlier publish's config beside new metrics
 if [ -f "$run_dir/config.yaml" ]; then cp "$run_dir/config.yaml" "$published/"; fi
 rm -rf "$published/.hydra" "$published/plots"
-cp -r "$run_dir/.hydra" "$run_dir/plots" "$published/"
+cp -r "$run_dir/.hydra" "$published/"
+# Channel methods (VCNN, slimming, Dirichlet) draw no log-alpha plots.
+if [ -d "$run_dir/plots" ]; then cp -r "$run_dir/plots" "$published/"; fi

@@ -58,9 +58,9 @@ PUBLISHED_FILES = ("zhao2019_vcnn.yaml", "adamczewski2021_dirichlet.yaml", "liu2
 MODEL_TITLES = {"vgg16": "VGG-16", "vgg19": "VGG-19", "vgg_like": "VGG-like", "resnet8": "ResNet-8",
                 "resnet20": "ResNet-20", "resnet56": "ResNet-56", "resnet110": "ResNet-110",
                 "resnet164": "ResNet-164", **tables.MODEL_TITLES}
-METHOD_TITLES = {**tables.METHOD_TITLES, "slimming": "Network slimming", "vcnn": "VCNN",
-                 "dirichlet": "Dirichlet pruning"}
-METHOD_ORDER = ["dense", "slimming", "vcnn", "dirichlet", *tables.METHOD_ORDER[1:]]
+METHOD_TITLES = tables.METHOD_TITLES
+#: The channel methods first: they are what the CIFAR tables are about.
+METHOD_ORDER = ["dense", "slimming", "vcnn", "dirichlet", "dc", "sws", "svd", "bc_gnj", "bc_ghs"]
 
 #: Epochs of our recipe for a network (what a run of a paper's setting takes): the dense
 #: experiments' (conf/experiment/vgg16_dense.yaml, vgg19_dense.yaml; resnet20_dense.yaml and

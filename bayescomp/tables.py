@@ -63,8 +63,10 @@ STUDIES_DIR = "studies"
 MODEL_KEYS = {"lenet300": "lenet_300_100", "lenet5": "lenet_5_caffe"}
 MODEL_TITLES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5-Caffe"}
 METHOD_TITLES = {"dense": "Original (dense)", "svd": "Sparse VD", "bc_gnj": "BC-GNJ",
-                 "bc_ghs": "BC-GHS", "dc": "DC", "sws": "SWS"}
-METHOD_ORDER = ["dense", "dc", "sws", "svd", "bc_gnj", "bc_ghs"]
+                 "bc_ghs": "BC-GHS", "dc": "DC", "sws": "SWS", "slimming": "Network slimming",
+                 "vcnn": "VCNN", "dirichlet": "Dirichlet pruning"}
+#: Row order of the LeNet tables: Louizos et al.'s Table 1 order, then the channel methods.
+METHOD_ORDER = ["dense", "dc", "sws", "svd", "bc_gnj", "bc_ghs", "slimming", "vcnn", "dirichlet"]
 DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "synthetic": "synthetic",
                   "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 

@@ -33,6 +33,7 @@ import time
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -383,7 +384,11 @@ class Checkpointer:
                 "(its parameters do not match this model/method); run in a new output directory "
                 "(hydra.run.dir=...) or delete that checkpoint directory to start over"
             )
-        new_leaves = [arrays[f"leaf_{i:05d}"] for i in range(len(leaves))]
+        # JAX arrays, not the NumPy arrays the file holds: a NumPy array is mutable, and
+        # ``variable[...] = x`` on a Variable holding one writes into the array itself, so
+        # every model sharing it (``nnx.clone`` copies no arrays, ``fold.load_plain`` shares
+        # them) would change too.
+        new_leaves = [_immutable(arrays[f"leaf_{i:05d}"]) for i in range(len(leaves))]
         return jax.tree.unflatten(treedef, new_leaves), dict(restored["meta"])
 
     @contextlib.contextmanager
@@ -413,3 +418,8 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _immutable(leaf):
+    """A restored NumPy array as a JAX array (other leaves unchanged)."""
+    return jnp.asarray(leaf) if isinstance(leaf, np.ndarray) else leaf

@@ -57,9 +57,9 @@ from bayescomp.errors import BayescompError, ConfigError
 STRUCTURED_METHODS = ("dense", "svd", "bc_gnj", "bc_ghs", "dirichlet", "vcnn", "slimming")
 #: Methods on the multiply-add axes: every method (multiply-adds mean the same for all).
 MACS_METHODS = STRUCTURED_METHODS + ("dc", "sws")
-METHOD_NAMES = {"dense": "dense", "svd": "Sparse VD", "bc_gnj": "BC-GNJ", "bc_ghs": "BC-GHS",
-                "dirichlet": "Dirichlet", "vcnn": "VCNN", "slimming": "slimming", "dc": "DC",
-                "sws": "SWS"}
+#: Method key → the name in the frontier's tables and plot legend: the LeNet tables' titles
+#: (one spelling across ``results/``), except the dense reference, named plainly.
+METHOD_NAMES = {**tables.METHOD_TITLES, "dense": "dense"}
 #: ``--measure`` → the point key plotted (a ratio against the full-width dense network).
 MEASURES = {"pruning": "pruning", "macs": "macs_reduction",
             "nonzero_macs": "nonzero_macs_reduction"}

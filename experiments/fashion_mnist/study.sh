@@ -27,6 +27,15 @@
 #                       (13,668, 31.5x; few fc units, more conv2 channels). The ratios in
 #                       its table are relative to each narrow network's own weights; what to
 #                       read there is the error at each architecture.
+#   lenet5_dirichlet_switches
+#                       lenet5_dirichlet (integral switches at theta = -1, phi = 0.31, widths
+#                       5-8-45) with the point switches, and with integral switches started at
+#                       higher concentrations, theta = 3 (phi = 3.05) and 20 (phi = 20): less
+#                       sampling noise on the frozen network. Each variant's channel ranking is
+#                       also compared with random rankings (python -m bayescomp.ranking_control,
+#                       ranking_control.json beside its metrics).
+#
+# A *_dirichlet study retrains the seed's $runs_root/fashion_mnist/<model>_dense/seed<seed>.
 #
 # Usage: [SEEDS="0 1 2"] bash experiments/fashion_mnist/study.sh STUDY
 set -uo pipefail
@@ -54,18 +63,30 @@ case "$study" in
     experiment=lenet5_dense
     variants=("widths_8_16_40:model.widths=[8,16,40]" "widths_6_20_32:model.widths=[6,20,32]"
               "widths_10_12_50:model.widths=[10,12,50]" "widths_8_24_22:model.widths=[8,24,22]") ;;
+  lenet5_dirichlet_switches)
+    experiment=lenet5_dirichlet
+    variants=("point:method.channel.mode=point" "init_logit_3:method.channel.init_logit=3"
+              "init_logit_20:method.channel.init_logit=20") ;;
   *) echo "unknown study '$study'; known: lenet5_ghs_tau0, lenet300_gnj_100ep," \
-       "lenet300_gnj_bc_recipe, lenet300_ghs_inputs, lenet5_dense_widths" >&2; exit 2 ;;
+       "lenet300_gnj_bc_recipe, lenet300_ghs_inputs, lenet5_dense_widths," \
+       "lenet5_dirichlet_switches" >&2; exit 2 ;;
 esac
 for variant in "${variants[@]}"; do
   name=${variant%%:*}
   read -ra overrides <<< "${variant#*:}"
   for seed in ${SEEDS:-0}; do
     run_dir="$runs_root/fashion_mnist/studies/$study/$name/seed$seed"
+    published="results/studies/fashion_mnist/$study/$name/seed$seed"
+    pretrained=()
+    if [[ $experiment == *_dirichlet ]]; then
+      pretrained=("method.pretrained_run=$runs_root/fashion_mnist/${experiment%_dirichlet}_dense/seed$seed")
+    fi
     if python -m bayescomp.run +experiment="$experiment" data=fashion_mnist seed="$seed" \
-        trainer.progress_bar=false hydra.run.dir="$run_dir" "${overrides[@]}"; then
-      bash experiments/fashion_mnist/publish_run.sh "$run_dir" \
-        "results/studies/fashion_mnist/$study/$name/seed$seed"
+        trainer.progress_bar=false hydra.run.dir="$run_dir" "${pretrained[@]}" "${overrides[@]}"; then
+      bash experiments/fashion_mnist/publish_run.sh "$run_dir" "$published"
+      if [[ $experiment == *_dirichlet ]]; then
+        python -m bayescomp.ranking_control "$run_dir" --out "$published/ranking_control.json"
+      fi
     else
       echo "run $study/$name seed $seed failed (exit $?); see $run_dir/run.log" >&2
     fi

@@ -1,0 +1,209 @@
+r"""Is a learned channel ranking better than chance? ``python -m bayescomp.ranking_control RUN``.
+
+A channel-pruning method is two decisions: *how many* channels each layer keeps and *which*.
+The second is only worth its training if it beats picking channels at random. This control
+takes a finished Dirichlet-pruning run (:mod:`bayescomp.procedures.dirichlet`), the pretrained
+dense network it started from (``method.pretrained_run``) and its learned switch means
+:math:`\varphi_l/\sum\varphi_l`, and measures the test error of that dense network with
+channels removed, *before any retraining* (BatchNorm on the pretrained running averages, the
+run's "error after pruning"), for the same kept widths under three rankings:
+
+* **switches**: the top :math:`k_l` switch means per group (what the run pruned);
+* **random**: :math:`k_l` channels drawn uniformly without replacement per group,
+  ``--draws`` times (mean, standard deviation, best and worst draw);
+* **reversed**: the *bottom* :math:`k_l` switch means, a bound from the other side.
+
+If the switches carry information, switches < random < reversed. The widths are the run's own
+kept widths, then uniform fractions of every group (``--fractions``, :math:`k_l =
+\lceil fC_l\rceil`), so the comparison also shows where a ranking starts to matter. This is the
+random-pruning control of Liu, Sun, Zhou, Huang & Darrell, "Rethinking the Value of Network
+Pruning", ICLR 2019 (there for fine-tuned networks; here the ranking is judged before any
+retraining, where it alone decides the error).
+
+Nothing is written into ``RUN``. The table is printed; ``--out FILE.json`` writes the figures
+with the commit of the code that measured them, and the table beside them as ``FILE.md``.
+
+Usage::
+
+    python -m bayescomp.ranking_control RUN_DIR [--draws 10] [--seed 0]
+        [--fractions 0.9 0.75 0.5] [--pretrained DIR] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import statistics
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from flax import nnx
+from omegaconf import OmegaConf
+
+from bayescomp import atomic, channel_selection, metrics, pretrained, provenance, runs
+from bayescomp.errors import BayescompError, ConfigError
+from bayescomp.evaluation import Evaluator
+from bayescomp.procedures import channel_pruning
+
+#: Uniform keep fractions measured after the run's own widths, when ``--fractions`` is not given.
+DEFAULT_FRACTIONS = (0.9, 0.75, 0.5)
+
+
+def switch_means(run_metrics: Mapping[str, Any], run_dir: pathlib.Path
+                 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """The learned switch means and the kept widths of a finished Dirichlet run.
+
+    Raises:
+        ConfigError: ``metrics.json`` has no ``dirichlet`` section (not a Dirichlet run, or
+            not finished).
+    """
+    section = run_metrics.get("dirichlet")
+    if not isinstance(section, dict) or "switch_means" not in section:
+        raise ConfigError(f"{run_dir}/metrics.json has no dirichlet.switch_means: pass the "
+                          "directory of a finished Dirichlet-pruning run (+experiment=*_dirichlet)")
+    means = {g: np.asarray(v, np.float64) for g, v in section["switch_means"].items()}
+    widths = {g: int(k) for g, k in section["kept_widths"].items()}
+    return means, widths
+
+
+def fraction_widths(means: Mapping[str, np.ndarray], fraction: float) -> dict[str, int]:
+    """k_l = ⌈f·C_l⌉ per group (at least 1)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"--fractions must lie in (0, 1], got {fraction}")
+    return {g: max(1, math.ceil(fraction * m.size - 1e-9)) for g, m in means.items()}
+
+
+def random_keep(means: Mapping[str, np.ndarray], widths: Mapping[str, int],
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``widths[g]`` channels of each group drawn uniformly without replacement."""
+    keep = {}
+    for group, mean in means.items():
+        mask = np.zeros(mean.size, bool)
+        mask[rng.choice(mean.size, size=widths[group], replace=False)] = True
+        keep[group] = mask
+    return keep
+
+
+def reversed_keep(means: Mapping[str, np.ndarray], widths: Mapping[str, int]
+                  ) -> dict[str, np.ndarray]:
+    """The ``widths[g]`` *smallest* switch means of each group."""
+    return channel_selection.top_k_keep({g: -m for g, m in means.items()}, widths)
+
+
+class PrunedError:
+    """Test error of the pretrained network with channels removed (no retraining).
+
+    Args:
+        dense: The pretrained network (left unchanged: each evaluation masks a copy).
+        dataset: The run's dataset (its test split is used).
+        batch_size: Evaluation batch size.
+    """
+
+    def __init__(self, dense: nnx.Module, dataset, batch_size: int):
+        self.dense = dense
+        self.x_test, self.y_test = dataset.x_test, dataset.y_test
+        self.evaluator = Evaluator(batch_size)
+
+    def __call__(self, keep: Mapping[str, np.ndarray]) -> float:
+        model = nnx.clone(self.dense)
+        channel_pruning.apply_masks_in_place(model, channel_pruning.pruned_masks(model, keep))
+        return self.evaluator.error(model, self.x_test, self.y_test)
+
+
+def control(means: Mapping[str, np.ndarray], width_sets: Sequence[tuple[str, dict[str, int]]],
+            pruned_error, *, draws: int, seed: int) -> list[dict[str, Any]]:
+    """Errors of the three rankings at each set of widths.
+
+    Args:
+        means: Switch means by group.
+        width_sets: ``(label, widths)`` pairs.
+        pruned_error: ``keep -> error %`` (:class:`PrunedError`).
+        draws: Random rankings per width set.
+        seed: Seed of the random rankings.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, widths in width_sets:
+        randoms = [pruned_error(random_keep(means, widths, rng)) for _ in range(draws)]
+        total = sum(m.size for m in means.values())
+        rows.append({
+            "widths": label, "kept_widths": dict(widths),
+            "kept_fraction": sum(widths.values()) / total,
+            "switches": pruned_error(channel_selection.top_k_keep(means, widths)),
+            "random": randoms,
+            "random_mean": statistics.fmean(randoms),
+            "random_std": statistics.stdev(randoms) if len(randoms) > 1 else 0.0,
+            "reversed": pruned_error(reversed_keep(means, widths)),
+        })
+    return rows
+
+
+def render(rows: Sequence[Mapping[str, Any]], dense_error: float, run_dir) -> str:
+    """The control as a Markdown table."""
+    lines = [f"Ranking control of {run_dir}: test error (%) of the pretrained network "
+             f"({dense_error:.2f} % unpruned) with channels removed, before retraining.", "",
+             "| Widths | Channels kept | Switch ranking | Random (mean ± std, best–worst, n) "
+             "| Reversed ranking |", "|---|---|---|---|---|"]
+    for row in rows:
+        randoms = row["random"]
+        lines.append(
+            f"| {row['widths']} | {100 * row['kept_fraction']:.1f} % | {row['switches']:.2f} | "
+            f"{row['random_mean']:.2f} ± {row['random_std']:.2f}, {min(randoms):.2f}–"
+            f"{max(randoms):.2f}, {len(randoms)} | {row['reversed']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bayescomp.ranking_control",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=pathlib.Path, help="a finished Dirichlet-pruning run")
+    parser.add_argument("--draws", type=int, default=10, help="random rankings per width set")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random rankings")
+    parser.add_argument("--fractions", type=float, nargs="*", default=list(DEFAULT_FRACTIONS),
+                        help="uniform keep fractions besides the run's own widths")
+    parser.add_argument("--pretrained", type=pathlib.Path, default=None,
+                        help="the dense run it started from (default: the run's "
+                             "method.pretrained_run)")
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="write the figures here (JSON) and the table beside it (.md)")
+    args = parser.parse_args(argv)
+    try:
+        if args.draws < 1:
+            raise ConfigError(f"--draws must be at least 1, got {args.draws}")
+        if args.out is not None and args.out.suffix != ".json":
+            raise ConfigError(f"--out {args.out}: name a .json file (the table goes beside it "
+                              "as .md)")
+        cfg = runs.read_run_config(args.run_dir)
+        means, run_widths = switch_means(metrics.read_metrics(args.run_dir), args.run_dir)
+        if args.pretrained is not None:
+            cfg = OmegaConf.merge(cfg, {"method": {"pretrained_run": str(args.pretrained)}})
+        dense, _ = pretrained.load_pretrained(cfg)
+        dataset = runs.load_run_dataset(cfg)
+        pruned_error = PrunedError(dense, dataset, int(cfg.trainer.eval_batch_size))
+        width_sets = [("the run's", run_widths)] + [
+            (f"{f:g} of each group", fraction_widths(means, f)) for f in args.fractions]
+        rows = control(means, width_sets, pruned_error, draws=args.draws, seed=args.seed)
+        dense_error = pruned_error({g: np.ones(m.size, bool) for g, m in means.items()})
+        table = render(rows, dense_error, args.run_dir)
+        print(table, end="")
+        if args.out is not None:
+            atomic.write_text(args.out.with_suffix(".md"),
+                              f"Measured by `python -m bayescomp.ranking_control` at commit "
+                              f"`{provenance.git_commit()}` ({args.draws} random draws, seed "
+                              f"{args.seed}).\n\n{table}")
+            atomic.write_text(args.out, json.dumps(
+                {"run": str(args.run_dir), "git_commit": provenance.git_commit(),
+                 "dense_error": dense_error, "draws": args.draws, "seed": args.seed,
+                 "rows": rows}, indent=1) + "\n")
+    except BayescompError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

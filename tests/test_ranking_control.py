@@ -1,0 +1,67 @@
+"""The random-ranking control of a Dirichlet run's channel ranking (bayescomp.ranking_control)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bayescomp import ranking_control
+from bayescomp.errors import ConfigError
+
+MEANS = {"a": np.array([0.4, 0.3, 0.2, 0.1]), "b": np.array([0.1, 0.1, 0.5, 0.2, 0.1])}
+
+
+def test_fraction_widths_round_up_and_never_empty_a_group():
+    assert ranking_control.fraction_widths(MEANS, 0.5) == {"a": 2, "b": 3}
+    assert ranking_control.fraction_widths(MEANS, 0.01) == {"a": 1, "b": 1}
+    assert ranking_control.fraction_widths(MEANS, 1.0) == {"a": 4, "b": 5}
+    with pytest.raises(ConfigError, match="fractions"):
+        ranking_control.fraction_widths(MEANS, 0.0)
+
+
+def test_random_and_reversed_rankings_keep_the_asked_widths():
+    widths = {"a": 2, "b": 3}
+    rng = np.random.default_rng(0)
+    draws = [ranking_control.random_keep(MEANS, widths, rng) for _ in range(200)]
+    for keep in draws:
+        assert {g: int(k.sum()) for g, k in keep.items()} == widths
+    # Uniform: each channel of "a" is kept in about half of the draws (binomial, n = 200,
+    # p = 1/2: std 0.035, so 0.35-0.65 is more than 4 standard deviations either side).
+    frequency = np.mean([keep["a"] for keep in draws], axis=0)
+    assert np.all((frequency > 0.35) & (frequency < 0.65))
+    reversed_keep = ranking_control.reversed_keep(MEANS, widths)
+    np.testing.assert_array_equal(reversed_keep["a"], [False, False, True, True])
+    assert reversed_keep["b"].sum() == 3 and not reversed_keep["b"][2]
+
+
+def test_the_control_scores_each_ranking_with_its_own_channels():
+    # A stand-in for the network's error: the switch mass removed, in %, so the switch
+    # ranking must score lowest, the reversed one highest, random in between.
+    def error(keep):
+        return 100.0 * sum(float(MEANS[g][~k].sum()) for g, k in keep.items()) / 2.0
+
+    rows = ranking_control.control(MEANS, [("half", {"a": 2, "b": 3})], error, draws=30, seed=1)
+    (row,) = rows
+    assert row["switches"] == pytest.approx(100 * (0.3 + 0.2) / 2)  # a drops .2 .1, b .1 .1
+    assert row["reversed"] == pytest.approx(100 * (0.7 + 0.7) / 2)
+    assert row["switches"] < row["random_mean"] < row["reversed"]
+    assert len(row["random"]) == 30 and row["kept_fraction"] == pytest.approx(5 / 9)
+
+
+def test_a_run_that_is_not_a_dirichlet_run_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text(
+        "seed: 0\nmodel: {name: lenet5}\nmethod: {name: dense}\ndata: {name: fashion_mnist}\n"
+        "trainer: {eval_batch_size: 1000}\n")
+    (tmp_path / "metrics.json").write_text(json.dumps({"test_error": 8.0}))
+    assert ranking_control.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no dirichlet.switch_means" in err
+    assert ranking_control.main([str(tmp_path / "missing")]) == 2
+    assert "not a bayescomp run directory" in capsys.readouterr().err
+
+
+def test_an_out_file_that_is_not_json_is_refused_before_any_work(tmp_path, capsys):
+    assert ranking_control.main([str(tmp_path), "--out", str(tmp_path / "control.md")]) == 2
+    assert "name a .json file" in capsys.readouterr().err
+    assert ranking_control.main([str(tmp_path), "--draws", "0"]) == 2
+    assert "--draws must be at least 1" in capsys.readouterr().err

@@ -16,8 +16,9 @@ channel groups (:mod:`bayescomp.models.graph`).
   which a fraction ``percent`` of all scales lies (:func:`slimming_keep`).
 * **Dirichlet pruning** (Adamczewski & Park, "Dirichlet Pruning for Convolutional Neural
   Networks", AISTATS 2021): the k channels with the largest switch per layer (:func:`top_k_keep`),
-  k given (the paper's architectures, e.g. LeNet-5 ``5-8-45-15``) or chosen from the switches
-  (:func:`mass_widths`, :func:`ratio_widths`).
+  k given (the paper's architectures, e.g. LeNet-5 ``5-8-45-15``; or one share of every layer,
+  :func:`fraction_widths`) or chosen from the switches (:func:`mass_widths`,
+  :func:`ratio_widths`).
 
 **No layer is emptied.** A layer with no channel left cuts the network: everything after it sees
 a constant. Every rule keeps at least ``min_keep`` channels per entry (default 1), the ones with
@@ -26,6 +27,7 @@ the largest score (|γ| for slimming, |μ| for VCNN), lower index first among eq
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -199,6 +201,28 @@ def mass_widths(scores: Mapping[str, np.ndarray], mass: float) -> dict[str, int]
         target = mass * cumulative[-1] * (1.0 - 1e-12)
         widths[name] = int(min(np.searchsorted(cumulative, target, side="left") + 1, score.size))
     return widths
+
+
+def fraction_widths(scores: Mapping[str, np.ndarray], fraction: float) -> dict[str, int]:
+    """Given k by share: ⌈f·C⌉ channels of every entry (at least 1), whatever the scores.
+
+    The uniform per-layer ratio of many structured-pruning papers (e.g. Li, Kadav, Durdanovic,
+    Samet & Graf, "Pruning Filters for Efficient ConvNets", ICLR 2017): the widths are set by
+    hand as one number, the scores only decide *which* channels stay. Use it where the scores
+    rank channels well but do not separate them in value (Dirichlet switches trained for a few
+    epochs move little from uniform, so :func:`mass_widths` keeps nearly all of them).
+
+    Args:
+        scores: Scores by name (only their sizes are read).
+        fraction: Share of each entry's channels to keep, in (0, 1].
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"the share of channels to keep must be in (0, 1], e.g. 0.6; got "
+                          f"{fraction}")
+    # The small slack keeps f·C that is an integer in exact arithmetic (0.6 · 10) from rounding
+    # up to the next channel through its float error.
+    return {name: max(1, math.ceil(fraction * score.size - 1e-9))
+            for name, score in _vectors(scores, "switch values").items()}
 
 
 def ratio_widths(scores: Mapping[str, np.ndarray], ratio: float) -> dict[str, int]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 import statistics
 import sys
@@ -68,13 +67,6 @@ def switch_means(run_metrics: Mapping[str, Any], run_dir: pathlib.Path
     means = {g: np.asarray(v, np.float64) for g, v in section["switch_means"].items()}
     widths = {g: int(k) for g, k in section["kept_widths"].items()}
     return means, widths
-
-
-def fraction_widths(means: Mapping[str, np.ndarray], fraction: float) -> dict[str, int]:
-    """k_l = ⌈f·C_l⌉ per group (at least 1)."""
-    if not 0.0 < fraction <= 1.0:
-        raise ConfigError(f"--fractions must lie in (0, 1], got {fraction}")
-    return {g: max(1, math.ceil(fraction * m.size - 1e-9)) for g, m in means.items()}
 
 
 def random_keep(means: Mapping[str, np.ndarray], widths: Mapping[str, int],
@@ -185,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         dataset = runs.load_run_dataset(cfg)
         pruned_error = PrunedError(dense, dataset, int(cfg.trainer.eval_batch_size))
         width_sets = [("the run's", run_widths)] + [
-            (f"{f:g} of each group", fraction_widths(means, f)) for f in args.fractions]
+            (f"{f:g} of each group", channel_selection.fraction_widths(means, f))
+            for f in args.fractions]
         rows = control(means, width_sets, pruned_error, draws=args.draws, seed=args.seed)
         dense_error = pruned_error({g: np.ones(m.size, bool) for g, m in means.items()})
         table = render(rows, dense_error, args.run_dir)

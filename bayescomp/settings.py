@@ -132,6 +132,7 @@ SCHEMA = {
     "method.switches.anneal_epochs": Number(low=0, integer=True, optional=True),
     "method.widths": PositiveInts(optional=True),
     "method.mass": Number(low=0, high=1, open_low=True, optional=True),
+    "method.keep_fraction": Number(low=0, high=1, open_low=True, optional=True),
 }
 
 #: Mappings of numbers: every value must satisfy the rule (per-layer settings).

@@ -193,6 +193,28 @@ def test_automatic_widths_from_the_switch_mass(smoke_cfg, pretrained_dense_run, 
     assert info["kept_widths"] == mass_widths(means, 0.5)
 
 
+def test_widths_as_one_share_of_every_group(smoke_cfg, pretrained_dense_run, tmp_path):
+    from bayescomp import settings
+
+    # ⌈0.3·C⌉ of conv1 (20), conv2 (50), fc1 (500): 6, 15, 150; the switches pick which.
+    cfg = _cfg(smoke_cfg, pretrained_dense_run, "method.widths=null", "method.keep_fraction=0.3",
+               "method.switches.epochs=1", "trainer.epochs=1")
+    info = dirichlet.run(cfg, tmp_path)["dirichlet"]
+    assert info["width_rule"] == "fraction" and info["keep_fraction"] == 0.3
+    assert info["mass"] is None
+    assert info["kept_widths"] == {"conv1": 6, "conv2": 15, "fc1": 150}
+    for group, channels in info["kept_channels"].items():
+        means = np.asarray(info["switch_means"][group])
+        assert means[channels].min() >= np.delete(means, channels).max()
+    # One rule at a time, and a share in (0, 1].
+    both = _cfg(smoke_cfg, pretrained_dense_run, "method.keep_fraction=0.3")
+    with pytest.raises(ConfigError, match="set one of them to null"):
+        dirichlet.run(both, tmp_path / "both")
+    with pytest.raises(ConfigError, match="method.keep_fraction"):
+        settings.check(_cfg(smoke_cfg, pretrained_dense_run, "method.widths=null",
+                            "method.keep_fraction=1.5"))
+
+
 def test_wrong_number_of_widths_is_one_line_error(smoke_cfg, pretrained_dense_run, tmp_path):
     cfg = _cfg(smoke_cfg, pretrained_dense_run, "method.widths=[5,8]")
     with pytest.raises(ConfigError, match="one width per prunable group"):

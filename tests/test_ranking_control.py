@@ -11,14 +11,6 @@ from bayescomp.errors import ConfigError
 MEANS = {"a": np.array([0.4, 0.3, 0.2, 0.1]), "b": np.array([0.1, 0.1, 0.5, 0.2, 0.1])}
 
 
-def test_fraction_widths_round_up_and_never_empty_a_group():
-    assert ranking_control.fraction_widths(MEANS, 0.5) == {"a": 2, "b": 3}
-    assert ranking_control.fraction_widths(MEANS, 0.01) == {"a": 1, "b": 1}
-    assert ranking_control.fraction_widths(MEANS, 1.0) == {"a": 4, "b": 5}
-    with pytest.raises(ConfigError, match="fractions"):
-        ranking_control.fraction_widths(MEANS, 0.0)
-
-
 def test_random_and_reversed_rankings_keep_the_asked_widths():
     widths = {"a": 2, "b": 3}
     rng = np.random.default_rng(0)
@@ -65,3 +57,15 @@ def test_an_out_file_that_is_not_json_is_refused_before_any_work(tmp_path, capsy
     assert "name a .json file" in capsys.readouterr().err
     assert ranking_control.main([str(tmp_path), "--draws", "0"]) == 2
     assert "--draws must be at least 1" in capsys.readouterr().err
+
+
+def test_fraction_widths_round_up_and_never_empty_a_group():
+    from bayescomp.channel_selection import fraction_widths
+
+    assert fraction_widths(MEANS, 0.5) == {"a": 2, "b": 3}
+    assert fraction_widths(MEANS, 0.01) == {"a": 1, "b": 1}
+    assert fraction_widths(MEANS, 1.0) == {"a": 4, "b": 5}
+    # 0.6 · 10 is 6.000000000000001 in floats: still 6 channels, not 7.
+    assert fraction_widths({"c": np.ones(10)}, 0.6) == {"c": 6}
+    with pytest.raises(ConfigError, match="share of channels"):
+        fraction_widths(MEANS, 0.0)

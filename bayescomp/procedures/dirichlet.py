@@ -63,7 +63,12 @@ Adamczewski & Park, "Dirichlet Pruning for Convolutional Neural Networks", AISTA
      ``stage<s>.<b>.conv1``). The paper's LeNet-5 result ``5-8-45-15`` has four numbers
      because its LeNet has a second hidden dense layer (10-20-100-25); ours (LeNet-5-Caffe,
      20-50-500) has three prunable groups, so its analogue is ``[5, 8, 45]``; or
-   * ``method.widths: null``: :math:`k_l` chosen from the switches, the fewest channels whose
+   * ``method.keep_fraction`` given: :math:`k_l = \lceil f C_l\rceil` in every group
+     (:func:`bayescomp.channel_selection.fraction_widths`), the switches choosing only *which*
+     channels stay. Switches trained for a few epochs can rank channels well and still stay
+     close to uniform in value (the point switches of ``results/studies/
+     lenet5_dirichlet_switches.md``), where a rule on their values keeps nearly everything; or
+   * both null: :math:`k_l` chosen from the switches, the fewest channels whose
      means sum to at least ``method.mass`` of the layer's total
      (:func:`bayescomp.channel_selection.mass_widths`; default 0.95). The paper supplies the
      widths by hand and has no automatic rule.
@@ -182,15 +187,26 @@ def switch_model(cfg: DictConfig, dense: nnx.Module, input_shape, num_classes: i
 
 
 def kept_widths(cfg: DictConfig, means: Mapping[str, np.ndarray]) -> tuple[dict[str, int], str]:
-    """Channels to keep per group, and how they were chosen (``"given"`` or ``"mass"``).
+    """Channels to keep per group, and how they were chosen: ``"given"`` (``method.widths``),
+    ``"fraction"`` (``method.keep_fraction``) or ``"mass"`` (``method.mass``), in that order of
+    precedence.
 
     Args:
-        cfg: The run's configuration (``method.widths`` or ``method.mass``).
+        cfg: The run's configuration.
         means: Switch means by group, in the model's group order.
     """
     method = cfg.method
     widths = method.get("widths")
     names = list(means)
+    fraction = method.get("keep_fraction")
+    if widths is not None and fraction is not None:
+        raise ConfigError(f"method.widths={list(widths)} and method.keep_fraction={fraction} "
+                          "both set the kept widths; set one of them to null")
+    if fraction is not None:
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+            raise ConfigError(f"method.keep_fraction must be a number in (0, 1], e.g. 0.6, "
+                              f"got {fraction!r}")
+        return channel_selection.fraction_widths(means, float(fraction)), "fraction"
     if widths is not None:
         widths = list(OmegaConf.to_container(widths, resolve=True)
                       if OmegaConf.is_config(widths) else widths)
@@ -285,7 +301,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     # The same network with switches, the pretrained network loaded into it.
     model = switch_model(cfg, dense, input_shape, dataset.num_classes)
     switches = switches_of(model)
-    if method.get("widths") is not None:
+    if method.get("widths") is not None or method.get("keep_fraction") is not None:
         # Given widths are checked against the groups now, not after the switch phase trained.
         kept_widths(cfg, {group: np.asarray(s.mean()) for group, s in switches.items()})
     training = TrainingRun(cfg, workdir, dataset, resumable=runs.RESUMABLE_CHANGES_RETRAINING,
@@ -330,7 +346,8 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
             "mode": str(method.channel.mode),
             "alpha0": float(method.channel.alpha0),
             "width_rule": rule,
-            "mass": None if rule == "given" else float(method.get("mass") or DEFAULT_MASS),
+            "mass": float(method.get("mass") or DEFAULT_MASS) if rule == "mass" else None,
+            "keep_fraction": (float(method.keep_fraction) if rule == "fraction" else None),
             "kept_widths": {g: int(k) for g, k in widths.items()},
             "kept_channels": {g: np.flatnonzero(k).tolist() for g, k in keep.items()},
             "switch_means": {g: m.tolist() for g, m in means.items()},

@@ -424,4 +424,7 @@ def render(runs: list[dict], papers: list[dict], louizos: dict | None,
         lines += _paper_tables(paper, runs)
     if louizos:
         lines += _louizos_vgg(louizos, runs)
+    from bayescomp import ranking_control  # late: it builds on the runners' modules
+
+    lines += ranking_control.section(runs)
     return "\n".join(lines)

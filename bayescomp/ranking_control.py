@@ -21,7 +21,8 @@ Pruning", ICLR 2019 (there for fine-tuned networks; here the ranking is judged b
 retraining, where it alone decides the error).
 
 Nothing is written into ``RUN``. The table is printed; ``--out FILE.json`` writes the figures
-with the commit of the code that measured them, and the table beside them as ``FILE.md``.
+with the commit of the code that measured them. Saved as ``ranking_control.json`` in a published
+run's folder, they appear in the results tables (:func:`section`).
 
 Usage::
 
@@ -149,6 +150,50 @@ def render(rows: Sequence[Mapping[str, Any]], dense_error: float, run_dir) -> st
     return "\n".join(lines) + "\n"
 
 
+#: The file a published run's control is stored in (``--out``), read by :func:`section`.
+CONTROL_FILE = "ranking_control.json"
+
+
+def section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The results tables' section: every run holding a :data:`CONTROL_FILE`, or nothing.
+
+    Args:
+        runs: Runs as :func:`bayescomp.tables.find_runs` loads them (``_path``: their folder).
+
+    Raises:
+        ConfigError: A control file cannot be read (rerun the control with ``--out``).
+    """
+    from bayescomp import tables  # late: tables reads this module's section when it renders
+
+    found = []
+    for run in runs:
+        path = pathlib.Path(run["_path"]) / CONTROL_FILE
+        if path.is_file():
+            try:
+                found.append((run, json.loads(path.read_text())))
+            except (OSError, ValueError) as error:
+                raise ConfigError(f"{path} cannot be read as JSON ({error}); rerun python -m "
+                                  "bayescomp.ranking_control RUN --out it") from None
+    if not found:
+        return []
+    lines = ["## Channel ranking against random channels (`python -m bayescomp.ranking_control`)",
+             "", "Test error (%) of the pretrained dense network with channels removed by the "
+             "run's switch ranking, by random rankings of the same widths (mean ± std over the "
+             "draws) and by the reversed ranking, before any retraining (BatchNorm on the "
+             "pretrained statistics). A ranking worth training beats random.", "",
+             "| Run | Switches | Unpruned | Widths | Channels kept | Switch ranking | Random "
+             "| Reversed ranking | Commit |", "|---|---|---|---|---|---|---|---|---|"]
+    for run, control in found:
+        mode = (run.get("dirichlet") or {}).get("mode", "–")
+        for row in control["rows"]:
+            lines.append(
+                f"| `{tables.display_path(run['_path'])}` | {mode} | {control['dense_error']:.2f} | "
+                f"{row['widths']} | {100 * row['kept_fraction']:.1f} % | {row['switches']:.2f} "
+                f"| {row['random_mean']:.2f} ± {row['random_std']:.2f} (n = "
+                f"{len(row['random'])}) | {row['reversed']:.2f} | `{control['git_commit'][:7]}` |")
+    return lines + [""]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bayescomp.ranking_control",
                                      description=__doc__.splitlines()[0])
@@ -161,14 +206,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="the dense run it started from (default: the run's "
                              "method.pretrained_run)")
     parser.add_argument("--out", type=pathlib.Path, default=None,
-                        help="write the figures here (JSON) and the table beside it (.md)")
+                        help="write the figures here (JSON)")
     args = parser.parse_args(argv)
     try:
         if args.draws < 1:
             raise ConfigError(f"--draws must be at least 1, got {args.draws}")
         if args.out is not None and args.out.suffix != ".json":
-            raise ConfigError(f"--out {args.out}: name a .json file (the table goes beside it "
-                              "as .md)")
+            raise ConfigError(f"--out {args.out}: name a .json file")
         cfg = runs.read_run_config(args.run_dir)
         means, run_widths = switch_means(metrics.read_metrics(args.run_dir), args.run_dir)
         if args.pretrained is not None:
@@ -181,13 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             for f in args.fractions]
         rows = control(means, width_sets, pruned_error, draws=args.draws, seed=args.seed)
         dense_error = pruned_error({g: np.ones(m.size, bool) for g, m in means.items()})
-        table = render(rows, dense_error, args.run_dir)
-        print(table, end="")
+        print(render(rows, dense_error, args.run_dir), end="")
         if args.out is not None:
-            atomic.write_text(args.out.with_suffix(".md"),
-                              f"Measured by `python -m bayescomp.ranking_control` at commit "
-                              f"`{provenance.git_commit()}` ({args.draws} random draws, seed "
-                              f"{args.seed}).\n\n{table}")
             atomic.write_text(args.out, json.dumps(
                 {"run": str(args.run_dir), "git_commit": provenance.git_commit(),
                  "dense_error": dense_error, "draws": args.draws, "seed": args.seed,

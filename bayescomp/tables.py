@@ -468,7 +468,7 @@ def run_line(run: dict) -> str:
     and input preprocessing, the commits that trained it where others than the one that wrote
     its metrics, and a warning where its code is not identifiable."""
     preprocess = _flatten(run.get("config")).get("data.preprocess")
-    line = (f"- `{_relative(run['_path'])}`: {run.get('experiment')}, seed "
+    line = (f"- `{display_path(run['_path'])}`: {run.get('experiment')}, seed "
             f"{run.get('seed')}, commit `{run.get('git_commit')}`, {_device(run)}"
             + (f", inputs `{preprocess}`" if preprocess else ""))
     segments = run.get("code_history") or []
@@ -606,10 +606,14 @@ def render(runs: list[dict], published: dict, sources: list[str],
         from bayescomp import lenet5_structured  # late: it builds on this module
 
         lines += [""] + lenet5_structured.render(runs, dirichlet)
-    return "\n".join(lines)
+    from bayescomp import ranking_control  # late, as lenet5_structured
+
+    control = ranking_control.section(runs)
+    return "\n".join(lines + ([""] + control if control else []))
 
 
-def _relative(path: str) -> str:
+def display_path(path: str) -> str:
+    """``path`` as the tables print it: relative to the repository where it lies inside it."""
     try:
         return str(pathlib.Path(path).resolve().relative_to(REPO_ROOT))
     except ValueError:

@@ -69,3 +69,22 @@ def test_fraction_widths_round_up_and_never_empty_a_group():
     assert fraction_widths({"c": np.ones(10)}, 0.6) == {"c": 6}
     with pytest.raises(ConfigError, match="share of channels"):
         fraction_widths(MEANS, 0.0)
+
+
+def test_the_results_tables_show_a_published_control_and_refuse_a_corrupt_one(tmp_path):
+    run_dir = tmp_path / "seed0"
+    run_dir.mkdir()
+    assert ranking_control.section([{"_path": str(run_dir)}]) == []  # no control: no section
+    rows = ranking_control.control(MEANS, [("half", {"a": 2, "b": 3})],
+                                   lambda keep: 10.0 + sum(int(k.sum()) for k in keep.values()),
+                                   draws=3, seed=0)
+    (run_dir / ranking_control.CONTROL_FILE).write_text(json.dumps(
+        {"run": "x", "git_commit": "0123456789abcdef", "dense_error": 8.05, "draws": 3,
+         "seed": 0, "rows": rows}))
+    lines = ranking_control.section([{"_path": str(run_dir), "dirichlet": {"mode": "point"}}])
+    (row,) = [line for line in lines if line.startswith(f"| `{run_dir}`")]
+    assert row == (f"| `{run_dir}` | point | 8.05 | half | 55.6 % | 15.00 | 15.00 ± 0.00 "
+                   "(n = 3) | 15.00 | `0123456` |")
+    (run_dir / ranking_control.CONTROL_FILE).write_text("{\"rows\": [")
+    with pytest.raises(ConfigError, match="cannot be read as JSON"):
+        ranking_control.section([{"_path": str(run_dir)}])

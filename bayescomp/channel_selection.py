@@ -219,7 +219,7 @@ def fraction_widths(scores: Mapping[str, np.ndarray], fraction: float) -> dict[s
     if not 0.0 < fraction <= 1.0:
         raise ConfigError(f"the share of channels to keep must be in (0, 1], e.g. 0.6; got "
                           f"{fraction}")
-    # The small slack keeps f·C that is an integer in exact arithmetic (0.6 · 10) from rounding
+    # The small slack keeps f·C that is an integer in exact arithmetic (0.55 · 100) from rounding
     # up to the next channel through its float error.
     return {name: max(1, math.ceil(fraction * score.size - 1e-9))
             for name, score in _vectors(scores, "switch values").items()}

@@ -11,9 +11,10 @@ run's "error after pruning"), for the same kept widths under three rankings:
 * **switches**: the top :math:`k_l` switch means per group (what the run pruned);
 * **random**: :math:`k_l` channels drawn uniformly without replacement per group,
   ``--draws`` times (mean, standard deviation, best and worst draw);
-* **reversed**: the *bottom* :math:`k_l` switch means, a bound from the other side.
+* **reversed**: the *bottom* :math:`k_l` switch means, the opposite ranking.
 
-If the switches carry information, switches < random < reversed. The widths are the run's own
+If the switches carry information, switches < random < reversed; a ranking that is worse than
+random (or than its reverse) has learned something other than importance. The widths are the run's own
 kept widths, then uniform fractions of every group (``--fractions``, :math:`k_l =
 \lceil fC_l\rceil`), so the comparison also shows where a ranking starts to matter. This is the
 random-pruning control of Liu, Sun, Zhou, Huang & Darrell, "Rethinking the Value of Network
@@ -62,7 +63,7 @@ def switch_means(run_metrics: Mapping[str, Any], run_dir: pathlib.Path
             not finished).
     """
     section = run_metrics.get("dirichlet")
-    if not isinstance(section, dict) or "switch_means" not in section:
+    if not isinstance(section, dict) or not {"switch_means", "kept_widths"} <= set(section):
         raise ConfigError(f"{run_dir}/metrics.json has no dirichlet.switch_means: pass the "
                           "directory of a finished Dirichlet-pruning run (+experiment=*_dirichlet)")
     means = {g: np.asarray(v, np.float64) for g, v in section["switch_means"].items()}
@@ -85,6 +86,35 @@ def reversed_keep(means: Mapping[str, np.ndarray], widths: Mapping[str, int]
                   ) -> dict[str, np.ndarray]:
     """The ``widths[g]`` *smallest* switch means of each group."""
     return channel_selection.top_k_keep({g: -m for g, m in means.items()}, widths)
+
+
+#: How far (points of test error) the control's own measurements may lie from the run's: the
+#: same network on the same data gives the same count of errors up to float summation order,
+#: i.e. at most a few examples of 10,000 (0.01 points each).
+AGREEMENT = 0.05
+
+
+def check_same_network(run_metrics: Mapping[str, Any], dense_error: float,
+                       pruned_error: float, run_dir) -> None:
+    """Refuse a control on another network than the run's.
+
+    The unpruned error must be the run's ``pretrained_test_error`` and the error at the run's
+    own widths and ranking its ``dirichlet.error_after_pruning``; otherwise the dense run was
+    changed since (resumed, retrained) or ``--pretrained`` names another one.
+
+    Raises:
+        ConfigError: Either differs by more than :data:`AGREEMENT`.
+    """
+    for what, ours, key, theirs in (
+            ("unpruned", dense_error, "pretrained_test_error",
+             run_metrics.get("pretrained_test_error")),
+            ("pruned at its widths", pruned_error, "dirichlet.error_after_pruning",
+             run_metrics["dirichlet"].get("error_after_pruning"))):
+        if theirs is not None and abs(float(theirs) - ours) > AGREEMENT:
+            raise ConfigError(
+                f"the dense network gives {ours:.2f} % {what}, but {run_dir} recorded "
+                f"{float(theirs):.2f} % ({key}): it is not the network the run pruned; pass "
+                "--pretrained DIR of the dense run it started from, unchanged since")
 
 
 class PrunedError:
@@ -169,11 +199,22 @@ def section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     for run in runs:
         path = pathlib.Path(run["_path"]) / CONTROL_FILE
         if path.is_file():
+            redo = f"rerun python -m bayescomp.ranking_control RUN --out {path}"
             try:
-                found.append((run, json.loads(path.read_text())))
+                control = json.loads(path.read_text())
+                float(control["dense_error"]), str(control["git_commit"])
+                rows_widths = control["rows"][0]["kept_widths"]
             except (OSError, ValueError) as error:
-                raise ConfigError(f"{path} cannot be read as JSON ({error}); rerun python -m "
-                                  "bayescomp.ranking_control RUN --out it") from None
+                raise ConfigError(f"{path} cannot be read as JSON ({error}); {redo}") from None
+            except (KeyError, TypeError, IndexError) as error:
+                raise ConfigError(f"{path} is not a ranking control's file (no {error}); "
+                                  f"{redo}") from None
+            run_widths = (run.get("dirichlet") or {}).get("kept_widths")
+            if run_widths is not None and rows_widths != run_widths:
+                raise ConfigError(f"{path} was measured at widths {rows_widths}, but the run "
+                                  f"beside it kept {run_widths}: it belongs to an earlier run; "
+                                  f"{redo}")
+            found.append((run, control))
     if not found:
         return []
     lines = ["## Channel ranking against random channels (`python -m bayescomp.ranking_control`)",
@@ -213,24 +254,38 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--draws must be at least 1, got {args.draws}")
         if args.out is not None and args.out.suffix != ".json":
             raise ConfigError(f"--out {args.out}: name a .json file")
+        if args.out is not None and not args.out.parent.is_dir():
+            raise ConfigError(f"--out {args.out}: no folder {args.out.parent}; create it first")
+        for fraction in args.fractions:
+            if not 0.0 < fraction <= 1.0:
+                raise ConfigError(f"--fractions must lie in (0, 1], got {fraction}")
         cfg = runs.read_run_config(args.run_dir)
-        means, run_widths = switch_means(metrics.read_metrics(args.run_dir), args.run_dir)
+        run_metrics = metrics.read_metrics(args.run_dir)
+        means, run_widths = switch_means(run_metrics, args.run_dir)
         if args.pretrained is not None:
             cfg = OmegaConf.merge(cfg, {"method": {"pretrained_run": str(args.pretrained)}})
-        dense, _ = pretrained.load_pretrained(cfg)
+        try:
+            dense, _ = pretrained.load_pretrained(cfg)
+        except ConfigError as error:
+            raise ConfigError(f"{error} (here: pass --pretrained DIR)") from None
         dataset = runs.load_run_dataset(cfg)
         pruned_error = PrunedError(dense, dataset, int(cfg.trainer.eval_batch_size))
         width_sets = [("the run's", run_widths)] + [
             (f"{f:g} of each group", channel_selection.fraction_widths(means, f))
             for f in args.fractions]
-        rows = control(means, width_sets, pruned_error, draws=args.draws, seed=args.seed)
         dense_error = pruned_error({g: np.ones(m.size, bool) for g, m in means.items()})
+        rows = control(means, width_sets, pruned_error, draws=args.draws, seed=args.seed)
+        check_same_network(run_metrics, dense_error, rows[0]["switches"], args.run_dir)
         print(render(rows, dense_error, args.run_dir), end="")
         if args.out is not None:
-            atomic.write_text(args.out, json.dumps(
-                {"run": str(args.run_dir), "git_commit": provenance.git_commit(),
-                 "dense_error": dense_error, "draws": args.draws, "seed": args.seed,
-                 "rows": rows}, indent=1) + "\n")
+            try:
+                atomic.write_text(args.out, json.dumps(
+                    {"run": str(args.run_dir), "git_commit": provenance.git_commit(),
+                     "dense_error": dense_error, "draws": args.draws, "seed": args.seed,
+                     "rows": rows}, indent=1) + "\n")
+            except OSError as error:  # a full disk is DiskFullError, a BayescompError
+                raise ConfigError(f"cannot write {args.out} ({error.strerror or error}); pass "
+                                  "--out with a writable path") from None
     except BayescompError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -181,6 +181,26 @@ def test_resume_after_an_interruption_between_phases(straight_run, pretrained_de
     assert again["train_seconds"] == resumed["train_seconds"]
 
 
+def test_the_ranking_control_of_a_run_measures_the_network_the_run_pruned(straight_run,
+                                                                            tmp_path):
+    from bayescomp import ranking_control
+
+    _, run_dir, metrics = straight_run
+    out = tmp_path / "control.json"
+    assert ranking_control.main([str(run_dir), "--draws", "2", "--fractions", "0.5",
+                                 "--out", str(out)]) == 0
+    control = json.loads(out.read_text())
+    # The unpruned error and the error at the run's own ranking are the run's (and
+    # main() refuses any other), though random masks were applied to copies in between.
+    assert control["dense_error"] == pytest.approx(metrics["pretrained_test_error"], abs=0.05)
+    own, half = control["rows"]
+    assert own["kept_widths"] == metrics["dirichlet"]["kept_widths"]
+    assert own["switches"] == pytest.approx(metrics["dirichlet"]["error_after_pruning"],
+                                            abs=0.05)
+    assert half["kept_widths"] == {"conv1": 10, "conv2": 25, "fc1": 250}
+    assert len(half["random"]) == 2
+
+
 def test_automatic_widths_from_the_switch_mass(smoke_cfg, pretrained_dense_run, tmp_path):
     cfg = _cfg(smoke_cfg, pretrained_dense_run, "method.widths=null", "method.mass=0.5",
                "method.switches.epochs=1", "trainer.epochs=1")

@@ -65,8 +65,9 @@ def test_fraction_widths_round_up_and_never_empty_a_group():
     assert fraction_widths(MEANS, 0.5) == {"a": 2, "b": 3}
     assert fraction_widths(MEANS, 0.01) == {"a": 1, "b": 1}
     assert fraction_widths(MEANS, 1.0) == {"a": 4, "b": 5}
-    # 0.6 · 10 is 6.000000000000001 in floats: still 6 channels, not 7.
-    assert fraction_widths({"c": np.ones(10)}, 0.6) == {"c": 6}
+    # 0.55 · 100 is 55.00000000000001 in floats: still 55 channels, not 56.
+    assert 0.55 * 100 > 55
+    assert fraction_widths({"c": np.ones(100)}, 0.55) == {"c": 55}
     with pytest.raises(ConfigError, match="share of channels"):
         fraction_widths(MEANS, 0.0)
 
@@ -87,4 +88,26 @@ def test_the_results_tables_show_a_published_control_and_refuse_a_corrupt_one(tm
                    "(n = 3) | 15.00 | `0123456` |")
     (run_dir / ranking_control.CONTROL_FILE).write_text("{\"rows\": [")
     with pytest.raises(ConfigError, match="cannot be read as JSON"):
+        ranking_control.section([{"_path": str(run_dir)}])
+
+
+def test_a_control_of_another_network_or_another_run_is_refused(tmp_path):
+    recorded = {"pretrained_test_error": 8.05, "dirichlet": {"error_after_pruning": 83.42}}
+    ranking_control.check_same_network(recorded, 8.05, 83.43, "RUN")  # summation order
+    with pytest.raises(ConfigError, match="pass --pretrained DIR"):
+        ranking_control.check_same_network(recorded, 8.31, 83.42, "RUN")
+    with pytest.raises(ConfigError, match="dirichlet.error_after_pruning"):
+        ranking_control.check_same_network(recorded, 8.05, 80.0, "RUN")
+    # A control file left from an earlier publish, at other widths than the run's.
+    run_dir = tmp_path / "seed0"
+    run_dir.mkdir()
+    rows = ranking_control.control(MEANS, [("half", {"a": 2, "b": 3})], lambda keep: 1.0,
+                                   draws=1, seed=0)
+    (run_dir / ranking_control.CONTROL_FILE).write_text(json.dumps(
+        {"git_commit": "0123456", "dense_error": 8.0, "rows": rows}))
+    with pytest.raises(ConfigError, match="belongs to an earlier run"):
+        ranking_control.section([{"_path": str(run_dir),
+                                  "dirichlet": {"kept_widths": {"a": 1, "b": 3}}}])
+    (run_dir / ranking_control.CONTROL_FILE).write_text(json.dumps({"rows": rows}))
+    with pytest.raises(ConfigError, match="not a ranking control's file"):
         ranking_control.section([{"_path": str(run_dir)}])

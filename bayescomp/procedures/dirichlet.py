@@ -187,9 +187,9 @@ def switch_model(cfg: DictConfig, dense: nnx.Module, input_shape, num_classes: i
 
 
 def kept_widths(cfg: DictConfig, means: Mapping[str, np.ndarray]) -> tuple[dict[str, int], str]:
-    """Channels to keep per group, and how they were chosen: ``"given"`` (``method.widths``),
-    ``"fraction"`` (``method.keep_fraction``) or ``"mass"`` (``method.mass``), in that order of
-    precedence.
+    """Channels to keep per group, and how they were chosen: ``"given"`` (``method.widths``)
+    or ``"fraction"`` (``method.keep_fraction``), at most one of them set, else ``"mass"``
+    (``method.mass``).
 
     Args:
         cfg: The run's configuration.

@@ -41,7 +41,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 runs_root=${BAYESCOMP_RUNS:-$HOME/bayescomp-runs}
-study=${1:?usage: study.sh STUDY (lenet5_ghs_tau0 | lenet300_gnj_100ep | lenet300_gnj_bc_recipe | lenet300_ghs_inputs | lenet5_dense_widths)}
+study=${1:?usage: study.sh STUDY (lenet5_ghs_tau0 | lenet300_gnj_100ep | lenet300_gnj_bc_recipe | lenet300_ghs_inputs | lenet5_dense_widths | lenet5_dirichlet_switches)}
 case "$study" in
   lenet5_ghs_tau0)
     experiment=lenet5_ghs
@@ -83,8 +83,8 @@ for variant in "${variants[@]}"; do
     fi
     if python -m bayescomp.run +experiment="$experiment" data=fashion_mnist seed="$seed" \
         trainer.progress_bar=false hydra.run.dir="$run_dir" "${pretrained[@]}" "${overrides[@]}"; then
-      bash experiments/fashion_mnist/publish_run.sh "$run_dir" "$published"
-      if [[ $experiment == *_dirichlet ]]; then
+      if bash experiments/fashion_mnist/publish_run.sh "$run_dir" "$published" \
+          && [[ $experiment == *_dirichlet ]]; then
         python -m bayescomp.ranking_control "$run_dir" --out "$published/ranking_control.json"
       fi
     else

@@ -28,9 +28,10 @@
 #                       its table are relative to each narrow network's own weights; what to
 #                       read there is the error at each architecture.
 #   lenet5_dirichlet_switches
-#                       lenet5_dirichlet (integral switches at theta = -1, phi = 0.31, widths
-#                       5-8-45) with the point switches, and with integral switches started at
-#                       higher concentrations, theta = 3 (phi = 3.05) and 20 (phi = 20): less
+#                       lenet5_dirichlet (point switches, widths 5-8-45) with integral switches
+#                       (one Dirichlet draw per example, the paper's main variant and this
+#                       experiment's recipe until 2026-12-06) started at theta = -1 (phi = 0.31,
+#                       the reference's LeNet value), 3 (phi = 3.05) and 20 (phi = 20): less
 #                       sampling noise on the frozen network. Each variant's channel ranking is
 #                       also compared with random rankings (python -m bayescomp.ranking_control,
 #                       ranking_control.json beside its metrics).
@@ -65,8 +66,9 @@ case "$study" in
               "widths_10_12_50:model.widths=[10,12,50]" "widths_8_24_22:model.widths=[8,24,22]") ;;
   lenet5_dirichlet_switches)
     experiment=lenet5_dirichlet
-    variants=("point:method.channel.mode=point" "init_logit_3:method.channel.init_logit=3"
-              "init_logit_20:method.channel.init_logit=20") ;;
+    variants=("integral:method.channel.mode=integral"
+              "integral_init_logit_3:method.channel.mode=integral method.channel.init_logit=3"
+              "integral_init_logit_20:method.channel.mode=integral method.channel.init_logit=20") ;;
   *) echo "unknown study '$study'; known: lenet5_ghs_tau0, lenet300_gnj_100ep," \
        "lenet300_gnj_bc_recipe, lenet300_ghs_inputs, lenet5_dense_widths," \
        "lenet5_dirichlet_switches" >&2; exit 2 ;;

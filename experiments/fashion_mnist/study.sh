@@ -35,6 +35,12 @@
 #                       sampling noise on the frozen network. Each variant's channel ranking is
 #                       also compared with random rankings (python -m bayescomp.ranking_control,
 #                       ranking_control.json beside its metrics).
+#   lenet5_dirichlet_fractions
+#                       lenet5_dirichlet (point switches) keeping a share of every group instead
+#                       of the paper's 5-8-45 (method.keep_fraction = 0.3, 0.4, 0.5: 6-15-150,
+#                       8-20-200, 10-25-250, about 268K, 437K and 646K multiply-adds against
+#                       the dense 2,293K), for Dirichlet pruning's curve on the structured
+#                       frontier (python -m bayescomp.frontier ... --measure macs).
 #
 # A *_dirichlet study retrains the seed's $runs_root/fashion_mnist/<model>_dense/seed<seed>.
 #
@@ -42,7 +48,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 runs_root=${BAYESCOMP_RUNS:-$HOME/bayescomp-runs}
-study=${1:?usage: study.sh STUDY (lenet5_ghs_tau0 | lenet300_gnj_100ep | lenet300_gnj_bc_recipe | lenet300_ghs_inputs | lenet5_dense_widths | lenet5_dirichlet_switches)}
+study=${1:?usage: study.sh STUDY (lenet5_ghs_tau0 | lenet300_gnj_100ep | lenet300_gnj_bc_recipe | lenet300_ghs_inputs | lenet5_dense_widths | lenet5_dirichlet_switches | lenet5_dirichlet_fractions)}
 case "$study" in
   lenet5_ghs_tau0)
     experiment=lenet5_ghs
@@ -69,9 +75,14 @@ case "$study" in
     variants=("integral:method.channel.mode=integral"
               "integral_init_logit_3:method.channel.mode=integral method.channel.init_logit=3"
               "integral_init_logit_20:method.channel.mode=integral method.channel.init_logit=20") ;;
+  lenet5_dirichlet_fractions)
+    experiment=lenet5_dirichlet
+    variants=("keep_0.3:method.widths=null method.keep_fraction=0.3"
+              "keep_0.4:method.widths=null method.keep_fraction=0.4"
+              "keep_0.5:method.widths=null method.keep_fraction=0.5") ;;
   *) echo "unknown study '$study'; known: lenet5_ghs_tau0, lenet300_gnj_100ep," \
        "lenet300_gnj_bc_recipe, lenet300_ghs_inputs, lenet5_dense_widths," \
-       "lenet5_dirichlet_switches" >&2; exit 2 ;;
+       "lenet5_dirichlet_switches, lenet5_dirichlet_fractions" >&2; exit 2 ;;
 esac
 for variant in "${variants[@]}"; do
   name=${variant%%:*}

@@ -33,7 +33,7 @@ Adamczewski & Park, "Dirichlet Pruning for Convolutional Neural Networks", AISTA
    noise: their gradient is the loss's sensitivity to each channel's scale. Measured by
    :mod:`bayescomp.ranking_control` (the pruned network's error against random channels of the
    same widths, before retraining), the integral switches of LeNet-5 and ResNet-20 rank worse
-   than random, the point switches of LeNet-5 better.
+   than random, the point switches of LeNet-5 better and those of ResNet-20 as random.
 
    *KL scale.* The KL is divided by the number of training examples ``N``, the ELBO's own scale
    (:mod:`bayescomp.objectives`). The reference divides it by the batch size (100), i.e. weighs

@@ -73,7 +73,8 @@ def test_help_lists_every_experiment_and_the_other_commands():
                                                    "model", "seed", "trainer", "optimizer"))}
     experiments = {p.stem for p in (REPO_ROOT / "conf" / "experiment").glob("*.yaml")}
     assert listed == experiments
-    for command in ("compress", "evaluate", "tables", "diagnose", "tradeoff", "frontier"):
+    for command in ("compress", "evaluate", "tables", "diagnose", "tradeoff", "frontier",
+                    "ranking_control"):
         assert f"python -m bayescomp.{command}" in result.stdout
 
 

@@ -226,12 +226,16 @@ def section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
              "| Reversed ranking | Commit |", "|---|---|---|---|---|---|---|---|---|"]
     for run, control in found:
         mode = (run.get("dirichlet") or {}).get("mode", "–")
+        commit = str(control["git_commit"])
+        # As the runs' own lines: a measurement by uncommitted code is shown, and flagged.
+        commit = (f"`{commit[:7]}`" if commit != "unknown" and not commit.endswith("-dirty")
+                  else f"`{commit}` — **code not identifiable**: rerun from a clean checkout")
         for row in control["rows"]:
             lines.append(
                 f"| `{tables.display_path(run['_path'])}` | {mode} | {control['dense_error']:.2f} | "
                 f"{row['widths']} | {100 * row['kept_fraction']:.1f} % | {row['switches']:.2f} "
                 f"| {row['random_mean']:.2f} ± {row['random_std']:.2f} (n = "
-                f"{len(row['random'])}) | {row['reversed']:.2f} | `{control['git_commit'][:7]}` |")
+                f"{len(row['random'])}) | {row['reversed']:.2f} | {commit} |")
     return lines + [""]
 
 

@@ -86,6 +86,10 @@ def test_the_results_tables_show_a_published_control_and_refuse_a_corrupt_one(tm
     (row,) = [line for line in lines if line.startswith(f"| `{run_dir}`")]
     assert row == (f"| `{run_dir}` | point | 8.05 | half | 55.6 % | 15.00 | 15.00 ± 0.00 "
                    "(n = 3) | 15.00 | `0123456` |")
+    (run_dir / ranking_control.CONTROL_FILE).write_text(json.dumps(
+        {"run": "x", "git_commit": "0123456789abcdef-dirty", "dense_error": 8.05, "rows": rows}))
+    lines = ranking_control.section([{"_path": str(run_dir)}])
+    assert "`0123456789abcdef-dirty` — **code not identifiable**" in lines[-2]
     (run_dir / ranking_control.CONTROL_FILE).write_text("{\"rows\": [")
     with pytest.raises(ConfigError, match="cannot be read as JSON"):
         ranking_control.section([{"_path": str(run_dir)}])

@@ -14,8 +14,8 @@ run's "error after pruning"), for the same kept widths under three rankings:
 * **reversed**: the *bottom* :math:`k_l` switch means, the opposite ranking.
 
 If the switches carry information, switches < random < reversed; a ranking that is worse than
-random (or than its reverse) has learned something other than importance. The widths are the run's own
-kept widths, then uniform fractions of every group (``--fractions``, :math:`k_l =
+random (or than its reverse) has learned something other than importance. The widths are the
+run's own kept widths, then uniform fractions of every group (``--fractions``, :math:`k_l =
 \lceil fC_l\rceil`), so the comparison also shows where a ranking starts to matter. This is the
 random-pruning control of Liu, Sun, Zhou, Huang & Darrell, "Rethinking the Value of Network
 Pruning", ICLR 2019 (there for fine-tuned networks; here the ranking is judged before any
@@ -41,6 +41,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from omegaconf import OmegaConf
@@ -128,7 +129,8 @@ class PrunedError:
 
     def __init__(self, dense: nnx.Module, dataset, batch_size: int):
         self.dense = dense
-        self.x_test, self.y_test = dataset.x_test, dataset.y_test
+        # On the device once, not with every evaluation (as the training loop places them).
+        self.x_test, self.y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
         self.evaluator = Evaluator(batch_size)
 
     def __call__(self, keep: Mapping[str, np.ndarray]) -> float:

@@ -34,9 +34,9 @@ import numpy as np
 
 from bayescomp.errors import ConfigError
 
-#: Third-party VCNN thresholds (keep if |μ| > 0.02 or σ > 0.01); the paper's are unverified.
+#: The third-party VCNN code's τ (it keeps a channel if |μ| > 0.02 or σ > 0.01); the paper's
+#: values are unverified. Its θ = 0.01 is not the default (:mod:`bayescomp.procedures.vcnn`).
 VCNN_TAU = 0.02
-VCNN_THETA = 0.01
 
 
 def _ranking(score: np.ndarray) -> np.ndarray:
@@ -87,15 +87,15 @@ def per_group(values: Mapping[str, np.ndarray], norms_by_group: Mapping[str, Seq
 
 
 def vcnn_keep(means: Mapping[str, np.ndarray], log_vars: Mapping[str, np.ndarray], *,
-              tau: float = VCNN_TAU, theta: float = VCNN_THETA,
+              tau: float = VCNN_TAU, theta: float | None = None,
               min_keep: int = 1) -> dict[str, np.ndarray]:
-    """VCNN: keep channel c unless |μ_c| < τ and σ_c < θ.
+    """VCNN: keep channel c unless |μ_c| < τ (and σ_c < θ where θ is given).
 
     Args:
         means: μ per channel, by name.
         log_vars: log σ² per channel, same names.
         tau: Threshold τ on |μ|.
-        theta: Threshold θ on σ.
+        theta: Threshold θ on σ; ``None``: no condition on σ.
         min_keep: Channels kept at least per entry (largest |μ| first).
     """
     means, log_vars = _vectors(means, "saliency means"), _vectors(log_vars, "log-variances")
@@ -105,7 +105,9 @@ def vcnn_keep(means: Mapping[str, np.ndarray], log_vars: Mapping[str, np.ndarray
     keep = {}
     for name, mu in means.items():
         sigma = np.exp(0.5 * log_vars[name])
-        concentrated_at_zero = (np.abs(mu) < tau) & (sigma < theta)
+        concentrated_at_zero = np.abs(mu) < tau
+        if theta is not None:
+            concentrated_at_zero &= sigma < theta
         keep[name] = _at_least(~concentrated_at_zero, np.abs(mu), min_keep)
     return keep
 

@@ -119,7 +119,7 @@ SCHEMA = {
     # Variational CNN pruning and network slimming (conf/method/vcnn.yaml, slimming.yaml).
     "method.norm.kind": Choice(("vcnn", "slimming")),
     "method.prune.tau": Number(low=0),
-    "method.prune.theta": Number(low=0),
+    "method.prune.theta": Number(low=0, optional=True),
     "method.prune.percent": Number(low=0, high=0.999999),
     "method.prune.groups": Choice(("internal", "all")),
     "method.finetune.epochs": Number(low=0, integer=True, optional=True),

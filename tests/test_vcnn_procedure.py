@@ -63,7 +63,7 @@ def test_lenet5_metrics_widths_counting_and_export(lenet_run):
     assert [h["phase"] for h in written["history"]] == ["train"]
     info = written["vcnn"]
     assert info["widths"] == {"conv1": 6, "conv2": 8, "fc1": 12}
-    assert info["tau"] == 0.02 and info["theta"] == 0.01 and info["prior"] == "TiedGaussian"
+    assert info["tau"] == 0.02 and info["theta"] is None and info["prior"] == "TiedGaussian"
     assert set(info["saliency_means"]) == {"conv1_switch", "conv2_switch", "fc1_switch"}
     assert all(k >= 0 for k in info["kl"].values())
     widths = tuple(info["kept_widths"][g] for g in ("conv1", "conv2", "fc1"))
@@ -116,7 +116,7 @@ def test_rerun_trains_nothing_and_new_thresholds_only_reevaluate(lenet_run, smok
     assert again["train_seconds"] == metrics["train_seconds"]
     assert again["vcnn"]["kept_channels"] == metrics["vcnn"]["kept_channels"]
     # τ chosen on training data within a tolerance: a re-evaluation of the same training
-    selected = vcnn.run(smoke_cfg("lenet5_vcnn", NARROW_LENET, "method.prune.theta=10",
+    selected = vcnn.run(smoke_cfg("lenet5_vcnn", NARROW_LENET,
                                   "method.prune.select={tolerance: 100, examples: 64}"),
                         run_dir)
     assert selected["history"] == metrics["history"]
@@ -124,6 +124,11 @@ def test_rerun_trains_nothing_and_new_thresholds_only_reevaluate(lenet_run, smok
     assert trace["tolerance"] == 100 and selected["vcnn"]["tau"] == trace["tau"]
     # a 100-point tolerance prunes every channel the rule may: all but one per layer
     assert selected["vcnn"]["kept_widths"] == {"conv1": 1, "conv2": 1, "fc1": 1}
+    # the paper's σ < θ condition, with θ below every σ (2 steps leave σ near its 0.05 start):
+    # no channel is eligible, whatever τ
+    strict = vcnn.run(smoke_cfg("lenet5_vcnn", NARROW_LENET, "method.prune.theta=0.01",
+                                "method.prune.tau=100"), run_dir)
+    assert strict["vcnn"]["theta"] == 0.01 and strict["vcnn"]["pruned_channels"] == 0
 
 
 def test_wrong_method_is_one_line_error(smoke_cfg, tmp_path):

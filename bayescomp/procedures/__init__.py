@@ -18,7 +18,7 @@ metrics. ``conf/method/*.yaml`` names its procedure with the key ``procedure`` (
   channels per layer kept, masked retraining (:func:`bayescomp.procedures.dirichlet.run`;
   Adamczewski & Park, AISTATS 2021).
 * ``vcnn``: Gaussian channel saliencies trained jointly with the weights on the ELBO, channels
-  with |μ| < τ and σ < θ removed, no retraining (optional fine-tuning)
+  with |μ| < τ removed (optionally also σ < θ), no retraining (optional fine-tuning)
   (:func:`bayescomp.procedures.vcnn.run`; Zhao et al., CVPR 2019).
 * ``slimming``: L1 on channel scales, one global percentile threshold, fine-tuning
   (:func:`bayescomp.procedures.slimming.run`; Liu et al., ICCV 2017).

@@ -106,11 +106,14 @@ def test_automatic_widths():
     assert int(top_k_keep(s, mass_widths(s, 0.8))["a"].sum()) == 2
 
 
-def test_vcnn_prunes_only_saliencies_concentrated_at_zero():
+def test_vcnn_prunes_small_saliencies_and_with_theta_only_those_concentrated_at_zero():
     mu = np.asarray([0.01, 0.01, 0.5, -0.01, -0.5])
     sigma = np.asarray([0.005, 0.5, 0.005, 0.001, 0.5])
     keep = vcnn_keep({"bn": mu}, {"bn": 2 * np.log(sigma)}, tau=0.02, theta=0.01)
     np.testing.assert_array_equal(keep["bn"], [False, True, True, False, True])
+    # Without θ (the default) σ does not matter: |μ| < τ alone, the wide one at μ = 0.01 too.
+    keep = vcnn_keep({"bn": mu}, {"bn": 2 * np.log(sigma)}, tau=0.02)
+    np.testing.assert_array_equal(keep["bn"], [False, False, True, False, True])
     # A layer entirely at zero keeps its largest |μ| (min_keep = 1), or nothing if asked.
     mu0, lv0 = np.asarray([0.001, -0.003, 0.002]), np.full(3, -20.0)
     np.testing.assert_array_equal(vcnn_keep({"bn": mu0}, {"bn": lv0})["bn"],

@@ -24,9 +24,10 @@
 #                       (the issue-3 bar asks LeNet-5 BC-GHS for Pruning >= 30 within 1 point
 #                       of dense). conv1-conv2-fc1 = 8-16-40 (14,040 weights, 30.7x fewer),
 #                       6-20-32 (13,710, 31.4x), 10-12-50 (13,350, 32.2x) and 8-24-22
-#                       (13,668, 31.5x; few fc units, more conv2 channels). The ratios in
-#                       its table are relative to each narrow network's own weights; what to
-#                       read there is the error at each architecture.
+#                       (13,668, 31.5x; few fc units, more conv2 channels); and 6-40-100
+#                       (535K multiply-adds: lenet5_dirichlet_budget's architecture trained from
+#                       scratch). The ratios in its table are relative to each narrow network's
+#                       own weights; what to read there is the error at each architecture.
 #   lenet5_dirichlet_switches
 #                       lenet5_dirichlet (point switches, widths 5-8-45) with integral switches
 #                       (one Dirichlet draw per example, the paper's main variant and this
@@ -41,14 +42,21 @@
 #                       8-20-200, 10-25-250, about 268K, 437K and 646K multiply-adds against
 #                       the dense 2,293K), for Dirichlet pruning's curve on the structured
 #                       frontier (python -m bayescomp.frontier ... --measure macs).
+#   lenet5_dirichlet_budget
+#                       lenet5_dirichlet (point switches) at given architectures chosen for
+#                       multiply-adds: 70 % of a LeNet-5's are conv2's, which cost
+#                       1,600 conv1 x conv2 channels, so conv1 is cut hardest and conv2 least:
+#                       6-40-100 (535K, 4.3x fewer than dense; BC-GHS seed 0 needs 631K) and
+#                       5-30-100 (361K, 6.4x fewer).
 #
 # A *_dirichlet study retrains the seed's $runs_root/fashion_mnist/<model>_dense/seed<seed>.
 #
-# Usage: [SEEDS="0 1 2"] bash experiments/fashion_mnist/study.sh STUDY
+# Usage: [SEEDS="0 1 2"] [VARIANTS="name ..."] bash experiments/fashion_mnist/study.sh STUDY
+# (VARIANTS: run only these of the study's variants; the study's table lists every published one)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 runs_root=${BAYESCOMP_RUNS:-$HOME/bayescomp-runs}
-study=${1:?usage: study.sh STUDY (lenet5_ghs_tau0 | lenet300_gnj_100ep | lenet300_gnj_bc_recipe | lenet300_ghs_inputs | lenet5_dense_widths | lenet5_dirichlet_switches | lenet5_dirichlet_fractions)}
+study=${1:?usage: study.sh STUDY (lenet5_ghs_tau0 | lenet300_gnj_100ep | lenet300_gnj_bc_recipe | lenet300_ghs_inputs | lenet5_dense_widths | lenet5_dirichlet_switches | lenet5_dirichlet_fractions | lenet5_dirichlet_budget)}
 case "$study" in
   lenet5_ghs_tau0)
     experiment=lenet5_ghs
@@ -69,7 +77,8 @@ case "$study" in
   lenet5_dense_widths)
     experiment=lenet5_dense
     variants=("widths_8_16_40:model.widths=[8,16,40]" "widths_6_20_32:model.widths=[6,20,32]"
-              "widths_10_12_50:model.widths=[10,12,50]" "widths_8_24_22:model.widths=[8,24,22]") ;;
+              "widths_10_12_50:model.widths=[10,12,50]" "widths_8_24_22:model.widths=[8,24,22]"
+              "widths_6_40_100:model.widths=[6,40,100]") ;;
   lenet5_dirichlet_switches)
     experiment=lenet5_dirichlet
     variants=("integral:method.channel.mode=integral"
@@ -80,12 +89,19 @@ case "$study" in
     variants=("keep_0.3:method.widths=null method.keep_fraction=0.3"
               "keep_0.4:method.widths=null method.keep_fraction=0.4"
               "keep_0.5:method.widths=null method.keep_fraction=0.5") ;;
+  lenet5_dirichlet_budget)
+    experiment=lenet5_dirichlet
+    variants=("widths_6_40_100:method.widths=[6,40,100]" "widths_5_30_100:method.widths=[5,30,100]") ;;
   *) echo "unknown study '$study'; known: lenet5_ghs_tau0, lenet300_gnj_100ep," \
        "lenet300_gnj_bc_recipe, lenet300_ghs_inputs, lenet5_dense_widths," \
-       "lenet5_dirichlet_switches, lenet5_dirichlet_fractions" >&2; exit 2 ;;
+       "lenet5_dirichlet_switches, lenet5_dirichlet_fractions, lenet5_dirichlet_budget" >&2
+     exit 2 ;;
 esac
 for variant in "${variants[@]}"; do
   name=${variant%%:*}
+  if [[ -n ${VARIANTS:-} && " $VARIANTS " != *" $name "* ]]; then
+    continue
+  fi
   read -ra overrides <<< "${variant#*:}"
   for seed in ${SEEDS:-0}; do
     run_dir="$runs_root/fashion_mnist/studies/$study/$name/seed$seed"

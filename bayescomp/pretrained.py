@@ -1,21 +1,25 @@
-"""The finished dense run a retraining procedure starts from (``method.pretrained_run``).
+"""The finished dense run a procedure starts from (``method.pretrained_run``, ``start_from``).
 
 Deep Compression (Han, Mao & Dally, ICLR 2016) and soft weight-sharing (Ullrich, Meeds &
 Welling, ICLR 2017) compress a network that was first trained dense. :func:`load_pretrained`
 finds that run, checks that it is a finished dense run of the same model on the same data and
-preprocessing, and rebuilds its network.
+preprocessing, and rebuilds its network. :func:`start_from` loads such a run into a network
+with other posteriors or channel modules (``method.start_from``: variational CNN pruning, and
+Bayesian Compression's and Sparse VD's VGG runs, which start from a pretrained network).
 """
 
 from __future__ import annotations
 
+import copy
 import pathlib
 
 from flax import nnx
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
 from bayescomp import metrics, runs
 from bayescomp.errors import ConfigError
+from bayescomp.nn import fold
 
 
 def load_pretrained(cfg: DictConfig) -> tuple[nnx.Module, dict]:
@@ -73,3 +77,43 @@ def load_pretrained(cfg: DictConfig) -> tuple[nnx.Module, dict]:
         raise ConfigError(f"method.pretrained_run={run_dir} has not finished (no metrics.json); "
                           f"rerun its command to finish it, or {hint}")
     return model, metrics.read_metrics(run_dir)
+
+
+def start_from(cfg: DictConfig, model: nnx.Module) -> dict | None:
+    """Load ``cfg.method.start_from`` (a finished dense run) into ``model`` in place.
+
+    Its weights become the posterior means (:meth:`~bayescomp.posteriors.base.Posterior.
+    load_mean`: the variances keep their initialisation), its biases and BatchNorms are copied,
+    and channel modules keep their identity initialisation (:func:`bayescomp.nn.fold.
+    load_plain`), so the posterior-mean network of ``model`` is the dense network.
+
+    Args:
+        cfg: This run's configuration.
+        model: The freshly built model of this run.
+
+    Returns:
+        ``None`` without ``method.start_from``; else ``{"run": path, "test_error": the dense
+        run's test error}``.
+
+    Raises:
+        ConfigError: As :func:`load_pretrained` (with ``method.start_from`` named), or a dense
+            run of other widths.
+    """
+    start = cfg.method.get("start_from")
+    if start is None or not str(start).strip():
+        return None
+    as_pretrained = copy.deepcopy(cfg)
+    with open_dict(as_pretrained):
+        as_pretrained.method.pretrained_run = str(start)
+    try:
+        dense, dense_metrics = load_pretrained(as_pretrained)
+    except ConfigError as error:
+        raise ConfigError(str(error).replace("method.pretrained_run", "method.start_from")) \
+            from None
+    try:
+        fold.load_plain(model, dense)
+    except ValueError as error:
+        raise ConfigError(f"method.start_from={start} does not fit this model ({error}); "
+                          "start from a dense run with the same model.widths") from None
+    return {"run": str(pathlib.Path(str(start)).expanduser().resolve()),
+            "test_error": dense_metrics.get("test_error")}

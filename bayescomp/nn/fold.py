@@ -18,7 +18,9 @@ what pruning masks, fine-tuning, quantization, the ``.bcz`` file and export all 
 
 :func:`load_plain` goes the other way: a finished dense run's weights, biases and BatchNorms
 loaded into the network with channel modules (saliency BatchNorms take μ = γ, β̃ = β/γ; the
-channel modules stay at their identity initialisation), so training can start from it.
+channel modules stay at their identity initialisation), or into a variational network (each
+posterior's mean set to the dense kernel: :meth:`~bayescomp.posteriors.base.Posterior.load_mean`),
+so training can start from it.
 """
 
 from __future__ import annotations
@@ -102,8 +104,12 @@ def load_plain(model: nnx.Module, plain: nnx.Module) -> nnx.Module:
     if list(layers) != list(sources):
         raise ValueError(f"cannot load {list(sources)} into {list(layers)}")
     for name, layer in layers.items():
-        layer.posterior.weight[...] = jnp.asarray(sources[name].posterior.mean(), jnp.float32)
-        layer.bias[...] = jnp.asarray(sources[name].mean_bias(), jnp.float32)
+        want, have = np.shape(layer.posterior.mean()), np.shape(sources[name].posterior.mean())
+        if want != have:
+            raise ValueError(f"layer {name} has a {have} kernel, this model's is {want}")
+        layer.bias[...] = layer.posterior.load_mean(
+            jnp.asarray(sources[name].posterior.mean(), jnp.float32),
+            jnp.asarray(sources[name].mean_bias(), jnp.float32))
     norms, plain_norms = batch_norms(model), batch_norms(plain)
     if sorted(norms) != sorted(plain_norms):
         raise ValueError(f"cannot load BatchNorms {sorted(plain_norms)} into {sorted(norms)}")

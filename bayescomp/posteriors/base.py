@@ -81,6 +81,26 @@ class Posterior(nnx.Module, abc.ABC):
         """
         return bias
 
+    def load_mean(self, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+        """Set the kernel's posterior mean to ``kernel`` (a dense network's weights), the
+        variance parameters keeping their values, so that training can start from a finished
+        dense run.
+
+        The inverse of :meth:`mean` and :meth:`mean_bias`: afterwards ``mean() == kernel``, and
+        the returned bias parameter ``b`` has ``mean_bias(b) == bias``.
+
+        Args:
+            kernel: The dense kernel, with this posterior's kernel shape.
+            bias: The dense bias, ``(out,)``.
+
+        Returns:
+            The value the layer's bias parameter must take.
+
+        Raises:
+            NotImplementedError: A posterior that cannot start from a dense network.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot start from a dense network")
+
     def keep_mask(self, threshold: float) -> jax.Array:
         """Kernel-shaped float mask: 1 where ``log_alpha < threshold`` (kept), else 0.
 

@@ -77,6 +77,13 @@ class FactorizedGaussian(Posterior):
     def mean(self) -> jax.Array:
         return self.theta[...]
 
+    def load_mean(self, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+        """θ = ``kernel``; log σ² keeps its initial value (``log_var_init``), so log α starts
+        at log σ² − log θ², as Sparse VD's VGG-like run from a pretrained network starts
+        (Molchanov et al., ICML 2017, §5.4)."""
+        self.theta[...] = jnp.asarray(kernel, jnp.float32).reshape(self.theta.shape)
+        return bias
+
     def variance(self) -> jax.Array:
         """σ² as used by the model: exp(clip(log α)) · θ² (the authors' ``nets/layers.py``)."""
         return variance_from_log_alpha(self.theta[...], self.raw_log_alpha(),

@@ -125,6 +125,16 @@ class GroupScaledGaussian(Posterior):
     def mean(self) -> jax.Array:
         return self.w_mean[...] * self._groups_to_kernel(self.z_mean())
 
+    def load_mean(self, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+        """μ = ``kernel`` / E[z] per group (q(z) keeps its initialisation, E[z] ≈ 1), and the
+        bias divided by E[z] on output-channel groups (:meth:`mean_bias`), so the posterior-mean
+        network is the dense one. Louizos et al. (NeurIPS 2017, §5) start their VGG from a
+        pretrained network this way."""
+        ez = self.z_mean()
+        self.w_mean[...] = (jnp.asarray(kernel, jnp.float32).reshape(self.w_mean.shape)
+                            / self._groups_to_kernel(ez))
+        return bias / ez if self.group_axis == -1 else bias
+
     def variance(self) -> jax.Array:
         mu = self.w_mean[...]
         ez = self._groups_to_kernel(self.z_mean())

@@ -10,6 +10,14 @@ across the model's channel groups (:mod:`bayescomp.pruning`), and the kept poste
 rounded to the bits their posterior variances allow (:mod:`bayescomp.bit_precision`). Entry
 point :func:`run`.
 
+*Start.* From scratch by default (the LeNets of both papers). ``method.start_from=DIR`` of a
+finished ``<model>_dense`` run starts from its network instead: the posterior means take its
+weights, the variances their initialisation, BatchNorms its parameters and statistics
+(:func:`bayescomp.pretrained.start_from`), as Louizos et al. (NeurIPS 2017, §5) and Molchanov
+et al. (ICML 2017, §5.4) start their VGG-like networks. The loaded network's test error is
+checked against the dense run's before training and written to ``metrics.json``
+(``start_from``).
+
 Fixed thresholds are checked before anything is written: thresholds that empty a layer, or
 raise the training-subset error of the posterior-mean network by more than
 ``method.prune.max_error_rise`` points, end the run with one line naming the layer and the fix
@@ -37,9 +45,10 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from bayescomp import metrics, models, objectives, pruning, runs, threshold_selection
+from bayescomp import metrics, models, objectives, pretrained, pruning, runs, threshold_selection
 from bayescomp.compression import quantize as quantize_lib
 from bayescomp.compression.report import compression_report
+from bayescomp.errors import ConfigError
 from bayescomp.evaluation import Evaluator
 from bayescomp.loop import Phase, TrainingRun
 
@@ -64,7 +73,11 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     dataset = runs.load_run_dataset(cfg)
     model = runs.build_model(cfg, dataset.x_train.shape[1:], dataset.num_classes,
                                 int(cfg.seed))
-    training = TrainingRun(cfg, workdir, dataset)
+    started = pretrained.start_from(cfg, model)
+    training = TrainingRun(cfg, workdir, dataset,
+                           pretrained_run=None if started is None else started["run"])
+    if started is not None:
+        started["start_test_error"] = check_start(started, training.error(model))
     warmup = cfg.trainer.kl_warmup
     epochs, every = int(cfg.trainer.epochs), int(cfg.trainer.pruned_eval_every)
     selection = prune_settings(cfg).select
@@ -102,7 +115,24 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         quantized_test_error=snapshot.quantized_test_error,
         prune_thresholds=snapshot.prune_thresholds,
         threshold_selection=snapshot.threshold_selection,
-        extra={"pruning_check": snapshot.pruning_check})
+        extra={"pruning_check": snapshot.pruning_check, "start_from": started})
+
+
+def check_start(started: dict, error: float) -> float:
+    """``error``, the test error of the network loaded from ``method.start_from`` before any
+    training, after checking that it is the dense run's own (the posterior-mean network of the
+    loaded model *is* that network, so the two agree up to float rounding of the evaluation).
+
+    Raises:
+        ConfigError: They differ by more than 0.05 points (another dataset under the same name,
+            or a network that did not load as it was trained).
+    """
+    recorded = started.get("test_error")
+    if recorded is not None and abs(float(recorded) - error) > 0.05:
+        raise ConfigError(f"method.start_from={started['run']} scores {error:.2f} % test error "
+                          f"loaded here but {float(recorded):.2f} % in its own run; start from a "
+                          "dense run trained on this data (data.dir, data.preprocess)")
+    return error
 
 
 @dataclasses.dataclass(frozen=True)

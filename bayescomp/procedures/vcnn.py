@@ -195,21 +195,6 @@ def subset_error_of(cfg: DictConfig, plain: nnx.Module, dataset, evaluator, exam
     return error_of
 
 
-def _start(cfg: DictConfig, model: nnx.Module) -> str | None:
-    """Load ``method.start_from`` (a finished dense run) into ``model``; its path, or None."""
-    start = cfg.method.get("start_from")
-    if start is None or not str(start).strip():
-        return None
-    as_pretrained = OmegaConf.merge(cfg, {"method": {"pretrained_run": str(start)}})
-    try:
-        dense, _ = pretrained.load_pretrained(as_pretrained)
-    except ConfigError as error:
-        raise ConfigError(str(error).replace("method.pretrained_run", "method.start_from")) \
-            from None
-    fold.load_plain(model, dense)
-    return str(start)
-
-
 def _kl_weight(cfg: DictConfig, epochs: int):
     warmup = cfg.trainer.kl_warmup
     return lambda epoch: objectives.kl_weight(
@@ -242,7 +227,8 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     dataset = runs.load_run_dataset(cfg)
     model = runs.build_model(cfg, dataset.x_train.shape[1:], dataset.num_classes, int(cfg.seed))
     factors = cp.prunable_factors(model, SALIENCY_TYPES, mode)
-    start = _start(cfg, model)
+    started = pretrained.start_from(cfg, model)
+    start = None if started is None else started["run"]
     training = TrainingRun(cfg, workdir, dataset, resumable=runs.RESUMABLE_CHANGES_RETRAINING,
                            pretrained_run=start)
     epochs = int(cfg.trainer.epochs)

@@ -48,15 +48,21 @@
 #                       1,600 conv1 x conv2 channels, so conv1 is cut hardest and conv2 least:
 #                       6-40-100 (535K, 4.3x fewer than dense; BC-GHS seed 0 needs 631K) and
 #                       5-30-100 (361K, 6.4x fewer).
+#   lenet5_vcnn_start   lenet5_vcnn (trained from scratch with the dense recipe; its conv
+#                       saliencies all stay near 1) started from the seed's lenet5_dense run as
+#                       the paper does (method.start_from), and with a proper Gaussian prior
+#                       N(0, 0.1^2) on the saliencies instead of the tied one (a fixed pull of
+#                       mu/0.01 per nat towards zero).
 #
-# A *_dirichlet study retrains the seed's $runs_root/fashion_mnist/<model>_dense/seed<seed>.
+# A *_dirichlet study retrains the seed's $runs_root/fashion_mnist/<model>_dense/seed<seed>;
+# @DENSE@ in a variant's overrides stands for that run's directory.
 #
 # Usage: [SEEDS="0 1 2"] [VARIANTS="name ..."] bash experiments/fashion_mnist/study.sh STUDY
 # (VARIANTS: run only these of the study's variants; the study's table lists every published one)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 runs_root=${BAYESCOMP_RUNS:-$HOME/bayescomp-runs}
-study=${1:?usage: study.sh STUDY (lenet5_ghs_tau0 | lenet300_gnj_100ep | lenet300_gnj_bc_recipe | lenet300_ghs_inputs | lenet5_dense_widths | lenet5_dirichlet_switches | lenet5_dirichlet_fractions | lenet5_dirichlet_budget)}
+study=${1:?usage: study.sh STUDY (lenet5_ghs_tau0 | lenet300_gnj_100ep | lenet300_gnj_bc_recipe | lenet300_ghs_inputs | lenet5_dense_widths | lenet5_dirichlet_switches | lenet5_dirichlet_fractions | lenet5_dirichlet_budget | lenet5_vcnn_start)}
 case "$study" in
   lenet5_ghs_tau0)
     experiment=lenet5_ghs
@@ -92,9 +98,14 @@ case "$study" in
   lenet5_dirichlet_budget)
     experiment=lenet5_dirichlet
     variants=("widths_6_40_100:method.widths=[6,40,100]" "widths_5_30_100:method.widths=[5,30,100]") ;;
+  lenet5_vcnn_start)
+    experiment=lenet5_vcnn
+    variants=("from_dense:method.start_from=@DENSE@"
+              "gaussian_prior_0.1:method.channel.prior=gaussian method.channel.prior_std=0.1") ;;
   *) echo "unknown study '$study'; known: lenet5_ghs_tau0, lenet300_gnj_100ep," \
        "lenet300_gnj_bc_recipe, lenet300_ghs_inputs, lenet5_dense_widths," \
-       "lenet5_dirichlet_switches, lenet5_dirichlet_fractions, lenet5_dirichlet_budget" >&2
+       "lenet5_dirichlet_switches, lenet5_dirichlet_fractions, lenet5_dirichlet_budget," \
+       "lenet5_vcnn_start" >&2
      exit 2 ;;
 esac
 for variant in "${variants[@]}"; do
@@ -104,14 +115,16 @@ for variant in "${variants[@]}"; do
   fi
   read -ra overrides <<< "${variant#*:}"
   for seed in ${SEEDS:-0}; do
+    dense="$runs_root/fashion_mnist/${experiment%%_*}_dense/seed$seed"
+    seed_overrides=("${overrides[@]//@DENSE@/$dense}")
     run_dir="$runs_root/fashion_mnist/studies/$study/$name/seed$seed"
     published="results/studies/fashion_mnist/$study/$name/seed$seed"
     pretrained=()
     if [[ $experiment == *_dirichlet ]]; then
-      pretrained=("method.pretrained_run=$runs_root/fashion_mnist/${experiment%_dirichlet}_dense/seed$seed")
+      pretrained=("method.pretrained_run=$dense")
     fi
     if python -m bayescomp.run +experiment="$experiment" data=fashion_mnist seed="$seed" \
-        trainer.progress_bar=false hydra.run.dir="$run_dir" "${pretrained[@]}" "${overrides[@]}"; then
+        trainer.progress_bar=false hydra.run.dir="$run_dir" "${pretrained[@]}" "${seed_overrides[@]}"; then
       if bash experiments/fashion_mnist/publish_run.sh "$run_dir" "$published" \
           && [[ $experiment == *_dirichlet ]]; then
         python -m bayescomp.ranking_control "$run_dir" --out "$published/ranking_control.json"

@@ -7,10 +7,11 @@ the values, calls one of these, and hands the masks to pruning, which propagates
 channel groups (:mod:`bayescomp.models.graph`).
 
 * **Variational CNN pruning** (Zhao et al., "Variational Convolutional Neural Network Pruning",
-  CVPR 2019): remove channel c when its saliency posterior N(μ_c, σ_c²) is concentrated at zero,
-  |μ_c| < τ and σ_c < θ (:func:`vcnn_keep`). The paper does not print the values of τ and θ
-  used for its tables; the defaults are those of the only public implementation, a third-party
-  drop-in BatchNorm (keep if |μ| > 0.02 or σ > 0.01).
+  CVPR 2019): remove channel c when its saliency mean is small, |μ_c| < τ, and where θ is given
+  also σ_c < θ, the paper's "concentrated at zero" (:func:`vcnn_keep`; why θ is optional:
+  :mod:`bayescomp.procedures.vcnn`). The paper does not print the values of τ and θ used for
+  its tables; τ = 0.02 is the only public implementation's, a third-party drop-in BatchNorm
+  (keep if |μ| > 0.02 or σ > 0.01).
 * **Network slimming** (Liu et al., "Learning Efficient Convolutional Networks through Network
   Slimming", ICCV 2017): one global threshold over the |γ| of every BatchNorm, the value below
   which a fraction ``percent`` of all scales lies (:func:`slimming_keep`).

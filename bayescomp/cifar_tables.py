@@ -273,7 +273,8 @@ def _ours(runs: list[dict], network: str, model: str | None, method: str | None,
     if method == "dirichlet":
         needs += "; prunes a finished dense run (`method.pretrained_run`)"
     elif model == LOUIZOS_MODEL and method in LOUIZOS_METHODS.values():
-        needs += f"; starts from a finished `{model}_dense` run (`method.start_from`), as the paper does"
+        needs += (f"; starts from a finished `{model}_dense` run (`method.start_from`), as the "
+                  "paper does")
     return f"not run here: {needs}"
 
 

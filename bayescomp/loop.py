@@ -184,17 +184,22 @@ class TrainingRun:
         resumable: Settings a resumed run may change (:data:`bayescomp.runs.RESUMABLE_CHANGES`).
         pretrained_run: For a retraining, the run it starts from; recorded in every checkpoint,
             and a checkpoint written for another one is refused.
+        start_from: The dense run whose network training started from (``method.start_from``),
+            or ``None``: from scratch. Recorded in every checkpoint; a checkpoint trained from
+            another start (from scratch included) is refused.
     """
 
     def __init__(self, cfg: DictConfig, workdir, dataset, *,
                  resumable: tuple[str, ...] = runs.RESUMABLE_CHANGES,
-                 pretrained_run: str | None = None):
+                 pretrained_run: str | None = None, start_from: str | None = None):
         self.cfg = cfg
         self.workdir = pathlib.Path(workdir)
         self.dataset = dataset
         self.resumable = resumable
         self.pretrained_run = None if pretrained_run is None else str(
             pathlib.Path(str(pretrained_run)).expanduser().resolve())
+        self.start_from = None if start_from is None else str(
+            pathlib.Path(str(start_from)).expanduser().resolve())
         trainer = cfg.trainer
         self.batch_size = int(trainer.batch_size)
         # Several devices: the data and the state on every one, each batch split across them.
@@ -305,6 +310,18 @@ class TrainingRun:
                 f"the checkpoints in {checkpointer.directory} were retrained from "
                 f"{saved_pretrained}, not {self.pretrained_run}; run in a new output directory "
                 "(hydra.run.dir=...) or delete those checkpoints to start over")
+        saved_start = meta.get("start_from")
+        if saved_start is None and self.pretrained_run is None:
+            # A VCNN run started from a dense run recorded it as its pretrained_run until the
+            # start had a key of its own.
+            saved_start = meta.get("pretrained_run")
+        if saved_start != self.start_from:
+            raise ConfigError(
+                f"the checkpoints in {checkpointer.directory} were trained "
+                f"{'from ' + saved_start if saved_start else 'from scratch'}, this run starts "
+                f"{'from ' + self.start_from if self.start_from else 'from scratch'} "
+                "(method.start_from); run in a new output directory (hydra.run.dir=...) or "
+                "delete those checkpoints to start over")
         runs.resume_checks(meta, self.cfg, checkpointer.directory, self.workdir, self.resumable)
         (model_state, opt_state, key_data), meta = checkpointer.restore(
             latest, (nnx.state(model), opt_state, jax.random.key_data(phase.key)))
@@ -417,6 +434,8 @@ class TrainingRun:
                     config=runs.trajectory_config(self.cfg, self.resumable))
         if self.pretrained_run is not None:
             meta["pretrained_run"] = self.pretrained_run
+        if self.start_from is not None:
+            meta["start_from"] = self.start_from
         return meta
 
     def _progress_bar(self, phase: Phase, epochs_left: int):

@@ -5,7 +5,7 @@ Welling, ICLR 2017) compress a network that was first trained dense. :func:`load
 finds that run, checks that it is a finished dense run of the same model on the same data and
 preprocessing, and rebuilds its network. :func:`start_from` loads such a run into a network
 with other posteriors or channel modules (``method.start_from``: variational CNN pruning, and
-Bayesian Compression's and Sparse VD's VGG runs, which start from a pretrained network).
+Bayesian Compression's VGG-like runs, which start from a pretrained network).
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ def load_pretrained(cfg: DictConfig) -> tuple[nnx.Module, dict]:
     if found[0] != model_name or found[1] != data_name:
         raise ConfigError(f"method.pretrained_run={run_dir} is a {found[0]} run on {found[1]}, "
                           f"this run retrains {model_name} on {data_name}; {hint}")
-    if found[2] != "delta":
+    if found[2] != "delta" or str(pretrained_cfg.method.name) != "dense":
         raise ConfigError(f"method.pretrained_run={run_dir} is a {pretrained_cfg.method.name} "
-                          f"run (variational weights), not a dense run; {hint}")
+                          f"run, not a dense run; {hint}")
     preprocess = (pretrained_cfg.data.get("preprocess", "reference"),
                   cfg.data.get("preprocess", "reference"))
     if preprocess[0] != preprocess[1]:
@@ -83,8 +83,9 @@ def start_from(cfg: DictConfig, model: nnx.Module) -> dict | None:
     """Load ``cfg.method.start_from`` (a finished dense run) into ``model`` in place.
 
     Its weights become the posterior means (:meth:`~bayescomp.posteriors.base.Posterior.
-    load_mean`: the variances keep their initialisation), its biases and BatchNorms are copied,
-    and channel modules keep their identity initialisation (:func:`bayescomp.nn.fold.
+    load_mean`: the variances keep their initialisation), its biases the mean network's biases
+    (divided by E[z] where a group scale multiplies them), its BatchNorms are copied, and
+    channel modules keep their identity initialisation (:func:`bayescomp.nn.fold.
     load_plain`), so the posterior-mean network of ``model`` is the dense network.
 
     Args:
@@ -117,3 +118,22 @@ def start_from(cfg: DictConfig, model: nnx.Module) -> dict | None:
                           "start from a dense run with the same model.widths") from None
     return {"run": str(pathlib.Path(str(start)).expanduser().resolve()),
             "test_error": dense_metrics.get("test_error")}
+
+
+def check_start(started: dict, error: float) -> float:
+    """``error``, the test error of the network loaded from ``method.start_from`` before any
+    training, after checking that it is the dense run's own (the posterior-mean network of the
+    loaded model *is* that network, so the two agree up to float rounding of the evaluation:
+    identical on the machine that trained it; on other hardware a near tie may flip, and more
+    than 0.05 points, five CIFAR-10 test images, means another network or other data).
+
+    Raises:
+        ConfigError: They differ by more than 0.05 points (another dataset under the same name,
+            or a network that did not load as it was trained).
+    """
+    recorded = started.get("test_error")
+    if recorded is not None and abs(float(recorded) - error) > 0.05:
+        raise ConfigError(f"method.start_from={started['run']} scores {error:.2f} % test error "
+                          f"loaded here but {float(recorded):.2f} % in its own run; start from a "
+                          "dense run trained on this data (data.dir, data.preprocess)")
+    return error

@@ -264,6 +264,10 @@ def recipe(run: dict) -> tuple:
             flat.pop(key)
     for key in CHECKS_ONLY:
         flat.pop(key, None)
+    # Started from a dense run: each seed from its own, so the path is not the recipe (from
+    # scratch, null, is left out below and stays another recipe).
+    if flat.get("method.start_from") is not None:
+        flat["method.start_from"] = "a dense run"
     # The KL warm-up in epochs, however written (epochs 5 and 20, or fractions 0.025 and 0.1 of
     # a 200-epoch run, are one recipe).
     for key in runs.WARMUP_KEYS:

@@ -212,3 +212,39 @@ def test_resume_restores_the_running_statistics(smoke_cfg, tmp_path):
     assert np.any(np.asarray(straight.bn.mean[...]) != 0.0)
     for want, got in zip(jax.tree.leaves(nnx.state(straight)), jax.tree.leaves(nnx.state(resumed))):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_reestimated_statistics_are_the_batch_mean_and_unbiased_variance_layer_by_layer():
+    """Adaptive BatchNorm: after re-estimation on x, each BatchNorm holds the mean and the
+    unbiased variance (numpy, ddof=1) of what reaches it, the second one seeing the first's
+    output normalised with the re-estimated statistics; momentum and view are restored.
+
+    Tolerances: float32 sums over 200 positions (relative error below 200 · 2⁻²⁴ ≈ 1.2e-5,
+    pairwise in practice far less), and 1e-4 where the first layer's rounding feeds the second.
+    """
+    from bayescomp.nn.norm import reestimate_statistics
+
+    class TwoNorms(nnx.Module):
+        def __init__(self):
+            self.first = BatchNorm(3, momentum=0.1)
+            self.second = BatchNorm(3, momentum=0.1)
+            self.first.scale[...] = jnp.asarray([2.0, 0.5, 1.0])
+            self.first.bias[...] = jnp.asarray([1.0, -1.0, 0.0])
+
+        def __call__(self, x):
+            return self.second(jnp.square(self.first(x)))
+
+    model = TwoNorms()
+    x = jax.random.normal(jax.random.key(0), (40, 5, 3)) * 3.0 + 2.0
+    assert reestimate_statistics(model, x) == 2
+    flat = np.asarray(x, np.float64).reshape(-1, 3)
+    np.testing.assert_allclose(model.first.mean[...], flat.mean(0), rtol=2e-5)
+    np.testing.assert_allclose(model.first.var[...], flat.var(0, ddof=1), rtol=2e-5)
+    normalised = (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5) * [2.0, 0.5, 1.0] + \
+        [1.0, -1.0, 0.0]
+    np.testing.assert_allclose(model.second.mean[...], np.square(normalised).mean(0), rtol=1e-4)
+    np.testing.assert_allclose(model.second.var[...], np.square(normalised).var(0, ddof=1),
+                               rtol=1e-4)
+    assert model.first.momentum == model.second.momentum == 0.1
+    assert not model.first.use_running_average
+    assert reestimate_statistics(nnx.Linear(3, 3, rngs=nnx.Rngs(0)), x) == 0

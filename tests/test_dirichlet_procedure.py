@@ -182,7 +182,7 @@ def test_resume_after_an_interruption_between_phases(straight_run, pretrained_de
 
 
 def test_the_ranking_control_of_a_run_measures_the_network_the_run_pruned(straight_run,
-                                                                            tmp_path):
+                                                                            tmp_path, capsys):
     from bayescomp import ranking_control
 
     _, run_dir, metrics = straight_run
@@ -199,6 +199,10 @@ def test_the_ranking_control_of_a_run_measures_the_network_the_run_pruned(straig
                                             abs=0.05)
     assert half["kept_widths"] == {"conv1": 10, "conv2": 25, "fc1": 250}
     assert len(half["random"]) == 2
+    assert control["batch_norms"] == 0 and control["bn_recalibration_examples"] == 0
+    # LeNet-5 has no BatchNorm to re-estimate: one line, exit 2.
+    assert ranking_control.main([str(run_dir), "--recalibrate-bn", "100"]) == 2
+    assert "lenet5 has no BatchNorm" in capsys.readouterr().err
 
 
 def test_automatic_widths_from_the_switch_mass(smoke_cfg, pretrained_dense_run, tmp_path):

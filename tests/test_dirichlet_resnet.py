@@ -258,3 +258,43 @@ def test_smoke_run_widths_counting_retrained_batch_norm_and_export(resnet_run):
     np.testing.assert_allclose(np.asarray(exported(x)), np.asarray(want_logits), rtol=1e-4,
                                atol=1e-4)
     assert exported.network.stage1[0].conv1.kernel.shape[-1] == widths[0]
+
+
+@pytest.mark.slow
+def test_ranking_control_with_batch_norm_statistics_reestimated(resnet_run, tmp_path):
+    """--recalibrate-bn: the run's own figures are still checked on the pretrained statistics;
+    each pruned copy is evaluated with statistics re-estimated on N training images."""
+    from bayescomp import ranking_control
+    from bayescomp.nn.norm import reestimate_statistics
+
+    cfg, run_dir, metrics = resnet_run
+    out = tmp_path / ranking_control.CONTROL_FILE
+    assert ranking_control.main([str(run_dir), "--draws", "1", "--fractions", "0.5",
+                                 "--recalibrate-bn", "64", "--out", str(out)]) == 0
+    control = json.loads(out.read_text())
+    assert control["bn_recalibration_examples"] == 64 and control["batch_norms"] > 0
+    assert [r["kept_widths"] for r in control["rows"]][0] == metrics["dirichlet"]["kept_widths"]
+    lines = ranking_control.section([{"_path": str(tmp_path), "dirichlet": {
+        "mode": "integral", "kept_widths": metrics["dirichlet"]["kept_widths"]}}])
+    assert sum("| integral | re-estimated (64) |" in line for line in lines) == 2
+
+    # What an evaluation sees: the masked copy with re-estimated statistics, the dense network
+    # untouched.
+    dense, _ = pretrained.load_pretrained(cfg)
+    dataset = runs.load_run_dataset(cfg)
+    x = jnp.asarray(dataset.x_train[:64])
+    seen = []
+    pruned_error = ranking_control.PrunedError(dense, dataset, 256, x)
+    pruned_error.evaluator.error = lambda model, *_: seen.append(nnx.clone(model)) or 0.0
+    keep = {g: np.arange(len(v)) < 2 for g, v in metrics["dirichlet"]["switch_means"].items()}
+    before = {p: np.asarray(n.mean[...]) for p, n in batch_norms(dense).items()}
+    pruned_error(keep)
+    want = nnx.clone(dense)
+    channel_pruning.apply_masks_in_place(want, channel_pruning.pruned_masks(want, keep))
+    reestimate_statistics(want, x)
+    got, want = batch_norms(seen[0]), batch_norms(want)
+    for path, norm in want.items():
+        np.testing.assert_array_equal(np.asarray(got[path].mean[...]), np.asarray(norm.mean[...]))
+        np.testing.assert_array_equal(np.asarray(got[path].var[...]), np.asarray(norm.var[...]))
+    for path, norm in batch_norms(dense).items():
+        np.testing.assert_array_equal(np.asarray(norm.mean[...]), before[path])

@@ -57,6 +57,9 @@ def test_an_out_file_that_is_not_json_is_refused_before_any_work(tmp_path, capsy
     assert "name a .json file" in capsys.readouterr().err
     assert ranking_control.main([str(tmp_path), "--draws", "0"]) == 2
     assert "--draws must be at least 1" in capsys.readouterr().err
+    for bad in ("-1", "10001"):
+        assert ranking_control.main([str(tmp_path), "--recalibrate-bn", bad]) == 2
+        assert "--recalibrate-bn must be 0 (off)" in capsys.readouterr().err
 
 
 def test_fraction_widths_round_up_and_never_empty_a_group():
@@ -84,8 +87,8 @@ def test_the_results_tables_show_a_published_control_and_refuse_a_corrupt_one(tm
          "seed": 0, "rows": rows}))
     lines = ranking_control.section([{"_path": str(run_dir), "dirichlet": {"mode": "point"}}])
     (row,) = [line for line in lines if line.startswith(f"| `{run_dir}`")]
-    assert row == (f"| `{run_dir}` | point | 8.05 | half | 55.6 % | 15.00 | 15.00 ± 0.00 "
-                   "(n = 3) | 15.00 | `0123456` |")
+    assert row == (f"| `{run_dir}` | point | pretrained | 8.05 | half | 55.6 % | 15.00 | "
+                   "15.00 ± 0.00 (n = 3) | 15.00 | `0123456` |")
     (run_dir / ranking_control.CONTROL_FILE).write_text(json.dumps(
         {"run": "x", "git_commit": "0123456789abcdef-dirty", "dense_error": 8.05, "rows": rows}))
     lines = ranking_control.section([{"_path": str(run_dir)}])

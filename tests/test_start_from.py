@@ -7,6 +7,9 @@ float32 roundings, so the round trip is exact to a few ulp (rtol 1e-6 ≈ 8 ulp 
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,14 +40,17 @@ def test_load_mean_inverts_mean_and_mean_bias(make, shape, axis):
     posterior = make(shape, axis)
     kernel = jax.random.normal(jax.random.key(1), shape)
     bias = jax.random.normal(jax.random.key(2), (shape[-1],))
-    log_var = getattr(posterior, "log_sigma2", None) or getattr(posterior, "w_log_var", None)
-    log_var_before = None if log_var is None else np.asarray(log_var[...])
+    before = {path: np.array(value[...]) for path, value in
+              nnx.to_flat_state(nnx.state(posterior))}
     raw_bias = posterior.load_mean(kernel, bias)
     np.testing.assert_allclose(np.asarray(posterior.mean()), np.asarray(kernel), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(posterior.mean_bias(raw_bias)), np.asarray(bias),
                                rtol=1e-6)
-    if log_var_before is not None:  # the variance parameters keep their initialisation
-        np.testing.assert_array_equal(np.asarray(log_var[...]), log_var_before)
+    # Only the kernel's mean parameter moved: variances, q(z) and scales keep their values.
+    after = dict(nnx.to_flat_state(nnx.state(posterior)))
+    moved = [path for path, value in before.items()
+             if not np.array_equal(value, np.asarray(after[path][...]))]
+    assert moved == [path for path in before if path[-1] in ("weight", "theta", "w_mean")]
 
 
 @pytest.fixture(scope="module")
@@ -89,17 +95,44 @@ def test_bc_run_from_a_dense_run_records_and_checks_its_start(dense_run, smoke_c
         smoke_cfg("lenet5_gnj", NARROW_LENET, f"method.start_from={run_dir}"), tmp_path / "bc")
     start = metrics["start_from"]
     assert start["run"] == str(run_dir.resolve())
-    assert start["test_error"] == dense_metrics["test_error"]
-    assert abs(start["start_test_error"] - dense_metrics["test_error"]) <= 0.05
-    # without start_from, nothing is recorded
-    assert variational.run(smoke_cfg("lenet5_gnj", NARROW_LENET), tmp_path / "scratch")[
-        "start_from"] is None
+    # the loaded network, evaluated before training, scores what the dense run scored
+    assert start["start_test_error"] == dense_metrics["test_error"]
 
 
-def test_start_from_refuses_a_network_that_does_not_score_as_in_its_run():
+def test_start_from_refuses_a_network_that_does_not_score_as_in_its_run(dense_run, smoke_cfg,
+                                                                       tmp_path):
     with pytest.raises(ConfigError, match="scores 50.00 % test error loaded here but 9.00 %"):
-        variational.check_start({"run": "/x", "test_error": 9.0}, 50.0)
-    assert variational.check_start({"run": "/x", "test_error": 9.0}, 9.04) == 9.04
+        pretrained.check_start({"run": "/x", "test_error": 9.0}, 50.0)
+    assert pretrained.check_start({"run": "/x", "test_error": 9.0}, 9.04) == 9.04
+    # End to end: a dense run whose recorded error is not what its network scores.
+    run_dir, dense_metrics = dense_run
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    written = json.loads((other / "metrics.json").read_text())
+    written["test_error"] = dense_metrics["test_error"] + 1.0
+    (other / "metrics.json").write_text(json.dumps(written))
+    for procedure, experiment in ((variational, "lenet5_gnj"), (vcnn, "lenet5_vcnn")):
+        with pytest.raises(ConfigError, match="loaded here but"):
+            procedure.run(smoke_cfg(experiment, NARROW_LENET, f"method.start_from={other}"),
+                          tmp_path / experiment)
+
+
+def test_a_checkpoint_from_another_start_is_refused(dense_run, smoke_cfg, tmp_path):
+    run_dir, _ = dense_run
+    scratch = tmp_path / "scratch"
+    variational.run(smoke_cfg("lenet5_gnj", NARROW_LENET), scratch)
+    with pytest.raises(ConfigError, match="trained from scratch, this run starts from"):
+        variational.run(smoke_cfg("lenet5_gnj", NARROW_LENET, f"method.start_from={run_dir}"),
+                        scratch)
+    started = tmp_path / "started"
+    variational.run(smoke_cfg("lenet5_gnj", NARROW_LENET, f"method.start_from={run_dir}"),
+                    started)
+    with pytest.raises(ConfigError, match="this run starts from scratch"):
+        variational.run(smoke_cfg("lenet5_gnj", NARROW_LENET), started)
+    # The same start written otherwise (a trailing slash) resumes: a re-evaluation.
+    again = variational.run(smoke_cfg("lenet5_gnj", NARROW_LENET,
+                                      f"method.start_from={run_dir}/"), started)
+    assert again["start_from"]["run"] == str(run_dir.resolve())
 
 
 def test_start_from_other_widths_or_no_run_is_one_line(dense_run, smoke_cfg, tmp_path):

@@ -38,8 +38,7 @@ def resnet_run(tmp_path_factory, smoke_cfg):
     """A 2-step ResNet-8 smoke run pruning residual streams too, with thresholds that remove all
     but the largest |μ| of each BatchNorm (no fine-tuning: the paper's setting)."""
     cfg = smoke_cfg("resnet20_vcnn_cpu", "data=synthetic_cifar", "model=resnet8",
-                    "model.widths=[4,8,8]", "method.prune.groups=all", "method.prune.tau=100",
-                    "method.prune.theta=100")
+                    "model.widths=[4,8,8]", "method.prune.groups=all", "method.prune.tau=100")
     run_dir = tmp_path_factory.mktemp("vcnn") / "resnet"
     return cfg, run_dir, vcnn.run(cfg, run_dir)
 

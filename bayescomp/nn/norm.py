@@ -97,6 +97,40 @@ class BatchNorm(nnx.Module):
         return y
 
 
+def reestimate_statistics(model: nnx.Module, x: jax.Array) -> int:
+    """Replace the running mean and variance of every BatchNorm of ``model`` by the statistics
+    of one batch ``x`` passed through it, in place; returns how many BatchNorms there were.
+
+    Removing channels shifts the inputs of the layers after them, so a pruned network's stored
+    statistics no longer describe its activations; re-estimating them on training images, with
+    nothing trained, is "adaptive BatchNorm" (Li, Wu, Su, Wang & Lin, "EagleEye: Fast Sub-net
+    Evaluation for Efficient Neural Network Pruning", ECCV 2020, §3), which they show ranks
+    pruned candidates far better than the stale statistics do. One batch with the new batch's
+    weight set to 1 (:class:`BatchNorm`'s momentum) stores exactly that batch's mean and
+    unbiased variance, layer after layer as the re-estimated earlier layers feed the later ones.
+
+    Args:
+        model: A model with :class:`BatchNorm` s (subclasses included); left in the view it had.
+        x: The images, one batch (it runs eagerly: memory grows with its size).
+
+    Returns:
+        The number of BatchNorms re-estimated (0: ``model`` has none, nothing changed).
+    """
+    norms = [module for _, module in nnx.iter_modules(model) if isinstance(module, BatchNorm)]
+    if not norms:
+        return 0
+    saved = [(norm, norm.momentum) for norm in norms]
+    try:
+        for norm in norms:
+            norm.momentum = 1.0
+        nnx.view(model, deterministic=True, use_running_average=False,
+                 raise_if_not_found=False)(x)
+    finally:
+        for norm, momentum in saved:
+            norm.momentum = momentum
+    return len(norms)
+
+
 def channel_sum(a: jax.Array) -> jax.Array:
     """Σ over every axis but the last, as a matrix-vector product with a vector of ones.
 

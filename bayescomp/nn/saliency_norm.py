@@ -36,8 +36,8 @@ KL. ``kl()`` is Σ_c KL(q(γ_c) ‖ p(γ_c)) with one of two zero-mean Gaussian 
   §3.2: a term proportional to μ²/σ²), it depends on the signal-to-noise ratio μ/σ only (no prior scale to tune per network),
   and a channel the likelihood does not need goes to μ = 0, where the KL no longer acts on σ: the
   likelihood alone sets σ there, and in practice leaves it near or above its start (LeNet-5 on
-  Fashion-MNIST: σ ≥ 0.065 for all 166 fc1 channels at μ ≈ 0), so the pruning rule tests |μ| < τ
-  and the paper's σ < θ is an option (:mod:`bayescomp.procedures.vcnn`).
+  Fashion-MNIST: σ ≥ 0.065 for all 166 fc1 channels at μ ≈ 0), so the pruning rule tests
+  |μ| < τ and the paper's σ < θ is an option (:mod:`bayescomp.procedures.vcnn`).
 * :class:`~bayescomp.priors.gaussian.Gaussian` with standard deviation s: the closed form
   log(s/σ) + (σ² + μ²)/(2s²) − ½, a fixed proper prior (a true ELBO). It pulls an unneeded channel
   to N(0, s²), so its σ ends near s: the rule's θ must then sit above s, and s sets how hard μ is

@@ -48,7 +48,6 @@ from omegaconf import DictConfig, OmegaConf
 from bayescomp import metrics, models, objectives, pretrained, pruning, runs, threshold_selection
 from bayescomp.compression import quantize as quantize_lib
 from bayescomp.compression.report import compression_report
-from bayescomp.errors import ConfigError
 from bayescomp.evaluation import Evaluator
 from bayescomp.loop import Phase, TrainingRun
 
@@ -75,9 +74,9 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
                                 int(cfg.seed))
     started = pretrained.start_from(cfg, model)
     training = TrainingRun(cfg, workdir, dataset,
-                           pretrained_run=None if started is None else started["run"])
+                           start_from=None if started is None else started["run"])
     if started is not None:
-        started["start_test_error"] = check_start(started, training.error(model))
+        started["start_test_error"] = pretrained.check_start(started, training.error(model))
     warmup = cfg.trainer.kl_warmup
     epochs, every = int(cfg.trainer.epochs), int(cfg.trainer.pruned_eval_every)
     selection = prune_settings(cfg).select
@@ -115,24 +114,8 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         quantized_test_error=snapshot.quantized_test_error,
         prune_thresholds=snapshot.prune_thresholds,
         threshold_selection=snapshot.threshold_selection,
-        extra={"pruning_check": snapshot.pruning_check, "start_from": started})
-
-
-def check_start(started: dict, error: float) -> float:
-    """``error``, the test error of the network loaded from ``method.start_from`` before any
-    training, after checking that it is the dense run's own (the posterior-mean network of the
-    loaded model *is* that network, so the two agree up to float rounding of the evaluation).
-
-    Raises:
-        ConfigError: They differ by more than 0.05 points (another dataset under the same name,
-            or a network that did not load as it was trained).
-    """
-    recorded = started.get("test_error")
-    if recorded is not None and abs(float(recorded) - error) > 0.05:
-        raise ConfigError(f"method.start_from={started['run']} scores {error:.2f} % test error "
-                          f"loaded here but {float(recorded):.2f} % in its own run; start from a "
-                          "dense run trained on this data (data.dir, data.preprocess)")
-    return error
+        extra={"pruning_check": snapshot.pruning_check,
+               **({"start_from": started} if started is not None else {})})
 
 
 @dataclasses.dataclass(frozen=True)

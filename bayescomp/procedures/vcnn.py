@@ -86,7 +86,6 @@ from bayescomp import channel_selection, objectives, pretrained, runs, threshold
 from bayescomp.errors import ConfigError
 from bayescomp.loop import Phase, TrainingRun
 from bayescomp.models.graph import channel_graph
-from bayescomp.nn import fold
 from bayescomp.nn.saliency_norm import SaliencyBatchNorm
 from bayescomp.nn.saliency_scale import SaliencyScale
 from bayescomp.procedures import channel_pruning as cp
@@ -230,7 +229,9 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     started = pretrained.start_from(cfg, model)
     start = None if started is None else started["run"]
     training = TrainingRun(cfg, workdir, dataset, resumable=runs.RESUMABLE_CHANGES_RETRAINING,
-                           pretrained_run=start)
+                           start_from=start)
+    if started is not None:
+        pretrained.check_start(started, training.error(model))
     epochs = int(cfg.trainer.epochs)
     finetune_epochs = cp.phase_epochs((method.get("finetune") or {}).get("epochs", 0), cfg)
     try:

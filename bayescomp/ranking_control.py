@@ -204,8 +204,11 @@ def render(rows: Sequence[Mapping[str, Any]], dense_error: float, run_dir) -> st
     return "\n".join(lines) + "\n"
 
 
-#: The file a published run's control is stored in (``--out``), read by :func:`section`.
+#: The file a published run's control is stored in (``--out``), read by :func:`section`; a run
+#: may hold more, named ``ranking_control_<what>.json`` (``ranking_control_bn.json``: with
+#: ``--recalibrate-bn``), all shown.
 CONTROL_FILE = "ranking_control.json"
+CONTROL_FILES = "ranking_control*.json"
 
 
 def section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -221,8 +224,7 @@ def section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 
     found = []
     for run in runs:
-        path = pathlib.Path(run["_path"]) / CONTROL_FILE
-        if path.is_file():
+        for path in sorted(pathlib.Path(run["_path"]).glob(CONTROL_FILES)):
             redo = f"rerun python -m bayescomp.ranking_control RUN --out {path}"
             try:
                 control = json.loads(path.read_text())

@@ -9,7 +9,7 @@ python -m bayescomp.compress "$run_dir" || { echo "compress $run_dir failed" >&2
 mkdir -p "$published"
 cp "$run_dir/metrics.json" "$run_dir/run.log" "$run_dir/model.bcz" "$published/"
 # Never leave an earlier publish's config, or a ranking control measured on it, beside new metrics.
-rm -f "$published/config.yaml" "$published/ranking_control.json"
+rm -f "$published/config.yaml" "$published"/ranking_control*.json
 if [ -f "$run_dir/config.yaml" ]; then cp "$run_dir/config.yaml" "$published/"; fi
 rm -rf "$published/.hydra" "$published/plots"
 cp -r "$run_dir/.hydra" "$published/"

@@ -56,6 +56,13 @@
 #                       the paper does (method.start_from), and with a proper Gaussian prior
 #                       N(0, 0.1^2) on the saliencies instead of the tied one (a fixed pull of
 #                       mu/0.01 per nat towards zero).
+#   lenet5_ghs_local_scales, lenet300_ghs_local_scales
+#                       lenet5_ghs / lenet300_ghs with the fix results/studies/lenet5_ghs_cause.md
+#                       proposes (issue 23): the size of z in the local scales
+#                       (scale_init=local), the scales' learning rate 10x (local_c10; local_c1:
+#                       without it), groups pruned on the shrinkage statistic; 200 epochs as the
+#                       experiments. The bc_ghs.yaml defaults stay the published recipe until
+#                       these seeds confirm the fix.
 #
 # A *_dirichlet study retrains the seed's $runs_root/fashion_mnist/<model>_dense/seed<seed>;
 # @DENSE@ in a variant's overrides stands for that run's directory.
@@ -65,7 +72,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 runs_root=${BAYESCOMP_RUNS:-$HOME/bayescomp-runs}
-study=${1:?usage: study.sh STUDY (lenet5_ghs_tau0 | lenet300_gnj_100ep | lenet300_gnj_bc_recipe | lenet300_ghs_inputs | lenet5_dense_widths | lenet5_dirichlet_switches | lenet5_dirichlet_fractions | lenet5_dirichlet_budget | lenet5_vcnn_start)}
+study=${1:?usage: study.sh STUDY (lenet5_ghs_tau0 | lenet300_gnj_100ep | lenet300_gnj_bc_recipe | lenet300_ghs_inputs | lenet5_dense_widths | lenet5_dirichlet_switches | lenet5_dirichlet_fractions | lenet5_dirichlet_budget | lenet5_vcnn_start | lenet5_ghs_local_scales | lenet300_ghs_local_scales)}
 case "$study" in
   lenet5_ghs_tau0)
     experiment=lenet5_ghs
@@ -102,6 +109,10 @@ case "$study" in
     experiment=lenet5_dirichlet
     variants=("widths_6_40_100:method.widths=[6,40,100]" "widths_5_30_100:method.widths=[5,30,100]"
               "widths_6_40_100_sgd:method.widths=[6,40,100] optimizer=sgd method.retrain.schedule=constant") ;;
+  lenet5_ghs_local_scales|lenet300_ghs_local_scales)
+    experiment=${study%_local_scales}
+    local="method.posterior_init.scale_init=local method.posterior_init.prune_statistic=shrinkage"
+    variants=("local_c10:$local method.posterior_init.scale_lr_multiplier=10" "local_c1:$local") ;;
   lenet5_vcnn_start)
     experiment=lenet5_vcnn
     variants=("from_dense:method.start_from=@DENSE@"
@@ -109,7 +120,7 @@ case "$study" in
   *) echo "unknown study '$study'; known: lenet5_ghs_tau0, lenet300_gnj_100ep," \
        "lenet300_gnj_bc_recipe, lenet300_ghs_inputs, lenet5_dense_widths," \
        "lenet5_dirichlet_switches, lenet5_dirichlet_fractions, lenet5_dirichlet_budget," \
-       "lenet5_vcnn_start" >&2
+       "lenet5_vcnn_start, lenet5_ghs_local_scales, lenet300_ghs_local_scales" >&2
      exit 2 ;;
 esac
 for variant in "${variants[@]}"; do

@@ -243,3 +243,85 @@ def ratio_widths(scores: Mapping[str, np.ndarray], ratio: float) -> dict[str, in
         relative = score.size * score / np.sum(score)
         widths[name] = max(1, int(np.sum(relative >= ratio)))
     return widths
+
+
+#: How :func:`budget_widths` shares a multiply-add budget among the groups.
+BUDGET_ALLOCATIONS = ("uniform", "global")
+
+
+def budget_widths(scores: Mapping[str, np.ndarray], macs: Callable[[Mapping[str, int]], int],
+                  budget: int, allocate: str = "uniform") -> dict[str, int]:
+    r"""Automatic k at a compute budget: the widest network with at most ``budget`` multiply-adds.
+
+    The CIFAR pruning papers compare methods at a share of the dense network's multiply-adds
+    ("FLOPs"); this picks the widths that meet such a target. ``macs(widths)`` counts the
+    network (:func:`bayescomp.counting.macs_of_widths`); removing a channel never adds
+    multiply-adds, so both rules below are monotone searches (bisection), exact, not greedy
+    approximations of themselves.
+
+    * ``uniform``: the largest share f with :math:`k_l = \lceil f C_l\rceil`
+      (:func:`fraction_widths`) within the budget: every group keeps the same share, the scores
+      choose only which channels (the per-layer ratio of e.g. Li et al., "Pruning Filters for
+      Efficient ConvNets", ICLR 2017). f only matters at the values k/C_l, which are searched.
+    * ``global``: the channels ranked over all groups by their score relative to their group's
+      mean, :math:`C_l s_{lj}/\sum_k s_{lk}` (for Dirichlet switches the switch against the
+      uniform share 1/C_l), and removed from the lowest up until the network fits, the last
+      channel of a group never (one global threshold, as network slimming's, on scale-free
+      scores). It spends the budget where the scores are least sure of a channel, but ignores
+      what a channel costs: a conv channel and a dense unit of equal score go in score order.
+
+    Args:
+        scores: Non-negative scores by prunable group (switch means), in the model's order.
+        macs: Multiply-adds of the network at given widths (group → kept channels).
+        budget: Multiply-adds per example allowed, > 0.
+        allocate: ``"uniform"`` or ``"global"``.
+
+    Returns:
+        Channels to keep per group (for :func:`top_k_keep`).
+
+    Raises:
+        ConfigError: an unknown ``allocate``, a budget ≤ 0, or one below the smallest network
+            the rule reaches (one channel per group for ``global``).
+    """
+    if allocate not in BUDGET_ALLOCATIONS:
+        raise ConfigError(f"unknown budget allocation {allocate!r}; known: "
+                          f"{', '.join(BUDGET_ALLOCATIONS)}")
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget <= 0:
+        raise ConfigError(f"the multiply-add budget must be a positive integer (per example), "
+                          f"got {budget!r}")
+    scores = _vectors(scores, "switch values")
+    for name, score in scores.items():
+        if np.any(score < 0) or not np.sum(score) > 0:
+            raise ValueError(f"scores of {name!r} must be non-negative with a positive sum")
+    full = {name: score.size for name, score in scores.items()}
+    if allocate == "uniform":
+        shares = sorted({k / size for size in full.values() for k in range(1, size + 1)})
+        candidates = [fraction_widths(scores, f) for f in shares]
+    else:
+        relative = [(size * score / np.sum(score), name)
+                    for (name, score), size in zip(scores.items(), full.values())]
+        values = np.concatenate([r for r, _ in relative])
+        owners = np.concatenate([np.full(r.size, i) for i, (r, _) in enumerate(relative)])
+        names = [name for _, name in relative]
+        order = np.argsort(values, kind="stable")  # ties: the earlier group, the lower index
+        widths = dict(full)
+        candidates = [dict(widths)]
+        for i in order:
+            name = names[owners[i]]
+            if widths[name] > 1:
+                widths[name] -= 1
+                candidates.append(dict(widths))
+        candidates.reverse()  # from the smallest network up, as the uniform shares
+    # The widest candidate within the budget: candidates grow, their multiply-adds never fall.
+    low, high = 0, len(candidates) - 1
+    if macs(candidates[low]) > budget:
+        raise ConfigError(f"no network within {budget:,} multiply-adds: the smallest the "
+                          f"{allocate} rule reaches, {candidates[low]}, has "
+                          f"{macs(candidates[low]):,}; raise the budget")
+    while low < high:
+        middle = (low + high + 1) // 2
+        if macs(candidates[middle]) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return {name: int(k) for name, k in candidates[low].items()}

@@ -89,7 +89,7 @@ Channel padding (export's ``channel_multiple``) is a speed choice and is never c
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -203,6 +203,40 @@ def count(model: nnx.Module, input_shape, keep: Mapping[str, np.ndarray] | None 
     graph = channel_graph(model)
     kept = _kept_channels(graph, keep or {})
     return _count(model, graph, kept, {}, _output_shapes(model, tuple(int(d) for d in input_shape)))
+
+
+def macs_of_widths(model: nnx.Module, input_shape) -> Callable[[Mapping[str, int]], int]:
+    """A function from kept channels per group to the network's multiply-adds per example.
+
+    The same count as ``count(model, input_shape, keep).macs`` for any ``keep`` with those
+    numbers of channels (which channels does not change a count), with the abstract forward pass
+    that finds each layer's output positions run once, not per call: what a search over widths
+    (:func:`bayescomp.channel_selection.budget_widths`) needs.
+
+    Args:
+        model: A model declaring its channel groups.
+        input_shape: ``(h, w, c)`` of one example.
+
+    Returns:
+        ``macs(widths)``: ``widths`` maps prunable group names to kept channel counts; groups
+        left out keep all their channels.
+    """
+    graph = channel_graph(model)
+    outputs = _output_shapes(model, tuple(int(d) for d in input_shape))
+
+    def macs(widths: Mapping[str, int]) -> int:
+        kept = dict(graph.sizes)
+        for name, width in widths.items():
+            if name not in graph.sizes or not graph.group(name).prunable:
+                raise ConfigError(f"{name!r} is not a prunable channel group; the groups are "
+                                  f"{list(graph.sizes)}")
+            if not 1 <= int(width) <= graph.sizes[name]:
+                raise ConfigError(f"the width of {name!r} must be in [1, {graph.sizes[name]}], "
+                                  f"got {width}")
+            kept[name] = int(width)
+        return _count(model, graph, kept, {}, outputs).macs
+
+    return macs
 
 
 def _count(model: nnx.Module, graph: ChannelGraph, kept: Mapping[str, int],

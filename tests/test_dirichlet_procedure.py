@@ -232,7 +232,7 @@ def test_widths_as_one_share_of_every_group(smoke_cfg, pretrained_dense_run, tmp
         assert means[channels].min() >= np.delete(means, channels).max()
     # One rule at a time, and a share in (0, 1].
     both = _cfg(smoke_cfg, pretrained_dense_run, "method.keep_fraction=0.3")
-    with pytest.raises(ConfigError, match="set one of them to null"):
+    with pytest.raises(ConfigError, match="set one of them and the others to null"):
         dirichlet.run(both, tmp_path / "both")
     with pytest.raises(ConfigError, match="method.keep_fraction"):
         settings.check(_cfg(smoke_cfg, pretrained_dense_run, "method.widths=null",
@@ -243,3 +243,35 @@ def test_wrong_number_of_widths_is_one_line_error(smoke_cfg, pretrained_dense_ru
     cfg = _cfg(smoke_cfg, pretrained_dense_run, "method.widths=[5,8]")
     with pytest.raises(ConfigError, match="one width per prunable group"):
         dirichlet.run(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("allocate", ["uniform", "global"])
+def test_widths_at_a_multiply_add_budget(smoke_cfg, pretrained_dense_run, tmp_path, allocate):
+    from bayescomp.channel_selection import budget_widths
+
+    # 600,000 of LeNet-5's 2,293,000 multiply-adds.
+    cfg = _cfg(smoke_cfg, pretrained_dense_run, "method.widths=null", "method.budget.macs=600000",
+               f"method.budget.allocate={allocate}", "method.switches.epochs=1",
+               "trainer.epochs=1")
+    metrics = dirichlet.run(cfg, tmp_path)
+    info = metrics["dirichlet"]
+    assert info["width_rule"] == "budget"
+    assert info["budget"] == {"macs": 600000, "allocate": allocate}
+    assert metrics["counting"]["pruned"]["macs"] <= 600_000
+    model = LeNet5(LayerFactory(), rngs=nnx.Rngs(0))
+    means = {g: np.asarray(v) for g, v in info["switch_means"].items()}
+    assert info["kept_widths"] == budget_widths(
+        means, counting.macs_of_widths(model, (28, 28, 1)), 600_000, allocate)
+    if allocate == "uniform":  # the largest share that fits: 0.46 -> 10-23-230, 598,940 by hand
+        assert info["kept_widths"] == {"conv1": 10, "conv2": 23, "fc1": 230}
+
+
+def test_a_budget_below_every_network_is_refused_before_training(smoke_cfg, pretrained_dense_run,
+                                                                  tmp_path):
+    cfg = _cfg(smoke_cfg, pretrained_dense_run, "method.widths=null", "method.budget.macs=1000")
+    with pytest.raises(ConfigError, match="no network within 1,000 multiply-adds"):
+        dirichlet.run(cfg, tmp_path)
+    assert not (tmp_path / "metrics.json").exists()
+    both = _cfg(smoke_cfg, pretrained_dense_run, "method.budget.macs=600000")
+    with pytest.raises(ConfigError, match="method.widths=.* and method.budget.macs=600000"):
+        dirichlet.run(both, tmp_path / "both")

@@ -78,7 +78,11 @@ Adamczewski & Park, "Dirichlet Pruning for Convolutional Neural Networks", AISTA
      channels stay. Switches trained for a few epochs can rank channels well and still stay
      close to uniform in value (the point switches of ``results/studies/
      lenet5_dirichlet_switches.md``), where a rule on their values keeps nearly everything; or
-   * both null: :math:`k_l` chosen from the switches, the fewest channels whose
+   * ``method.budget.macs`` given: the widest network within that many multiply-adds per
+     example (:func:`bayescomp.channel_selection.budget_widths`): one share of every group
+     (``method.budget.allocate: uniform``) or one global threshold on the switches relative to
+     their group's uniform share, :math:`C_l s_{lj}` (``global``); or
+   * all null: :math:`k_l` chosen from the switches, the fewest channels whose
      means sum to at least ``method.mass`` of the layer's total
      (:func:`bayescomp.channel_selection.mass_widths`; default 0.95). The paper supplies the
      widths by hand and has no automatic rule.
@@ -117,7 +121,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax.numpy as jnp
@@ -196,22 +200,36 @@ def switch_model(cfg: DictConfig, dense: nnx.Module, input_shape, num_classes: i
     return fold.load_plain(model, dense)
 
 
-def kept_widths(cfg: DictConfig, means: Mapping[str, np.ndarray]) -> tuple[dict[str, int], str]:
-    """Channels to keep per group, and how they were chosen: ``"given"`` (``method.widths``)
-    or ``"fraction"`` (``method.keep_fraction``), at most one of them set, else ``"mass"``
-    (``method.mass``).
+def kept_widths(cfg: DictConfig, means: Mapping[str, np.ndarray],
+                macs: Callable[[Mapping[str, int]], int] | None = None
+                ) -> tuple[dict[str, int], str]:
+    """Channels to keep per group, and how they were chosen: ``"given"`` (``method.widths``),
+    ``"fraction"`` (``method.keep_fraction``) or ``"budget"`` (``method.budget.macs``), at most
+    one of them set, else ``"mass"`` (``method.mass``).
 
     Args:
         cfg: The run's configuration.
         means: Switch means by group, in the model's group order.
+        macs: Multiply-adds per example at given widths
+            (:func:`bayescomp.counting.macs_of_widths`); needed for a budget.
     """
     method = cfg.method
     widths = method.get("widths")
     names = list(means)
     fraction = method.get("keep_fraction")
-    if widths is not None and fraction is not None:
-        raise ConfigError(f"method.widths={list(widths)} and method.keep_fraction={fraction} "
-                          "both set the kept widths; set one of them to null")
+    budget = (method.get("budget") or {}).get("macs")
+    rules = {"method.widths": widths, "method.keep_fraction": fraction,
+             "method.budget.macs": budget}
+    chosen = [f"{key}={value if not OmegaConf.is_config(value) else list(value)}"
+              for key, value in rules.items() if value is not None]
+    if len(chosen) > 1:
+        raise ConfigError(f"{' and '.join(chosen)} each set the kept widths; set one of them "
+                          "and the others to null")
+    if budget is not None:
+        allocate = str((method.get("budget") or {}).get("allocate") or "uniform")
+        if macs is None:
+            raise ValueError("a multiply-add budget needs the network's macs function")
+        return channel_selection.budget_widths(means, macs, budget, allocate), "budget"
     if fraction is not None:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
             raise ConfigError(f"method.keep_fraction must be a number in (0, 1], e.g. 0.6, "
@@ -311,9 +329,12 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     # The same network with switches, the pretrained network loaded into it.
     model = switch_model(cfg, dense, input_shape, dataset.num_classes)
     switches = switches_of(model)
-    if method.get("widths") is not None or method.get("keep_fraction") is not None:
-        # Given widths are checked against the groups now, not after the switch phase trained.
-        kept_widths(cfg, {group: np.asarray(s.mean()) for group, s in switches.items()})
+    macs_of_widths = counting.macs_of_widths(dense, input_shape)
+    if any(value is not None for value in (method.get("widths"), method.get("keep_fraction"),
+                                           (method.get("budget") or {}).get("macs"))):
+        # Given widths and budgets are checked now, not after the switch phase trained.
+        kept_widths(cfg, {group: np.asarray(s.mean()) for group, s in switches.items()},
+                    macs_of_widths)
     training = TrainingRun(cfg, workdir, dataset, resumable=runs.RESUMABLE_CHANGES_RETRAINING,
                            pretrained_run=str(method.pretrained_run))
     dense_error = training.error(dense)
@@ -325,7 +346,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         switch_error = training.error(model)  # with the switch means
         means = {group: np.asarray(s.mean(), np.float64) for group, s in switches.items()}
         # 2. The pruning decision: top k per group by the switch means.
-        widths, rule = kept_widths(cfg, means)
+        widths, rule = kept_widths(cfg, means, macs_of_widths)
         keep = channel_selection.top_k_keep(means, widths)
         masks = channel_pruning.pruned_masks(dense, keep)
         # 3. The switches dropped; the pretrained network with the channels cut, retrained.
@@ -358,6 +379,8 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
             "width_rule": rule,
             "mass": float(method.get("mass") or DEFAULT_MASS) if rule == "mass" else None,
             "keep_fraction": (float(method.keep_fraction) if rule == "fraction" else None),
+            "budget": (OmegaConf.to_container(method.budget, resolve=True)
+                       if rule == "budget" else None),
             "kept_widths": {g: int(k) for g, k in widths.items()},
             "kept_channels": {g: np.flatnonzero(k).tolist() for g, k in keep.items()},
             "switch_means": {g: m.tolist() for g, m in means.items()},

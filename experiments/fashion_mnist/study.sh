@@ -51,6 +51,11 @@
 #                       code's LeNet recipe, SGD 1e-3, momentum 0.9, weight decay 5e-4, constant
 #                       (the experiment's: Adam 1e-3, no weight decay, decayed over the second
 #                       half; 6-40-100 overfits under it: training accuracy 99.5 % by epoch 27).
+#                       And widths chosen from the switches at a budget of 600,000 multiply-adds
+#                       (method.budget.macs; below BC-GHS seed 0's 630,930, the fewest of any
+#                       structured point within a point of the dense error): one share of every
+#                       group (budget_600k_uniform: 10-23-230, 598,940) or one threshold on the
+#                       switches relative to their group's uniform share (budget_600k_global).
 #   lenet5_vcnn_start   lenet5_vcnn (trained from scratch with the dense recipe; its conv
 #                       saliencies all stay near 1) started from the seed's lenet5_dense run as
 #                       the paper does (method.start_from), and with a proper Gaussian prior
@@ -108,7 +113,9 @@ case "$study" in
   lenet5_dirichlet_budget)
     experiment=lenet5_dirichlet
     variants=("widths_6_40_100:method.widths=[6,40,100]" "widths_5_30_100:method.widths=[5,30,100]"
-              "widths_6_40_100_sgd:method.widths=[6,40,100] optimizer=sgd method.retrain.schedule=constant") ;;
+              "widths_6_40_100_sgd:method.widths=[6,40,100] optimizer=sgd method.retrain.schedule=constant"
+              "budget_600k_uniform:method.widths=null method.budget.macs=600000 method.budget.allocate=uniform"
+              "budget_600k_global:method.widths=null method.budget.macs=600000 method.budget.allocate=global") ;;
   lenet5_ghs_local_scales|lenet300_ghs_local_scales)
     experiment=${study%_local_scales}
     local="method.posterior_init.scale_init=local method.posterior_init.prune_statistic=shrinkage"

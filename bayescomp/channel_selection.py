@@ -250,7 +250,8 @@ BUDGET_ALLOCATIONS = ("uniform", "global")
 
 
 def budget_widths(scores: Mapping[str, np.ndarray], macs: Callable[[Mapping[str, int]], int],
-                  budget: int, allocate: str = "uniform") -> dict[str, int]:
+                  budget: int, allocate: str = "uniform", *,
+                  relative: bool = True) -> dict[str, int]:
     r"""Automatic k at a compute budget: the widest network with at most ``budget`` multiply-adds.
 
     The CIFAR pruning papers compare methods at a share of the dense network's multiply-adds
@@ -264,17 +265,20 @@ def budget_widths(scores: Mapping[str, np.ndarray], macs: Callable[[Mapping[str,
       choose only which channels (the per-layer ratio of e.g. Li et al., "Pruning Filters for
       Efficient ConvNets", ICLR 2017). f only matters at the values k/C_l, which are searched.
     * ``global``: the channels ranked over all groups by their score relative to their group's
-      mean, :math:`C_l s_{lj}/\sum_k s_{lk}` (for Dirichlet switches the switch against the
-      uniform share 1/C_l), and removed from the lowest up until the network fits, the last
-      channel of a group never (one global threshold, as network slimming's, on scale-free
-      scores). It spends the budget where the scores are least sure of a channel, but ignores
-      what a channel costs: a conv channel and a dense unit of equal score go in score order.
+      mean, :math:`C_l s_{lj}/\sum_k s_{lk}` (``relative``: for Dirichlet switches, one simplex
+      per group, the switch against the uniform share 1/C_l), or by the score itself
+      (``relative=False``: BatchNorm scales |γ| and saliencies |μ|, which network slimming
+      already compares across layers with one threshold), and removed from the lowest up until
+      the network fits, the last channel of a group never. It spends the budget where the scores
+      are least sure of a channel, but ignores what a channel costs: a conv channel and a dense
+      unit of equal score go in score order.
 
     Args:
         scores: Non-negative scores by prunable group (switch means), in the model's order.
         macs: Multiply-adds of the network at given widths (group → kept channels).
         budget: Multiply-adds per example allowed, > 0.
         allocate: ``"uniform"`` or ``"global"``.
+        relative: ``global`` ranks scores relative to their group's mean (else as they are).
 
     Returns:
         Channels to keep per group (for :func:`top_k_keep`).
@@ -298,7 +302,7 @@ def budget_widths(scores: Mapping[str, np.ndarray], macs: Callable[[Mapping[str,
         shares = sorted({k / size for size in full.values() for k in range(1, size + 1)})
         candidates = [fraction_widths(scores, f) for f in shares]
     else:
-        relative = [(size * score / np.sum(score), name)
+        relative = [(size * score / np.sum(score) if relative else score, name)
                     for (name, score), size in zip(scores.items(), full.values())]
         values = np.concatenate([r for r, _ in relative])
         owners = np.concatenate([np.full(r.size, i) for i, (r, _) in enumerate(relative)])

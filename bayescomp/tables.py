@@ -284,6 +284,8 @@ def recipe(run: dict) -> tuple:
             flat.pop(key, None)
     if not flat.get("optimizer.weight_decay"):
         flat.pop("optimizer.decay", None)  # which types decay matters only when they decay
+    if flat.get("method.budget.macs") is None:
+        flat.pop("method.budget.allocate", None)  # how a budget is shared, only with a budget
     items = [(k, json.dumps(v, sort_keys=True)) for k, v in flat.items()
              if k not in WHERE_NOT_WHAT and v is not None]
     # A run resumed with another trainer.epochs followed another trajectory under a decaying

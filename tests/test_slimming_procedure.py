@@ -101,3 +101,48 @@ def test_rerun_trains_nothing_and_another_percent_fine_tunes_anew(lenet_run, smo
     assert other["history"][0] == metrics["history"][0]
     assert other["slimming"]["pruned_channels"] == 7  # ⌊0.3·26⌋
     assert other["history"][1]["phase"] != metrics["history"][1]["phase"]
+
+
+def _lenet5_macs(widths):
+    """LeNet-5 on 28x28x1 by hand (tests/test_budget_widths.py)."""
+    c1, c2, f1 = widths["conv1"], widths["conv2"], widths["fc1"]
+    return 25 * 576 * c1 + 25 * c1 * 64 * c2 + 16 * c2 * f1 + 10 * f1
+
+
+def test_a_multiply_add_budget_replaces_the_percent(lenet_run, smoke_cfg, tmp_path):
+    cfg, lenet_dir, metrics = lenet_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(lenet_dir, run_dir)
+    # 6-8-12 has 164,856 multiply-adds; 100,000 forces channels out of the convs.
+    budgeted = slimming.run(smoke_cfg("lenet5_slimming", NARROW_LENET,
+                                      "method.budget.macs=100000"), run_dir)
+    assert budgeted["history"][0] == metrics["history"][0]  # the sparsity training restored
+    info = budgeted["slimming"]
+    assert info["budget"] == {"macs": 100000, "allocate": "global"} and info["percent"] is None
+    assert budgeted["counting"]["pruned"]["macs"] == _lenet5_macs(info["kept_widths"]) <= 100_000
+    # Independently: drop the smallest |γ| of the whole network while it is over the budget,
+    # never a layer's last channel.
+    scales = {path.split("_")[0]: np.abs(np.asarray(v)) for path, v in info["scales"].items()}
+    widths = {g: s.size for g, s in scales.items()}
+    for _, group in sorted((v, g) for g, s in scales.items() for v in s):
+        if _lenet5_macs(widths) <= 100_000:
+            break
+        if widths[group] > 1:
+            widths[group] -= 1
+    assert info["kept_widths"] == widths
+    for group, channels in info["kept_channels"].items():
+        assert scales[group][channels].min() >= np.delete(scales[group], channels).max(
+            initial=0.0)
+    _exported_matches_masked(cfg, run_dir, models.LeNet5, (28, 28, 1))
+
+
+def test_an_unreachable_budget_is_refused_before_training(smoke_cfg, tmp_path):
+    from bayescomp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no network within 1,000 multiply-adds"):
+        slimming.run(smoke_cfg("lenet5_slimming", NARROW_LENET, "method.budget.macs=1000"),
+                     tmp_path / "small")
+    assert not (tmp_path / "small" / "metrics.json").exists()
+    with pytest.raises(ConfigError, match="needs method.prune.groups=internal"):
+        slimming.run(smoke_cfg("lenet5_slimming", NARROW_LENET, "method.budget.macs=100000",
+                               "method.prune.groups=all"), tmp_path / "all")

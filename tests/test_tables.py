@@ -160,6 +160,17 @@ def test_settings_added_later_at_their_neutral_value_keep_the_recipe():
     other_types = json.loads(json.dumps(decayed))
     other_types["config"]["optimizer"]["decay"] = ["weights", "norm"]
     assert len({tables.recipe(r) for r in (before, decayed, other_types)}) == 3
+    # method.budget (added later): its allocation is no recipe without a budget; with one, the
+    # budget and the allocation both are.
+    unbudgeted = json.loads(json.dumps(before))
+    unbudgeted["config"]["method"] = {"budget": {"macs": None, "allocate": "global"}}
+    assert tables.recipe(unbudgeted) == tables.recipe(before)
+    budgets = []
+    for allocate in ("global", "uniform"):
+        run = json.loads(json.dumps(unbudgeted))
+        run["config"]["method"]["budget"] = {"macs": 600000, "allocate": allocate}
+        budgets.append(tables.recipe(run))
+    assert len({tables.recipe(before), *budgets}) == 3
 
 
 def test_multiply_adds_come_from_counting_or_from_the_runs_model_bcz(tmp_path):

@@ -134,3 +134,34 @@ def test_wrong_method_is_one_line_error(smoke_cfg, tmp_path):
     cfg = smoke_cfg("lenet5_dense")
     with pytest.raises(ConfigError, match="method.norm.kind=vcnn"):
         vcnn.run(cfg, tmp_path)
+
+
+def test_a_multiply_add_budget_replaces_tau(lenet_run, smoke_cfg, tmp_path):
+    from bayescomp.channel_selection import fraction_widths
+
+    cfg, lenet_dir, metrics = lenet_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(lenet_dir, run_dir)
+    budgeted = vcnn.run(smoke_cfg("lenet5_vcnn", NARROW_LENET, "method.budget.macs=100000",
+                                  "method.budget.allocate=uniform"), run_dir)
+    assert budgeted["history"] == metrics["history"]  # a re-evaluation of the same training
+    info = budgeted["vcnn"]
+    assert info["budget"] == {"macs": 100000, "allocate": "uniform"} and info["tau"] is None
+
+    def macs(w):  # LeNet-5 on 28x28x1 by hand
+        return 14_400 * w["conv1"] + 1_600 * w["conv1"] * w["conv2"] + 16 * w["conv2"] * w[
+            "fc1"] + 10 * w["fc1"]
+
+    assert budgeted["counting"]["pruned"]["macs"] == macs(info["kept_widths"]) <= 100_000
+    # The widest single share of 6-8-12 within the budget, found by scanning shares.
+    sizes = {"conv1": np.zeros(6), "conv2": np.zeros(8), "fc1": np.zeros(12)}
+    fitting = [w for f in np.linspace(0.01, 1, 991) if macs(w := fraction_widths(sizes, f))
+               <= 100_000]
+    assert info["kept_widths"] == max(fitting, key=macs)
+    means = {path.split("_")[0]: np.abs(np.asarray(v))
+             for path, v in info["saliency_means"].items()}
+    for group, channels in info["kept_channels"].items():
+        assert means[group][channels].min() >= np.delete(means[group], channels).max(initial=0)
+    with pytest.raises(ConfigError, match="method.prune.select both choose"):
+        vcnn.run(smoke_cfg("lenet5_vcnn", NARROW_LENET, "method.budget.macs=100000",
+                           "method.prune.select={tolerance: 1, examples: 64}"), run_dir)

@@ -41,7 +41,7 @@ import numpy as np
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from bayescomp import counting, metrics, models, objectives, runs
+from bayescomp import channel_selection, counting, metrics, models, objectives, runs
 from bayescomp.compression import quantize as quantize_lib
 from bayescomp.errors import ConfigError
 from bayescomp.loop import Phase
@@ -56,6 +56,12 @@ log = logging.getLogger(__name__)
 TRAIN_PHASE = "train"
 FINETUNE_PHASE = "finetune"
 GROUP_MODES = ("internal", "all")
+
+#: Settings a rerun of a finished VCNN or slimming run may change: besides the retraining
+#: procedures' (:data:`bayescomp.runs.RESUMABLE_CHANGES_RETRAINING`, pruning thresholds
+#: included), the multiply-add budget; like a threshold it only decides which channels go, and
+#: the fine-tuning of other channels is another phase (:func:`finetune_phase`).
+RESUMABLE_CHANGES = runs.RESUMABLE_CHANGES_RETRAINING + ("method.budget.",)
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,6 +180,53 @@ def group_keep(graph: ChannelGraph, module_keep: Mapping[str, Mapping[str, np.nd
                     keep[target.name][window] = both
                     changed = True
     return keep
+
+
+def budget_settings(cfg: DictConfig) -> tuple[int, str] | None:
+    """``(multiply-adds, allocation)`` of ``method.budget``, or ``None`` where no budget is set.
+
+    A budget replaces the method's own threshold (slimming's percent, VCNN's τ): the channels
+    are ranked by the same scores and the widest network within the budget is kept
+    (:func:`bayescomp.channel_selection.budget_widths`). Only block-internal groups
+    (``method.prune.groups=internal``): across a residual coupling a kept channel can bring
+    back channels of another group (:func:`group_keep`), which the search could not count.
+    """
+    budget = cfg.method.get("budget") or {}
+    macs = budget.get("macs")
+    if macs is None:
+        return None
+    if group_mode(cfg) != "internal":
+        raise ConfigError("method.budget.macs needs method.prune.groups=internal: a residual "
+                          "stream pruned as one group can keep channels the budget did not count")
+    return macs, str(budget.get("allocate") or "global")
+
+
+def budget_keep(cfg: DictConfig, plain: nnx.Module, input_shape,
+                scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """Keep vectors by group for ``method.budget`` (:func:`budget_settings`), or ``None``.
+
+    Args:
+        cfg: The run's configuration.
+        plain: The network to count (its channel groups and layer shapes).
+        input_shape: ``(h, w, c)`` of one example.
+        scores: Per group, the non-negative score of each channel (|γ|, |μ|); compared across
+            groups as they are (``relative=False``).
+    """
+    settings = budget_settings(cfg)
+    if settings is None:
+        return None
+    macs, allocate = settings
+    widths = channel_selection.budget_widths(
+        scores, counting.macs_of_widths(plain, input_shape), macs, allocate, relative=False)
+    return channel_selection.top_k_keep(scores, widths)
+
+
+def check_budget(cfg: DictConfig, model: nnx.Module, input_shape, groups) -> None:
+    """Refuse an unreachable ``method.budget`` before anything trains (``groups``: the prunable
+    groups with factors); which channels score highest does not change whether one fits."""
+    if budget_settings(cfg) is not None:
+        budget_keep(cfg, model, input_shape,
+                    {group: np.ones(channel_graph(model).sizes[group]) for group in groups})
 
 
 def pruned_masks(model: nnx.Module, keep: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

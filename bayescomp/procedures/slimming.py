@@ -28,7 +28,9 @@ Slimming", ICCV 2017 (arXiv:1708.06519), the deterministic baseline of the chann
    :mod:`bayescomp.procedures.channel_pruning`; a group with several BatchNorms scores a
    channel by its largest |γ|), so ``percent`` is the share of *prunable* channels removed. (The
    reference's percentile for its ResNet is over every BatchNorm, including those whose channels
-   it does not remove.)
+   it does not remove.) Or, with ``method.budget.macs``, the same |γ| ranked against a
+   multiply-add budget instead of a percentile (:func:`bayescomp.procedures.channel_pruning.
+   budget_keep`).
 
 3. **Fine-tuning** (phase ``finetune-<kept channels>``): the pruned network, its scales folded
    into plain BatchNorms (a BatchNorm already) or into the consumers' input rows (LeNet-5),
@@ -43,8 +45,8 @@ Slimming", ICCV 2017 (arXiv:1708.06519), the deterministic baseline of the chann
 
 ``metrics.json`` gets ``slimming`` (s, percent, the threshold, γ per factor module, kept widths
 and channels per group, the errors) and ``counting``. Rerunning in the same directory skips
-finished phases; another ``method.prune.percent`` on a finished run reuses the sparsity training
-and fine-tunes the new channels in a phase of their own.
+finished phases; another ``method.prune.percent`` or ``method.budget`` on a finished run reuses
+the sparsity training and fine-tunes the new channels in a phase of their own.
 
 Entry point: :func:`run` (procedure ``slimming``, ``conf/method/slimming.yaml``).
 """
@@ -134,7 +136,10 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     model = runs.build_model(cp.with_n_train(cfg, n_train), dataset.x_train.shape[1:],
                              dataset.num_classes, int(cfg.seed))
     factors = cp.prunable_factors(model, SCALE_TYPES, mode)
-    training = TrainingRun(cfg, workdir, dataset, resumable=runs.RESUMABLE_CHANGES_RETRAINING)
+    input_shape = tuple(int(d) for d in dataset.x_train.shape[1:])
+    budget = cp.budget_settings(cfg)
+    cp.check_budget(cfg, model, input_shape, factors)
+    training = TrainingRun(cfg, workdir, dataset, resumable=cp.RESUMABLE_CHANGES)
     epochs = int(cfg.trainer.epochs)
     finetune_epochs = cp.phase_epochs((method.get("finetune") or {}).get("epochs"), cfg)
     try:
@@ -147,7 +152,10 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         # 2. One global threshold; the scales folded into a plain network, channels cut.
         plain = cp.plain_network(cfg, model, dataset)
         graph = channel_graph(plain)
-        keep, threshold = decide(graph, factors, percent)
+        if budget is None:
+            keep, threshold = decide(graph, factors, percent)
+        else:  # the same |γ|, ranked against a multiply-add budget instead of a percentile
+            keep, threshold = cp.budget_keep(cfg, plain, input_shape, group_scores(factors)), None
         masks = cp.pruned_masks(plain, keep)
         cp.apply_masks_in_place(plain, masks)
         pruned_error = training.error(plain)
@@ -167,8 +175,9 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         "groups": mode,
         "penalty": {path: float(1.0 / (module.prior.scale * n_train))
                     for path, module in modules.items()},
-        "percent": percent,
+        "percent": percent if budget is None else None,
         "threshold": threshold,
+        "budget": None if budget is None else {"macs": budget[0], "allocate": budget[1]},
         **summary,
         "scales": {path: scale_of(module).tolist() for path, module in modules.items()},
         "error_before_pruning": trained_error,

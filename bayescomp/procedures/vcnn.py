@@ -47,8 +47,10 @@ Zhao, Ni, Zhang, Zhao, Zhang & Tian, "Variational Convolutional Neural Network P
    ``examples`` seeded training examples within ``tolerance`` points of the unpruned network's,
    found by bisection over the midpoints between consecutive |μ| of the eligible channels (those
    with σ < θ where θ is set; pruning one more channel per candidate); θ stays the configured
-   one. Which groups are prunable (``method.prune.groups``: block-internal channels, or
-   residual streams too) is :mod:`bayescomp.procedures.channel_pruning`'s rule.
+   one. Or, with ``method.budget.macs``, no τ: the channels ranked by |μ| and the widest
+   network within that many multiply-adds kept (:func:`bayescomp.procedures.channel_pruning.
+   budget_keep`). Which groups are prunable (``method.prune.groups``: block-internal channels,
+   or residual streams too) is :mod:`bayescomp.procedures.channel_pruning`'s rule.
 
 3. **No retraining** (the paper's claim): the pruned network is the trained one's posterior-mean
    network, saliencies folded into plain BatchNorms (scale μ, shift μβ̃) or into the
@@ -62,9 +64,9 @@ Zhao, Ni, Zhang, Zhao, Zhang & Tian, "Variational Convolutional Neural Network P
 
 ``metrics.json`` gets ``vcnn`` (τ, θ, the selection's trace, μ and σ per saliency module, the KL
 per module, kept widths and channels per group, the errors) and ``counting``. Rerunning in the
-same directory skips finished phases; a finished run rerun with other ``method.prune`` settings
-is re-evaluated without training (fine-tuning, if any, is its own phase per set of kept
-channels).
+same directory skips finished phases; a finished run rerun with other ``method.prune`` or
+``method.budget`` settings is re-evaluated without training (fine-tuning, if any, is its own
+phase per set of kept channels).
 
 Entry point: :func:`run` (procedure ``vcnn``, ``conf/method/vcnn.yaml``).
 """
@@ -226,9 +228,15 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     dataset = runs.load_run_dataset(cfg)
     model = runs.build_model(cfg, dataset.x_train.shape[1:], dataset.num_classes, int(cfg.seed))
     factors = cp.prunable_factors(model, SALIENCY_TYPES, mode)
+    input_shape = tuple(int(d) for d in dataset.x_train.shape[1:])
+    budget = cp.budget_settings(cfg)
+    if budget is not None and (method.get("prune") or {}).get("select") is not None:
+        raise ConfigError("method.budget.macs and method.prune.select both choose what VCNN "
+                          "prunes; set one of them to null")
+    cp.check_budget(cfg, model, input_shape, factors)
     started = pretrained.start_from(cfg, model)
     start = None if started is None else started["run"]
-    training = TrainingRun(cfg, workdir, dataset, resumable=runs.RESUMABLE_CHANGES_RETRAINING,
+    training = TrainingRun(cfg, workdir, dataset, resumable=cp.RESUMABLE_CHANGES,
                            start_from=start)
     if started is not None:
         pretrained.check_start(started, training.error(model))
@@ -252,15 +260,23 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
                 graph, factors, theta,
                 subset_error_of(cfg, plain, dataset, training.evaluator, examples),
                 float(select.tolerance))
-        keep = decide(graph, factors, tau, theta)
+        if budget is None:
+            keep = decide(graph, factors, tau, theta)
+        else:  # |μ| ranked against a multiply-add budget instead of the threshold τ
+            means, _ = saliencies(factors)
+            tau = theta = None
+            keep = cp.budget_keep(cfg, plain, input_shape, {
+                group: np.max(np.stack([np.abs(means[p]) for p in modules]), axis=0)
+                for group, modules in factors.items()})
         masks = cp.pruned_masks(plain, keep)
         cp.apply_masks_in_place(plain, masks)
         pruned_error = training.error(plain)
         summary = cp.keep_summary(keep)
         log.info("VCNN: test error %.2f %% with the saliency means, %.2f %% after pruning %d of "
-                 "%d prunable channels (τ = %.4g, θ = %s); kept widths %s", trained_error,
-                 pruned_error, summary["pruned_channels"], summary["prunable_channels"], tau,
-                 theta, summary["kept_widths"])
+                 "%d prunable channels (%s); kept widths %s", trained_error,
+                 pruned_error, summary["pruned_channels"], summary["prunable_channels"],
+                 f"τ = {tau:.4g}, θ = {theta}" if budget is None
+                 else f"budget {budget[0]:,} multiply-adds, {budget[1]}", summary["kept_widths"])
         # 3. No retraining by default; optional fine-tuning of the pruned plain network.
         if finetune_epochs:
             training.fit(plain, cp.finetune_phase(cfg, masks, keep, finetune_epochs))
@@ -276,6 +292,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         "tau": tau,
         "theta": theta,
         "selection": selection,
+        "budget": None if budget is None else {"macs": budget[0], "allocate": budget[1]},
         **summary,
         "saliency_means": {p: m.tolist() for p, m in means.items()},
         "saliency_stds": {p: np.exp(0.5 * v).tolist() for p, v in log_vars.items()},

@@ -286,6 +286,7 @@ def budget_widths(scores: Mapping[str, np.ndarray], macs: Callable[[Mapping[str,
     Raises:
         ConfigError: an unknown ``allocate``, a budget ≤ 0, or one below the smallest network
             the rule reaches (one channel per group for ``global``).
+        ValueError: negative scores, or (relative ``global``) a group whose scores sum to 0.
     """
     if allocate not in BUDGET_ALLOCATIONS:
         raise ConfigError(f"unknown budget allocation {allocate!r}; known: "
@@ -295,8 +296,10 @@ def budget_widths(scores: Mapping[str, np.ndarray], macs: Callable[[Mapping[str,
                           f"got {budget!r}")
     scores = _vectors(scores, "switch values")
     for name, score in scores.items():
-        if np.any(score < 0) or not np.sum(score) > 0:
-            raise ValueError(f"scores of {name!r} must be non-negative with a positive sum")
+        if np.any(score < 0):
+            raise ValueError(f"scores of {name!r} must be non-negative")
+        if allocate == "global" and relative and not np.sum(score) > 0:
+            raise ValueError(f"scores of {name!r} sum to 0: no score relative to their mean")
     full = {name: score.size for name, score in scores.items()}
     if allocate == "uniform":
         shares = sorted({k / size for size in full.values() for k in range(1, size + 1)})
@@ -304,10 +307,15 @@ def budget_widths(scores: Mapping[str, np.ndarray], macs: Callable[[Mapping[str,
     else:
         relative = [(size * score / np.sum(score) if relative else score, name)
                     for (name, score), size in zip(scores.items(), full.values())]
+        # Rounded to 12 significant digits, so that equal scores are equal whatever the
+        # rounding of C·s/Σs in groups of different sizes (uniform switches are 1 in all).
         values = np.concatenate([r for r, _ in relative])
+        values = np.round(values, 12 - np.floor(np.log10(np.max(np.abs(values)) or 1.0)
+                                               ).astype(int))
         owners = np.concatenate([np.full(r.size, i) for i, (r, _) in enumerate(relative)])
         names = [name for _, name in relative]
-        order = np.argsort(values, kind="stable")  # ties: the earlier group, the lower index
+        # Ties leave the earlier group first; which of its channels go is top_k_keep's choice.
+        order = np.argsort(values, kind="stable")
         widths = dict(full)
         candidates = [dict(widths)]
         for i in order:

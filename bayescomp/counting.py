@@ -230,9 +230,10 @@ def macs_of_widths(model: nnx.Module, input_shape) -> Callable[[Mapping[str, int
             if name not in graph.sizes or not graph.group(name).prunable:
                 raise ConfigError(f"{name!r} is not a prunable channel group; the groups are "
                                   f"{list(graph.sizes)}")
-            if not 1 <= int(width) <= graph.sizes[name]:
-                raise ConfigError(f"the width of {name!r} must be in [1, {graph.sizes[name]}], "
-                                  f"got {width}")
+            if (isinstance(width, bool) or not isinstance(width, (int, np.integer))
+                    or not 1 <= width <= graph.sizes[name]):
+                raise ConfigError(f"the width of {name!r} must be an integer in "
+                                  f"[1, {graph.sizes[name]}], got {width!r}")
             kept[name] = int(width)
         return _count(model, graph, kept, {}, outputs).macs
 

@@ -133,7 +133,7 @@ SCHEMA = {
     "method.widths": PositiveInts(optional=True),
     "method.mass": Number(low=0, high=1, open_low=True, optional=True),
     "method.keep_fraction": Number(low=0, high=1, open_low=True, optional=True),
-    "method.budget.macs": Number(low=0, open_low=True, integer=True, optional=True),
+    "method.budget.macs": Number(low=1, integer=True, optional=True),
     "method.budget.allocate": Choice(("uniform", "global")),
 }
 

@@ -41,8 +41,9 @@ def test_macs_of_widths_is_the_closed_form_and_the_full_count(lenet5):
             lenet5, (28, 28, 1), keep=keep).macs
     with pytest.raises(ConfigError, match="'logits' is not a prunable"):
         macs({"logits": 5})
-    with pytest.raises(ConfigError, match=r"width of 'conv1' must be in \[1, 20\]"):
-        macs({"conv1": 0})
+    for bad in (0, 21, 2.5):
+        with pytest.raises(ConfigError, match=r"width of 'conv1' must be an integer in \[1, 20\]"):
+            macs({"conv1": bad})
 
 
 SIZES = {"conv1": 4, "conv2": 6, "fc1": 9}
@@ -104,3 +105,41 @@ def test_budget_errors_and_edges():
     for bad in (0, -5, 1.5, True):
         with pytest.raises(ConfigError, match="positive integer"):
             channel_selection.budget_widths(scores, small_macs, bad)
+
+
+def test_uniform_scores_tie_by_group_order_whatever_the_rounding():
+    # C·s/Σs of uniform scores is 1 up to rounding that differs with C (0.9999999999999998 for
+    # C = 20 and 500, exactly 1 for C = 50); ties must still go to the earlier group first.
+    sizes = {"a": 20, "b": 50, "c": 500}
+    scores = {g: np.full(n, 1.0 / n) for g, n in sizes.items()}
+
+    def cost(w):
+        w = {**sizes, **w}
+        return w["a"] + w["b"] + w["c"]
+
+    got = channel_selection.budget_widths(scores, cost, 500, "global")
+    assert got == {"a": 1, "b": 1, "c": 498}
+
+
+def test_raw_scores_and_an_unreachable_uniform_budget():
+    # relative=False ranks the scores as they are: group b's small values go first, even though
+    # relative to its own mean they are average.
+    scores = {"a": np.array([1.0, 2.0, 3.0]), "b": np.array([0.1, 0.1, 0.1])}
+
+    def cost(w):
+        return sum({"a": 3, "b": 3, **w}.values())
+
+    assert channel_selection.budget_widths(scores, cost, 4, "global", relative=False) == {
+        "a": 3, "b": 1}
+    assert channel_selection.budget_widths(scores, cost, 4, "global") == {"a": 1, "b": 3}
+    # zero scores are fine where nothing is relative to their sum
+    zeros = {"a": np.zeros(3), "b": np.zeros(3)}
+    assert channel_selection.budget_widths(zeros, cost, 4, "global", relative=False) == {
+        "a": 1, "b": 3}
+    assert channel_selection.budget_widths(zeros, cost, 4, "uniform") == {"a": 2, "b": 2}
+    with pytest.raises(ValueError, match="sum to 0"):
+        channel_selection.budget_widths(zeros, cost, 4, "global")
+    # uniform cannot go below ⌈C/C_max⌉ channels per group: 1 + 1 here, so 1 is refused
+    with pytest.raises(ConfigError, match=r"no network within 1 multiply-adds: the smallest the "
+                                          r"uniform rule reaches, \{'a': 1, 'b': 1\}, has 2"):
+        channel_selection.budget_widths(scores, cost, 1, "uniform")

@@ -232,7 +232,7 @@ def test_widths_as_one_share_of_every_group(smoke_cfg, pretrained_dense_run, tmp
         assert means[channels].min() >= np.delete(means, channels).max()
     # One rule at a time, and a share in (0, 1].
     both = _cfg(smoke_cfg, pretrained_dense_run, "method.keep_fraction=0.3")
-    with pytest.raises(ConfigError, match="set one of them and the others to null"):
+    with pytest.raises(ConfigError, match="keep one and set the other to null"):
         dirichlet.run(both, tmp_path / "both")
     with pytest.raises(ConfigError, match="method.keep_fraction"):
         settings.check(_cfg(smoke_cfg, pretrained_dense_run, "method.widths=null",
@@ -247,8 +247,6 @@ def test_wrong_number_of_widths_is_one_line_error(smoke_cfg, pretrained_dense_ru
 
 @pytest.mark.parametrize("allocate", ["uniform", "global"])
 def test_widths_at_a_multiply_add_budget(smoke_cfg, pretrained_dense_run, tmp_path, allocate):
-    from bayescomp.channel_selection import budget_widths
-
     # 600,000 of LeNet-5's 2,293,000 multiply-adds.
     cfg = _cfg(smoke_cfg, pretrained_dense_run, "method.widths=null", "method.budget.macs=600000",
                f"method.budget.allocate={allocate}", "method.switches.epochs=1",
@@ -258,12 +256,25 @@ def test_widths_at_a_multiply_add_budget(smoke_cfg, pretrained_dense_run, tmp_pa
     assert info["width_rule"] == "budget"
     assert info["budget"] == {"macs": 600000, "allocate": allocate}
     assert metrics["counting"]["pruned"]["macs"] <= 600_000
-    model = LeNet5(LayerFactory(), rngs=nnx.Rngs(0))
-    means = {g: np.asarray(v) for g, v in info["switch_means"].items()}
-    assert info["kept_widths"] == budget_widths(
-        means, counting.macs_of_widths(model, (28, 28, 1)), 600_000, allocate)
-    if allocate == "uniform":  # the largest share that fits: 0.46 -> 10-23-230, 598,940 by hand
+    def macs(w):  # LeNet-5 on 28x28x1 by hand
+        return 14_400 * w["conv1"] + 1_600 * w["conv1"] * w["conv2"] + 16 * w["conv2"] * w[
+            "fc1"] + 10 * w["fc1"]
+
+    assert metrics["counting"]["pruned"]["macs"] == macs(info["kept_widths"])
+    if allocate == "uniform":  # the largest share that fits: 0.46 -> 10-23-230, 598,940
         assert info["kept_widths"] == {"conv1": 10, "conv2": 23, "fc1": 230}
+    else:  # remove the lowest C·s of the whole network while over the budget
+        means = {g: np.asarray(v) for g, v in info["switch_means"].items()}
+        widths = {g: m.size for g, m in means.items()}
+        for _, _, group in sorted((round(m.size * v / m.sum(), 9), i, g)
+                                  for i, (g, m) in enumerate(means.items()) for v in m):
+            if macs(widths) <= 600_000:
+                break
+            if widths[group] > 1:
+                widths[group] -= 1
+        assert info["kept_widths"] == widths
+    # with the budget, the retraining is a phase of these channels only
+    assert metrics["history"][-1]["phase"].startswith("retrain-")
 
 
 def test_a_budget_below_every_network_is_refused_before_training(smoke_cfg, pretrained_dense_run,
@@ -273,5 +284,14 @@ def test_a_budget_below_every_network_is_refused_before_training(smoke_cfg, pret
         dirichlet.run(cfg, tmp_path)
     assert not (tmp_path / "metrics.json").exists()
     both = _cfg(smoke_cfg, pretrained_dense_run, "method.budget.macs=600000")
-    with pytest.raises(ConfigError, match="method.widths=.* and method.budget.macs=600000"):
+    with pytest.raises(ConfigError, match=r"method.widths=\[5, 8, 45\] and "
+                                          "method.budget.macs=600000 each set the kept widths; "
+                                          "keep one and set the other to null"):
         dirichlet.run(both, tmp_path / "both")
+    three = _cfg(smoke_cfg, pretrained_dense_run, "method.budget.macs=600000",
+                 "method.keep_fraction=0.5")
+    with pytest.raises(ConfigError, match=r"method.widths=\[5, 8, 45\], "
+                                          "method.keep_fraction=0.5 and method.budget.macs=600000"
+                                          " each set the kept widths; keep one and set the "
+                                          "others to null"):
+        dirichlet.run(three, tmp_path / "three")

@@ -165,3 +165,6 @@ def test_a_multiply_add_budget_replaces_tau(lenet_run, smoke_cfg, tmp_path):
     with pytest.raises(ConfigError, match="method.prune.select both choose"):
         vcnn.run(smoke_cfg("lenet5_vcnn", NARROW_LENET, "method.budget.macs=100000",
                            "method.prune.select={tolerance: 1, examples: 64}"), run_dir)
+    with pytest.raises(ConfigError, match="method.prune.theta=0.01 would be ignored"):
+        vcnn.run(smoke_cfg("lenet5_vcnn", NARROW_LENET, "method.budget.macs=100000",
+                           "method.prune.theta=0.01"), run_dir)

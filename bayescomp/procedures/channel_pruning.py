@@ -218,7 +218,19 @@ def budget_keep(cfg: DictConfig, plain: nnx.Module, input_shape,
     macs, allocate = settings
     widths = channel_selection.budget_widths(
         scores, counting.macs_of_widths(plain, input_shape), macs, allocate, relative=False)
+    warn_single_channel_groups(widths, scores)
     return channel_selection.top_k_keep(scores, widths)
+
+
+def warn_single_channel_groups(widths: Mapping[str, int], scores: Mapping[str, np.ndarray]
+                               ) -> None:
+    """Log a warning for each group a budget cut to one channel (of more): the network then
+    passes one value through that layer, which is rarely what a budget is meant to buy."""
+    for group, width in widths.items():
+        if width == 1 and np.size(scores[group]) > 1:
+            log.warning("the multiply-add budget leaves channel group %s with 1 of its %d "
+                        "channels; a larger budget or method.budget.allocate=uniform keeps more",
+                        group, np.size(scores[group]))
 
 
 def check_budget(cfg: DictConfig, model: nnx.Module, input_shape, groups) -> None:
@@ -268,6 +280,13 @@ def keep_summary(keep: Mapping[str, np.ndarray]) -> dict[str, Any]:
 # Phases
 
 
+def phase_name(prefix: str, keep: Mapping[str, np.ndarray]) -> str:
+    """``<prefix>-<crc32 of the kept channels>``: a phase that trains these channels only."""
+    digest = zlib.crc32(b"".join(np.packbits(np.asarray(keep[g], bool)).tobytes() + g.encode()
+                                 for g in sorted(keep)))
+    return f"{prefix}-{digest:08x}"
+
+
 def finetune_phase(cfg: DictConfig, masks: Mapping[str, np.ndarray],
                    keep: Mapping[str, np.ndarray], epochs: int) -> Phase:
     """Fine-tuning of the pruned plain network: its kept weights, biases and BatchNorm γ, β with
@@ -281,9 +300,7 @@ def finetune_phase(cfg: DictConfig, masks: Mapping[str, np.ndarray],
     optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
     if settings.get("lr") is not None:
         optimizer["lr"] = float(settings.lr)
-    digest = zlib.crc32(b"".join(np.packbits(np.asarray(keep[g], bool)).tobytes() + g.encode()
-                                 for g in sorted(keep)))
-    return Phase(f"{FINETUNE_PHASE}-{digest:08x}", epochs, optimizer=optimizer,
+    return Phase(phase_name(FINETUNE_PHASE, keep), epochs, optimizer=optimizer,
                  key=phase_key(cfg, FINETUNE_PHASE),
                  trains=(PointWeight, Bias, NormScale, NormBias), masks=dict(masks))
 

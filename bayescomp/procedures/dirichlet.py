@@ -223,13 +223,16 @@ def kept_widths(cfg: DictConfig, means: Mapping[str, np.ndarray],
     chosen = [f"{key}={value if not OmegaConf.is_config(value) else list(value)}"
               for key, value in rules.items() if value is not None]
     if len(chosen) > 1:
-        raise ConfigError(f"{' and '.join(chosen)} each set the kept widths; set one of them "
-                          "and the others to null")
+        listed = ", ".join(chosen[:-1]) + " and " + chosen[-1]
+        raise ConfigError(f"{listed} each set the kept widths; keep one and set the "
+                          f"other{'s' if len(chosen) > 2 else ''} to null")
     if budget is not None:
         allocate = str((method.get("budget") or {}).get("allocate") or "uniform")
         if macs is None:
             raise ValueError("a multiply-add budget needs the network's macs function")
-        return channel_selection.budget_widths(means, macs, budget, allocate), "budget"
+        widths = channel_selection.budget_widths(means, macs, budget, allocate)
+        channel_pruning.warn_single_channel_groups(widths, means)
+        return widths, "budget"
     if fraction is not None:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
             raise ConfigError(f"method.keep_fraction must be a number in (0, 1], e.g. 0.6, "
@@ -270,9 +273,15 @@ def switch_phase(cfg: DictConfig) -> Phase:
                  batch_norm="running", record=_switch_record)
 
 
-def retrain_phase(cfg: DictConfig, masks: Mapping[str, np.ndarray]) -> Phase:
+def retrain_phase(cfg: DictConfig, masks: Mapping[str, np.ndarray],
+                  keep: Mapping[str, np.ndarray] | None = None) -> Phase:
     """Phase 2: the kept weights, biases and BatchNorm γ, β, masks fixed, the run's optimiser;
     BatchNorm on batch statistics (the default mode), as the dense recipe trains.
+
+    ``keep`` given (widths from a multiply-add budget): the phase is named after the kept
+    channels, ``retrain-<crc32>`` as :func:`bayescomp.procedures.channel_pruning.finetune_phase`,
+    so that a checkpoint retrained on other channels (a run written before budgets existed,
+    whose stored settings cannot show the difference) is never restored for these.
 
     Weights and γ train at ``method.retrain.lr``, biases and β at ``bias_lr``. A model without
     BatchNorm (LeNet-5) has no γ, β: its groups stay empty and add no optimiser state.
@@ -284,7 +293,8 @@ def retrain_phase(cfg: DictConfig, masks: Mapping[str, np.ndarray]) -> Phase:
     lr = float(settings.lr)
     bias_lr = float(settings.get("bias_lr", lr))
     rates = ((PointWeight, lr), (Bias, bias_lr), (NormScale, lr), (NormBias, bias_lr))
-    return Phase(RETRAIN_PHASE, channel_pruning.phase_epochs(settings.epochs, cfg),
+    name = RETRAIN_PHASE if keep is None else channel_pruning.phase_name(RETRAIN_PHASE, keep)
+    return Phase(name, channel_pruning.phase_epochs(settings.epochs, cfg),
                  optimizer=optimizer, key=channel_pruning.phase_key(cfg, RETRAIN_PHASE),
                  trains=(PointWeight, Bias, NormScale, NormBias), learning_rates=rates,
                  masks=dict(masks))
@@ -355,7 +365,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         log.info("switches (%s): test error %.2f %% with the switch means; kept widths %s "
                  "(%s), %.2f %% after pruning", method.channel.mode, switch_error, widths, rule,
                  pruned_error)
-        training.fit(dense, retrain_phase(cfg, masks))
+        training.fit(dense, retrain_phase(cfg, masks, keep if rule == "budget" else None))
     finally:
         training.close()
     retrained_error = training.error(dense)

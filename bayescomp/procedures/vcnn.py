@@ -233,6 +233,9 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     if budget is not None and (method.get("prune") or {}).get("select") is not None:
         raise ConfigError("method.budget.macs and method.prune.select both choose what VCNN "
                           "prunes; set one of them to null")
+    if budget is not None and theta is not None:
+        raise ConfigError(f"method.budget.macs ranks channels by |mu| alone, so "
+                          f"method.prune.theta={theta} would be ignored; set it to null")
     cp.check_budget(cfg, model, input_shape, factors)
     started = pretrained.start_from(cfg, model)
     start = None if started is None else started["run"]

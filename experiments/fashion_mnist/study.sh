@@ -68,16 +68,24 @@
 #                       without it), groups pruned on the shrinkage statistic; 200 epochs as the
 #                       experiments. The bc_ghs.yaml defaults stay the published recipe until
 #                       these seeds confirm the fix.
+#   lenet5_vcnn_budget, lenet5_slimming_budget
+#                       the finished lenet5_vcnn / lenet5_slimming run of each seed pruned to
+#                       600,000 multiply-adds (method.budget) instead of its tau / percentile,
+#                       over all layers at once (macs_600k_global) or one share of every layer
+#                       (macs_600k_uniform), for a comparison of the three channel methods at
+#                       lenet5_dirichlet_budget's budget: VCNN without retraining (its claim),
+#                       slimming with its 50 fine-tuning epochs. No training is repeated.
 #
 # A *_dirichlet study retrains the seed's $runs_root/fashion_mnist/<model>_dense/seed<seed>;
-# @DENSE@ in a variant's overrides stands for that run's directory.
+# @DENSE@ in a variant's overrides stands for that run's directory. @RERUN@ in a variant's
+# overrides: the variant re-evaluates a copy of the seed's finished <experiment> run.
 #
 # Usage: [SEEDS="0 1 2"] [VARIANTS="name ..."] bash experiments/fashion_mnist/study.sh STUDY
 # (VARIANTS: run only these of the study's variants; the study's table lists every published one)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 runs_root=${BAYESCOMP_RUNS:-$HOME/bayescomp-runs}
-study=${1:?usage: study.sh STUDY (lenet5_ghs_tau0 | lenet300_gnj_100ep | lenet300_gnj_bc_recipe | lenet300_ghs_inputs | lenet5_dense_widths | lenet5_dirichlet_switches | lenet5_dirichlet_fractions | lenet5_dirichlet_budget | lenet5_vcnn_start | lenet5_ghs_local_scales | lenet300_ghs_local_scales)}
+study=${1:?usage: study.sh STUDY (lenet5_ghs_tau0 | lenet300_gnj_100ep | lenet300_gnj_bc_recipe | lenet300_ghs_inputs | lenet5_dense_widths | lenet5_dirichlet_switches | lenet5_dirichlet_fractions | lenet5_dirichlet_budget | lenet5_vcnn_start | lenet5_ghs_local_scales | lenet300_ghs_local_scales | lenet5_vcnn_budget | lenet5_slimming_budget)}
 case "$study" in
   lenet5_ghs_tau0)
     experiment=lenet5_ghs
@@ -124,10 +132,15 @@ case "$study" in
     experiment=lenet5_vcnn
     variants=("from_dense:method.start_from=@DENSE@"
               "gaussian_prior_0.1:method.channel.prior=gaussian method.channel.prior_std=0.1") ;;
+  lenet5_vcnn_budget|lenet5_slimming_budget)
+    experiment=${study%_budget}
+    variants=("macs_600k_uniform:@RERUN@ method.budget.macs=600000 method.budget.allocate=uniform"
+              "macs_600k_global:@RERUN@ method.budget.macs=600000 method.budget.allocate=global") ;;
   *) echo "unknown study '$study'; known: lenet5_ghs_tau0, lenet300_gnj_100ep," \
        "lenet300_gnj_bc_recipe, lenet300_ghs_inputs, lenet5_dense_widths," \
        "lenet5_dirichlet_switches, lenet5_dirichlet_fractions, lenet5_dirichlet_budget," \
-       "lenet5_vcnn_start, lenet5_ghs_local_scales, lenet300_ghs_local_scales" >&2
+       "lenet5_vcnn_start, lenet5_ghs_local_scales, lenet300_ghs_local_scales," \
+       "lenet5_vcnn_budget, lenet5_slimming_budget" >&2
      exit 2 ;;
 esac
 for variant in "${variants[@]}"; do
@@ -141,6 +154,24 @@ for variant in "${variants[@]}"; do
     seed_overrides=("${overrides[@]//@DENSE@/$dense}")
     run_dir="$runs_root/fashion_mnist/studies/$study/$name/seed$seed"
     published="results/studies/fashion_mnist/$study/$name/seed$seed"
+    if [[ " ${seed_overrides[*]} " == *" @RERUN@ "* ]]; then
+      # A re-evaluation: the seed's finished run, copied, is rerun with the variant's pruning
+      # settings, so its training is restored and only the decision (and fine-tuning) runs.
+      finished="$runs_root/fashion_mnist/$experiment/seed$seed"
+      kept=()
+      for override in "${seed_overrides[@]}"; do
+        [[ $override == @RERUN@ ]] || kept+=("$override")
+      done
+      seed_overrides=("${kept[@]}")
+      if [[ ! -d $run_dir ]]; then
+        if [[ ! -f $finished/metrics.json ]]; then
+          echo "study $study/$name seed $seed re-evaluates $finished, which has no finished" \
+               "run; run its experiment first (run_lenet.sh $experiment)" >&2
+          continue
+        fi
+        mkdir -p "$(dirname "$run_dir")" && cp -r "$finished" "$run_dir"
+      fi
+    fi
     pretrained=()
     if [[ $experiment == *_dirichlet ]]; then
       pretrained=("method.pretrained_run=$dense")

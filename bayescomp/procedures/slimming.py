@@ -161,9 +161,10 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         pruned_error = training.error(plain)
         summary = cp.keep_summary(keep)
         log.info("slimming: test error %.2f %% before pruning, %.2f %% after pruning %d of %d "
-                 "prunable channels (|γ| <= %s); kept widths %s", trained_error, pruned_error,
-                 summary["pruned_channels"], summary["prunable_channels"], threshold,
-                 summary["kept_widths"])
+                 "prunable channels (%s); kept widths %s", trained_error, pruned_error,
+                 summary["pruned_channels"], summary["prunable_channels"],
+                 f"|γ| <= {threshold}" if budget is None
+                 else f"budget {budget[0]:,} multiply-adds, {budget[1]}", summary["kept_widths"])
         # 3. Fine-tuning of the pruned network.
         training.fit(plain, cp.finetune_phase(cfg, masks, keep, finetune_epochs))
     finally:

@@ -305,15 +305,15 @@ def budget_widths(scores: Mapping[str, np.ndarray], macs: Callable[[Mapping[str,
         shares = sorted({k / size for size in full.values() for k in range(1, size + 1)})
         candidates = [fraction_widths(scores, f) for f in shares]
     else:
-        relative = [(size * score / np.sum(score) if relative else score, name)
-                    for (name, score), size in zip(scores.items(), full.values())]
+        ranked = [size * score / np.sum(score) if relative else score
+                  for score, size in zip(scores.values(), full.values())]
         # Rounded to 12 significant digits, so that equal scores are equal whatever the
         # rounding of C·s/Σs in groups of different sizes (uniform switches are 1 in all).
-        values = np.concatenate([r for r, _ in relative])
+        values = np.concatenate(ranked)
         values = np.round(values, 12 - np.floor(np.log10(np.max(np.abs(values)) or 1.0)
                                                ).astype(int))
-        owners = np.concatenate([np.full(r.size, i) for i, (r, _) in enumerate(relative)])
-        names = [name for _, name in relative]
+        owners = np.concatenate([np.full(r.size, i) for i, r in enumerate(ranked)])
+        names = list(scores)
         # Ties leave the earlier group first; which of its channels go is top_k_keep's choice.
         order = np.argsort(values, kind="stable")
         widths = dict(full)

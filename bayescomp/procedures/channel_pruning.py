@@ -236,9 +236,13 @@ def warn_single_channel_groups(widths: Mapping[str, int], scores: Mapping[str, n
 def check_budget(cfg: DictConfig, model: nnx.Module, input_shape, groups) -> None:
     """Refuse an unreachable ``method.budget`` before anything trains (``groups``: the prunable
     groups with factors); which channels score highest does not change whether one fits."""
-    if budget_settings(cfg) is not None:
-        budget_keep(cfg, model, input_shape,
-                    {group: np.ones(channel_graph(model).sizes[group]) for group in groups})
+    settings = budget_settings(cfg)
+    if settings is not None:
+        sizes = channel_graph(model).sizes
+        channel_selection.budget_widths(
+            {group: np.ones(sizes[group]) for group in groups},
+            counting.macs_of_widths(model, input_shape), settings[0], settings[1],
+            relative=False)
 
 
 def pruned_masks(model: nnx.Module, keep: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

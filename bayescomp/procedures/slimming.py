@@ -44,9 +44,10 @@ Slimming", ICCV 2017 (arXiv:1708.06519), the deterministic baseline of the chann
    ``python -m bayescomp.compress``.
 
 ``metrics.json`` gets ``slimming`` (s, percent or budget, the threshold, γ per factor module,
-kept widths and channels per group, the errors) and ``counting``. Rerunning in the same directory skips
-finished phases; another ``method.prune.percent`` or ``method.budget`` on a finished run reuses
-the sparsity training and fine-tunes the new channels in a phase of their own.
+kept widths and channels per group, the errors) and ``counting``. Rerunning in the same
+directory skips finished phases; another ``method.prune.percent`` or ``method.budget`` on a
+finished run reuses the sparsity training and fine-tunes the new channels in a phase of their
+own.
 
 Entry point: :func:`run` (procedure ``slimming``, ``conf/method/slimming.yaml``).
 """

@@ -182,7 +182,8 @@ def group_keep(graph: ChannelGraph, module_keep: Mapping[str, Mapping[str, np.nd
     return keep
 
 
-def budget_settings(cfg: DictConfig) -> tuple[int, str] | None:
+def budget_settings(cfg: DictConfig, default_allocate: str = "global"
+                    ) -> tuple[int, str] | None:
     """``(multiply-adds, allocation)`` of ``method.budget``, or ``None`` where no budget is set.
 
     A budget replaces the method's own threshold (slimming's percent, VCNN's τ): the channels
@@ -198,7 +199,7 @@ def budget_settings(cfg: DictConfig) -> tuple[int, str] | None:
     if group_mode(cfg) != "internal":
         raise ConfigError("method.budget.macs needs method.prune.groups=internal: a residual "
                           "stream pruned as one group can keep channels the budget did not count")
-    return macs, str(budget.get("allocate") or "global")
+    return macs, str(budget.get("allocate") or default_allocate)
 
 
 def budget_keep(cfg: DictConfig, plain: nnx.Module, input_shape,

@@ -217,9 +217,9 @@ def kept_widths(cfg: DictConfig, means: Mapping[str, np.ndarray],
     widths = method.get("widths")
     names = list(means)
     fraction = method.get("keep_fraction")
-    budget = (method.get("budget") or {}).get("macs")
+    budget = channel_pruning.budget_settings(cfg, default_allocate="uniform")
     rules = {"method.widths": widths, "method.keep_fraction": fraction,
-             "method.budget.macs": budget}
+             "method.budget.macs": None if budget is None else budget[0]}
     chosen = [f"{key}={value if not OmegaConf.is_config(value) else list(value)}"
               for key, value in rules.items() if value is not None]
     if len(chosen) > 1:
@@ -227,12 +227,9 @@ def kept_widths(cfg: DictConfig, means: Mapping[str, np.ndarray],
         raise ConfigError(f"{listed} each set the kept widths; keep one and set the "
                           f"other{'s' if len(chosen) > 2 else ''} to null")
     if budget is not None:
-        allocate = str((method.get("budget") or {}).get("allocate") or "uniform")
         if macs is None:
             raise ValueError("a multiply-add budget needs the network's macs function")
-        widths = channel_selection.budget_widths(means, macs, budget, allocate)
-        channel_pruning.warn_single_channel_groups(widths, means)
-        return widths, "budget"
+        return channel_selection.budget_widths(means, macs, *budget), "budget"
     if fraction is not None:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
             raise ConfigError(f"method.keep_fraction must be a number in (0, 1], e.g. 0.6, "
@@ -357,6 +354,8 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         means = {group: np.asarray(s.mean(), np.float64) for group, s in switches.items()}
         # 2. The pruning decision: top k per group by the switch means.
         widths, rule = kept_widths(cfg, means, macs_of_widths)
+        if rule == "budget":  # here, not in the check before training: these are the switches
+            channel_pruning.warn_single_channel_groups(widths, means)
         keep = channel_selection.top_k_keep(means, widths)
         masks = channel_pruning.pruned_masks(dense, keep)
         # 3. The switches dropped; the pretrained network with the channels cut, retrained.

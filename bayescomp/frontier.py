@@ -162,12 +162,15 @@ def collect(roots: Sequence[pathlib.Path], model: str, dataset: str,
     # A sweep belongs to the run it was computed from: the same commit and the same
     # <dataset>/<experiment>/seed<s> at the end of its directory (results/ mirrors the run
     # directories; a study's runs end in <study>/<variant>/seed<s> instead).
-    by_identity = {(run_dir.parts[-3:], r.get("git_commit")): r for run_dir, r in runs.items()}
+    by_identity = {(run_dir.parts[-3:], r.get("git_commit")): (run_dir, r)
+                   for run_dir, r in runs.items()}
     for path, record in _sweeps(roots):
-        run = by_identity.get((pathlib.Path(str(record.get("run_dir"))).parts[-3:],
-                               record.get("run_git_commit")))
+        run_dir, run = by_identity.get((pathlib.Path(str(record.get("run_dir"))).parts[-3:],
+                                        record.get("run_git_commit")), (None, None))
         if record.get("dataset") != dataset or run is None:
             continue  # another dataset or model, or a sweep of a run not among the runs given
+        # A study's sweep is told from the experiment's own by its variant, as its run is.
+        study = study_label(run_dir)
         if by_macs:
             # Output positions per layer: the run's dense multiply-adds per weight.
             dense_layers = ((run["_counting"] or {}).get("dense") or {}).get("layers") or {}
@@ -176,6 +179,7 @@ def collect(roots: Sequence[pathlib.Path], model: str, dataset: str,
         for point in record["points"]:
             setting = (f"threshold {point['threshold']:g}" if "threshold" in point
                        else f"tolerance {point['tolerance']:g}")
+            setting = f"{study} {setting}" if study else setting
             entry = {
                 "source": "sweep", "method": run["method"], "variant": setting,
                 "seed": record["seed"], "architecture": point["architecture_string"],

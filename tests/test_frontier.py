@@ -67,6 +67,23 @@ def test_points_are_on_the_full_model_scale_and_sweeps_find_their_run(results):
     assert study["pruning"] == pytest.approx(50.0)
 
 
+def test_a_study_runs_sweep_is_labelled_with_its_study(results):
+    # Same experiment, seed and commit as the experiment's own run: only the directory's
+    # <study>/<variant>/seed<s> tells the sweeps apart, and the label must say which is which.
+    out = results / "tradeoff" / "fashion_mnist" / "studies" / "tau0" / "t1" / "seed0"
+    out.mkdir(parents=True)
+    (out / "tradeoff.json").write_text(json.dumps({
+        "run_dir": "/home/u/runs/fashion_mnist/studies/tau0/t1/seed0",
+        "experiment": "lenet5_bc_ghs", "dataset": "fashion_mnist", "seed": 0,
+        "run_git_commit": "c0", "points": [
+            {"tolerance": 0.5, "architecture_string": "4-9-144-20", "quantized_test_error": 9.5,
+             "compression": {"pruning": 60.0}}]}))
+    points, _ = frontier.collect([results], "lenet5", "fashion_mnist")
+    sweeps = {p["variant"]: p["pruning"] for p in points if p["source"] == "sweep"}
+    assert sweeps == {"threshold -3": pytest.approx(40.0),
+                      "tau0/t1 tolerance 0.5": pytest.approx(60.0)}
+
+
 def test_report_names_the_target_and_the_best_point_past_it(results):
     points, full = frontier.collect([results], "lenet5", "fashion_mnist")
     text = frontier.render(points, "lenet5", "fashion_mnist", full, 1.0, 30.0, "cmd")

@@ -1,12 +1,16 @@
 """A/B timing of one experiment's train step with and without bayescomp's XLA:CPU kernel choices.
 
-Two switches select how a CPU train step is written (both on by default in the library):
+Three switches select how a CPU train step is written (the first two on by default in the
+library):
 
 * ``conv``: :data:`bayescomp.nn.conv.MATERIALIZE_KERNEL_GRADIENT_OPERANDS`, the conv whose
   kernel gradient reads materialised operands (no BatchNorm/ReLU recomputation fused into the
   transposing copies);
 * ``norm``: :data:`bayescomp.nn.norm.DOT_SUMS`, batch-statistics BatchNorm with its per-channel
-  sums as dots (no ``reduce-window`` trees).
+  sums as dots (no ``reduce-window`` trees);
+* ``patch``: every conv larger than 1x1 as a patch matmul (:func:`bayescomp.nn.conv.conv_as_matmul`,
+  :data:`bayescomp.nn.conv.PATCH_MATMUL_MAX_POSITIONS` unlimited; off: the library's 2x2 limit).
+  Off by default in the library beyond 2x2 maps; the switch is there to re-measure that choice.
 
 The step is built twice in one process, exactly as ``benchmarks/train_speed.py`` does, once with
 the switches of ``--a`` and once with those of ``--b``, and the two are called alternately, one
@@ -18,6 +22,7 @@ Usage::
 
     python benchmarks/kernel_ab.py resnet20_dense --a none --b conv,norm --steps 2 --rounds 7
     python benchmarks/kernel_ab.py lenet5_dense --a none --b conv --steps 10 --rounds 7
+    python benchmarks/kernel_ab.py lenet5_ghs --a none --b patch --steps 10 --rounds 7
     python benchmarks/kernel_ab.py resnet20_dense --rounds 3 --profile /tmp/kernel_ab_trace
 """
 
@@ -37,7 +42,7 @@ from train_speed import ExperimentTimer  # importing it puts the checkout on sys
 from bayescomp.nn import conv as conv_lib
 from bayescomp.nn import norm as norm_lib
 
-SWITCHES = ("conv", "norm")
+SWITCHES = ("conv", "norm", "patch")
 
 
 def switch_set(text: str) -> frozenset[str]:
@@ -51,13 +56,17 @@ def switch_set(text: str) -> frozenset[str]:
 
 def build(name: str, switches: frozenset[str], steps: int, rounds: int) -> ExperimentTimer:
     """The experiment's timer, its step traced with exactly ``switches`` on."""
-    saved = conv_lib.MATERIALIZE_KERNEL_GRADIENT_OPERANDS, norm_lib.DOT_SUMS
+    saved = (conv_lib.MATERIALIZE_KERNEL_GRADIENT_OPERANDS, norm_lib.DOT_SUMS,
+             conv_lib.PATCH_MATMUL_MAX_POSITIONS)
     conv_lib.MATERIALIZE_KERNEL_GRADIENT_OPERANDS = "conv" in switches
     norm_lib.DOT_SUMS = "norm" in switches
+    if "patch" in switches:
+        conv_lib.PATCH_MATMUL_MAX_POSITIONS = sys.maxsize
     try:
         return ExperimentTimer(name, steps, None, rounds)  # traces and compiles here
     finally:
-        conv_lib.MATERIALIZE_KERNEL_GRADIENT_OPERANDS, norm_lib.DOT_SUMS = saved
+        (conv_lib.MATERIALIZE_KERNEL_GRADIENT_OPERANDS, norm_lib.DOT_SUMS,
+         conv_lib.PATCH_MATMUL_MAX_POSITIONS) = saved
 
 
 def largest_differences(a: ExperimentTimer, b: ExperimentTimer, count: int = 3) -> list[str]:

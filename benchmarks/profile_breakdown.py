@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
 
 import jax
@@ -77,7 +78,12 @@ def main(argv=None) -> None:
     parser.add_argument("--trace", default="/tmp/bayescomp_trace")
     args = parser.parse_args(argv)
     timer = ExperimentTimer(args.experiment, args.steps, args.batch_size, args.repeats + 2)
-    times = [timer.time_call() for _ in range(args.repeats)]
+    times, cpu_seconds = [], []
+    for _ in range(args.repeats):
+        before = os.times()
+        times.append(timer.time_call())
+        after = os.times()
+        cpu_seconds.append(after.user - before.user + after.system - before.system)
     ops = timer.profile(args.trace)
     index = jnp.zeros((args.steps, timer.batch_size), jnp.int32)
     step = timer.train_chunk.jitted_step if timer.loop == "python" else timer.train_chunk
@@ -97,8 +103,16 @@ def main(argv=None) -> None:
         totals[kind] += ms
         counts[kind] += 1
     all_ms = sum(totals.values())
-    print(f"{args.experiment}: batch {timer.batch_size}, {1e3 * min(times) / args.steps:.0f} ms "
-          f"per step (fastest timed call); traced ops {all_ms:.0f} ms of self time per step")
+    fastest = min(range(len(times)), key=times.__getitem__)
+    cpu_ms = 1e3 * cpu_seconds[fastest] / args.steps
+    print(f"{args.experiment}: batch {timer.batch_size}, {1e3 * times[fastest] / args.steps:.0f} "
+          f"ms per step (fastest timed call), {cpu_ms:.0f} ms of process CPU time in it "
+          f"({cpu_seconds[fastest] / times[fastest]:.2f} cores busy); traced ops {all_ms:.0f} ms "
+          "of self time per step")
+    # The convolutions run on Eigen's intra-op pool and show in the trace only as their
+    # launching thunk, so the CPU time the traced operations do not account for is theirs.
+    print(f"  {max(cpu_ms - all_ms, 0.0):8.1f} ms  untraced CPU time (Eigen convolutions, "
+          "waiting)")
     for kind, ms in totals.most_common():
         print(f"  {ms:8.1f} ms  {100 * ms / all_ms:5.1f} %  {counts[kind]:4d} ops  {kind}")
 

@@ -30,8 +30,11 @@ run of every method is a point, Deep Compression and soft weight-sharing include
 structural count is close to dense, their nonzero count is not), and the channel methods
 (Dirichlet pruning, variational CNN pruning, network slimming). A run's counts are its
 ``metrics.json``'s ``counting``, or, for runs written before it had one, are computed from its
-``model.bcz`` (:func:`bayescomp.tables.run_counting`); a threshold sweep stores no masks, so its
-points have the nonzero count (its kept weights per layer) and no structural one. The report
+``model.bcz`` (:func:`bayescomp.tables.run_counting`). A threshold sweep stores no masks, only
+its kept weights per layer, which give the nonzero count; for the group methods (BC-GNJ,
+BC-GHS) that is also the structural one, since whole groups (filters, input units) are kept or
+removed and a layer's kept weights are the full block of its kept inputs and outputs; the other
+methods' sweep points have no structural count. The report
 names the fewest multiply-adds within ``--within`` points of the dense error, overall and per
 method.
 
@@ -57,6 +60,9 @@ from bayescomp.errors import BayescompError, ConfigError
 STRUCTURED_METHODS = ("dense", "svd", "bc_gnj", "bc_ghs", "dirichlet", "vcnn", "slimming")
 #: Methods on the multiply-add axes: every method (multiply-adds mean the same for all).
 MACS_METHODS = STRUCTURED_METHODS + ("dc", "sws")
+#: Methods whose masks keep or remove whole groups, so a layer's kept weights are the full block
+#: of its kept inputs and outputs: a sweep point's structural count equals its nonzero one.
+GROUP_METHODS = ("bc_gnj", "bc_ghs")
 #: Method key → the name in the frontier's tables and plot legend: the LeNet tables' titles
 #: (one spelling across ``results/``), except the dense reference, named plainly.
 METHOD_NAMES = {**tables.METHOD_TITLES, "dense": "dense"}
@@ -186,11 +192,12 @@ def collect(roots: Sequence[pathlib.Path], model: str, dataset: str,
                 "full_width": True, "quantized_test_error": point["quantized_test_error"],
                 "path": str(path)}
             if by_macs:
-                # No masks in a sweep: no structural count; its kept weights give the nonzero one.
+                # No masks in a sweep: its kept weights give the nonzero count, which is the
+                # structural one for group methods (GROUP_METHODS) and unknown otherwise.
                 kept = point.get("kept_per_layer")
                 known = kept is not None and len(kept) == len(positions) and None not in positions
-                entry.update(size(None, sum(k * p for k, p in zip(kept, positions))
-                                  if known else None))
+                nonzero = sum(k * p for k, p in zip(kept, positions)) if known else None
+                entry.update(size(nonzero if run["method"] in GROUP_METHODS else None, nonzero))
             else:
                 kept = run["weights_total"] / point["compression"]["pruning"]
                 entry["pruning"] = full_size / kept
@@ -279,8 +286,9 @@ def render_macs(points: list[dict], model: str, dataset: str, full_macs: float, 
         "kept weights × output positions. Counts are the run's `metrics.json` `counting`, or "
         "computed from its `model.bcz`. *run*: a finished run (narrow widths: a dense network "
         "of those widths trained from scratch); *sweep*: a trained run pruned at other "
-        "thresholds without retraining (`python -m bayescomp.tradeoff`; no masks stored, so no "
-        "structural count). Errors are quantized test errors in %; see "
+        "thresholds without retraining (`python -m bayescomp.tradeoff`; no masks stored: a "
+        "structural count only for the group methods BC-GNJ and BC-GHS, whose kept weights "
+        "are whole blocks). Errors are quantized test errors in %; see "
         "`bayescomp/frontier.py`.", "",
         f"Bar: quantized error ≤ {bar:.2f} % (the full-width dense mean {reference:.2f} % + "
         f"{within:g} point).", "",
@@ -304,8 +312,9 @@ def render_macs(points: list[dict], model: str, dataset: str, full_macs: float, 
     else:
         lines.append("No point lies within the bar.")
     if unplaced:
-        lines += ["", f"{unplaced} point(s) have no {named} (sweeps store no "
-                  "masks; runs without `counting` or `model.bcz`) and are listed without it."]
+        lines += ["", f"{unplaced} point(s) have no {named} (sweeps of methods other than "
+                  "BC-GNJ and BC-GHS: no masks stored; runs without `counting` or `model.bcz`) "
+                  "and are listed without it."]
 
     def cell(count, ratio):
         return "–" if count is None else f"{count:,} ({ratio:.1f}×)"

@@ -184,6 +184,29 @@ def test_multiply_adds_from_model_bcz_without_counting(counted_results):
     assert by_method["dense"]["macs"] == 2_293_000
 
 
+def test_a_group_methods_sweep_has_a_structural_count_and_others_do_not(counted_results):
+    # The masks of _lenet5_masks(): conv1 5 filters of 25, conv2 10 of 5·25, fc1 160 rows x 20,
+    # fc2 20 x 10 kept weights. A group method keeps whole blocks, so the structural count is
+    # the nonzero one; DC's kept weights say nothing about which filters are whole.
+    kept = [5 * 25, 10 * 5 * 25, 160 * 20, 20 * 10]
+    for experiment in ("lenet5_bc_ghs", "lenet5_dc"):
+        # The layer order a sweep's kept weights follow is the run's metrics.json "layers".
+        metrics_path = counted_results / "fashion_mnist" / experiment / "seed0" / "metrics.json"
+        metrics = json.loads(metrics_path.read_text())
+        metrics_path.write_text(json.dumps({**metrics,
+                                            "layers": ["conv1", "conv2", "fc1", "fc2"]}))
+        _sweep(counted_results, f"/runs/fashion_mnist/{experiment}/seed0", [
+            {"tolerance": 0.5, "architecture_string": "5-10-160-20", "kept_per_layer": kept,
+             "quantized_test_error": 9.0, "compression": {"pruning": 100.0}}],
+            experiment=experiment)
+    points, _ = frontier.collect([counted_results], "lenet5", "fashion_mnist", "macs")
+    sweeps = {p["method"]: p for p in points if p["source"] == "sweep"}
+    nonzero = 576 * 125 + 64 * 1250 + 3200 + 200  # output positions x kept weights, per layer
+    assert nonzero == 576 * 25 * 5 + 64 * 25 * 5 * 10 + 160 * 20 + 20 * 10  # the structural
+    assert sweeps["bc_ghs"]["macs"] == sweeps["bc_ghs"]["nonzero_macs"] == nonzero
+    assert sweeps["dc"]["macs"] is None and sweeps["dc"]["nonzero_macs"] == nonzero
+
+
 def test_cli_writes_the_multiply_add_report_beside_the_pruning_one(counted_results, tmp_path):
     out = tmp_path / "out"
     assert frontier.main([str(counted_results), "--measure", "nonzero_macs", "--out",

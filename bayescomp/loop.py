@@ -322,7 +322,8 @@ class TrainingRun:
                 f"{'from ' + self.start_from if self.start_from else 'from scratch'} "
                 "(method.start_from); run in a new output directory (hydra.run.dir=...) or "
                 "delete those checkpoints to start over")
-        runs.resume_checks(meta, self.cfg, checkpointer.directory, self.workdir, self.resumable)
+        runs.resume_checks(meta, self.cfg, checkpointer.directory, self.workdir, self.resumable,
+                           phase_epochs=int(phase.epochs))
         (model_state, opt_state, key_data), meta = checkpointer.restore(
             latest, (nnx.state(model), opt_state, jax.random.key_data(phase.key)))
         nnx.update(model, model_state)

@@ -271,12 +271,15 @@ def check_run_identity(cfg: DictConfig, workdir) -> None:
 
 
 def resume_checks(meta: dict, cfg: DictConfig, directory, workdir,
-                  resumable: tuple[str, ...] = RESUMABLE_CHANGES) -> None:
+                  resumable: tuple[str, ...] = RESUMABLE_CHANGES,
+                  phase_epochs: int | None = None) -> None:
     """Raise if ``meta`` (a checkpoint's metadata) was saved under other training settings.
 
     ``workdir`` is the run directory, whose ``config.yaml`` (:func:`write_config`, rewritten
     only after a checkpoint) holds the checkpoint's settings; Hydra's ``.hydra/config.yaml``
-    already holds the new ones by the time this runs.
+    already holds the new ones by the time this runs. ``phase_epochs``: the length of the phase
+    being resumed (default ``trainer.epochs``), which its learning-rate schedule spans and the
+    checkpoint's ``epochs`` recorded; a fine-tuning phase may differ from the run's.
 
     Raises:
         ConfigError: A trajectory setting differs (see :func:`trajectory_config`).
@@ -295,12 +298,12 @@ def resume_checks(meta: dict, cfg: DictConfig, directory, workdir,
         saved, trajectory_config(cfg, resumable, warmup_run_epochs=saved_run_epochs),
         directory, pathlib.Path(workdir) / "config.yaml")
     saved_epochs = meta.get("epochs")
-    if (saved_epochs is not None and int(saved_epochs) != int(cfg.trainer.epochs)
+    epochs = int(cfg.trainer.epochs if phase_epochs is None else phase_epochs)
+    if (saved_epochs is not None and int(saved_epochs) != epochs
             and cfg.optimizer.get("schedule", "constant") != "constant"):
         log.warning("the checkpoint in %s was trained for a %d-epoch run and is resumed for %d "
                     "epochs: the %s learning-rate schedule restarts from a different curve",
-                    directory, int(saved_epochs), int(cfg.trainer.epochs),
-                    cfg.optimizer.schedule)
+                    directory, int(saved_epochs), epochs, cfg.optimizer.schedule)
     if only_one_side:
         log.warning("settings present in only one of the checkpoint in %s and this bayescomp "
                     "version (not compared): %s", directory, ", ".join(only_one_side))

@@ -116,6 +116,19 @@ def test_resume_may_change_logging_pruning_and_epochs(one_epoch_run, smoke_cfg, 
     # trainer.epochs is accepted too: test_resume_continues_at_the_next_epoch extends the run.
 
 
+def test_the_schedule_warning_compares_the_phase_s_own_length(smoke_cfg, tmp_path, caplog):
+    # A fine-tuning phase of 5 epochs in a 10-epoch run, resumed as 5 epochs: its schedule
+    # is unchanged, no warning; resumed as 7 epochs it restarts from a different curve.
+    cfg = smoke_cfg(EXPERIMENT, "optimizer.schedule=cosine", "trainer.epochs=10")
+    meta = {"epochs": 5}  # no stored settings: only the length is compared
+    with caplog.at_level("WARNING", logger="bayescomp.runs"):
+        runs.resume_checks(meta, cfg, "ckpt", tmp_path, phase_epochs=5)
+    assert "different curve" not in caplog.text
+    with caplog.at_level("WARNING", logger="bayescomp.runs"):
+        runs.resume_checks(meta, cfg, "ckpt", tmp_path, phase_epochs=7)
+    assert "trained for a 5-epoch run and is resumed for 7 epochs" in caplog.text
+
+
 def test_checkpoint_settings_comparison():
     """check_same_config on hand-made dicts: old checkpoints, added keys, the listing cap."""
     from bayescomp.checkpointing import check_same_config, flatten_config

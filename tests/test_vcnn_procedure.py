@@ -168,3 +168,31 @@ def test_a_multiply_add_budget_replaces_tau(lenet_run, smoke_cfg, tmp_path):
     with pytest.raises(ConfigError, match="method.prune.theta=0.01 would be ignored"):
         vcnn.run(smoke_cfg("lenet5_vcnn", NARROW_LENET, "method.budget.macs=100000",
                            "method.prune.theta=0.01"), run_dir)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet164", "vgg16"])
+@pytest.mark.parametrize("groups", ["internal", "all"])
+def test_saliencies_sit_exactly_on_the_channels_the_method_prunes(name, groups):
+    # A saliency is sampled noise with a KL towards zero: on a channel the method never removes
+    # it only perturbs training. The BatchNorms that carry one must be exactly those of the
+    # groups channel_pruning prunes in that mode (the model's own group declarations), and with
+    # groups=all every BatchNorm of a prunable group.
+    from bayescomp.models.graph import batch_norms
+    from bayescomp.nn.saliency_norm import SaliencyBatchNorm
+    from bayescomp.procedures import channel_pruning
+
+    factory = LayerFactory(norm_settings={"kind": "vcnn"}, prune_streams=groups == "all")
+    model = nnx.eval_shape(lambda: models.get(name)(factory, rngs=nnx.Rngs(0)))
+    saliency = {path for path, norm in batch_norms(model).items()
+                if isinstance(norm, SaliencyBatchNorm)}
+    pruned = {path for modules in channel_pruning.prunable_factors(
+        model, SaliencyBatchNorm, groups).values() for path in modules}
+    declared = {path for group in model.channel_groups() if group.prunable
+                for path in group.norms}
+    assert saliency == pruned
+    if groups == "all" or name == "vgg16":
+        assert saliency == declared == set(batch_norms(model))
+    else:  # the streams' BatchNorms are plain: ResNet-20's stem and every block's second
+        assert saliency < declared
+        if name == "resnet20":
+            assert saliency == {f"stage{s}.{b}.bn1" for s in (1, 2, 3) for b in range(3)}

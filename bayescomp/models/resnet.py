@@ -142,7 +142,7 @@ class BasicBlock(nnx.Module):
         self.bn1 = layers.norm(f"{prefix}.bn1", hidden)
         self.conv2 = layers.conv(f"{prefix}.conv2", hidden, out_channels, (3, 3), rngs=rngs,
                                  padding=PAD_1, input_is_normalized=True)
-        self.bn2 = layers.norm(f"{prefix}.bn2", out_channels)
+        self.bn2 = layers.norm(f"{prefix}.bn2", out_channels, stream=True)
         # The method's module over conv1's channels (module docstring); None for every method
         # without one, whose block is then exactly the one above.
         self.conv1_switch = layers.channel(f"{prefix}.conv1", hidden, after_norm=True)
@@ -205,7 +205,7 @@ class ResNet(nnx.Module):
         self.input_shape = tuple(int(d) for d in input_shape)
         self.stem = layers.conv("stem", self.input_shape[2], streams[0], (3, 3), rngs=rngs,
                                 padding=PAD_1)
-        self.stem_bn = layers.norm("stem_bn", streams[0])
+        self.stem_bn = layers.norm("stem_bn", streams[0], stream=True)
         paths = _block_paths(n)
         for s in range(STAGES):
             blocks = []
@@ -296,11 +296,14 @@ class Bottleneck(nnx.Module):
         out_channels: Channels of the stream it writes.
         stride: Stride of its 3x3 conv and of the projection.
         rngs: Random streams for initialisation.
+        reads_stream: The input is a residual stream (every block's but the network's first,
+            which reads the stem's own group); its first BatchNorm normalises that stream.
     """
 
     def __init__(self, layers: LayerFactory, prefix: str, in_channels: int,
-                 inner: tuple[int, int], out_channels: int, stride: int, *, rngs: nnx.Rngs):
-        self.bn1 = layers.norm(f"{prefix}.bn1", in_channels)
+                 inner: tuple[int, int], out_channels: int, stride: int, *, rngs: nnx.Rngs,
+                 reads_stream: bool = True):
+        self.bn1 = layers.norm(f"{prefix}.bn1", in_channels, stream=reads_stream)
         self.conv1 = layers.conv(f"{prefix}.conv1", in_channels, inner[0], (1, 1), rngs=rngs,
                                  input_is_normalized=True)
         self.bn2 = layers.norm(f"{prefix}.bn2", inner[0])
@@ -383,9 +386,9 @@ class PreActResNet(nnx.Module):
                 in_channels = streams[s] if b else (stem if s == 0 else streams[s - 1])
                 stride = 2 if b == 0 and s > 0 else 1
                 blocks.append(Bottleneck(layers, paths[i], in_channels, inner[2 * i: 2 * i + 2],
-                                         streams[s], stride, rngs=rngs))
+                                         streams[s], stride, rngs=rngs, reads_stream=i > 0))
             setattr(self, f"stage{s + 1}", nnx.List(blocks))
-        self.bn = layers.norm("bn", streams[-1])
+        self.bn = layers.norm("bn", streams[-1], stream=True)
         self.fc = layers.dense("fc", streams[-1], num_classes, rngs=rngs)
 
     def channel_modules(self) -> dict[str, nnx.Module]:

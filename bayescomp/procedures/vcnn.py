@@ -42,15 +42,25 @@ Zhao, Ni, Zhang, Zhao, Zhang & Tian, "Variational Convolutional Neural Network P
    left the test error at 8.05 %.) The paper does not print τ and θ; τ = 0.02 is the
    third-party drop-in BatchNorm's. Or, with ``method.prune.select: {tolerance, examples}``,
    τ is chosen on training data as BC-GHS's thresholds are (:mod:`bayescomp.threshold_selection`):
-   one global τ (BatchNorm-normalised saliencies are on one scale across layers, as slimming's
-   global threshold assumes for γ), the largest whose pruned network keeps the error of
+   one global τ (as slimming's global threshold is one for γ), the largest whose pruned network
+   keeps the error of
    ``examples`` seeded training examples within ``tolerance`` points of the unpruned network's,
    found by bisection over the midpoints between consecutive |μ| of the eligible channels (those
    with σ < θ where θ is set; pruning one more channel per candidate); θ stays the configured
    one. Or, with ``method.budget.macs``, no τ: the channels ranked by |μ| and the widest
    network within that many multiply-adds kept (:func:`bayescomp.procedures.channel_pruning.
    budget_keep`). Which groups are prunable (``method.prune.groups``: block-internal channels,
-   or residual streams too) is :mod:`bayescomp.procedures.channel_pruning`'s rule.
+   or residual streams too) is :mod:`bayescomp.procedures.channel_pruning`'s rule; only
+   those channels carry saliencies (:meth:`bayescomp.nn.factory.LayerFactory.norm`).
+
+   *One scale across layers?* Not where the channel's consumer is followed by another
+   batch-statistics BatchNorm (a ResNet block's ``bn1``, every VGG BatchNorm but the last):
+   scaling one BatchNorm's μ and σ by c > 0 changes neither the likelihood (ReLU is positively
+   homogeneous, the next BatchNorm divides c away) nor the tied KL μ²/(2σ²). Nothing in the
+   objective ties the layers' scales together; they share their start (μ = 1) and drift apart
+   by training alone, so a global τ (fixed, selected, or ``allocate: global``) compares
+   scales the model does not pin down. ``metrics.json`` keeps every μ, so a finished run can be
+   re-evaluated with a per-group rule (``method.budget.allocate=uniform``) without retraining.
 
 3. **No retraining** (the paper's claim): the pruned network is the trained one's posterior-mean
    network, saliencies folded into plain BatchNorms (scale μ, shift μβ̃) or into the

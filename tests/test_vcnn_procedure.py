@@ -56,6 +56,7 @@ def _exported_matches_masked(cfg, run_dir, model_cls, input_shape, num_classes):
 
 
 def test_lenet5_metrics_widths_counting_and_export(lenet_run):
+    assert lenet_run[2]["vcnn"]["error_after_pruning_statistics_reestimated"] is None  # no BN
     cfg, run_dir, _ = lenet_run
     written = json.loads((run_dir / "metrics.json").read_text())
     assert written["method"] == "vcnn" and written["experiment"] == "lenet5_vcnn"
@@ -103,6 +104,22 @@ def test_resnet_residual_streams_pruned_export_keeps_the_logits(resnet_run):
     assert info["pruned_channels"] > 0 and metrics["counting"]["macs_ratio"] > 1
     exported = _exported_matches_masked(cfg, run_dir, models.get("resnet8"), (32, 32, 3), 10)
     assert exported.network.stem.kernel.shape[-1] == kept["stage1"]
+    # The diagnostic: the pruned network with its BatchNorm statistics re-estimated on training
+    # images, recomputed here from the exported network (whose statistics are the trained ones).
+    from bayescomp import threshold_selection
+    from bayescomp.evaluation import Evaluator
+    from bayescomp.nn.norm import reestimate_statistics
+
+    dataset = runs.load_run_dataset(cfg)
+    images, _ = threshold_selection.selection_subset(dataset.x_train, dataset.y_train,
+                                                     vcnn.RESTAT_EXAMPLES, int(cfg.seed))
+    assert info["restat_examples"] == min(vcnn.RESTAT_EXAMPLES, len(dataset.x_train))
+    network = exported.network
+    reestimate_statistics(network, jnp.asarray(images))
+    want = Evaluator(int(cfg.trainer.eval_batch_size)).error(
+        network, jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test))
+    assert info["error_after_pruning_statistics_reestimated"] == pytest.approx(want, abs=0.01)
+    assert info["error_before_pruning_statistics_reestimated"] is not None
 
 
 def test_rerun_trains_nothing_and_new_thresholds_only_reevaluate(lenet_run, smoke_cfg,

@@ -43,6 +43,16 @@ def resnet_run(tmp_path_factory, smoke_cfg):
     return cfg, run_dir, vcnn.run(cfg, run_dir)
 
 
+@pytest.fixture(scope="module")
+def resnet_internal_run(tmp_path_factory, smoke_cfg):
+    """The experiment's own setting on a ResNet-8: block-internal channels only (the streams'
+    BatchNorms plain, the others saliencies), a τ that removes all but the largest |μ|."""
+    cfg = smoke_cfg("resnet20_vcnn_cpu", "data=synthetic_cifar", "model=resnet8",
+                    "model.widths=[4,8,8]", "method.prune.tau=100")
+    run_dir = tmp_path_factory.mktemp("vcnn") / "resnet_internal"
+    return cfg, run_dir, vcnn.run(cfg, run_dir)
+
+
 def _exported_matches_masked(cfg, run_dir, model_cls, input_shape, num_classes):
     quantized = quantize.load_quantized(run_dir / quantize.QUANTIZED_FILE)
     model = quantize.quantized_model(model_cls, quantized, input_shape=input_shape,
@@ -213,3 +223,17 @@ def test_saliencies_sit_exactly_on_the_channels_the_method_prunes(name, groups):
         assert saliency < declared
         if name == "resnet20":
             assert saliency == {f"stage{s}.{b}.bn1" for s in (1, 2, 3) for b in range(3)}
+
+
+def test_resnet_block_internal_channels_with_plain_stream_batch_norms(resnet_internal_run):
+    cfg, run_dir, metrics = resnet_internal_run
+    info = metrics["vcnn"]
+    assert info["groups"] == "internal"
+    # Saliencies (and their KL) only on the blocks' first BatchNorms; the streams keep all.
+    assert set(info["kl"]) == {"stage1.0.bn1", "stage2.0.bn1", "stage3.0.bn1"}
+    kept = info["kept_widths"]
+    assert kept["stage1.0.conv1"] == kept["stage2.0.conv1"] == kept["stage3.0.conv1"] == 1
+    assert not {"stage1", "stage2", "stage3"} & set(kept)  # streams: not prunable here
+    exported = _exported_matches_masked(cfg, run_dir, models.get("resnet8"), (32, 32, 3), 10)
+    assert exported.network.stage2[0].conv1.kernel.shape[-1] == 1
+    assert exported.network.stem.kernel.shape[-1] == 4  # the stream keeps its channels

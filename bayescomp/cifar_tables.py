@@ -236,6 +236,35 @@ def _our_rows(runs: list[dict]) -> list[str]:
     return lines
 
 
+def _restat_lines(runs: list[dict]) -> list[str]:
+    """VCNN runs' errors with the trained BatchNorm statistics beside re-estimated ones.
+
+    Saliencies are sampled in training, so the statistics every later BatchNorm collected
+    describe noisier activations than the posterior-mean network's; ``metrics.json`` has both
+    (:mod:`bayescomp.procedures.vcnn`, 4.). Empty where no run has them.
+    """
+    found = [r for r in runs if (r.get("vcnn") or {}).get("restat_examples")]
+    if not found:
+        return []
+    lines = ["## VCNN: BatchNorm statistics as trained and re-estimated", "",
+             "The paper's procedure keeps the statistics collected while the saliencies were "
+             "sampled; re-estimating them on training images (nothing trained; "
+             "`bayescomp/procedures/vcnn.py`) shows what that costs. Test errors in %.", "",
+             "| Run | Seed | Training images | Before pruning: trained / re-estimated | "
+             "After pruning: trained / re-estimated |", "|---|---|---|---|---|"]
+    for run in found:
+        block = run["vcnn"]
+
+        def pair(key):
+            values = (block.get(f"error_{key}"),
+                      block.get(f"error_{key}_statistics_reestimated"))
+            return " / ".join("–" if v is None else f"{v:.2f}" for v in values)
+
+        lines.append(f"| `{run['_path']}` | {run.get('seed')} | {block['restat_examples']:,} | "
+                     f"{pair('before_pruning')} | {pair('after_pruning')} |")
+    return lines + [""]
+
+
 # --------------------------------------------------------------------------------------------
 # Published rows
 
@@ -423,6 +452,7 @@ def render(runs: list[dict], papers: list[dict], louizos: dict | None,
         "",
     ]
     lines += _our_rows(runs)
+    lines += _restat_lines(runs)
     for paper in papers:
         lines += _paper_tables(paper, runs)
     if louizos:

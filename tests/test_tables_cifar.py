@@ -254,3 +254,18 @@ def test_a_lenet_only_scan_of_the_repository_is_unchanged():
         return re.sub(r" on \d{4}-\d{2}-\d{2} from ", " on DATE from ", markdown)
 
     assert undated(text) == undated(reference.replace(figures + "\n", ""))
+
+
+def test_vcnn_statistics_section_lists_both_errors_only_where_recorded(tmp_path):
+    _cifar_run(tmp_path, seed=0, errors=(8.0, 9.0, None))  # written before the diagnostic
+    assert "BatchNorm statistics as trained and re-estimated" not in _render(tmp_path)
+    run_dir = _cifar_run(tmp_path, seed=1, errors=(8.5, 12.25, None))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["vcnn"].update(restat_examples=2000,
+                           error_before_pruning_statistics_reestimated=8.125,
+                           error_after_pruning_statistics_reestimated=10.5)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    section = _section(_render(tmp_path), "## VCNN: BatchNorm statistics")
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert len(rows) == 1 and "seed1" in rows[0]
+    assert rows[0].endswith("| 1 | 2,000 | 8.50 / 8.12 | 12.25 / 10.50 |")

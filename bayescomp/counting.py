@@ -81,7 +81,10 @@ layer's contraction output and each BatchNorm's output.
   keeps times the layer's output positions (``H_out·W_out`` for a conv, 1 for a dense layer),
   the multiply-adds of a sparse kernel that skips every pruned weight. No biases, no
   BatchNorm. For group pruning whose groups are whole channels and units it equals the
-  structural ``macs``.
+  structural ``macs`` in networks without BatchNorm (the LeNets); where a BatchNorm follows a
+  removed channel, its shift is a constant that export cannot fold into a zero-padded conv, so
+  the channel and its consumers' rows stay in the structural count (:func:`pruned_structure`)
+  and ``macs`` exceeds ``nonzero_macs``.
 
 Channel padding (export's ``channel_multiple``) is a speed choice and is never counted.
 """

@@ -30,11 +30,12 @@ run of every method is a point, Deep Compression and soft weight-sharing include
 structural count is close to dense, their nonzero count is not), and the channel methods
 (Dirichlet pruning, variational CNN pruning, network slimming). A run's counts are its
 ``metrics.json``'s ``counting``, or, for runs written before it had one, are computed from its
-``model.bcz`` (:func:`bayescomp.tables.run_counting`). A threshold sweep stores no masks, only
-its kept weights per layer, which give the nonzero count; for the group methods (BC-GNJ,
-BC-GHS) that is also the structural one, since whole groups (filters, input units) are kept or
-removed and a layer's kept weights are the full block of its kept inputs and outputs; the other
-methods' sweep points have no structural count. The report
+``model.bcz`` (:func:`bayescomp.tables.run_counting`). A threshold sweep's points have their
+own ``counting`` (sweeps written since 2026-12-06). Older sweeps stored only the kept weights
+per layer, which give the nonzero count; for the group methods (BC-GNJ, BC-GHS), whose masks
+keep or remove whole groups, that is also the structural count where the run's own counting
+shows the two equal for its model (the LeNets: no BatchNorm keeps a removed channel's rows);
+otherwise such a point has no structural count. The report
 names the fewest multiply-adds within ``--within`` points of the dense error, overall and per
 method.
 
@@ -60,8 +61,8 @@ from bayescomp.errors import BayescompError, ConfigError
 STRUCTURED_METHODS = ("dense", "svd", "bc_gnj", "bc_ghs", "dirichlet", "vcnn", "slimming")
 #: Methods on the multiply-add axes: every method (multiply-adds mean the same for all).
 MACS_METHODS = STRUCTURED_METHODS + ("dc", "sws")
-#: Methods whose masks keep or remove whole groups, so a layer's kept weights are the full block
-#: of its kept inputs and outputs: a sweep point's structural count equals its nonzero one.
+#: Methods whose masks keep or remove whole groups: where the model keeps no extra rows (its run's
+#: structural and nonzero counts agree), an old sweep point's structural count is its nonzero one.
 GROUP_METHODS = ("bc_gnj", "bc_ghs")
 #: Method key → the name in the frontier's tables and plot legend: the LeNet tables' titles
 #: (one spelling across ``results/``), except the dense reference, named plainly.
@@ -192,12 +193,24 @@ def collect(roots: Sequence[pathlib.Path], model: str, dataset: str,
                 "full_width": True, "quantized_test_error": point["quantized_test_error"],
                 "path": str(path)}
             if by_macs:
-                # No masks in a sweep: its kept weights give the nonzero count, which is the
-                # structural one for group methods (GROUP_METHODS) and unknown otherwise.
-                kept = point.get("kept_per_layer")
-                known = kept is not None and len(kept) == len(positions) and None not in positions
-                nonzero = sum(k * p for k, p in zip(kept, positions)) if known else None
-                entry.update(size(nonzero if run["method"] in GROUP_METHODS else None, nonzero))
+                counted = point.get("counting")
+                if counted:
+                    macs, nonzero = counted["pruned"]["macs"], counted["nonzero_macs"]
+                else:
+                    # A sweep written before points had their counting: the kept weights give
+                    # the nonzero count, which is the structural one for a group method on a
+                    # model whose run counts agree (GROUP_METHODS), and unknown otherwise.
+                    kept = point.get("kept_per_layer")
+                    known = (kept is not None and len(kept) == len(positions)
+                             and None not in positions)
+                    nonzero = sum(k * p for k, p in zip(kept, positions)) if known else None
+                    run_counts = run["_counting"] or {}
+                    blocks = (run["method"] in GROUP_METHODS
+                              and run_counts.get("nonzero_macs") is not None
+                              and run_counts["nonzero_macs"]
+                              == (run_counts.get("pruned") or {}).get("macs"))
+                    macs = nonzero if blocks else None
+                entry.update(size(macs, nonzero))
             else:
                 kept = run["weights_total"] / point["compression"]["pruning"]
                 entry["pruning"] = full_size / kept
@@ -286,9 +299,10 @@ def render_macs(points: list[dict], model: str, dataset: str, full_macs: float, 
         "kept weights × output positions. Counts are the run's `metrics.json` `counting`, or "
         "computed from its `model.bcz`. *run*: a finished run (narrow widths: a dense network "
         "of those widths trained from scratch); *sweep*: a trained run pruned at other "
-        "thresholds without retraining (`python -m bayescomp.tradeoff`; no masks stored: a "
-        "structural count only for the group methods BC-GNJ and BC-GHS, whose kept weights "
-        "are whole blocks). Errors are quantized test errors in %; see "
+        "thresholds without retraining (`python -m bayescomp.tradeoff`; its points' own "
+        "counts, or for sweeps written before they had them the nonzero count, and the "
+        "structural one only for BC-GNJ and BC-GHS where whole groups make the two equal). "
+        "Errors are quantized test errors in %; see "
         "`bayescomp/frontier.py`.", "",
         f"Bar: quantized error ≤ {bar:.2f} % (the full-width dense mean {reference:.2f} % + "
         f"{within:g} point).", "",
@@ -312,9 +326,9 @@ def render_macs(points: list[dict], model: str, dataset: str, full_macs: float, 
     else:
         lines.append("No point lies within the bar.")
     if unplaced:
-        lines += ["", f"{unplaced} point(s) have no {named} (sweeps of methods other than "
-                  "BC-GNJ and BC-GHS: no masks stored; runs without `counting` or `model.bcz`) "
-                  "and are listed without it."]
+        lines += ["", f"{unplaced} point(s) have no {named} (sweeps written before their "
+                  "points had counts; runs without `counting` or `model.bcz`) and are listed "
+                  "without it."]
 
     def cell(count, ratio):
         return "–" if count is None else f"{count:,} ({ratio:.1f}×)"

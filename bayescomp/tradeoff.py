@@ -65,7 +65,7 @@ SELECTION_EXAMPLES = threshold_selection.DEFAULT_EXAMPLES
 #: ``prune_thresholds`` and ``empties`` instead of the rest).
 ROW_KEYS = ("prune_thresholds", "architecture_string", "kept_per_layer", "percent_kept",
             "bits_per_layer", "exponent_bits", "compression", "pruned_test_error",
-            "quantized_test_error", "pruning_check")
+            "quantized_test_error", "pruning_check", "counting")
 
 
 def operating_points(thresholds: Sequence[float] = (),
@@ -95,7 +95,8 @@ def sweep(cfg: DictConfig, model, dataset, points: list[dict[str, float]]) -> li
         One dict per point: the point, ``prune_thresholds`` per layer, ``architecture_string``,
         ``kept_per_layer``, ``percent_kept``, ``bits_per_layer``, ``exponent_bits``,
         ``compression`` (the paper's ratios), ``pruned_test_error`` /
-        ``quantized_test_error`` (%) and ``pruning_check`` (training-subset errors); for a
+        ``quantized_test_error`` (%), ``pruning_check`` (training-subset errors) and
+        ``counting`` (parameters and multiply-adds, :func:`bayescomp.counting.summary`); for a
         point whose thresholds empty a layer, the point, ``prune_thresholds`` and ``empties``
         (the layers) only.
 

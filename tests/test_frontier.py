@@ -184,27 +184,60 @@ def test_multiply_adds_from_model_bcz_without_counting(counted_results):
     assert by_method["dense"]["macs"] == 2_293_000
 
 
-def test_a_group_methods_sweep_has_a_structural_count_and_others_do_not(counted_results):
+def test_sweep_points_structural_counts_theirs_or_from_whole_groups(counted_results):
     # The masks of _lenet5_masks(): conv1 5 filters of 25, conv2 10 of 5·25, fc1 160 rows x 20,
-    # fc2 20 x 10 kept weights. A group method keeps whole blocks, so the structural count is
-    # the nonzero one; DC's kept weights say nothing about which filters are whole.
+    # fc2 20 x 10 kept weights.
     kept = [5 * 25, 10 * 5 * 25, 160 * 20, 20 * 10]
+    nonzero = 576 * 125 + 64 * 1250 + 3200 + 200  # output positions x kept weights, per layer
+    assert nonzero == 576 * 25 * 5 + 64 * 25 * 5 * 10 + 160 * 20 + 20 * 10  # the structural
     for experiment in ("lenet5_bc_ghs", "lenet5_dc"):
         # The layer order a sweep's kept weights follow is the run's metrics.json "layers".
         metrics_path = counted_results / "fashion_mnist" / experiment / "seed0" / "metrics.json"
         metrics = json.loads(metrics_path.read_text())
         metrics_path.write_text(json.dumps({**metrics,
                                             "layers": ["conv1", "conv2", "fc1", "fc2"]}))
-        _sweep(counted_results, f"/runs/fashion_mnist/{experiment}/seed0", [
-            {"tolerance": 0.5, "architecture_string": "5-10-160-20", "kept_per_layer": kept,
-             "quantized_test_error": 9.0, "compression": {"pruning": 100.0}}],
-            experiment=experiment)
+        old_point = {"tolerance": 0.5, "architecture_string": "5-10-160-20",
+                     "kept_per_layer": kept, "quantized_test_error": 9.0,
+                     "compression": {"pruning": 100.0}}
+        # A point written with its own counting (a BatchNorm net's structural count can exceed
+        # the nonzero one: a removed channel's rows stay where a BatchNorm keeps its shift).
+        new_point = {**old_point, "tolerance": 1.0,
+                     "counting": {"pruned": {"macs": 200_000}, "nonzero_macs": 150_000}}
+        _sweep(counted_results, f"/runs/fashion_mnist/{experiment}/seed0",
+               [old_point, new_point], experiment=experiment)
     points, _ = frontier.collect([counted_results], "lenet5", "fashion_mnist", "macs")
-    sweeps = {p["method"]: p for p in points if p["source"] == "sweep"}
-    nonzero = 576 * 125 + 64 * 1250 + 3200 + 200  # output positions x kept weights, per layer
-    assert nonzero == 576 * 25 * 5 + 64 * 25 * 5 * 10 + 160 * 20 + 20 * 10  # the structural
-    assert sweeps["bc_ghs"]["macs"] == sweeps["bc_ghs"]["nonzero_macs"] == nonzero
-    assert sweeps["dc"]["macs"] is None and sweeps["dc"]["nonzero_macs"] == nonzero
+    sweeps = {(p["method"], p["variant"]): p for p in points if p["source"] == "sweep"}
+    # Old points: a group method (whose run's structural and nonzero counts agree, as a LeNet's
+    # do) keeps whole blocks, so the structural count is the nonzero one; DC's kept weights say
+    # nothing about which filters are whole.
+    ghs_old, dc_old = sweeps["bc_ghs", "tolerance 0.5"], sweeps["dc", "tolerance 0.5"]
+    assert ghs_old["macs"] == ghs_old["nonzero_macs"] == nonzero
+    assert dc_old["macs"] is None and dc_old["nonzero_macs"] == nonzero
+    for method in ("bc_ghs", "dc"):  # new points: their own counts, whatever the method
+        assert sweeps[method, "tolerance 1"]["macs"] == 200_000
+        assert sweeps[method, "tolerance 1"]["nonzero_macs"] == 150_000
+
+
+def test_an_old_group_sweep_gets_no_structural_count_where_its_runs_counts_differ(
+        counted_results):
+    metrics_path = counted_results / "fashion_mnist" / "lenet5_bc_ghs" / "seed0" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["layers"] = ["conv1", "conv2", "fc1", "fc2"]
+    # As a BatchNorm net's run: its structural count above its nonzero one.
+    metrics["counting"] = {"dense": {"macs": 2_293_000, "params": 430_500,
+                                     "layers": {"conv1": {"macs": 288_000, "weights": 500},
+                                                "conv2": {"macs": 1_600_000, "weights": 25_000},
+                                                "fc1": {"macs": 400_000, "weights": 400_000},
+                                                "fc2": {"macs": 5_000, "weights": 5_000}}},
+                           "pruned": {"macs": 160_000, "params": 4_000}, "nonzero_macs": 155_400}
+    metrics_path.write_text(json.dumps(metrics))
+    _sweep(counted_results, "/runs/fashion_mnist/lenet5_bc_ghs/seed0", [
+        {"tolerance": 0.5, "architecture_string": "5-10-160-20",
+         "kept_per_layer": [125, 1250, 3200, 200], "quantized_test_error": 9.0,
+         "compression": {"pruning": 100.0}}])
+    points, _ = frontier.collect([counted_results], "lenet5", "fashion_mnist", "macs")
+    sweep = next(p for p in points if p["source"] == "sweep")
+    assert sweep["macs"] is None and sweep["nonzero_macs"] == 155_400
 
 
 def test_cli_writes_the_multiply_add_report_beside_the_pruning_one(counted_results, tmp_path):

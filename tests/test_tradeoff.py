@@ -47,6 +47,14 @@ def test_the_runs_own_threshold_reproduces_its_metrics_and_the_curve_is_monotone
         assert row["prune_thresholds"] == {name: threshold for name in ("fc1", "fc2", "fc3")}
         for layer_kept, log_alpha in zip(row.get("kept_per_layer", ()), log_alphas):
             assert layer_kept <= int((log_alpha < threshold).sum())
+    # Each point's counting: for LeNet-300-100, one position per weight, so the nonzero
+    # multiply-adds are the kept weights (the dense count its 266,200), and the structural count
+    # (kept input rows x kept output columns) is at least that.
+    for row in rows[1:]:
+        counted = row["counting"]
+        assert counted["dense"]["macs"] == 784 * 300 + 300 * 100 + 100 * 10
+        assert counted["nonzero_macs"] == sum(row["kept_per_layer"])
+        assert counted["pruned"]["macs"] >= counted["nonzero_macs"]
     # The sweep leaves the model's own thresholds in place.
     assert {name: layer.prune_threshold
             for name, layer in objectives.variational_layers(model)} == \

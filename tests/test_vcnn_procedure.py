@@ -237,3 +237,16 @@ def test_resnet_block_internal_channels_with_plain_stream_batch_norms(resnet_int
     exported = _exported_matches_masked(cfg, run_dir, models.get("resnet8"), (32, 32, 3), 10)
     assert exported.network.stage2[0].conv1.kernel.shape[-1] == 1
     assert exported.network.stem.kernel.shape[-1] == 4  # the stream keeps its channels
+
+
+def test_a_rerun_with_other_groups_is_refused_naming_the_setting(resnet_internal_run, smoke_cfg,
+                                                                 tmp_path):
+    # prune.groups decides which BatchNorms carry saliencies: the checkpoint of a groups=internal
+    # run has no saliencies on the streams, so it cannot be re-evaluated as groups=all.
+    _, run_dir, _ = resnet_internal_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    cfg = smoke_cfg("resnet20_vcnn_cpu", "data=synthetic_cifar", "model=resnet8",
+                    "model.widths=[4,8,8]", "method.prune.tau=100", "method.prune.groups=all")
+    with pytest.raises(ConfigError, match=r"method\.prune\.groups: 'internal' -> 'all'"):
+        vcnn.run(cfg, copy)

@@ -45,7 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from bayescomp import metrics, models, objectives, pretrained, pruning, runs, threshold_selection
+from bayescomp import (counting, metrics, models, objectives, pretrained, pruning, runs,
+                       threshold_selection)
 from bayescomp.compression import quantize as quantize_lib
 from bayescomp.compression.report import compression_report
 from bayescomp.evaluation import Evaluator
@@ -276,7 +277,8 @@ def _refusal(problem: tuple[str, list[str]], emptied: bool, settings: PruneSetti
 def compression_snapshot(cfg: DictConfig, model, dataset, workdir: pathlib.Path,
                          evaluator: Evaluator | None = None) -> dict[str, Any]:
     """:func:`prune_and_quantize` as the ``metrics.json`` keys it determines (and the log α
-    histograms saved in ``workdir/plots``): what ``diagnose`` and ``tradeoff`` report."""
+    histograms saved in ``workdir/plots``): what ``diagnose`` and ``tradeoff`` report, with the
+    pruned network's ``counting`` (:func:`bayescomp.counting.summary` of its masks)."""
     evaluator = evaluator or Evaluator(int(cfg.trainer.eval_batch_size))
     snapshot = prune_and_quantize(cfg, model, dataset, evaluator, refuse=False)
     quantized = snapshot.quantized
@@ -292,4 +294,6 @@ def compression_snapshot(cfg: DictConfig, model, dataset, workdir: pathlib.Path,
         "pruning_check": snapshot.pruning_check,
         **metrics.compression_metrics(snapshot.masks, report.to_dict()),
         "quantized_test_error": snapshot.quantized_test_error,
+        "counting": counting.summary(model, dataset.x_train.shape[1:],
+                                     dict(zip(quantized.names, quantized.masks))),
     }

@@ -84,7 +84,9 @@ Zhao, Ni, Zhang, Zhao, Zhang & Tian, "Variational Convolutional Neural Network P
 ``metrics.json`` gets ``vcnn`` (τ, θ, the selection's trace, μ and σ per saliency module, the KL
 per module, kept widths and channels per group, the errors) and ``counting``. Rerunning in the
 same directory skips finished phases; a finished run rerun with other ``method.prune`` or
-``method.budget`` settings is re-evaluated without training (fine-tuning, if any, is its own
+``method.budget`` settings is re-evaluated without training, except ``method.prune.groups``,
+which decides which BatchNorms carry saliencies and so what was trained (a rerun with another
+is refused, naming it: :data:`RESUMABLE_CHANGES`) (fine-tuning, if any, is its own
 phase per set of kept channels).
 
 Entry point: :func:`run` (procedure ``vcnn``, ``conf/method/vcnn.yaml``).
@@ -216,6 +218,15 @@ def subset_error_of(cfg: DictConfig, plain: nnx.Module, dataset, evaluator, exam
     return error_of
 
 
+#: Settings a run directory may be rerun with (:func:`bayescomp.runs.trajectory_config`): the
+#: channel methods' (:data:`bayescomp.procedures.channel_pruning.RESUMABLE_CHANGES`) but for
+#: ``method.prune.groups``: in a ResNet it decides whether the streams' BatchNorms carry
+#: saliencies (:meth:`bayescomp.nn.factory.LayerFactory.norm`), so a checkpoint trained under one
+#: value has other parameters than the model built under the other.
+RESUMABLE_CHANGES = tuple(k for k in cp.RESUMABLE_CHANGES if k != "method.prune.") + tuple(
+    f"method.prune.{key}{suffix}" for key in ("threshold", "per_layer", "tau", "theta", "select")
+    for suffix in ("", "."))
+
 #: Training images the diagnostic re-estimation of BatchNorm statistics uses (module docstring).
 RESTAT_EXAMPLES = 2000
 
@@ -276,7 +287,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     cp.check_budget(cfg, model, input_shape, factors)
     started = pretrained.start_from(cfg, model)
     start = None if started is None else started["run"]
-    training = TrainingRun(cfg, workdir, dataset, resumable=cp.RESUMABLE_CHANGES,
+    training = TrainingRun(cfg, workdir, dataset, resumable=RESUMABLE_CHANGES,
                            start_from=start)
     if started is not None:
         pretrained.check_start(started, training.error(model))

@@ -250,3 +250,22 @@ def test_a_rerun_with_other_groups_is_refused_naming_the_setting(resnet_internal
                     "model.widths=[4,8,8]", "method.prune.tau=100", "method.prune.groups=all")
     with pytest.raises(ConfigError, match=r"method\.prune\.groups: 'internal' -> 'all'"):
         vcnn.run(cfg, copy)
+
+
+def test_a_resnet_run_compresses_and_its_file_decodes(resnet_internal_run, tmp_path):
+    # The decoder rebuilds the model's shapes through a weightless stand-in of the layer
+    # factory (codec._ShapeRecorder), which must take every argument a model passes, the
+    # stream marking of a ResNet's BatchNorms included; the tables then count from the file.
+    from bayescomp import compress, tables
+    from bayescomp.compression import codec
+
+    _, resnet_dir, metrics = resnet_internal_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(resnet_dir, run_dir)
+    compress.compress_run(run_dir)
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert written["compressed_test_error"] == metrics["quantized_test_error"]
+    decoded = codec.decode_network((run_dir / "model.bcz").read_bytes())
+    assert decoded.model_name == "resnet8"
+    counted = tables.run_counting({"_path": str(run_dir)})  # from the file alone
+    assert counted["pruned"]["macs"] == metrics["counting"]["pruned"]["macs"]

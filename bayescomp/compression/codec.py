@@ -611,8 +611,8 @@ class _ShapeRecorder:
         del name, rngs, geometry  # strides and padding change no kernel shape
         return _ShapeOnly(_dims(*kernel_size, in_features, out_features))
 
-    def norm(self, name, features):
-        del name
+    def norm(self, name, features, *, stream=False):
+        del name, stream  # a stream's BatchNorm has the same shape
         return _ShapeOnly(_dims(features, features), weights=False)
 
     def channel(self, name, features, *, after_norm=False):

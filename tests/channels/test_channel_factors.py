@@ -118,8 +118,14 @@ def test_methods_without_the_hooks_build_the_same_networks():
     assert all(type(n) is BatchNorm for n in batch_norms(plain).values())
     assert {p for p, _ in nnx.to_flat_state(nnx.state(plain))} == {
         p for p, _ in nnx.to_flat_state(nnx.state(resnet({"channel": VCNN})))}
+    # VCNN: saliencies on the channels it prunes; with groups=internal (the default) the
+    # streams' BatchNorms (stem and each block's second) stay plain.
     saliency = resnet({"norm": VCNN})
-    assert all(type(n) is SaliencyBatchNorm for n in batch_norms(saliency).values())
+    assert {p: type(n) for p, n in batch_norms(saliency).items()} == {
+        p: SaliencyBatchNorm if p.endswith(".bn1") else BatchNorm
+        for p in batch_norms(saliency)}
+    everywhere = resnet({"norm": VCNN, "prune": {"groups": "all"}})
+    assert all(type(n) is SaliencyBatchNorm for n in batch_norms(everywhere).values())
     assert all(type(n) is SlimmingBatchNorm for n in batch_norms(resnet({"norm": SLIM})).values())
     lenet = LeNet5(from_config({"posterior": "delta"}), rngs=nnx.Rngs(0))
     assert lenet.channel_modules() == {}
@@ -192,8 +198,10 @@ def test_folded_plain_network_equals_the_evaluation_view(settings):
 
 
 def test_prunable_groups_internal_or_all():
+    # Saliencies on the streams too (method.prune.groups=all), so that both modes find them.
     resnet = nnx.eval_shape(lambda: models.get("resnet8")(
-        LayerFactory(norm_settings=VCNN), rngs=nnx.Rngs(0), widths=(4, 8, 8)))
+        LayerFactory(norm_settings=VCNN, prune_streams=True), rngs=nnx.Rngs(0),
+        widths=(4, 8, 8)))
     internal = cp.prunable_factors(resnet, vcnn.SALIENCY_TYPES, "internal")
     assert list(internal) == ["stage1.0.conv1", "stage2.0.conv1", "stage3.0.conv1"]
     everything = cp.prunable_factors(resnet, vcnn.SALIENCY_TYPES, "all")

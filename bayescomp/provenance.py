@@ -110,11 +110,15 @@ def runtime() -> dict[str, Any]:
 
     Returns:
         ``{"jax_backend", "jax_version", "jaxlib_version", "flax_version", "device_kind",
-        "device_count"}``.
+        "device_count", "cpu_conv_kernel"}``; the last is ``"onednn"`` or ``"xla"`` on CPU
+        (:func:`bayescomp.nn.onednn_conv.cpu_conv_kernel`: the two differ in float32 rounding),
+        ``None`` elsewhere.
     """
     import flax  # Imported here: provenance itself needs no JAX (tests use it without).
     import jax
     import jaxlib
+
+    from bayescomp.nn import onednn_conv
 
     devices = jax.devices()
     return {
@@ -124,4 +128,6 @@ def runtime() -> dict[str, Any]:
         "flax_version": flax.__version__,
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
+        "cpu_conv_kernel": (onednn_conv.cpu_conv_kernel() if jax.default_backend() == "cpu"
+                            else None),
     }

@@ -1,7 +1,7 @@
 """A/B timing of one experiment's train step with and without bayescomp's XLA:CPU kernel choices.
 
-Three switches select how a CPU train step is written (the first two on by default in the
-library):
+Four switches select how a CPU train step is written (``conv``, ``norm`` and, where it loads,
+``onednn`` on by default in the library):
 
 * ``conv``: :data:`bayescomp.nn.conv.MATERIALIZE_KERNEL_GRADIENT_OPERANDS`, the conv whose
   kernel gradient reads materialised operands (no BatchNorm/ReLU recomputation fused into the
@@ -11,6 +11,8 @@ library):
 * ``patch``: every conv larger than 1x1 as a patch matmul (:func:`bayescomp.nn.conv.conv_as_matmul`,
   :data:`bayescomp.nn.conv.PATCH_MATMUL_MAX_POSITIONS` unlimited; off: the library's 2x2 limit).
   Off by default in the library beyond 2x2 maps; the switch is there to re-measure that choice.
+* ``onednn``: convolutions through oneDNN (:mod:`bayescomp.nn.onednn_conv`; off: XLA's own),
+  set through ``$BAYESCOMP_CPU_CONV`` while the step is traced.
 
 The step is built twice in one process, exactly as ``benchmarks/train_speed.py`` does, once with
 the switches of ``--a`` and once with those of ``--b``, and the two are called alternately, one
@@ -23,6 +25,7 @@ Usage::
     python benchmarks/kernel_ab.py resnet20_dense --a none --b conv,norm --steps 2 --rounds 7
     python benchmarks/kernel_ab.py lenet5_dense --a none --b conv --steps 10 --rounds 7
     python benchmarks/kernel_ab.py lenet5_ghs --a none --b patch --steps 10 --rounds 7
+    python benchmarks/kernel_ab.py resnet20_dense --a conv,norm --b conv,norm,onednn --rounds 5
     python benchmarks/kernel_ab.py resnet20_dense --rounds 3 --profile /tmp/kernel_ab_trace
 """
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import pathlib
 import re
 import statistics
@@ -41,8 +45,9 @@ from train_speed import ExperimentTimer  # importing it puts the checkout on sys
 
 from bayescomp.nn import conv as conv_lib
 from bayescomp.nn import norm as norm_lib
+from bayescomp.nn import onednn_conv
 
-SWITCHES = ("conv", "norm", "patch")
+SWITCHES = ("conv", "norm", "patch", "onednn")
 
 
 def switch_set(text: str) -> frozenset[str]:
@@ -62,11 +67,19 @@ def build(name: str, switches: frozenset[str], steps: int, rounds: int) -> Exper
     norm_lib.DOT_SUMS = "norm" in switches
     if "patch" in switches:
         conv_lib.PATCH_MATMUL_MAX_POSITIONS = sys.maxsize
+    saved_kernel = os.environ.get(onednn_conv.KERNEL_ENV)
+    os.environ[onednn_conv.KERNEL_ENV] = "onednn" if "onednn" in switches else "xla"
+    onednn_conv.cpu_conv_kernel.cache_clear()
     try:
         return ExperimentTimer(name, steps, None, rounds)  # traces and compiles here
     finally:
         (conv_lib.MATERIALIZE_KERNEL_GRADIENT_OPERANDS, norm_lib.DOT_SUMS,
          conv_lib.PATCH_MATMUL_MAX_POSITIONS) = saved
+        if saved_kernel is None:
+            os.environ.pop(onednn_conv.KERNEL_ENV, None)
+        else:
+            os.environ[onednn_conv.KERNEL_ENV] = saved_kernel
+        onednn_conv.cpu_conv_kernel.cache_clear()
 
 
 def largest_differences(a: ExperimentTimer, b: ExperimentTimer, count: int = 3) -> list[str]:

@@ -6,7 +6,8 @@ loop and, for CIFAR data, augmentation), times a few calls, traces one more with
 into categories read from the compiled HLO: the operation's kind and the JAX source op in its
 metadata (``op_name``, e.g. ``transpose(jvp(...))/conv_general_dilated`` for a conv gradient).
 
-Categories: convolution forward / input gradient / kernel gradient (a convolution whose output's
+Categories: oneDNN convolutions (``bayescomp.nn.onednn_conv``'s custom calls; the caller's
+wall time, while oneDNN's own threads do the work), XLA convolution forward / input gradient / kernel gradient (a convolution whose output's
 leading dimension is not the batch is a kernel gradient, so a layer with as many input channels
 as the batch size is miscounted as forward or input gradient; one under ``transpose(`` otherwise
 is an input gradient), layout transposes (``transpose``/``copy`` fusions), reductions (``reduce``,
@@ -47,6 +48,8 @@ def category(name: str, info: tuple[str, str, str] | None, batch_size: int) -> s
     shape, opcode, op_name = info if info else ("", "", "")
     base = re.sub(r"\.\d+$", "", name)
     text = f"{name} {opcode} {op_name}"
+    if opcode == "custom-call" or base.startswith("custom-call"):
+        return "oneDNN convolutions (custom calls: forward, input and kernel gradients)"
     if "conv" in base or opcode == "convolution":
         dims = re.match(r"f32\[(\d+)", shape)
         # Forward and input-gradient convs produce a batch of maps; a kernel gradient

@@ -54,6 +54,20 @@ def pytest_unconfigure(config):
 
 
 @pytest.fixture
+def xla_convolutions(monkeypatch):
+    """CPU convolutions by XLA's own kernels for the test (``BAYESCOMP_CPU_CONV=xla``): for
+    comparisons bit for bit against ``lax.conv_general_dilated``, from which oneDNN's
+    (:mod:`bayescomp.nn.onednn_conv`, the default where installed) differ in float32 rounding."""
+    from bayescomp.nn import onednn_conv
+
+    monkeypatch.setenv(onednn_conv.KERNEL_ENV, "xla")
+    onednn_conv.cpu_conv_kernel.cache_clear()
+    yield
+    monkeypatch.undo()
+    onednn_conv.cpu_conv_kernel.cache_clear()
+
+
+@pytest.fixture
 def key():
     """A function handing out fresh, distinct PRNG keys (equinox's ``getkey``).
 

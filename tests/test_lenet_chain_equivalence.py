@@ -21,6 +21,9 @@ from bayescomp.models import LeNet5, LeNet300
 from bayescomp.nn import LayerFactory
 from bayescomp.pruning import own_masks, propagated_masks
 
+# The legacy forward below convolves with lax.conv; bit for bit needs the export's convs too.
+pytestmark = pytest.mark.usefixtures("xla_convolutions")
+
 INPUT_SHAPE = (28, 28, 1)
 LAYERS = {"lenet300": ("fc1", "fc2", "fc3"), "lenet5": ("conv1", "conv2", "fc1", "fc2")}
 SHAPES = {"lenet300": [(784, 300), (300, 100), (100, 10)],

@@ -95,3 +95,5 @@ def test_runtime_names_the_backend_and_versions():
     assert info["jax_version"] == jax.__version__
     assert info["device_count"] == len(jax.devices()) >= 1
     assert isinstance(info["device_kind"], str) and info["device_kind"]
+    assert info["cpu_conv_kernel"] in (("onednn", "xla") if jax.default_backend() == "cpu"
+                                       else (None,))

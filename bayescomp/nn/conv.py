@@ -3,7 +3,9 @@
 With the local reparameterization trick a sampled conv costs two convolutions: one of x with
 the kernel means and one of x² with the kernel variances (Molchanov et al. 2017, Eq. 18).
 
-On XLA:CPU a conv whose output map is at most 2x2 (VGG-16's last block on CIFAR) is written as
+On CPU the convolutions go to oneDNN where it is installed (:mod:`bayescomp.nn.onednn_conv`:
+a ResNet-20 training step in 0.72 of the time). Without it, on XLA:CPU a conv whose output
+map is at most 2x2 (VGG-16's last block on CIFAR) is written as
 one matrix product over image patches (:func:`conv_as_matmul`): XLA's own convolution kernel is
 pathologically slow there (forward and input gradient; ``benchmarks/README.md`` has the
 numbers), while the patch matrix is tiny and the product a well-shaped GEMM. On larger maps the
@@ -20,7 +22,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bayescomp.nn import onednn_conv
 from bayescomp.nn.layer import VariationalLayer
+from bayescomp.nn.onednn_conv import explicit_padding, output_hw
 from bayescomp.posteriors.base import Posterior
 from bayescomp.priors.base import Prior
 
@@ -86,6 +90,8 @@ class VariationalConv(VariationalLayer):
         )
 
     def contract(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        if onednn_conv.applies(x, kernel, self.strides, self.padding):
+            return onednn_conv.conv(x, kernel, self.strides, self.padding)
         if _patch_matmul_is_faster(x.shape, kernel.shape, self.strides, self.padding):
             return conv_as_matmul(x, kernel, self.strides, self.padding)
         padding = self.padding if isinstance(self.padding, str) else tuple(
@@ -159,27 +165,13 @@ MATERIALIZE_KERNEL_GRADIENT_OPERANDS = True
 PATCH_MATMUL_MAX_POSITIONS = 4
 
 
-def _output_hw(in_hw, kernel_hw, strides, pads) -> tuple[int, int]:
-    return tuple((size + lo + hi - k) // s + 1
-                 for size, k, s, (lo, hi) in zip(in_hw, kernel_hw, strides, pads))
-
-
-def _explicit_padding(padding, in_hw, kernel_hw, strides) -> tuple[tuple[int, int], ...]:
-    """``(low, high)`` per spatial axis of ``"VALID"``, ``"SAME"`` or explicit pairs (XLA's
-    rules: ``"SAME"`` puts an odd pixel on the high side)."""
-    if isinstance(padding, str):
-        return tuple(tuple(pair) for pair in jax.lax.padtype_to_pads(
-            in_hw, kernel_hw, strides, padding))
-    return tuple((int(lo), int(hi)) for lo, hi in padding)
-
-
 def _patch_matmul_is_faster(x_shape, kernel_shape, strides, padding) -> bool:
     """On CPU: a kernel larger than 1x1 and an output map of at most
     :data:`PATCH_MATMUL_MAX_POSITIONS` positions (module docstring)."""
     if jax.default_backend() != "cpu" or kernel_shape[0] * kernel_shape[1] == 1:
         return False
-    pads = _explicit_padding(padding, x_shape[1:3], kernel_shape[:2], strides)
-    ho, wo = _output_hw(x_shape[1:3], kernel_shape[:2], strides, pads)
+    pads = explicit_padding(padding, x_shape[1:3], kernel_shape[:2], strides)
+    ho, wo = output_hw(x_shape[1:3], kernel_shape[:2], strides, pads)
     return ho * wo <= PATCH_MATMUL_MAX_POSITIONS
 
 
@@ -207,8 +199,8 @@ def conv_as_matmul(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1,
     if kc != c:
         raise ValueError(f"kernel expects {kc} input channels, got {c}")
     sh, sw = strides
-    pads = _explicit_padding(padding, (h, w), (kh, kw), (sh, sw))
-    ho, wo = _output_hw((h, w), (kh, kw), (sh, sw), pads)
+    pads = explicit_padding(padding, (h, w), (kh, kw), (sh, sw))
+    ho, wo = output_hw((h, w), (kh, kw), (sh, sw), pads)
     x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     windows = [jax.lax.slice(x, (0, i, j, 0),
                              (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))

@@ -1,0 +1,221 @@
+// 2-D convolution (NHWC inputs, HWIO kernels, float32) and its two gradients through oneDNN, as
+// XLA FFI handlers for the CPU backend. Built and loaded by bayescomp/nn/onednn_conv.py, which
+// says why (XLA:CPU's own convolutions run at a third of this CPU's GEMM rate) and when it is
+// used.
+//
+// Each handler looks up (or creates once) the oneDNN primitive for its shapes. Activations stay
+// in XLA's NHWC buffers (oneDNN's nhwc format, read and written in place); the kernel, whose
+// HWIO layout the fast implementations do not take, is reordered into the primitive's own
+// layout on the way in (forward, input gradient) and out (kernel gradient). One mutex serialises
+// the calls: a primitive's execution already uses every core, and the cached weight buffers are
+// shared.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using dnnl::memory;
+using tag = memory::format_tag;
+
+enum Kind : int64_t { kForward = 0, kInputGradient = 1, kKernelGradient = 2 };
+
+// kind, n, h, w, c, o, kh, kw, stride h, stride w, pad top, bottom, left, right
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;
+
+struct Geometry {
+  int64_t n, h, w, c, o, kh, kw, oh, ow, sh, sw, pt, pb, pl, pr;
+};
+
+struct Primitive {
+  dnnl::primitive conv;
+  memory::desc user_kernel;    // HWIO, as XLA stores it
+  memory::desc native_kernel;  // the primitive's layout
+  memory native_kernel_buffer;
+  bool reorder_kernel = false;
+  dnnl::reorder reorder;  // user -> native (forward, input gradient), native -> user
+};
+
+struct State {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream{engine};
+  std::map<Key, std::unique_ptr<Primitive>> cache;
+  std::mutex mutex;
+};
+
+State& state() {
+  static State* s = new State();  // never destroyed: XLA may call us during interpreter exit
+  return *s;
+}
+
+memory::desc activation(int64_t n, int64_t c, int64_t h, int64_t w) {
+  return memory::desc({n, c, h, w}, memory::data_type::f32, tag::nhwc);
+}
+
+Primitive* lookup(Kind kind, const Geometry& g) {
+  State& s = state();
+  Key key{kind, g.n, g.h, g.w, g.c, g.o, g.kh, g.kw, g.sh, g.sw, g.pt, g.pb, g.pl, g.pr};
+  auto found = s.cache.find(key);
+  if (found != s.cache.end()) return found->second.get();
+
+  auto src = activation(g.n, g.c, g.h, g.w);
+  auto dst = activation(g.n, g.o, g.oh, g.ow);
+  memory::dims kernel_dims{g.o, g.c, g.kh, g.kw};
+  auto user_kernel = memory::desc(kernel_dims, memory::data_type::f32, tag::hwio);
+  auto any_kernel = memory::desc(kernel_dims, memory::data_type::f32, tag::any);
+  memory::dims strides{g.sh, g.sw}, pad_low{g.pt, g.pl}, pad_high{g.pb, g.pr};
+  auto forward = dnnl::convolution_forward::primitive_desc(
+      s.engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
+      any_kernel, dst, strides, pad_low, pad_high);
+
+  auto p = std::make_unique<Primitive>();
+  p->user_kernel = user_kernel;
+  if (kind == kForward) {
+    p->conv = dnnl::convolution_forward(forward);
+    p->native_kernel = forward.weights_desc();
+  } else if (kind == kInputGradient) {
+    auto backward = dnnl::convolution_backward_data::primitive_desc(
+        s.engine, dnnl::algorithm::convolution_direct, src, any_kernel, dst, strides, pad_low,
+        pad_high, forward);
+    p->conv = dnnl::convolution_backward_data(backward);
+    p->native_kernel = backward.weights_desc();
+  } else {
+    auto backward = dnnl::convolution_backward_weights::primitive_desc(
+        s.engine, dnnl::algorithm::convolution_direct, src, any_kernel, dst, strides, pad_low,
+        pad_high, forward);
+    p->conv = dnnl::convolution_backward_weights(backward);
+    p->native_kernel = backward.diff_weights_desc();
+  }
+  p->reorder_kernel = p->native_kernel != user_kernel;
+  if (p->reorder_kernel) {
+    p->native_kernel_buffer = memory(p->native_kernel, s.engine);
+    if (kind == kKernelGradient) {
+      p->reorder = dnnl::reorder(dnnl::reorder::primitive_desc(
+          s.engine, p->native_kernel, s.engine, user_kernel));
+    } else {
+      p->reorder = dnnl::reorder(dnnl::reorder::primitive_desc(
+          s.engine, user_kernel, s.engine, p->native_kernel));
+    }
+  }
+  Primitive* raw = p.get();
+  s.cache.emplace(key, std::move(p));
+  return raw;
+}
+
+ffi::Error geometry(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> kernel_dims,
+                    ffi::Span<const int64_t> y_dims, ffi::Span<const int64_t> strides,
+                    ffi::Span<const int64_t> padding, Geometry* g) {
+  if (x_dims.size() != 4 || kernel_dims.size() != 4 || y_dims.size() != 4 ||
+      strides.size() != 2 || padding.size() != 4) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "onednn conv: expected NHWC/HWIO operands, 2 strides and 4 pads");
+  }
+  *g = Geometry{x_dims[0], x_dims[1], x_dims[2], x_dims[3], kernel_dims[3], kernel_dims[0],
+                kernel_dims[1], y_dims[1], y_dims[2], strides[0], strides[1], padding[0],
+                padding[1], padding[2], padding[3]};
+  if (kernel_dims[2] != g->c || y_dims[0] != g->n || y_dims[3] != g->o) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn conv: operand shapes disagree");
+  }
+  return ffi::Error::Success();
+}
+
+// Runs `kind` with the activations `x` (source or its gradient) and `y` (destination or its
+// gradient) and the kernel buffer `kernel` (HWIO; read, or written for the kernel gradient).
+ffi::Error run(Kind kind, const Geometry& g, float* x, float* kernel, float* y) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  try {
+    Primitive* p = lookup(kind, g);
+    memory x_mem(activation(g.n, g.c, g.h, g.w), s.engine, x);
+    memory y_mem(activation(g.n, g.o, g.oh, g.ow), s.engine, y);
+    memory user_kernel(p->user_kernel, s.engine, kernel);
+    memory native = p->reorder_kernel ? p->native_kernel_buffer : user_kernel;
+    if (kind == kForward) {
+      if (p->reorder_kernel) p->reorder.execute(s.stream, user_kernel, native);
+      p->conv.execute(s.stream, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, native},
+                                 {DNNL_ARG_DST, y_mem}});
+    } else if (kind == kInputGradient) {
+      if (p->reorder_kernel) p->reorder.execute(s.stream, user_kernel, native);
+      p->conv.execute(s.stream, {{DNNL_ARG_DIFF_SRC, x_mem}, {DNNL_ARG_WEIGHTS, native},
+                                 {DNNL_ARG_DIFF_DST, y_mem}});
+    } else {
+      p->conv.execute(s.stream, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_DIFF_WEIGHTS, native},
+                                 {DNNL_ARG_DIFF_DST, y_mem}});
+      if (p->reorder_kernel) p->reorder.execute(s.stream, native, user_kernel);
+    }
+    s.stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("onednn conv: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                   ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+                   ffi::Span<const int64_t> padding) {
+  Geometry g;
+  if (auto e = geometry(x.dimensions(), kernel.dimensions(), y->dimensions(), strides, padding, &g);
+      e.failure()) {
+    return e;
+  }
+  return run(kForward, g, x.typed_data(), kernel.typed_data(), y->typed_data());
+}
+
+ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
+                         ffi::ResultBuffer<ffi::F32> dx, ffi::Span<const int64_t> strides,
+                         ffi::Span<const int64_t> padding) {
+  Geometry g;
+  if (auto e = geometry(dx->dimensions(), kernel.dimensions(), dy.dimensions(), strides,
+                        padding, &g);
+      e.failure()) {
+    return e;
+  }
+  return run(kInputGradient, g, dx->typed_data(), kernel.typed_data(), dy.typed_data());
+}
+
+ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                          ffi::ResultBuffer<ffi::F32> dkernel, ffi::Span<const int64_t> strides,
+                          ffi::Span<const int64_t> padding) {
+  Geometry g;
+  if (auto e = geometry(x.dimensions(), dkernel->dimensions(), dy.dimensions(), strides,
+                        padding, &g);
+      e.failure()) {
+    return e;
+  }
+  return run(kKernelGradient, g, x.typed_data(), dkernel->typed_data(), dy.typed_data());
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BayescompOnednnConvForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BayescompOnednnConvInputGradient, InputGradient,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BayescompOnednnConvKernelGradient, KernelGradient,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding"));

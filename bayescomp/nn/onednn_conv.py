@@ -1,0 +1,335 @@
+r"""2-D convolution on CPU through oneDNN, an XLA custom call with its own gradients.
+
+XLA:CPU runs convolutions on Eigen's spatial-convolution kernels. On the development CPU they
+reach about a third of XLA's own fp32 GEMM rate, and a ResNet-20 training step spends 440 of
+its 677 CPU-ms in them (``benchmarks/README.md``); PyTorch's whole step, whose convolutions are
+oneDNN's, takes ~480. oneDNN (Intel's deep-learning kernel library) generates its convolution
+kernels at run time for the CPU it runs on; here the forward pass, the input gradient and the
+kernel gradient of one 3x3 ResNet-20 layer at batch 128 took 3–4× less time than XLA's
+(``benchmarks/README.md``). This module hands them to oneDNN:
+
+.. math::
+
+    y = x \star W,\qquad
+    \frac{\partial L}{\partial x} = \bar y \star^{\top} W,\qquad
+    \frac{\partial L}{\partial W_{ab\,io}}
+    = \sum_{n,h,w} x_{n,\,s_h h + a - p_t,\,s_w w + b - p_l,\,i}\;\bar y_{n,h,w,o},
+
+each one oneDNN primitive (``convolution_forward``, ``convolution_backward_data``,
+``convolution_backward_weights``), called through ``jax.ffi`` (``csrc/onednn_conv.cc``) and
+tied together with ``jax.custom_vjp``. Values equal ``lax.conv_general_dilated``'s up to
+float32 summation order (another blocking of the same sums).
+
+oneDNN comes from PyPI (``pip install 'bayescomp[onednn]'``: the ``onednn`` wheel, whose
+CPU engine runs through SYCL on Intel's OpenCL CPU runtime, and ``onednn-devel``'s headers).
+The handlers are compiled once with the system's C++ compiler against those headers and
+jaxlib's XLA FFI headers, into ``$XDG_CACHE_HOME/bayescomp`` (``~/.cache/bayescomp``), keyed by
+a hash of the source and both versions. Whether the library is used is
+:func:`cpu_conv_kernel`'s answer; anything it cannot do (no wheel, no compiler, a failed self
+check) leaves XLA's convolution in place, with the reason in :func:`unavailable_reason`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Environment variable that picks the CPU convolution: ``auto`` (oneDNN where it loads, the
+#: default), ``onednn`` (oneDNN or an error saying why not), ``xla`` (XLA's own).
+KERNEL_ENV = "BAYESCOMP_CPU_CONV"
+KERNELS = ("auto", "onednn", "xla")
+
+_SOURCE = Path(__file__).with_name("csrc") / "onednn_conv.cc"
+_TARGETS = {
+    "forward": "BayescompOnednnConvForward",
+    "input_gradient": "BayescompOnednnConvInputGradient",
+    "kernel_gradient": "BayescompOnednnConvKernelGradient",
+}
+
+
+class OnednnUnavailable(RuntimeError):
+    """oneDNN's convolution cannot be built or loaded here; the message says why."""
+
+
+def _library_roots() -> list[Path]:
+    """Where the ``onednn`` wheels put ``lib/`` and ``include/``: this environment's prefix
+    (a virtualenv's or the interpreter's), the user base, or ``$BAYESCOMP_ONEDNN_ROOT``."""
+    roots = [os.environ.get("BAYESCOMP_ONEDNN_ROOT"), sys.prefix, sysconfig.get_paths()["data"],
+             sys.base_prefix]
+    try:
+        import site
+        roots.append(site.getuserbase())
+    except Exception:  # site may be absent in embedded interpreters
+        pass
+    unique = []
+    for root in roots:
+        if root and Path(root) not in unique:
+            unique.append(Path(root))
+    return unique
+
+
+def _find_onednn() -> tuple[Path, Path]:
+    """``(include_dir, lib_dir)`` of the oneDNN wheels, or :class:`OnednnUnavailable`."""
+    for root in _library_roots():
+        include, lib = root / "include", root / "lib"
+        if (include / "oneapi" / "dnnl" / "dnnl.hpp").is_file() and (lib / "libdnnl.so").exists():
+            return include, lib
+    raise OnednnUnavailable(
+        "oneDNN not found (pip install 'bayescomp[onednn]' installs the onednn and onednn-devel "
+        f"wheels; searched {', '.join(str(r) for r in _library_roots())})")
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "bayescomp" / "onednn_conv"
+
+
+def _compiler() -> str:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    raise OnednnUnavailable("no C++ compiler (set CXX or install g++) to build the oneDNN "
+                            "convolution")
+
+
+def _build(include: Path, lib: Path) -> Path:
+    """Compiles ``csrc/onednn_conv.cc`` once per source, jaxlib and oneDNN version."""
+    import jaxlib
+
+    compiler = _compiler()
+    ffi_include = Path(jax.ffi.include_dir())
+    version_header = include / "oneapi" / "dnnl" / "dnnl_version.h"
+    fingerprint = hashlib.sha256()
+    for part in (_SOURCE.read_bytes(), jaxlib.__version__.encode(), version_header.read_bytes(),
+                 str(lib.resolve()).encode(), compiler.encode()):
+        fingerprint.update(part)
+    target = _cache_dir() / fingerprint.hexdigest()[:16] / "onednn_conv.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside the target and renamed into place: two processes (pytest-xdist workers)
+    # building at once each produce a whole file, and the last rename wins.
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        built = Path(scratch) / target.name
+        # DT_RPATH (not RUNPATH) so that libdnnl's own dependencies (TBB, SYCL, Intel's runtime
+        # libraries, all in the wheels' lib/) are found without LD_LIBRARY_PATH.
+        command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", str(_SOURCE),
+                   f"-I{ffi_include}", f"-I{include}", f"-L{lib}", "-ldnnl",
+                   "-Wl,--disable-new-dtags", f"-Wl,-rpath,{lib}", "-o", str(built)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise OnednnUnavailable(
+                f"building the oneDNN convolution failed ({' '.join(command)}): "
+                f"{result.stderr.strip()[-2000:]}")
+        os.replace(built, target)
+    return target
+
+
+@functools.cache
+def _load() -> None:
+    """Builds, loads and registers the handlers, then checks one convolution and its gradients
+    against XLA's (once per process). Raises :class:`OnednnUnavailable`."""
+    if jax.default_backend() != "cpu":
+        raise OnednnUnavailable(f"the default backend is {jax.default_backend()}, not cpu")
+    include, lib = _find_onednn()
+    # oneDNN's CPU engine in these wheels runs through SYCL on Intel's OpenCL CPU runtime, which
+    # the OpenCL loader finds through this variable (read when the first engine is created).
+    icd = lib / "libintelocl.so"
+    if icd.exists():
+        os.environ.setdefault("OCL_ICD_FILENAMES", str(icd))
+    path = _build(include, lib)
+    try:
+        library = ctypes.CDLL(str(path))
+    except OSError as error:
+        raise OnednnUnavailable(f"loading {path} failed: {error}") from error
+    for name, symbol in _TARGETS.items():
+        jax.ffi.register_ffi_target(f"bayescomp_onednn_conv_{name}",
+                                    jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    _self_check()
+
+
+def _self_check() -> None:
+    """One strided, asymmetrically padded convolution and both gradients against XLA's.
+
+    The tolerance, 1e-4 of the largest value, is far above float32 reorderings of 36-term
+    sums (~1e-6) and far below any indexing fault (O(1))."""
+    with jax.ensure_compile_time_eval():  # also when first asked while a step is traced
+        _compare_with_xla()
+
+
+def _compare_with_xla() -> None:
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], (2, 7, 6, 3), jnp.float32)
+    kernel = jax.random.normal(keys[1], (3, 2, 3, 4), jnp.float32)
+    strides, padding = (2, 1), ((1, 0), (0, 1))
+
+    def reference(x, kernel):
+        return jax.lax.conv_general_dilated(x, kernel, strides, padding,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    try:
+        y, vjp = jax.vjp(lambda a, b: _conv(a, b, strides, padding), x, kernel)
+        y_ref, vjp_ref = jax.vjp(reference, x, kernel)
+        cotangent = jax.random.normal(keys[2], y_ref.shape, jnp.float32)
+        pairs = [(y, y_ref), *zip(vjp(cotangent), vjp_ref(cotangent))]
+        for name, (ours, theirs) in zip(("output", "input gradient", "kernel gradient"), pairs):
+            scale = float(jnp.max(jnp.abs(theirs)))
+            error = float(jnp.max(jnp.abs(ours - theirs)))
+            if not error <= 1e-4 * scale:
+                raise OnednnUnavailable(f"the oneDNN convolution's {name} differs from XLA's "
+                                        f"by {error:.3g} (scale {scale:.3g})")
+    except OnednnUnavailable:
+        raise
+    except Exception as error:  # the runtime failed (no OpenCL CPU device, a missing library)
+        raise OnednnUnavailable(f"running the oneDNN convolution failed: {error}") from error
+
+
+def unavailable_reason() -> str | None:
+    """Why oneDNN's convolution cannot be used here, or ``None`` where it can."""
+    try:
+        _load()
+    except OnednnUnavailable as error:
+        return str(error)
+    return None
+
+
+@functools.cache
+def cpu_conv_kernel() -> str:
+    """``"onednn"`` or ``"xla"``: the convolution that CPU training steps use in this process.
+
+    ``$BAYESCOMP_CPU_CONV`` decides (:data:`KERNEL_ENV`): ``auto`` (default) takes oneDNN
+    where it builds, loads and passes its self check, and XLA's otherwise (logged once);
+    ``onednn`` insists; ``xla`` keeps XLA's. Off CPU the answer is always ``"xla"``.
+
+    Raises:
+        ValueError: An unknown value of the variable.
+        OnednnUnavailable: ``onednn`` was asked for and cannot be used.
+    """
+    choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+    if choice not in KERNELS:
+        raise ValueError(f"{KERNEL_ENV}={choice!r} is not one of {', '.join(KERNELS)}; "
+                         f"unset it or pick one")
+    if choice == "xla" or jax.default_backend() != "cpu":
+        return "xla"
+    reason = unavailable_reason()
+    if reason is None:
+        return "onednn"
+    if choice == "onednn":
+        raise OnednnUnavailable(f"{KERNEL_ENV}=onednn, but {reason}")
+    log.info("CPU convolutions use XLA's kernels: %s", reason)
+    return "xla"
+
+
+def supports(x, kernel, strides: Sequence[int] = (1, 1),
+             padding: str | Sequence[tuple[int, int]] = "VALID") -> bool:
+    """Whether :func:`conv` takes these operands (arrays or shape-dtype structs):
+    float32 NHWC/HWIO with matching channels, no empty axis in or out (a layer pruned to
+    nothing keeps XLA's convolution), non-negative padding."""
+    if (jnp.dtype(x.dtype) != jnp.float32 or jnp.dtype(kernel.dtype) != jnp.float32
+            or x.ndim != 4 or kernel.ndim != 4 or x.shape[3] != kernel.shape[2]):
+        return False
+    pads = explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
+    if any(p < 0 for pair in pads for p in pair):
+        return False
+    out_hw = output_hw(x.shape[1:3], kernel.shape[:2], strides, pads)
+    return all(int(d) > 0 for d in (*x.shape, *kernel.shape, *out_hw))
+
+
+def applies(x, kernel, strides: Sequence[int] = (1, 1),
+            padding: str | Sequence[tuple[int, int]] = "VALID") -> bool:
+    """Whether a convolution of these operands goes to oneDNN: on CPU, where
+    :func:`cpu_conv_kernel` chose it and :func:`supports` takes them (XLA's otherwise)."""
+    return (jax.default_backend() == "cpu" and cpu_conv_kernel() == "onednn"
+            and supports(x, kernel, strides, padding))
+
+
+def output_hw(in_hw, kernel_hw, strides, pads) -> tuple[int, int]:
+    """Output map ``(h', w')`` of a convolution with explicit ``(low, high)`` pads."""
+    return tuple((size + lo + hi - k) // s + 1
+                 for size, k, s, (lo, hi) in zip(in_hw, kernel_hw, strides, pads))
+
+
+def explicit_padding(padding, in_hw, kernel_hw, strides) -> tuple[tuple[int, int], ...]:
+    """``(low, high)`` per spatial axis of ``"VALID"``, ``"SAME"`` or explicit pairs (XLA's
+    rules: ``"SAME"`` puts an odd pixel on the high side)."""
+    if isinstance(padding, str):
+        return tuple(tuple(int(p) for p in pair) for pair in jax.lax.padtype_to_pads(
+            in_hw, kernel_hw, strides, padding))
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _attributes(strides, pads) -> dict[str, np.ndarray]:
+    return {"strides": np.asarray(strides, np.int64),
+            "padding": np.asarray([p for pair in pads for p in pair], np.int64)}
+
+
+def _call(target: str, shape, *operands, strides, pads):
+    # vmap (sampling several weight draws at once) runs the call once per element.
+    return jax.ffi.ffi_call(f"bayescomp_onednn_conv_{target}",
+                            jax.ShapeDtypeStruct(tuple(shape), jnp.float32),
+                            vmap_method="sequential")(*operands, **_attributes(strides, pads))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, kernel, strides, pads):
+    return _forward(x, kernel, strides, pads)[0]
+
+
+def _forward(x, kernel, strides, pads):
+    ho, wo = output_hw(x.shape[1:3], kernel.shape[:2], strides, pads)
+    y = _call("forward", (x.shape[0], ho, wo, kernel.shape[3]), x, kernel, strides=strides,
+              pads=pads)
+    return y, (x, kernel)
+
+
+def _backward(strides, pads, residuals, cotangent):
+    x, kernel = residuals
+    d_x = _call("input_gradient", x.shape, cotangent, kernel, strides=strides, pads=pads)
+    d_kernel = _call("kernel_gradient", kernel.shape, x, cotangent, strides=strides, pads=pads)
+    return d_x, d_kernel
+
+
+_conv.defvjp(_forward, _backward)
+
+
+def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
+         padding: str | Sequence[tuple[int, int]] = "VALID") -> jax.Array:
+    """``lax.conv_general_dilated(x, kernel, strides, padding)`` (NHWC, HWIO, float32) by oneDNN.
+
+    Args:
+        x: Inputs ``(n, h, w, c)``, float32.
+        kernel: ``(kh, kw, c, out)``, float32.
+        strides: ``(sh, sw)``.
+        padding: ``"VALID"``, ``"SAME"`` or ``(low, high)`` per spatial axis, non-negative.
+
+    Returns:
+        ``(n, h', w', out)``; differentiable in ``x`` and ``kernel`` (oneDNN's gradients).
+
+    Raises:
+        OnednnUnavailable: oneDNN cannot be built or loaded here.
+        ValueError: operands :func:`supports` does not take.
+    """
+    _load()
+    strides = tuple(int(s) for s in strides)
+    if not supports(x, kernel, strides, padding):
+        raise ValueError(f"the oneDNN convolution takes float32 NHWC/HWIO operands with matching "
+                         f"channels, non-negative padding and a non-empty output; got {x.shape} "
+                         f"{x.dtype}, {kernel.shape} {kernel.dtype}, padding {padding}")
+    pads = explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
+    return _conv(x, kernel, strides, pads)

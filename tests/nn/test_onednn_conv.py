@@ -1,0 +1,208 @@
+"""oneDNN's convolution (:mod:`bayescomp.nn.onednn_conv`) against XLA's, and how it is chosen.
+
+The reference is ``lax.conv_general_dilated``, an independent implementation (Eigen's kernels).
+Tolerance: relative to the largest value, 1e-5, far above float32 reorderings of the sums here
+(at most 5·5·20 = 500 products, rounding ~500·6e-8 relative in the worst case, ~1e-6 in
+practice) and far below an indexing or padding fault (O(1)). Tests of the library itself skip,
+saying why, where oneDNN cannot be built or loaded (no wheel, no compiler, not CPU).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from bayescomp.nn import onednn_conv
+
+RTOL = 1e-5
+
+
+def _need_onednn():
+    reason = onednn_conv.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"oneDNN convolution unavailable here: {reason}")
+
+
+def _reference(x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _relative(got, want) -> float:
+    return float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
+
+
+@pytest.mark.parametrize("shape, kernel_hw, out, strides, padding", [
+    ((3, 28, 28, 1), (5, 5), 20, (1, 1), "VALID"),            # LeNet-5-Caffe conv1
+    ((3, 12, 12, 20), (5, 5), 50, (1, 1), "VALID"),           # LeNet-5-Caffe conv2
+    ((4, 8, 8, 16), (3, 3), 16, (1, 1), ((1, 1), (1, 1))),    # a ResNet block conv
+    ((4, 8, 8, 16), (3, 3), 32, (2, 2), ((1, 1), (1, 1))),    # a ResNet stage entry
+    ((4, 8, 8, 16), (1, 1), 32, (2, 2), "VALID"),             # a projection shortcut
+    ((2, 7, 6, 3), (3, 2), 4, (2, 1), ((1, 0), (0, 2))),      # odd sizes, asymmetric pads
+    ((2, 5, 5, 6), (3, 3), 5, (2, 2), "SAME"),                # SAME with an odd pixel
+    ((4, 2, 2, 64), (3, 3), 32, (1, 1), "SAME"),              # VGG-16's 2x2 block
+])
+def test_values_and_gradients_equal_xlas(shape, kernel_hw, out, strides, padding):
+    _need_onednn()
+    keys = jax.random.split(jax.random.key(1), 3)
+    x = jax.random.normal(keys[0], shape)
+    kernel = jax.random.normal(keys[1], (*kernel_hw, shape[-1], out))
+    y_ref, vjp_ref = jax.vjp(lambda a, b: _reference(a, b, strides, padding), x, kernel)
+    cotangent = jax.random.normal(keys[2], y_ref.shape)
+
+    @jax.jit
+    def ours(x, kernel, cotangent):
+        y, vjp = jax.vjp(lambda a, b: onednn_conv.conv(a, b, strides, padding), x, kernel)
+        return y, vjp(cotangent)
+
+    y, (d_x, d_kernel) = ours(x, kernel, cotangent)
+    d_x_ref, d_kernel_ref = vjp_ref(cotangent)
+    assert y.shape == y_ref.shape
+    assert _relative(y, y_ref) < RTOL
+    assert _relative(d_x, d_x_ref) < RTOL
+    assert _relative(d_kernel, d_kernel_ref) < RTOL
+
+
+def test_second_order_use_and_vmap():
+    """Under ``vmap`` (several weight draws) the call runs per element; a loss through two
+    convolutions differentiates through both (each gradient is itself a oneDNN call)."""
+    _need_onednn()
+    keys = jax.random.split(jax.random.key(2), 3)
+    x = jax.random.normal(keys[0], (2, 6, 6, 3))
+    kernels = jax.random.normal(keys[1], (4, 3, 3, 3, 5))
+    pad = ((1, 1), (1, 1))
+    got = jax.vmap(lambda k: onednn_conv.conv(x, k, (1, 1), pad))(kernels)
+    want = jax.vmap(lambda k: _reference(x, k, (1, 1), pad))(kernels)
+    assert _relative(got, want) < RTOL
+
+    second = jax.random.normal(keys[2], (3, 3, 5, 2))
+
+    def loss(conv_fn, k):
+        return jnp.sum(jnp.tanh(conv_fn(jnp.tanh(conv_fn(x, k, (1, 1), pad)), second, (1, 1),
+                                        "VALID")))
+
+    g = jax.grad(lambda k: loss(onednn_conv.conv, k))(kernels[0])
+    g_ref = jax.grad(lambda k: loss(_reference, k))(kernels[0])
+    assert _relative(g, g_ref) < RTOL
+
+
+def test_supports_only_what_it_can_do():
+    f32 = jax.ShapeDtypeStruct
+    x, kernel = f32((2, 8, 8, 3), jnp.float32), f32((3, 3, 3, 4), jnp.float32)
+    assert onednn_conv.supports(x, kernel, (1, 1), "SAME")
+    assert not onednn_conv.supports(f32((2, 8, 8, 3), jnp.bfloat16), kernel)
+    assert not onednn_conv.supports(x, f32((3, 3, 3, 4), jnp.float16))
+    assert not onednn_conv.supports(x, f32((3, 3, 3, 0), jnp.float32))   # pruned to nothing
+    assert not onednn_conv.supports(x, f32((3, 3, 2, 4), jnp.float32))   # channels disagree
+    assert not onednn_conv.supports(x, f32((9, 9, 3, 4), jnp.float32), (1, 1), "VALID")
+    assert not onednn_conv.supports(x, kernel, (1, 1), ((-1, 0), (0, 0)))
+
+
+def test_the_environment_variable_decides(monkeypatch):
+    monkeypatch.setenv(onednn_conv.KERNEL_ENV, "xla")
+    onednn_conv.cpu_conv_kernel.cache_clear()
+    try:
+        assert onednn_conv.cpu_conv_kernel() == "xla"
+        monkeypatch.setenv(onednn_conv.KERNEL_ENV, "cudnn")
+        onednn_conv.cpu_conv_kernel.cache_clear()
+        with pytest.raises(ValueError, match="BAYESCOMP_CPU_CONV='cudnn' is not one of"):
+            onednn_conv.cpu_conv_kernel()
+        monkeypatch.setenv(onednn_conv.KERNEL_ENV, "auto")
+        onednn_conv.cpu_conv_kernel.cache_clear()
+        expected = "onednn" if (jax.default_backend() == "cpu"
+                                and onednn_conv.unavailable_reason() is None) else "xla"
+        assert onednn_conv.cpu_conv_kernel() == expected
+    finally:
+        onednn_conv.cpu_conv_kernel.cache_clear()
+
+
+def test_an_unavailable_library_falls_back_or_says_why(monkeypatch):
+    """``auto`` keeps XLA's convolution when oneDNN cannot be used; ``onednn`` raises with the
+    reason (here: no compiler, as on a machine without g++)."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the choice is made on CPU only")
+
+    def no_compiler():
+        raise onednn_conv.OnednnUnavailable("no C++ compiler (set CXX or install g++)")
+
+    monkeypatch.setattr(onednn_conv, "_compiler", no_compiler)
+    # A fresh cache directory, so that a library built earlier is not simply reused.
+    monkeypatch.setenv("XDG_CACHE_HOME", "/nonexistent-bayescomp-test-cache")
+    monkeypatch.setattr(onednn_conv, "_find_onednn", lambda: (_ for _ in ()).throw(
+        onednn_conv.OnednnUnavailable("oneDNN not found (pip install 'bayescomp[onednn]')")))
+    onednn_conv._load.cache_clear()
+    onednn_conv.cpu_conv_kernel.cache_clear()
+    try:
+        monkeypatch.setenv(onednn_conv.KERNEL_ENV, "auto")
+        assert onednn_conv.cpu_conv_kernel() == "xla"
+        assert "oneDNN not found" in onednn_conv.unavailable_reason()
+        monkeypatch.setenv(onednn_conv.KERNEL_ENV, "onednn")
+        onednn_conv.cpu_conv_kernel.cache_clear()
+        with pytest.raises(onednn_conv.OnednnUnavailable, match="BAYESCOMP_CPU_CONV=onednn, but"):
+            onednn_conv.cpu_conv_kernel()
+    finally:
+        monkeypatch.undo()
+        onednn_conv._load.cache_clear()
+        onednn_conv.cpu_conv_kernel.cache_clear()
+
+
+def test_a_failed_build_is_reported_with_the_compiler_output(monkeypatch, tmp_path):
+    if jax.default_backend() != "cpu":
+        pytest.skip("the library is built for CPU only")
+    try:
+        include, lib = onednn_conv._find_onednn()
+    except onednn_conv.OnednnUnavailable as error:
+        pytest.skip(str(error))
+    broken = tmp_path / "broken.cc"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(onednn_conv, "_SOURCE", broken)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(onednn_conv.OnednnUnavailable, match="building the oneDNN convolution "
+                                                            "failed"):
+        onednn_conv._build(include, lib)
+    assert not list((tmp_path / "cache").rglob("*.so"))  # nothing half-built left in the cache
+
+
+def test_a_resnet_trains_the_same_with_either_kernel(monkeypatch):
+    """A ResNet-8 with BatchNorm (strided and projection convs, both gradients): the loss and
+    every parameter gradient of one step agree between oneDNN's and XLA's convolutions."""
+    _need_onednn()
+    from bayescomp import models
+    from bayescomp.nn import LayerFactory
+
+    traced = []
+    real_conv = onednn_conv.conv
+    monkeypatch.setattr(onednn_conv, "conv", lambda *args: traced.append(1) or real_conv(*args))
+
+    def loss_and_grads(kernel):
+        monkeypatch.setenv(onednn_conv.KERNEL_ENV, kernel)
+        onednn_conv.cpu_conv_kernel.cache_clear()
+        model = models.get("resnet8")(LayerFactory(), input_shape=(16, 16, 3), num_classes=10,
+                                      rngs=nnx.Rngs(params=0), widths=[4, 8, 8])
+        x = jax.random.normal(jax.random.key(3), (4, 16, 16, 3))
+        labels = jnp.arange(4) % 10
+
+        def loss(net):  # BatchNorm in training mode
+            logits = net(x, rngs=nnx.Rngs(noise=0))
+            return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
+
+        # Traced anew for each kernel (the choice is read while tracing).
+        value, grads = nnx.jit(nnx.value_and_grad(loss))(model)
+        return value, nnx.state(grads, nnx.Param)
+
+    try:
+        loss_onednn, grads_onednn = loss_and_grads("onednn")
+        # the stem and two per block (three; the shortcuts subsample and pad, no conv)
+        assert len(traced) == 7
+        loss_xla, grads_xla = loss_and_grads("xla")
+        assert len(traced) == 7  # none more
+    finally:
+        onednn_conv.cpu_conv_kernel.cache_clear()
+    np.testing.assert_allclose(loss_onednn, loss_xla, rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(grads_onednn), jax.tree.leaves(grads_xla)):
+        scale = float(jnp.max(jnp.abs(want)))
+        if scale > 1e-6:  # conv biases before a BatchNorm: true gradient zero, rounding only
+            assert float(jnp.max(jnp.abs(got - want))) <= 1e-4 * scale

@@ -153,7 +153,12 @@ def _load() -> None:
     icd = lib / "libintelocl.so"
     if icd.exists():
         os.environ.setdefault("OCL_ICD_FILENAMES", str(icd))
-    path = _build(include, lib)
+    try:
+        path = _build(include, lib)
+    except OSError as error:  # an unwritable or full cache directory
+        raise OnednnUnavailable(f"cannot write the oneDNN convolution's build under "
+                                f"{_cache_dir()} ({error}); set XDG_CACHE_HOME to a writable "
+                                f"folder") from error
     try:
         library = ctypes.CDLL(str(path))
     except OSError as error:

@@ -206,3 +206,23 @@ def test_a_resnet_trains_the_same_with_either_kernel(monkeypatch):
         scale = float(jnp.max(jnp.abs(want)))
         if scale > 1e-6:  # conv biases before a BatchNorm: true gradient zero, rounding only
             assert float(jnp.max(jnp.abs(got - want))) <= 1e-4 * scale
+
+
+def test_an_unwritable_cache_says_where(monkeypatch, tmp_path):
+    if jax.default_backend() != "cpu":
+        pytest.skip("the library is built for CPU only")
+    try:
+        onednn_conv._find_onednn()
+    except onednn_conv.OnednnUnavailable as error:
+        pytest.skip(str(error))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # a file where a folder must go
+    onednn_conv._load.cache_clear()
+    try:
+        with pytest.raises(onednn_conv.OnednnUnavailable, match="set XDG_CACHE_HOME to a "
+                                                                "writable folder"):
+            onednn_conv._load()
+    finally:
+        monkeypatch.undo()
+        onednn_conv._load.cache_clear()

@@ -7,9 +7,10 @@ into categories read from the compiled HLO: the operation's kind and the JAX sou
 metadata (``op_name``, e.g. ``transpose(jvp(...))/conv_general_dilated`` for a conv gradient).
 
 Categories: oneDNN convolutions (``bayescomp.nn.onednn_conv``'s custom calls; the caller's
-wall time, while oneDNN's own threads do the work), XLA convolution forward / input gradient / kernel gradient (a convolution whose output's
-leading dimension is not the batch is a kernel gradient, so a layer with as many input channels
-as the batch size is miscounted as forward or input gradient; one under ``transpose(`` otherwise
+wall time, while oneDNN's own threads do the work), other custom calls, XLA convolution
+forward / input gradient / kernel gradient (a convolution whose output's leading dimension is
+not the batch is a kernel gradient, so a layer with as many input channels as the batch size is
+miscounted as forward or input gradient; one under ``transpose(`` otherwise
 is an input gradient), layout transposes (``transpose``/``copy`` fusions), reductions (``reduce``,
 ``reduce-window``: BatchNorm statistics and their gradients, bias gradients, the pooling),
 elementwise fusions by their JAX source (BatchNorm, augmentation, optimizer), other.
@@ -39,7 +40,9 @@ def hlo_instructions(text: str) -> dict[str, tuple[str, str, str]]:
             continue
         name, shape, opcode = match.groups()
         op_name = re.search(r'op_name="([^"]*)"', line)
-        out[name] = (shape, opcode, op_name.group(1) if op_name else "")
+        target = re.search(r'custom_call_target="([^"]*)"', line)
+        out[name] = (shape, opcode, (op_name.group(1) if op_name else "")
+                     + (f" custom_call_target={target.group(1)}" if target else ""))
     return out
 
 
@@ -48,8 +51,10 @@ def category(name: str, info: tuple[str, str, str] | None, batch_size: int) -> s
     shape, opcode, op_name = info if info else ("", "", "")
     base = re.sub(r"\.\d+$", "", name)
     text = f"{name} {opcode} {op_name}"
-    if opcode == "custom-call" or base.startswith("custom-call"):
+    if "custom_call_target=bayescomp_onednn_conv_" in op_name:
         return "oneDNN convolutions (custom calls: forward, input and kernel gradients)"
+    if opcode == "custom-call":
+        return "other custom calls"
     if "conv" in base or opcode == "convolution":
         dims = re.match(r"f32\[(\d+)", shape)
         # Forward and input-gradient convs produce a batch of maps; a kernel gradient

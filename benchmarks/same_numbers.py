@@ -373,6 +373,7 @@ class Side:
     tree: pathlib.Path
     runs: pathlib.Path
     head: str
+    cpu_conv: str = "xla"  # BAYESCOMP_CPU_CONV of its runs
 
 
 def run_experiment(side: Side, name: str, seed: int) -> tuple[dict, float]:
@@ -395,6 +396,7 @@ def run_experiment(side: Side, name: str, seed: int) -> tuple[dict, float]:
     # Any Python process the run itself starts should find this tree first as well.
     env["PYTHONPATH"] = str(side.tree)
     env["SAME_NUMBERS_IMPORT_LOG"] = str(import_log)
+    env["BAYESCOMP_CPU_CONV"] = side.cpu_conv  # the same convolution on both sides
     # HYDRA_MAIN_MODULE would point Hydra at another module's conf/; HYDRA_FULL_ERROR would
     # replace the one-line errors quoted on failure with long tracebacks.
     env.pop("HYDRA_MAIN_MODULE", None)
@@ -494,6 +496,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     # The tree whose code is "new" (default: this checkout); a second worktree lets the script
     # be tested while this checkout is mid-refactor.
     parser.add_argument("--new-tree", type=pathlib.Path, help=argparse.SUPPRESS)
+    parser.add_argument("--cpu-conv", choices=("xla", "onednn", "auto"), default="xla",
+                        help="BAYESCOMP_CPU_CONV for both sides (default: %(default)s: a base "
+                             "from before bayescomp/nn/onednn_conv.py has only XLA's "
+                             "convolutions, which oneDNN's differ from in float32 rounding)")
     args = parser.parse_args(argv)
     if not args.rtol >= 0:
         raise BadInput(f"--rtol must be a non-negative number, not {args.rtol}")
@@ -560,8 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_runs = args.keep
     try:
         _git("worktree", "add", "--detach", str(worktree), sha)
-        base = Side("base", worktree, workdir / "runs_base", sha)
-        new = Side("new", new_tree, workdir / "runs_new", _head(new_tree))
+        base = Side("base", worktree, workdir / "runs_base", sha, args.cpu_conv)
+        new = Side("new", new_tree, workdir / "runs_new", _head(new_tree), args.cpu_conv)
         return _compare_trees(args, base, new, workdir)
     except BadInput as error:
         keep_runs = keep_runs or error.keep_runs

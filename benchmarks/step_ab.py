@@ -405,7 +405,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="skip the comparison of the two compiled HLO modules (one more "
                              "compilation of each step, after the timing)")
     parser.add_argument("--json", metavar="PATH", default=None, help="write the numbers here")
+    parser.add_argument("--cpu-conv", choices=("xla", "onednn", "auto"), default="xla",
+                        help="BAYESCOMP_CPU_CONV for both sides (default: %(default)s: a base "
+                             "from before bayescomp/nn/onednn_conv.py has only XLA's "
+                             "convolutions, which oneDNN's differ from in float32 rounding)")
     args = parser.parse_args(argv)
+    # Read by both steps while they are traced (the choice is cached per process).
+    os.environ["BAYESCOMP_CPU_CONV"] = args.cpu_conv
     for name in ("steps", "rounds", "check_calls"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")

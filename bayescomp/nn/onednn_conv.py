@@ -41,6 +41,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -108,43 +109,98 @@ def _compiler() -> str:
                             "convolution")
 
 
+#: Seconds a build may take (it takes ~5 s on a 2-core VM) before it is given up.
+BUILD_TIMEOUT_S = 600
+
+
 def _build(include: Path, lib: Path) -> Path:
-    """Compiles ``csrc/onednn_conv.cc`` once per source, jaxlib and oneDNN version."""
+    """Compiles ``csrc/onednn_conv.cc`` once per source, jaxlib, oneDNN, compiler and flags.
+
+    Raises:
+        OnednnUnavailable: a missing header or compiler, a failed or timed-out build, or a cache
+            folder that cannot be written (each with its own message).
+    """
     import jaxlib
 
     compiler = _compiler()
     ffi_include = Path(jax.ffi.include_dir())
     version_header = include / "oneapi" / "dnnl" / "dnnl_version.h"
-    fingerprint = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), jaxlib.__version__.encode(), version_header.read_bytes(),
-                 str(lib.resolve()).encode(), compiler.encode()):
-        fingerprint.update(part)
+    # DT_RPATH (not RUNPATH) so that libdnnl's own dependencies (TBB, SYCL, Intel's runtime
+    # libraries, all in the wheels' lib/) are found without LD_LIBRARY_PATH.
+    flags = ["-O2", "-std=c++17", "-shared", "-fPIC", f"-I{ffi_include}", f"-I{include}",
+             f"-L{lib}", "-ldnnl", "-Wl,--disable-new-dtags", f"-Wl,-rpath,{lib}"]
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                                 timeout=60, check=False).stdout
+        fingerprint = hashlib.sha256()
+        for part in (_SOURCE.read_bytes(), jaxlib.__version__, version_header.read_bytes(),
+                     str(lib.resolve()), compiler, version, " ".join(flags)):
+            fingerprint.update(part if isinstance(part, bytes) else part.encode())
+    except (OSError, subprocess.SubprocessError) as error:
+        raise OnednnUnavailable(f"cannot read what the oneDNN convolution is built from "
+                                f"({error}); reinstall the onednn-devel wheel") from error
     target = _cache_dir() / fingerprint.hexdigest()[:16] / "onednn_conv.so"
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Built beside the target and renamed into place: two processes (pytest-xdist workers)
-    # building at once each produce a whole file, and the last rename wins.
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        built = Path(scratch) / target.name
-        # DT_RPATH (not RUNPATH) so that libdnnl's own dependencies (TBB, SYCL, Intel's runtime
-        # libraries, all in the wheels' lib/) are found without LD_LIBRARY_PATH.
-        command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", str(_SOURCE),
-                   f"-I{ffi_include}", f"-I{include}", f"-L{lib}", "-ldnnl",
-                   "-Wl,--disable-new-dtags", f"-Wl,-rpath,{lib}", "-o", str(built)]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise OnednnUnavailable(
-                f"building the oneDNN convolution failed ({' '.join(command)}): "
-                f"{result.stderr.strip()[-2000:]}")
-        os.replace(built, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Built beside the target and renamed into place: two processes (pytest-xdist workers)
+        # building at once each produce a whole file, and the last rename wins.
+        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+            built = Path(scratch) / target.name
+            command = [compiler, str(_SOURCE), *flags, "-o", str(built)]
+            try:
+                result = subprocess.run(command, capture_output=True, text=True,
+                                        timeout=BUILD_TIMEOUT_S, check=False)
+            except (OSError, subprocess.SubprocessError) as error:
+                raise OnednnUnavailable(f"running the compiler ({' '.join(command)}) failed: "
+                                        f"{error}") from error
+            if result.returncode != 0:
+                raise OnednnUnavailable(
+                    f"building the oneDNN convolution failed ({' '.join(command)}): "
+                    f"{result.stderr.strip()[-2000:]}")
+            os.replace(built, target)
+    except OSError as error:  # an unwritable or full cache folder
+        raise OnednnUnavailable(f"cannot write the oneDNN convolution's build under "
+                                f"{_cache_dir()} ({error}); set XDG_CACHE_HOME to a writable "
+                                f"folder") from error
     return target
 
 
-@functools.cache
+# What loading gave in this process: the library registered with XLA (handlers cannot be
+# unregistered, and a second library's could not be registered under the same names), and the
+# outcome of the last attempt (None: usable), so that a failure is not retried on every call.
+_REGISTERED: Path | None = None
+_OUTCOME: list[OnednnUnavailable | None] = []
+_LOCK = threading.Lock()
+
+
 def _load() -> None:
     """Builds, loads and registers the handlers, then checks one convolution and its gradients
-    against XLA's (once per process). Raises :class:`OnednnUnavailable`."""
+    against XLA's: once per process, the outcome remembered (:func:`_forget` starts over).
+
+    Raises:
+        OnednnUnavailable: why the library cannot be used here (the same each time).
+    """
+    with _LOCK:
+        if not _OUTCOME:
+            try:
+                _load_once()
+                _OUTCOME.append(None)
+            except OnednnUnavailable as error:
+                _OUTCOME.append(error)
+        if _OUTCOME[0] is not None:
+            raise _OUTCOME[0]
+
+
+def _forget() -> None:
+    """Forget the outcome of :func:`_load` (tests that change what it finds)."""
+    with _LOCK:
+        _OUTCOME.clear()
+
+
+def _load_once() -> None:
+    global _REGISTERED
     if jax.default_backend() != "cpu":
         raise OnednnUnavailable(f"the default backend is {jax.default_backend()}, not cpu")
     include, lib = _find_onednn()
@@ -153,19 +209,17 @@ def _load() -> None:
     icd = lib / "libintelocl.so"
     if icd.exists():
         os.environ.setdefault("OCL_ICD_FILENAMES", str(icd))
-    try:
-        path = _build(include, lib)
-    except OSError as error:  # an unwritable or full cache directory
-        raise OnednnUnavailable(f"cannot write the oneDNN convolution's build under "
-                                f"{_cache_dir()} ({error}); set XDG_CACHE_HOME to a writable "
-                                f"folder") from error
-    try:
-        library = ctypes.CDLL(str(path))
-    except OSError as error:
-        raise OnednnUnavailable(f"loading {path} failed: {error}") from error
-    for name, symbol in _TARGETS.items():
-        jax.ffi.register_ffi_target(f"bayescomp_onednn_conv_{name}",
-                                    jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    path = _build(include, lib)
+    if _REGISTERED is None:
+        try:
+            library = ctypes.CDLL(str(path))
+            for name, symbol in _TARGETS.items():
+                jax.ffi.register_ffi_target(f"bayescomp_onednn_conv_{name}",
+                                            jax.ffi.pycapsule(getattr(library, symbol)),
+                                            platform="cpu")
+        except Exception as error:  # a library that does not load, a rejected registration
+            raise OnednnUnavailable(f"loading {path} into XLA failed: {error}") from error
+        _REGISTERED = path
     _self_check()
 
 
@@ -258,10 +312,12 @@ def supports(x, kernel, strides: Sequence[int] = (1, 1),
 
 def applies(x, kernel, strides: Sequence[int] = (1, 1),
             padding: str | Sequence[tuple[int, int]] = "VALID") -> bool:
-    """Whether a convolution of these operands goes to oneDNN: on CPU, where
+    """Whether a convolution of these operands goes to oneDNN: on one CPU device, where
     :func:`cpu_conv_kernel` chose it and :func:`supports` takes them (XLA's otherwise)."""
-    return (jax.default_backend() == "cpu" and cpu_conv_kernel() == "onednn"
-            and supports(x, kernel, strides, padding))
+    # The custom call has no sharding rule: on several (host) devices XLA would gather a
+    # batch-sharded input and convolve all of it on each; XLA's convolution partitions.
+    return (jax.default_backend() == "cpu" and jax.device_count() == 1
+            and cpu_conv_kernel() == "onednn" and supports(x, kernel, strides, padding))
 
 
 def output_hw(in_hw, kernel_hw, strides, pads) -> tuple[int, int]:
@@ -324,7 +380,8 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
         padding: ``"VALID"``, ``"SAME"`` or ``(low, high)`` per spatial axis, non-negative.
 
     Returns:
-        ``(n, h', w', out)``; differentiable in ``x`` and ``kernel`` (oneDNN's gradients).
+        ``(n, h', w', out)``; reverse-mode differentiable in ``x`` and ``kernel`` once
+        (oneDNN's gradients; no ``jvp``, no gradient of a gradient: training needs neither).
 
     Raises:
         OnednnUnavailable: oneDNN cannot be built or loaded here.

@@ -66,9 +66,9 @@ def test_values_and_gradients_equal_xlas(shape, kernel_hw, out, strides, padding
     assert _relative(d_kernel, d_kernel_ref) < RTOL
 
 
-def test_second_order_use_and_vmap():
+def test_vmap_and_a_chain_of_two_convolutions():
     """Under ``vmap`` (several weight draws) the call runs per element; a loss through two
-    convolutions differentiates through both (each gradient is itself a oneDNN call)."""
+    convolutions differentiates through both (reverse mode, each gradient a oneDNN call)."""
     _need_onednn()
     keys = jax.random.split(jax.random.key(2), 3)
     x = jax.random.normal(keys[0], (2, 6, 6, 3))
@@ -131,21 +131,27 @@ def test_an_unavailable_library_falls_back_or_says_why(monkeypatch):
     monkeypatch.setattr(onednn_conv, "_compiler", no_compiler)
     # A fresh cache directory, so that a library built earlier is not simply reused.
     monkeypatch.setenv("XDG_CACHE_HOME", "/nonexistent-bayescomp-test-cache")
-    monkeypatch.setattr(onednn_conv, "_find_onednn", lambda: (_ for _ in ()).throw(
-        onednn_conv.OnednnUnavailable("oneDNN not found (pip install 'bayescomp[onednn]')")))
-    onednn_conv._load.cache_clear()
+    attempts = []
+
+    def not_found():
+        attempts.append(1)
+        raise onednn_conv.OnednnUnavailable("oneDNN not found (pip install 'bayescomp[onednn]')")
+
+    monkeypatch.setattr(onednn_conv, "_find_onednn", not_found)
+    onednn_conv._forget()
     onednn_conv.cpu_conv_kernel.cache_clear()
     try:
         monkeypatch.setenv(onednn_conv.KERNEL_ENV, "auto")
         assert onednn_conv.cpu_conv_kernel() == "xla"
         assert "oneDNN not found" in onednn_conv.unavailable_reason()
+        assert len(attempts) == 1  # the failure is remembered, not retried on every call
         monkeypatch.setenv(onednn_conv.KERNEL_ENV, "onednn")
         onednn_conv.cpu_conv_kernel.cache_clear()
         with pytest.raises(onednn_conv.OnednnUnavailable, match="BAYESCOMP_CPU_CONV=onednn, but"):
             onednn_conv.cpu_conv_kernel()
     finally:
         monkeypatch.undo()
-        onednn_conv._load.cache_clear()
+        onednn_conv._forget()
         onednn_conv.cpu_conv_kernel.cache_clear()
 
 
@@ -218,11 +224,11 @@ def test_an_unwritable_cache_says_where(monkeypatch, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # a file where a folder must go
-    onednn_conv._load.cache_clear()
+    onednn_conv._forget()
     try:
         with pytest.raises(onednn_conv.OnednnUnavailable, match="set XDG_CACHE_HOME to a "
                                                                 "writable folder"):
             onednn_conv._load()
     finally:
         monkeypatch.undo()
-        onednn_conv._load.cache_clear()
+        onednn_conv._forget()

@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <stdexcept>
 #include <tuple>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -49,7 +50,6 @@ struct State {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
   std::map<Key, std::unique_ptr<Primitive>> cache;
-  std::mutex mutex;
 };
 
 State& state() {
@@ -131,9 +131,10 @@ ffi::Error geometry(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> ke
 // Runs `kind` with the activations `x` (source or its gradient) and `y` (destination or its
 // gradient) and the kernel buffer `kernel` (HWIO; read, or written for the kernel gradient).
 ffi::Error run(Kind kind, const Geometry& g, float* x, float* kernel, float* y) {
-  State& s = state();
-  std::lock_guard<std::mutex> lock(s.mutex);
+  static std::mutex mutex;
+  std::lock_guard<std::mutex> lock(mutex);
   try {
+    State& s = state();  // creates the engine on first use, which can fail (no OpenCL device)
     Primitive* p = lookup(kind, g);
     memory x_mem(activation(g.n, g.c, g.h, g.w), s.engine, x);
     memory y_mem(activation(g.n, g.o, g.oh, g.ow), s.engine, y);
@@ -153,7 +154,7 @@ ffi::Error run(Kind kind, const Geometry& g, float* x, float* kernel, float* y) 
       if (p->reorder_kernel) p->reorder.execute(s.stream, native, user_kernel);
     }
     s.stream.wait();
-  } catch (const dnnl::error& e) {
+  } catch (const std::exception& e) {  // dnnl::error, std::bad_alloc, SYCL exceptions
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("onednn conv: ") + e.what());
   }
   return ffi::Error::Success();

@@ -232,3 +232,27 @@ def test_an_unwritable_cache_says_where(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         onednn_conv._forget()
+
+
+def test_the_self_checks_reference_is_xlas_convolution():
+    """The load-time check compares against a NumPy evaluation; that evaluation itself equals
+    ``lax.conv`` and its gradients (float64 against float32: rounding of 18-term sums)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 7, 6, 3)).astype(np.float32)
+    kernel = rng.standard_normal((3, 2, 3, 4)).astype(np.float32)
+    strides, pads = (2, 1), ((1, 0), (0, 1))
+    y, vjp = jax.vjp(lambda a, b: _reference(a, b, strides, pads), x, kernel)
+    cotangent = rng.standard_normal(y.shape).astype(np.float32)
+    for got, want in zip((y, *vjp(cotangent)),
+                         onednn_conv._numpy_reference(x, kernel, cotangent, strides, pads)):
+        assert got.shape == want.shape
+        assert _relative(jnp.asarray(want, jnp.float32), got) < RTOL
+
+
+def test_a_wrong_convolution_fails_the_self_check(monkeypatch):
+    _need_onednn()
+    real = onednn_conv._conv
+    # a one-pixel shift: right shapes, wrong values
+    monkeypatch.setattr(onednn_conv, "_conv", lambda x, k, s, p: jnp.roll(real(x, k, s, p), 1, 1))
+    with pytest.raises(onednn_conv.OnednnUnavailable, match="output differs from the reference"):
+        onednn_conv._self_check()

@@ -141,6 +141,9 @@ def select_thresholds(
     reference = error_at(thresholds)
     trace = {"reference_error": reference, "tolerance": float(tolerance), "layers": {}}
     evaluations = 1
+    # The error of the network as chosen so far (layers before k at their thresholds, the rest
+    # unpruned): layer k unpruned is that same network, so it is never evaluated again.
+    current_error = reference
     for k, (name, layer) in enumerate(layers, start=1):
         log_alpha = layer.log_alpha()
         if log_alpha is None:
@@ -155,8 +158,7 @@ def select_thresholds(
                                      [np.inf]])
         bound = reference + tolerance * k / len(layers)
         lo, hi = 0, len(candidates) - 1  # hi (prune nothing here) always meets the bound
-        best_error = error_at({**thresholds, name: None})
-        evaluations += 1
+        best_error = current_error
         while lo < hi:
             mid = (lo + hi) // 2
             err = error_at({**thresholds, name: float(candidates[mid])})
@@ -167,6 +169,7 @@ def select_thresholds(
                 lo = mid + 1
         chosen = float(candidates[hi])
         thresholds[name] = None if np.isinf(chosen) else chosen
+        current_error = best_error
         trace["layers"][name] = {"threshold": thresholds[name], "error": best_error,
                                  "bound": bound}
         log.info("threshold selection: %s log alpha < %s (selection error %.3f %%, bound %.3f %%)",

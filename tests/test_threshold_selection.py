@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from bayescomp import runs, threshold_selection
+from bayescomp.evaluation import Evaluator
 from bayescomp.procedures import variational
 from bayescomp.models import LeNet300
 from bayescomp.nn import LayerFactory
@@ -52,7 +53,13 @@ def hand_error(kernels, biases):
 
 def test_greedy_bisection_matches_hand_computation():
     model = _graded_model()
-    thresholds, trace = threshold_selection.select_thresholds(model, hand_error,
+    evaluated = []  # the networks error_of was asked about, as their pruned-group counts
+
+    def recording_error(kernels, biases):
+        evaluated.append(tuple(_pruned_groups(kernels).values()))
+        return hand_error(kernels, biases)
+
+    thresholds, trace = threshold_selection.select_thresholds(model, recording_error,
                                                               tolerance=TOLERANCE)
     assert trace["reference_error"] == 0.0
     for name, expected in EXPECTED_PRUNED.items():
@@ -66,8 +73,10 @@ def test_greedy_bisection_matches_hand_computation():
     kernels, _ = threshold_selection.masked_mean_params(
         model, threshold_selection.pruning.propagated_masks(model))
     assert _pruned_groups(kernels) == EXPECTED_PRUNED
-    # Bisection: about log2(groups) evaluations per layer, not one per candidate.
-    assert trace["evaluations"] < 3 * 15
+    # Bisection: about log2(groups) evaluations per layer, not one per candidate, and no
+    # network twice (a layer's "prune nothing" is the network the previous layer chose).
+    assert trace["evaluations"] == len(evaluated) < 3 * 15
+    assert len(set(evaluated)) == len(evaluated), evaluated
 
 
 def test_zero_tolerance_with_free_groups_prunes_only_free_ones():
@@ -87,9 +96,16 @@ def test_zero_tolerance_with_free_groups_prunes_only_free_ones():
     assert thresholds["fc2"] is None and thresholds["fc3"] is None  # nothing free there
 
 
-def test_run_stores_and_reuses_selected_thresholds(smoke_cfg, tmp_path):
+def test_run_stores_and_reuses_selected_thresholds(smoke_cfg, tmp_path, monkeypatch):
     cfg = smoke_cfg("lenet300_ghs", "+method.prune.select={tolerance: 1.0, examples: 64}")
+    selections = []
+    select = threshold_selection.select_thresholds
+    monkeypatch.setattr(threshold_selection, "select_thresholds",
+                        lambda *a, **k: selections.append(select(*a, **k)) or selections[-1])
     metrics = variational.run(cfg, tmp_path)
+    # The last epoch's logged pruned error selected on the final parameters; the run's end
+    # reuses that selection instead of repeating it.
+    assert len(selections) == 1
     stored = metrics["prune_thresholds"]
     assert set(stored) == {"fc1", "fc2", "fc3"}
     selection = metrics["threshold_selection"]
@@ -99,6 +115,12 @@ def test_run_stores_and_reuses_selected_thresholds(smoke_cfg, tmp_path):
     # Rebuilding the run (compress, evaluate) prunes with the same thresholds.
     _, model, _ = runs.load_trained_model(tmp_path)
     assert {name: getattr(model, name).prune_threshold for name in stored} == stored
+    # ... which are what selecting afresh on the trained parameters chooses.
+    dataset = runs.load_run_dataset(cfg)
+    error_of = variational.subset_error_of(cfg, model, dataset,
+                                           Evaluator(cfg.trainer.eval_batch_size), 64)
+    fresh, _ = select(model, error_of, tolerance=1.0)
+    assert fresh == stored
 
 
 def test_unknown_layer_is_rejected():

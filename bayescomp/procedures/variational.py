@@ -81,15 +81,19 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     warmup = cfg.trainer.kl_warmup
     epochs, every = int(cfg.trainer.epochs), int(cfg.trainer.pruned_eval_every)
     selection = prune_settings(cfg).select
+    final_selection = None  # (thresholds, trace) selected on the last epoch's parameters
 
     def selected_pruned_record(model_now) -> dict[str, float]:
         # The loop's own pruned evaluation would use the configured thresholds, which selection
         # replaces at the end; under selection the error at thresholds selected now is logged.
+        nonlocal final_selection
         epoch = len(training.history)  # the epoch being recorded (the run has one phase)
         if (epoch + 1) % every and epoch + 1 != epochs:
             return {}
-        return {"pruned_test_error": selected_pruned_error(cfg, model_now, dataset,
-                                                           training.evaluator)}
+        error, selected = selected_pruned_error(cfg, model_now, dataset, training.evaluator)
+        if epoch + 1 == epochs:  # the parameters the run ends with: no need to select again
+            final_selection = selected
+        return {"pruned_test_error": error}
 
     phase = Phase(
         runs.TRAIN_PHASE, epochs,
@@ -105,7 +109,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     finally:
         training.close()
     snapshot = prune_and_quantize(cfg, model, dataset, training.evaluator, refuse=True,
-                                  run_dir=workdir)
+                                  run_dir=workdir, selected=final_selection)
     pruning.save_log_alpha_histograms(model, workdir / "plots")
     return metrics.finish_run(
         cfg, workdir, dataset=dataset, quantized=snapshot.quantized, history=training.history,
@@ -175,17 +179,23 @@ def subset_error_of(cfg: DictConfig, model, dataset, evaluator: Evaluator, examp
     return error_of
 
 
-def selected_pruned_error(cfg: DictConfig, model, dataset, evaluator: Evaluator) -> float:
+def selected_pruned_error(cfg: DictConfig, model, dataset, evaluator: Evaluator):
     """Test error (%) of ``model`` pruned at thresholds selected now, as :func:`prune_and_quantize`
-    would select them; the model's thresholds are left as they were."""
+    would select them; the model's thresholds are left as they were.
+
+    Returns:
+        ``(error, (thresholds, trace))``: the error and the selection
+        (:func:`bayescomp.threshold_selection.select_thresholds`), which
+        :func:`prune_and_quantize` takes as ``selected`` while the parameters stay these.
+    """
     settings = prune_settings(cfg)
     own = {name: layer.prune_threshold for name, layer in objectives.variational_layers(model)}
     try:
-        threshold_selection.select_thresholds(
+        selected = threshold_selection.select_thresholds(
             model, subset_error_of(cfg, model, dataset, evaluator, settings.examples),
             tolerance=float(settings.select.tolerance))
         return evaluator.error(model, jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test),
-                               pruned=True)
+                               pruned=True), selected
     finally:
         threshold_selection.set_thresholds(model, own)
 
@@ -204,7 +214,8 @@ class Snapshot:
 
 
 def prune_and_quantize(cfg: DictConfig, model, dataset, evaluator: Evaluator, *,
-                       refuse: bool = True, run_dir: pathlib.Path | None = None) -> Snapshot:
+                       refuse: bool = True, run_dir: pathlib.Path | None = None,
+                       selected: tuple[dict, dict] | None = None) -> Snapshot:
     """Prune, quantize and score ``model`` as it stands: what the run reports at its end.
 
     Thresholds come from threshold selection on training data when ``cfg.method.prune.select``
@@ -220,6 +231,8 @@ def prune_and_quantize(cfg: DictConfig, model, dataset, evaluator: Evaluator, *,
             (a threshold sweep, a diagnosis). Thresholds that empty a layer are always refused:
             there is nothing to quantize.
         run_dir: The run's directory, named in a refusal's advice (rerun there to re-evaluate).
+        selected: ``(thresholds, trace)`` already selected on exactly these parameters (the
+            last epoch's record, :func:`selected_pruned_error`): set, not selected again.
 
     Raises:
         RuinousPruningError: As above, in one line naming the layer and the fix.
@@ -232,7 +245,10 @@ def prune_and_quantize(cfg: DictConfig, model, dataset, evaluator: Evaluator, *,
                       for _, layer in objectives.variational_layers(model))
     if settings.select or thresholded:
         error_of = subset_error_of(cfg, model, dataset, evaluator, settings.examples)
-        if settings.select:
+        if settings.select and selected is not None:
+            thresholds, selection_trace = selected
+            threshold_selection.set_thresholds(model, thresholds)
+        elif settings.select:
             # Thresholds chosen on training data within an error tolerance (threshold_selection).
             _, selection_trace = threshold_selection.select_thresholds(
                 model, error_of, tolerance=float(settings.select.tolerance))

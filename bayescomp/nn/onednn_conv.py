@@ -296,7 +296,9 @@ def cpu_conv_kernel() -> str:
 
     ``$BAYESCOMP_CPU_CONV`` decides (:data:`KERNEL_ENV`): ``auto`` (default) takes oneDNN
     where it builds, loads and passes its self check, and XLA's otherwise (logged once);
-    ``onednn`` insists; ``xla`` keeps XLA's. Off CPU the answer is always ``"xla"``.
+    ``onednn`` insists; ``xla`` keeps XLA's. Off CPU, and on several CPU devices (the custom
+    call has no sharding rule: XLA would gather a batch-sharded input and convolve all of it on
+    each device), the answer is ``"xla"``.
 
     Raises:
         ValueError: An unknown value of the variable.
@@ -308,7 +310,8 @@ def cpu_conv_kernel() -> str:
                          f"unset it or pick one")
     if choice == "xla" or jax.default_backend() != "cpu":
         return "xla"
-    reason = unavailable_reason()
+    reason = (f"the process has {jax.device_count()} CPU devices and the oneDNN call has no "
+              "sharding rule" if jax.device_count() > 1 else unavailable_reason())
     if reason is None:
         return "onednn"
     if choice == "onednn":
@@ -336,10 +339,8 @@ def applies(x, kernel, strides: Sequence[int] = (1, 1),
             padding: str | Sequence[tuple[int, int]] = "VALID") -> bool:
     """Whether a convolution of these operands goes to oneDNN: on one CPU device, where
     :func:`cpu_conv_kernel` chose it and :func:`supports` takes them (XLA's otherwise)."""
-    # The custom call has no sharding rule: on several (host) devices XLA would gather a
-    # batch-sharded input and convolve all of it on each; XLA's convolution partitions.
-    return (jax.default_backend() == "cpu" and jax.device_count() == 1
-            and cpu_conv_kernel() == "onednn" and supports(x, kernel, strides, padding))
+    # cpu_conv_kernel() is "xla" off CPU and on several devices (no sharding rule).
+    return cpu_conv_kernel() == "onednn" and supports(x, kernel, strides, padding)
 
 
 def output_hw(in_hw, kernel_hw, strides, pads) -> tuple[int, int]:

@@ -121,16 +121,10 @@ def test_the_environment_variable_decides(monkeypatch):
 
 def test_an_unavailable_library_falls_back_or_says_why(monkeypatch):
     """``auto`` keeps XLA's convolution when oneDNN cannot be used; ``onednn`` raises with the
-    reason (here: no compiler, as on a machine without g++)."""
+    reason (here: the library is not installed, which is looked for before anything is built
+    or loaded)."""
     if jax.default_backend() != "cpu":
         pytest.skip("the choice is made on CPU only")
-
-    def no_compiler():
-        raise onednn_conv.OnednnUnavailable("no C++ compiler (set CXX or install g++)")
-
-    monkeypatch.setattr(onednn_conv, "_compiler", no_compiler)
-    # A fresh cache directory, so that a library built earlier is not simply reused.
-    monkeypatch.setenv("XDG_CACHE_HOME", "/nonexistent-bayescomp-test-cache")
     attempts = []
 
     def not_found():
@@ -152,6 +146,31 @@ def test_an_unavailable_library_falls_back_or_says_why(monkeypatch):
     finally:
         monkeypatch.undo()
         onednn_conv._forget()
+        onednn_conv.cpu_conv_kernel.cache_clear()
+
+
+def test_several_cpu_devices_keep_xlas_convolution(monkeypatch):
+    """The custom call has no sharding rule, so a process with several CPU devices (a sharded
+    run) convolves with XLA's kernels, and says so where oneDNN is insisted on; what a run
+    records as its kernel (``provenance.runtime``) is the one it uses."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the choice is made on CPU only")
+    from bayescomp import provenance
+
+    monkeypatch.setattr(jax, "device_count", lambda *args: 2)
+    onednn_conv.cpu_conv_kernel.cache_clear()
+    try:
+        monkeypatch.setenv(onednn_conv.KERNEL_ENV, "auto")
+        assert onednn_conv.cpu_conv_kernel() == "xla"
+        assert provenance.runtime()["cpu_conv_kernel"] == "xla"
+        x = jnp.zeros((2, 8, 8, 3), jnp.float32)
+        assert not onednn_conv.applies(x, jnp.zeros((3, 3, 3, 4), jnp.float32))
+        monkeypatch.setenv(onednn_conv.KERNEL_ENV, "onednn")
+        onednn_conv.cpu_conv_kernel.cache_clear()
+        with pytest.raises(onednn_conv.OnednnUnavailable, match="2 CPU devices"):
+            onednn_conv.cpu_conv_kernel()
+    finally:
+        monkeypatch.undo()
         onednn_conv.cpu_conv_kernel.cache_clear()
 
 

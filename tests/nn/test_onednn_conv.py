@@ -119,6 +119,19 @@ def test_the_environment_variable_decides(monkeypatch):
         onednn_conv.cpu_conv_kernel.cache_clear()
 
 
+def _auto_is_xla_and_onednn_says(monkeypatch, reason: str) -> None:
+    """Where oneDNN cannot be used, ``auto`` chooses XLA's convolution and ``onednn`` raises
+    an error matching ``reason``."""
+    for choice in ("auto", "onednn"):
+        monkeypatch.setenv(onednn_conv.KERNEL_ENV, choice)
+        onednn_conv.cpu_conv_kernel.cache_clear()
+        if choice == "auto":
+            assert onednn_conv.cpu_conv_kernel() == "xla"
+        else:
+            with pytest.raises(onednn_conv.OnednnUnavailable, match=reason):
+                onednn_conv.cpu_conv_kernel()
+
+
 def test_an_unavailable_library_falls_back_or_says_why(monkeypatch):
     """``auto`` keeps XLA's convolution when oneDNN cannot be used; ``onednn`` raises with the
     reason (here: the library is not installed, which is looked for before anything is built
@@ -135,14 +148,9 @@ def test_an_unavailable_library_falls_back_or_says_why(monkeypatch):
     onednn_conv._forget()
     onednn_conv.cpu_conv_kernel.cache_clear()
     try:
-        monkeypatch.setenv(onednn_conv.KERNEL_ENV, "auto")
-        assert onednn_conv.cpu_conv_kernel() == "xla"
+        _auto_is_xla_and_onednn_says(monkeypatch, "BAYESCOMP_CPU_CONV=onednn, but oneDNN not")
         assert "oneDNN not found" in onednn_conv.unavailable_reason()
         assert len(attempts) == 1  # the failure is remembered, not retried on every call
-        monkeypatch.setenv(onednn_conv.KERNEL_ENV, "onednn")
-        onednn_conv.cpu_conv_kernel.cache_clear()
-        with pytest.raises(onednn_conv.OnednnUnavailable, match="BAYESCOMP_CPU_CONV=onednn, but"):
-            onednn_conv.cpu_conv_kernel()
     finally:
         monkeypatch.undo()
         onednn_conv._forget()
@@ -161,14 +169,10 @@ def test_several_cpu_devices_keep_xlas_convolution(monkeypatch):
     onednn_conv.cpu_conv_kernel.cache_clear()
     try:
         monkeypatch.setenv(onednn_conv.KERNEL_ENV, "auto")
-        assert onednn_conv.cpu_conv_kernel() == "xla"
         assert provenance.runtime()["cpu_conv_kernel"] == "xla"
         x = jnp.zeros((2, 8, 8, 3), jnp.float32)
         assert not onednn_conv.applies(x, jnp.zeros((3, 3, 3, 4), jnp.float32))
-        monkeypatch.setenv(onednn_conv.KERNEL_ENV, "onednn")
-        onednn_conv.cpu_conv_kernel.cache_clear()
-        with pytest.raises(onednn_conv.OnednnUnavailable, match="2 CPU devices"):
-            onednn_conv.cpu_conv_kernel()
+        _auto_is_xla_and_onednn_says(monkeypatch, "2 CPU devices")
     finally:
         monkeypatch.undo()
         onednn_conv.cpu_conv_kernel.cache_clear()

@@ -20,7 +20,9 @@ into the result. This module makes the choice reproducible and honest:
   values (pruning one more group per step, and never on a value, so no group sits exactly at
   its threshold), searched by bisection: the error is assumed to grow with the number of
   pruned groups (true up to selection noise; a violated assumption can only cost pruning, never
-  the error bound, because the chosen threshold is always one that was evaluated and met it).
+  the error bound, because the chosen threshold is always one that was evaluated and met it;
+  "prune nothing" in layer k is the network layer k − 1 chose, whose evaluated error it keeps,
+  and no network is evaluated twice).
 * Masks are propagated through the model's channel groups exactly as for the final report
   (:func:`bayescomp.pruning.propagated_masks`), so a unit that loses every outgoing weight loses
   its incoming ones too.

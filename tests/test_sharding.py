@@ -59,8 +59,10 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def runs_on_two_devices(tmp_path_factory):
+    # BAYESCOMP_CPU_CONV=auto: a test run that insists on oneDNN (=onednn) would refuse two
+    # devices, where the oneDNN call has no sharding rule and XLA's convolution is used.
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "JAX_PLATFORMS": "cpu"}
+           "JAX_PLATFORMS": "cpu", "BAYESCOMP_CPU_CONV": "auto"}
     out = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=str(TESTS)),
                           str(tmp_path_factory.mktemp("sharding"))],
                          check=False, capture_output=True, text=True, env=env,

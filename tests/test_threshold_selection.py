@@ -12,7 +12,6 @@ import pytest
 from flax import nnx
 
 from bayescomp import runs, threshold_selection
-from bayescomp.evaluation import Evaluator
 from bayescomp.procedures import variational
 from bayescomp.models import LeNet300
 from bayescomp.nn import LayerFactory
@@ -75,6 +74,8 @@ def test_greedy_bisection_matches_hand_computation():
     assert _pruned_groups(kernels) == EXPECTED_PRUNED
     # Bisection: about log2(groups) evaluations per layer, not one per candidate, and no
     # network twice (a layer's "prune nothing" is the network the previous layer chose).
+    # (evaluations == calls of error_of because no candidate here empties a layer: those are
+    # counted but never reach error_of.)
     assert trace["evaluations"] == len(evaluated) < 3 * 15
     assert len(set(evaluated)) == len(evaluated), evaluated
 
@@ -97,17 +98,20 @@ def test_zero_tolerance_with_free_groups_prunes_only_free_ones():
 
 
 def test_run_stores_and_reuses_selected_thresholds(smoke_cfg, tmp_path, monkeypatch):
-    cfg = smoke_cfg("lenet300_ghs", "+method.prune.select={tolerance: 1.0, examples: 64}")
+    cfg = smoke_cfg("lenet300_ghs", "+method.prune.select={tolerance: 1.0, examples: 64}",
+                    "trainer.epochs=2", "trainer.pruned_eval_every=1")
     selections = []
     select = threshold_selection.select_thresholds
     monkeypatch.setattr(threshold_selection, "select_thresholds",
                         lambda *a, **k: selections.append(select(*a, **k)) or selections[-1])
     metrics = variational.run(cfg, tmp_path)
-    # The last epoch's logged pruned error selected on the final parameters; the run's end
-    # reuses that selection instead of repeating it.
-    assert len(selections) == 1
+    # One selection per epoch for the logged pruned error; the run's end reuses the last one,
+    # made on the final parameters, instead of repeating it.
+    assert len(selections) == 2
     stored = metrics["prune_thresholds"]
     assert set(stored) == {"fc1", "fc2", "fc3"}
+    assert stored == selections[-1][0]
+    assert metrics["history"][-1]["pruned_test_error"] == metrics["pruned_test_error"]
     selection = metrics["threshold_selection"]
     for name, layer in selection["layers"].items():
         assert layer["error"] <= layer["bound"] + 1e-9
@@ -115,12 +119,11 @@ def test_run_stores_and_reuses_selected_thresholds(smoke_cfg, tmp_path, monkeypa
     # Rebuilding the run (compress, evaluate) prunes with the same thresholds.
     _, model, _ = runs.load_trained_model(tmp_path)
     assert {name: getattr(model, name).prune_threshold for name in stored} == stored
-    # ... which are what selecting afresh on the trained parameters chooses.
-    dataset = runs.load_run_dataset(cfg)
-    error_of = variational.subset_error_of(cfg, model, dataset,
-                                           Evaluator(cfg.trainer.eval_batch_size), 64)
-    fresh, _ = select(model, error_of, tolerance=1.0)
-    assert fresh == stored
+    # Rerunning the finished run trains nothing, so it selects afresh on the trained
+    # parameters: the same thresholds.
+    rerun = variational.run(cfg, tmp_path)
+    assert len(selections) == 3
+    assert rerun["prune_thresholds"] == stored
 
 
 def test_unknown_layer_is_rejected():

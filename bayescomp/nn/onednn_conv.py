@@ -298,7 +298,7 @@ def cpu_conv_kernel() -> str:
     where it builds, loads and passes its self check, and XLA's otherwise (logged once);
     ``onednn`` insists; ``xla`` keeps XLA's. Off CPU, and on several CPU devices (the custom
     call has no sharding rule: XLA would gather a batch-sharded input and convolve all of it on
-    each device), the answer is ``"xla"``.
+    each device), the answer is ``"xla"`` (and ``onednn`` raises there, saying why).
 
     Raises:
         ValueError: An unknown value of the variable.

@@ -28,9 +28,10 @@ The per-epoch ``pruned_test_error`` of the training history is the test error at
 thresholds the run would report if it ended at that epoch: the configured ones, or, under
 selection, thresholds selected at that epoch exactly as at the end (every
 ``trainer.pruned_eval_every`` epochs and at the last; one selection evaluates the selection
-subset about 2 + log2(groups) times per layer, some 30 passes over 10,000 images for LeNet-5,
+subset about log2(groups + 1) times per layer, some 30 passes over 10,000 images for LeNet-5,
 roughly the forward passes of one training epoch), so the last epoch's value equals
-``metrics.json``'s.
+``metrics.json``'s: the run's end takes the thresholds that last selection chose, made on the
+same parameters, instead of selecting again.
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ def subset_error_of(cfg: DictConfig, model, dataset, evaluator: Evaluator, examp
     return error_of
 
 
-def selected_pruned_error(cfg: DictConfig, model, dataset, evaluator: Evaluator):
+def selected_pruned_error(cfg: DictConfig, model, dataset, evaluator: Evaluator
+                          ) -> tuple[float, tuple[dict[str, float | None], dict]]:
     """Test error (%) of ``model`` pruned at thresholds selected now, as :func:`prune_and_quantize`
     would select them; the model's thresholds are left as they were.
 
@@ -245,7 +247,10 @@ def prune_and_quantize(cfg: DictConfig, model, dataset, evaluator: Evaluator, *,
                       for _, layer in objectives.variational_layers(model))
     if settings.select or thresholded:
         error_of = subset_error_of(cfg, model, dataset, evaluator, settings.examples)
-        if settings.select and selected is not None:
+        if selected is not None:
+            if not settings.select:
+                raise ValueError("selected thresholds given to a run without threshold "
+                                 "selection (method.prune.select)")
             thresholds, selection_trace = selected
             threshold_selection.set_thresholds(model, thresholds)
         elif settings.select:

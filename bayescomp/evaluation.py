@@ -12,6 +12,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -47,6 +48,27 @@ def make_evaluate(graphdef, batch_size: int) -> Callable:
     return evaluate_error
 
 
+def make_predict(graphdef, batch_size: int) -> Callable:
+    """Return ``predict(state, x) -> classes`` (a numpy int array) for models of ``graphdef``,
+    jitted; ``x`` is padded to a multiple of ``batch_size`` as in :func:`make_evaluate`."""
+
+    @jax.jit
+    def classes(state, x_batches):
+        model = nnx.merge(graphdef, *state) if isinstance(state, tuple) else nnx.merge(
+            graphdef, state)
+        return jax.lax.map(lambda xb: jnp.argmax(model(xb), -1), x_batches)
+
+    def predict(state, x):
+        n = x.shape[0]
+        n_batches = math.ceil(n / batch_size)
+        pad = n_batches * batch_size - n
+        xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+        return np.asarray(classes(state, xp.reshape(n_batches, batch_size, *x.shape[1:]))
+                          ).reshape(-1)[:n]
+
+    return predict
+
+
 def eval_view(model: nnx.Module, *, pruned: bool = False) -> nnx.Module:
     """The deterministic view: posterior means (masked when ``pruned``), BatchNorm running
     averages."""
@@ -64,6 +86,7 @@ class Evaluator:
     def __init__(self, batch_size: int):
         self.batch_size = int(batch_size)
         self._compiled: dict = {}
+        self._predictors: dict = {}
 
     def error(self, model: nnx.Module, x, y, *, pruned: bool = False) -> float:
         """Error (%) of ``model``'s deterministic view (pruned if asked) on ``(x, y)``."""
@@ -71,3 +94,10 @@ class Evaluator:
         if graphdef not in self._compiled:
             self._compiled[graphdef] = make_evaluate(graphdef, self.batch_size)
         return self._compiled[graphdef](state, x, y)
+
+    def predictions(self, model: nnx.Module, x, *, pruned: bool = False) -> np.ndarray:
+        """Predicted classes of ``model``'s deterministic view (pruned if asked) on ``x``."""
+        graphdef, state = nnx.split(eval_view(model, pruned=pruned))
+        if graphdef not in self._predictors:
+            self._predictors[graphdef] = make_predict(graphdef, self.batch_size)
+        return self._predictors[graphdef](state, x)

@@ -223,6 +223,9 @@ def finish_run(cfg: DictConfig, workdir, *, dataset, quantized, history: list[di
         "pruned_test_error": float(pruned_test_error),
         "prune_thresholds": None if prune_thresholds is None else dict(prune_thresholds),
         "threshold_selection": threshold_selection,
+        # The trace of bit selection (bayescomp/bit_selection.py), where a variational run's
+        # method.bits set it (in ``extra``); present in every run's metrics, for the tables.
+        "bit_selection": None,
         **compression_metrics(dict(zip(quantized.names, quantized.masks)), report.to_dict()),
         "quantized_test_error": float(quantized_test_error),
         "codebook_sizes": None if not codebook_network else [

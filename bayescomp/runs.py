@@ -152,8 +152,8 @@ def load_trained_model(run_dir: str | os.PathLike) -> tuple[DictConfig, nnx.Modu
 
 
 #: Settings a resumed run may change: where the data is found, logging and evaluation, the run's
-#: name, pruning (applied to the trained posterior, so a finished run can be re-evaluated at new
-#: thresholds), ``method.pretrained_run`` and ``method.start_from`` (compared as resolved
+#: name, pruning and bit widths (applied to the trained posterior, so a finished run can be
+#: re-evaluated at new thresholds or bit tolerances), ``method.pretrained_run`` and ``method.start_from`` (compared as resolved
 #: paths by the training loop, so ``~/x`` and ``/root/x`` are the same run) and, for the
 #: variational procedure, the number of epochs (to train a finished run for longer; a warning says when the
 #: learning-rate schedule depends on it), and the devices a batch is split over (the same
@@ -162,8 +162,8 @@ def load_trained_model(run_dir: str | os.PathLike) -> tuple[DictConfig, nnx.Modu
 RESUMABLE_CHANGES = ("experiment_name", "data.dir", "data.tfds_data_dir", "data.download",
                      "trainer.progress_bar", "trainer.tensorboard", "trainer.eval_batch_size",
                      "trainer.pruned_eval_every", "trainer.loop", "trainer.epochs",
-                     "trainer.devices", "method.prune.", "method.pretrained_run",
-                     "method.start_from")
+                     "trainer.devices", "method.prune.", "method.bits.", "method.bits",
+                     "method.pretrained_run", "method.start_from")
 
 
 #: Retraining procedures (Deep Compression, soft weight-sharing) derive each phase's masks and

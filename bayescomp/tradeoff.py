@@ -20,6 +20,8 @@ Each point is scored exactly as the run's own end of training is
 (:func:`bayescomp.procedures.variational.compression_snapshot`): masks propagated across layers,
 kept posterior means rounded to their posterior-derived bits, the quantized network evaluated on
 the test set, and the paper's compression columns (Pruning, Fast Prediction, Maximum Compression estimate).
+The bits are the run's own rule: the posterior rule's, raised by bit selection where the run's
+config sets ``method.bits`` (:mod:`bayescomp.bit_selection`; ``bit_selection`` in each point).
 
 A point whose thresholds empty a layer has no compressed network to score; it is recorded as
 ``empties <layer>`` (``"empties": [layer, ...]`` in ``tradeoff.json``) and the sweep goes on.
@@ -65,7 +67,7 @@ SELECTION_EXAMPLES = threshold_selection.DEFAULT_EXAMPLES
 #: ``prune_thresholds`` and ``empties`` instead of the rest).
 ROW_KEYS = ("prune_thresholds", "architecture_string", "kept_per_layer", "percent_kept",
             "bits_per_layer", "exponent_bits", "compression", "pruned_test_error",
-            "quantized_test_error", "pruning_check", "counting")
+            "quantized_test_error", "pruning_check", "bit_selection", "counting")
 
 
 def operating_points(thresholds: Sequence[float] = (),

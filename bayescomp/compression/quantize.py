@@ -132,8 +132,15 @@ class QuantizedNetwork:
     widths: tuple[int, ...] | None = None
 
 
+def rounded_kernel(mean: np.ndarray, mask: np.ndarray, bits: int) -> np.ndarray:
+    """A layer's kept posterior means rounded to ``2^-bits`` (float32), removed weights 0."""
+    # np.where, not a product: a removed weight is +0.0 exactly (never -0.0), so the kernels
+    # survive a round trip through the compressed file bit for bit.
+    return np.where(mask, np.asarray(round_to_bits(mean, bits)), 0.0).astype(np.float32)
+
+
 def quantize(model: nnx.Module, masks: dict[str, np.ndarray], *,
-             widths=None) -> QuantizedNetwork:
+             widths=None, bits: list[int] | None = None) -> QuantizedNetwork:
     """Bit precision from the posterior variances, then rounding of the kept posterior means.
 
     Args:
@@ -141,6 +148,8 @@ def quantize(model: nnx.Module, masks: dict[str, np.ndarray], *,
         masks: Propagated keep masks by layer path (:func:`bayescomp.pruning.propagated_masks`).
         widths: The ``widths`` the model was built with (``model.widths``); needed only where
             they are not the LeNets' per-layer output sizes (:attr:`QuantizedNetwork.widths`).
+        bits: Significand bits per layer to round to instead of the posterior rule's (chosen by
+            :func:`bayescomp.bit_selection.select_bits`); the exponent width is unchanged.
 
     Returns:
         The :class:`QuantizedNetwork`, BatchNorm parameters included.
@@ -151,12 +160,16 @@ def quantize(model: nnx.Module, masks: dict[str, np.ndarray], *,
     variances = [np.asarray(layer.posterior.variance(), np.float64) for _, layer in layers]
     mask_list = [masks[name] for name in names]
     precision = bit_precision(means, variances, mask_list)
+    if bits is not None:
+        if len(bits) != len(names):
+            raise ValueError(f"{len(bits)} bit widths for the {len(names)} layers {names}")
+        precision = dataclasses.replace(
+            precision, bits_per_layer=[int(b) for b in bits],
+            bits_per_weight=[1 + precision.exponent_bits + int(b) for b in bits])
     kernels, biases = [], []
-    for (name, layer), mean, mask, bits in zip(layers, means, mask_list, precision.bits_per_layer):
-        # np.where, not a product: a removed weight is +0.0 exactly (never -0.0), so the kernels
-        # survive a round trip through the compressed file bit for bit.
-        kernels.append(np.where(mask, np.asarray(round_to_bits(mean, bits)), 0.0).astype(
-            np.float32))
+    for (name, layer), mean, mask, layer_bits in zip(layers, means, mask_list,
+                                                     precision.bits_per_layer):
+        kernels.append(rounded_kernel(mean, mask, layer_bits))
         biases.append(masked_bias(layer, mask))  # a removed output channel may take its bias
     return QuantizedNetwork(names, kernels, biases, mask_list, precision,
                             norms=norm_params(model, masks),

@@ -146,13 +146,16 @@ class Posterior(nnx.Module, abc.ABC):
             mask: Kernel-shaped (or broadcastable) keep mask, or ``None`` for no pruning.
 
         Returns:
-            ``contract(x, E[W] * mask) + mean_bias(bias)`` (the bias masked too where a pruned
-            group is a whole output channel).
+            ``contract(x, E[W] masked) + mean_bias(bias)`` (the bias masked too where a pruned
+            group is a whole output channel); removed weights are exactly 0.
         """
         kernel = self.mean()
         bias = self.mean_bias(bias)
         if mask is not None:
-            kernel = kernel * mask
+            # where, not a product: a removed group is exactly 0 even where its posterior mean
+            # has overflowed (inf * 0 would be NaN), as in the compressed file.
+            keep = jnp.broadcast_to(mask, kernel.shape) != 0
+            kernel = jnp.where(keep, kernel, 0.0)
             if self.masks_bias:
-                bias = bias * jnp.broadcast_to(mask, kernel.shape).reshape(-1, kernel.shape[-1]).max(0)
+                bias = jnp.where(keep.reshape(-1, kernel.shape[-1]).any(0), bias, 0.0)
         return contract(x, kernel) + bias

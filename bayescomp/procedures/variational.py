@@ -46,8 +46,9 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from bayescomp import (counting, metrics, models, objectives, pretrained, pruning, runs,
-                       threshold_selection)
+from bayescomp import (bit_selection, counting, metrics, models, objectives, pretrained,
+                       pruning, runs, threshold_selection)
+from bayescomp.bit_precision import bit_precision
 from bayescomp.compression import quantize as quantize_lib
 from bayescomp.compression.report import compression_report
 from bayescomp.evaluation import Evaluator
@@ -120,7 +121,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         quantized_test_error=snapshot.quantized_test_error,
         prune_thresholds=snapshot.prune_thresholds,
         threshold_selection=snapshot.threshold_selection,
-        extra={"pruning_check": snapshot.pruning_check,
+        extra={"pruning_check": snapshot.pruning_check, "bit_selection": snapshot.bit_selection,
                **({"start_from": started} if started is not None else {})})
 
 
@@ -134,11 +135,15 @@ class PruneSettings:
         examples: Training examples thresholds are selected and checked on.
         max_error_rise: Largest rise (percentage points) of that subset's error that fixed
             thresholds may cause (:func:`bayescomp.threshold_selection.ruin`).
+        bits_tolerance: ``cfg.method.bits.tolerance``: the share (%) of that subset whose
+            predicted class rounding to the bit widths may change (:mod:`bayescomp.
+            bit_selection`); ``None``: the posterior rule's bits as they are.
     """
 
     select: Any
     examples: int
     max_error_rise: float
+    bits_tolerance: float | None = None
 
 
 def prune_settings(cfg: DictConfig) -> PruneSettings:
@@ -149,15 +154,21 @@ def prune_settings(cfg: DictConfig) -> PruneSettings:
     if select is not None and select.get("examples") is not None:
         examples = int(select.examples)
     max_rise = prune.get("max_error_rise")
+    bits_tolerance = (cfg.method.get("bits") or {}).get("tolerance")
     return PruneSettings(select=select, examples=examples,
                          max_error_rise=threshold_selection.DEFAULT_MAX_ERROR_RISE
-                         if max_rise is None else float(max_rise))
+                         if max_rise is None else float(max_rise),
+                         bits_tolerance=None if bits_tolerance is None else float(bits_tolerance))
 
 
-def subset_error_of(cfg: DictConfig, model, dataset, evaluator: Evaluator, examples: int):
+def subset_error_of(cfg: DictConfig, model, dataset, evaluator: Evaluator, examples: int, *,
+                    agree_with: tuple[list, list] | None = None):
     """``error_of(kernels, biases)``: the error (%) of a point copy of ``model`` with these
     kernels and biases on the seeded training subset thresholds are selected and checked on
-    (:func:`bayescomp.threshold_selection.selection_subset`; never the test set)."""
+    (:func:`bayescomp.threshold_selection.selection_subset`; never the test set).
+
+    With ``agree_with=(kernels, biases)`` the labels are that network's predicted classes
+    instead: ``error_of`` is then the share (%) of the subset on which the two disagree."""
     x_subset, y_subset = threshold_selection.selection_subset(
         dataset.x_train, dataset.y_train, examples, int(cfg.seed))
     x_subset, y_subset = jnp.asarray(x_subset), jnp.asarray(y_subset)
@@ -170,11 +181,18 @@ def subset_error_of(cfg: DictConfig, model, dataset, evaluator: Evaluator, examp
         input_shape=dataset.x_train.shape[1:], num_classes=dataset.num_classes,
         norms=quantize_lib.norm_params(model, every_weight), widths=runs.model_widths(cfg))
 
-    def error_of(kernels, biases) -> float:
+    def set_params(kernels, biases) -> None:
         for (_, layer), kernel, bias in zip(objectives.variational_layers(point), kernels,
                                             biases):
             layer.posterior.weight[...] = jnp.asarray(kernel)
             layer.bias[...] = jnp.asarray(bias)
+
+    if agree_with is not None:
+        set_params(*agree_with)
+        y_subset = jnp.asarray(evaluator.predictions(point, x_subset), y_subset.dtype)
+
+    def error_of(kernels, biases) -> float:
+        set_params(kernels, biases)
         return evaluator.error(point, x_subset, y_subset)
 
     return error_of
@@ -209,6 +227,7 @@ class Snapshot:
     prune_thresholds: dict[str, float | None]
     threshold_selection: Any
     pruning_check: Any
+    bit_selection: Any
     masks: dict
     pruned_test_error: float
     quantized: quantize_lib.QuantizedNetwork
@@ -224,7 +243,9 @@ def prune_and_quantize(cfg: DictConfig, model, dataset, evaluator: Evaluator, *,
     is set (the chosen ones are set on ``model``), else from the layers' own thresholds, which
     are checked on the same training subset (:func:`bayescomp.threshold_selection.ruin`). Then
     the masks are propagated across layers and the kept posterior means rounded to their
-    posterior-derived bits; both networks are evaluated on the test set.
+    posterior-derived bits, raised where rounding would change more than
+    ``method.bits.tolerance`` % of the same training subset's predictions
+    (:mod:`bayescomp.bit_selection`); both networks are evaluated on the test set.
 
     Args:
         cfg, model, dataset, evaluator: The run's config, trained model, data and evaluator.
@@ -242,7 +263,7 @@ def prune_and_quantize(cfg: DictConfig, model, dataset, evaluator: Evaluator, *,
     model_cls = models.get(cfg.model.name)
     x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
     settings = prune_settings(cfg)
-    selection_trace = check = None
+    selection_trace = check = bits_trace = None
     thresholded = any(layer.prune_threshold is not None and layer.log_alpha() is not None
                       for _, layer in objectives.variational_layers(model))
     if settings.select or thresholded:
@@ -267,16 +288,54 @@ def prune_and_quantize(cfg: DictConfig, model, dataset, evaluator: Evaluator, *,
                 emptied=check["emptied"])
     pruned_error = evaluator.error(model, x_test, y_test, pruned=True)
     masks = pruning.propagated_masks(model)
-    quantized = quantize_lib.quantize(model, masks, widths=runs.model_widths(cfg))
+    bits = None
+    if settings.bits_tolerance is not None:
+        bits, bits_trace = selected_bits(cfg, model, dataset, evaluator, masks,
+                                         settings.bits_tolerance, settings.examples)
+    quantized = quantize_lib.quantize(model, masks, widths=runs.model_widths(cfg), bits=bits)
     quantized_model = quantize_lib.quantized_model(
         model_cls, quantized, input_shape=dataset.x_train.shape[1:],
         num_classes=dataset.num_classes)
     return Snapshot(
         prune_thresholds={name: layer.prune_threshold
                           for name, layer in objectives.variational_layers(model)},
-        threshold_selection=selection_trace, pruning_check=check, masks=masks,
+        threshold_selection=selection_trace, pruning_check=check, bit_selection=bits_trace,
+        masks=masks,
         pruned_test_error=pruned_error, quantized=quantized,
         quantized_test_error=evaluator.error(quantized_model, x_test, y_test))
+
+
+def selected_bits(cfg: DictConfig, model, dataset, evaluator: Evaluator,
+                  masks: dict[str, np.ndarray], tolerance: float, examples: int
+                  ) -> tuple[list[int], dict]:
+    """Bits per layer for :func:`~bayescomp.compression.quantize.quantize`: the posterior
+    rule's, raised until rounding changes the predicted class of at most ``tolerance`` % of
+    the training subset thresholds are selected on, against the pruned, unrounded network
+    (:func:`bayescomp.bit_selection.select_bits`).
+
+    Args:
+        cfg, model, dataset, evaluator: The run's config, trained model, data and evaluator.
+        masks: The model's propagated keep masks.
+        tolerance: ``method.bits.tolerance``.
+        examples: Size of the training subset.
+    """
+    layers = objectives.variational_layers(model)
+    names = [name for name, _ in layers]
+    means = [np.asarray(layer.posterior.mean(), np.float64) for _, layer in layers]
+    variances = [np.asarray(layer.posterior.variance(), np.float64) for _, layer in layers]
+    mask_list = [np.asarray(masks[name], bool) for name in names]
+    kernels, biases = threshold_selection.masked_mean_params(model, masks)
+    disagreement_of = subset_error_of(cfg, model, dataset, evaluator, examples,
+                                      agree_with=(kernels, biases))
+    posterior = bit_precision(means, variances, mask_list).bits_per_layer
+
+    def rounded_disagreement(bits) -> float:
+        return disagreement_of([quantize_lib.rounded_kernel(mean, mask, b)
+                                for mean, mask, b in zip(means, mask_list, bits)], biases)
+
+    return bit_selection.select_bits(
+        posterior, [int(mask.sum()) for mask in mask_list], rounded_disagreement,
+        tolerance=tolerance, names=names)
 
 
 def _refusal(problem: tuple[str, list[str]], emptied: bool, settings: PruneSettings,
@@ -313,6 +372,7 @@ def compression_snapshot(cfg: DictConfig, model, dataset, workdir: pathlib.Path,
         "prune_thresholds": snapshot.prune_thresholds,
         "threshold_selection": snapshot.threshold_selection,
         "pruning_check": snapshot.pruning_check,
+        "bit_selection": snapshot.bit_selection,
         **metrics.compression_metrics(snapshot.masks, report.to_dict()),
         "quantized_test_error": snapshot.quantized_test_error,
         "counting": counting.summary(model, dataset.x_train.shape[1:],

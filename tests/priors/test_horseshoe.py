@@ -401,7 +401,11 @@ def _factory(compose, *overrides):
 
 
 def test_config_builds_lenet300(compose):
-    cfg, factory = _factory(compose)
+    # The dropout rate of z is pruned (the published recipe's statistic), so that noisy groups
+    # below are the pruned ones; the default's shrinkage statistic: tests/test_ghs_statistic.py.
+    # With the default local scales those groups' posterior mean overflows to inf: the pruned
+    # view must still be finite (removed weights exactly 0, not inf * 0).
+    cfg, factory = _factory(compose, "method.posterior_init.prune_statistic=z_dropout")
     assert cfg.method.name == "bc_ghs"
     assert factory.posterior == "group_lognormal" and factory.prior == "group_horseshoe"
     model = LeNet300(factory, rngs=nnx.Rngs(params=0, noise=1))

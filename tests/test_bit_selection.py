@@ -1,0 +1,119 @@
+"""Bit widths raised until rounding changes few predictions (bayescomp/bit_selection.py).
+
+The search is checked on disagreement functions written down by hand, whose answers follow from
+the rule in the module docstring; then a run whose posterior bits round its network into
+nonsense is checked end to end: the stored network, decoded independently of the search,
+predicts what the unrounded pruned network predicts on the selection subset.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bayescomp import bit_selection, models, runs, threshold_selection
+from bayescomp.bit_precision import MAX_SIGNIFICAND_BITS
+from bayescomp.compression import quantize as quantize_lib
+from bayescomp.evaluation import Evaluator
+from bayescomp.procedures import variational
+
+
+def _counting(disagreement):
+    calls = []
+
+    def disagreement_of(bits):
+        calls.append(tuple(bits))
+        return disagreement(bits)
+
+    return disagreement_of, calls
+
+
+def test_raises_the_cheapest_helpful_layer_until_within_tolerance():
+    # Layer 0 (100 kept weights) adds 1 % of disagreement per missing bit below 6; layer 1
+    # (10,000 weights) adds 2 % per missing bit below 4. From (3, 2): 3 + 4 = 7 %.
+    # Step 1: +1 bit on layer 0 gains 1 %/100 weights, on layer 1 2 %/10,000: layer 0.
+    # Layer 0 keeps winning until it reaches 6 bits (4 % left); then only layer 1 helps.
+    # Tolerance 2 %: layer 1 goes to 3 bits (2 %), within tolerance, and the search stops.
+    def disagreement(bits):
+        return 1.0 * max(0, 6 - bits[0]) + 2.0 * max(0, 4 - bits[1])
+
+    disagreement_of, calls = _counting(disagreement)
+    bits, trace = bit_selection.select_bits([3, 2], [100, 10_000], disagreement_of,
+                                            tolerance=2.0, names=["conv", "fc"])
+    assert bits == [6, 3]
+    assert [step["layer"] for step in trace["steps"]] == ["conv", "conv", "conv", "fc"]
+    assert trace["posterior_bits"] == [3, 2]
+    assert trace["posterior_disagreement"] == 7.0
+    assert trace["disagreement"] == 2.0 and trace["met"]
+    assert len(calls) == len(set(calls)) == trace["evaluations"]  # no network twice
+
+
+def test_never_lowers_the_posterior_bits_and_stops_at_once_when_within():
+    disagreement_of, calls = _counting(lambda bits: 0.0)
+    bits, trace = bit_selection.select_bits([9, 4, 2], [5, 5, 5], disagreement_of,
+                                            tolerance=0.0)
+    assert bits == [9, 4, 2] and trace["steps"] == [] and calls == [(9, 4, 2)]
+
+
+def test_flat_disagreement_refines_the_coarsest_layer():
+    # No single extra bit helps until both layers reach 8 bits: the coarsest layer (fewest
+    # bits, then fewest kept weights) is raised each time: (6, 5) → (6, 6) → (6, 7) [tie at 6
+    # bits: layer 1 has fewer weights] → (7, 7) → (7, 8) → (8, 8).
+    def disagreement(bits):
+        return 0.0 if min(bits) >= 8 else 5.0
+
+    bits, trace = bit_selection.select_bits([6, 5], [50, 10], _counting(disagreement)[0],
+                                            tolerance=0.5)
+    assert bits == [8, 8]
+    assert [step["layer"] for step in trace["steps"]] == ["1", "1", "0", "1", "0"]
+
+
+def test_unreachable_tolerance_is_recorded_not_hidden():
+    bits, trace = bit_selection.select_bits([20, 0], [3, 0], lambda bits: 1.0, tolerance=0.5)
+    # The emptied layer (no kept weight) is never raised; the other stops at the float limit.
+    assert bits == [MAX_SIGNIFICAND_BITS, 0]
+    assert trace["met"] is False and trace["disagreement"] == 1.0
+
+
+@pytest.mark.parametrize("tolerance", [-0.1, float("nan"), float("inf")])
+def test_bad_tolerance_is_refused(tolerance):
+    with pytest.raises(ValueError, match="tolerance"):
+        bit_selection.select_bits([1], [1], lambda bits: 0.0, tolerance=tolerance)
+
+
+def _subset_predictions(cfg, network, dataset, *, pruned=False):
+    x, _ = threshold_selection.selection_subset(dataset.x_train, dataset.y_train,
+                                                int(cfg.method.prune.select.examples),
+                                                int(cfg.seed))
+    return Evaluator(64).predictions(network, jnp.asarray(x), pruned=pruned)
+
+
+def test_run_raises_bits_until_the_rounded_network_agrees(smoke_cfg, tmp_path):
+    # log σ² = -1 for every weight: the posterior rule gives fc2 and fc3 0 significand bits
+    # (2·Var ≈ 0.74 > 1/2: rounded to integers) and fc1, whose variance the recipe clips at
+    # 0.04, 3 bits (2·0.04 = 0.08 ≥ 2^-4): enough to change predictions.
+    overrides = ("+method.prune.select={tolerance: 1.0, examples: 64}",
+                 "method.posterior_init.weight_log_var_init=-1.0")
+    cfg = smoke_cfg("lenet300_ghs", *overrides, "method.bits.tolerance=0.0")
+    metrics = variational.run(cfg, tmp_path)
+    selection = metrics["bit_selection"]
+    assert selection["posterior_bits"] == [3, 0, 0]
+    assert selection["posterior_disagreement"] > 0.0  # the posterior bits alone did damage
+    assert selection["met"] and selection["disagreement"] == 0.0
+    assert metrics["bits_per_layer"] == selection["bits"]
+    assert all(b >= p for b, p in zip(selection["bits"], selection["posterior_bits"]))
+    # Independently of the search: the stored network predicts what the pruned one does.
+    _, model, _ = runs.load_trained_model(tmp_path)
+    dataset = runs.load_run_dataset(cfg)
+    stored = quantize_lib.load_quantized(tmp_path / "quantized_network.npz")
+    assert stored.precision.bits_per_layer == selection["bits"]
+    network = quantize_lib.quantized_model(models.get(cfg.model.name), stored,
+                                           input_shape=dataset.x_train.shape[1:],
+                                           num_classes=dataset.num_classes)
+    np.testing.assert_array_equal(_subset_predictions(cfg, network, dataset),
+                                  _subset_predictions(cfg, model, dataset, pruned=True))
+    # Without the setting the posterior bits stand, as the paper's rule gives them; a finished
+    # run is re-evaluated so (the bit tolerance, like the thresholds, is not a training setting).
+    plain = variational.run(smoke_cfg("lenet300_ghs", *overrides, "method.bits=null"), tmp_path)
+    assert plain["bit_selection"] is None and plain["bits_per_layer"] == [3, 0, 0]

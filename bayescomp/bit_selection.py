@@ -97,16 +97,16 @@ def select_bits(
     first = current = evaluate(bits)
     steps = []
     while current > tolerance:
-        raisable = [l for l, (b, n) in enumerate(zip(bits, kept_weights))
+        raisable = [i for i, (b, n) in enumerate(zip(bits, kept_weights))
                     if b < MAX_SIGNIFICAND_BITS and n > 0]
         if not raisable:
             break
-        tried = {l: evaluate(bits[:l] + (bits[l] + 1,) + bits[l + 1:]) for l in raisable}
-        gains = {l: (current - d) / kept_weights[l] for l, d in tried.items() if d < current}
+        tried = {i: evaluate(bits[:i] + (bits[i] + 1,) + bits[i + 1:]) for i in raisable}
+        gains = {i: (current - d) / kept_weights[i] for i, d in tried.items() if d < current}
         if gains:
-            layer = max(gains, key=lambda l: (gains[l], -l))
+            layer = max(gains, key=lambda i: (gains[i], -i))
         else:  # flat everywhere: refine the coarsest rounding
-            layer = min(raisable, key=lambda l: (bits[l], kept_weights[l], l))
+            layer = min(raisable, key=lambda i: (bits[i], kept_weights[i], i))
         bits = bits[:layer] + (bits[layer] + 1,) + bits[layer + 1:]
         current = tried[layer]
         steps.append({"layer": names[layer], "bits": list(bits), "disagreement": current})

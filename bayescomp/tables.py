@@ -15,7 +15,7 @@ and pretrained runs live, how progress is shown). Runs of one method that differ
 values. Directories named ``studies`` (sensitivity studies, sweeps) are skipped when a parent
 is scanned; name them directly for their own table::
 
-    python -m bayescomp.tables results/fashion_mnist/lenet5_ghs \
+    python -m bayescomp.tables results/fashion_mnist/lenet5_ghs_published \
         results/studies/fashion_mnist/lenet5_ghs_tau0 --out results/studies/lenet5_ghs_tau0.md
 
 The tables go into the scanned tree (:func:`default_out`): ``python -m bayescomp.tables

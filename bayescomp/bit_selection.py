@@ -30,8 +30,9 @@ points. The disagreement transfers: it changed 1.89 % of the training subset's p
 **Selection.** The posterior bits are a floor, never lowered. While the rounded network disagrees
 with the unrounded one on more than ``tolerance`` % of the subset, one layer gains one bit: the
 layer whose extra bit lowers the disagreement most *per kept weight* (a bit costs one bit per kept
-weight of the file); where no extra bit lowers it (flat in every single step), the coarsest layer
-(fewest bits; then fewest kept weights) gains it, so the search always moves and ends after at most
+weight of the file); where no extra bit lowers it, the layer whose extra bit leaves the smallest
+disagreement gains it, among equals (a flat step) the coarsest layer (fewest bits; then fewest kept
+weights), so the search always moves and ends after at most
 ``23·L`` steps, each evaluating at most ``L`` networks, none twice. At 23 bits everywhere the
 rounding step is ``2^-23``, float32's own spacing at magnitude 1; a search that still ends above
 the bound is recorded, not hidden: ``met`` is false in the trace.
@@ -105,8 +106,8 @@ def select_bits(
         gains = {i: (current - d) / kept_weights[i] for i, d in tried.items() if d < current}
         if gains:
             layer = max(gains, key=lambda i: (gains[i], -i))
-        else:  # flat everywhere: refine the coarsest rounding
-            layer = min(raisable, key=lambda i: (bits[i], kept_weights[i], i))
+        else:  # no single bit helps: the least harmful, and among equals the coarsest layer
+            layer = min(raisable, key=lambda i: (tried[i], bits[i], kept_weights[i], i))
         bits = bits[:layer] + (bits[layer] + 1,) + bits[layer + 1:]
         current = tried[layer]
         steps.append({"layer": names[layer], "bits": list(bits), "disagreement": current})

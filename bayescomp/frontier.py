@@ -48,7 +48,6 @@ on stdout, and with ``--out DIR`` also ``DIR/frontier.md`` and ``DIR/frontier.pn
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import pathlib
 import statistics
@@ -173,19 +172,15 @@ def collect(roots: Sequence[pathlib.Path], model: str, dataset: str,
     by_identity = {(run_dir.parts[-3:], r.get("git_commit")): (run_dir, r)
                    for run_dir, r in runs.items()}
     # A run published under another directory than the one it was swept in (a recipe renamed:
-    # lenet5_ghs's earlier default is results/fashion_mnist/lenet5_ghs_published) is found by
-    # its experiment, seed and commit, where exactly one run has them.
-    by_recipe = collections.defaultdict(list)
-    for run_dir, r in runs.items():
-        by_recipe[(r.get("experiment"), r.get("seed"), r.get("git_commit"))].append(
-            (run_dir, r))
+    # lenet5_ghs's earlier default is results/fashion_mnist/lenet5_ghs_published) is found
+    # where its sweep is published: results/tradeoff/ mirrors results/ too, so the sweep's own
+    # <dataset>/<experiment>/seed<s> (or <study>/<variant>/seed<s>) names the run's directory.
     for path, record in _sweeps(roots):
+        commit = record.get("run_git_commit")
         run_dir, run = by_identity.get((pathlib.Path(str(record.get("run_dir"))).parts[-3:],
-                                        record.get("run_git_commit")), (None, None))
+                                        commit), (None, None))
         if run is None:
-            moved = by_recipe.get((record.get("experiment"), record.get("seed"),
-                                   record.get("run_git_commit")), [])
-            run_dir, run = moved[0] if len(moved) == 1 else (None, None)
+            run_dir, run = by_identity.get((path.parent.parts[-3:], commit), (None, None))
         if record.get("dataset") != dataset or run is None:
             continue  # another dataset or model, or a sweep of a run not among the runs given
         # A study's sweep is told from the experiment's own by its variant, as its run is.

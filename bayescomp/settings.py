@@ -100,6 +100,7 @@ SCHEMA = {
     "method.prune.threshold": Number(optional=True),
     # Threshold selection (bayescomp/threshold_selection.py) and the check of fixed thresholds.
     "method.prune.select.tolerance": Number(low=0),
+    "method.bits.tolerance": Number(low=0),
     "method.prune.select.examples": POSITIVE_INT,
     "method.prune.max_error_rise": Number(low=0),
     # Deep Compression (conf/method/dc.yaml): null epochs mean trainer.epochs.
@@ -150,12 +151,14 @@ def check(cfg: DictConfig) -> None:
     Raises:
         ConfigError: A value of :data:`SCHEMA` is of the wrong type or out of range, the KL
             warm-up ends before it starts, a per-layer threshold is not a number,
-            ``method.prune.select`` is neither null nor ``{tolerance, examples}``, or the
+            ``method.prune.select`` is neither null nor ``{tolerance, examples}``,
+            ``method.bits`` neither null nor ``{tolerance}``, or the
             optimiser's settings are invalid (:func:`bayescomp.optim.check`).
     """
     from bayescomp import optim  # late: optim imports the model stack
 
     _check_select(cfg)
+    _check_bits(cfg)
     for key, rule in SCHEMA.items():
         node = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
         if node is _ABSENT:
@@ -201,3 +204,17 @@ def _check_select(cfg: DictConfig) -> None:
         raise ConfigError(f"method.prune.select has unknown keys {unknown}; it must be {usage}")
     if select.get("tolerance") is None:
         raise ConfigError(f"method.prune.select.tolerance must be set: select must be {usage}")
+
+
+def _check_bits(cfg: DictConfig) -> None:
+    """``method.bits`` is null (the posterior rule's bits) or ``{tolerance: PERCENT}``
+    (:mod:`bayescomp.bit_selection`); its number is checked with :data:`SCHEMA`."""
+    bits = OmegaConf.select(cfg, "method.bits", default=None, throw_on_missing=False)
+    if bits is None:
+        return
+    usage = ("null (the posterior rule's bits) or {tolerance: PERCENT} (bits raised until "
+             "rounding changes at most PERCENT % of the training subset's predictions)")
+    if not isinstance(bits, DictConfig):
+        raise ConfigError(f"method.bits={bits!r} must be {usage}")
+    if sorted(bits) != ["tolerance"] or bits.get("tolerance") is None:
+        raise ConfigError(f"method.bits has keys {sorted(bits)}; it must be {usage}")

@@ -2,8 +2,9 @@
 
 The search is checked on disagreement functions written down by hand, whose answers follow from
 the rule in the module docstring; then a run whose posterior bits round its network into
-nonsense is checked end to end: the stored network, decoded independently of the search,
-predicts what the unrounded pruned network predicts on the selection subset.
+nonsense is checked end to end: the stored network (``quantized_network.npz``, what the ``.bcz``
+file encodes), rebuilt independently of the search, predicts what the unrounded pruned network
+predicts on the selection subset.
 """
 
 from __future__ import annotations
@@ -76,6 +77,16 @@ def test_unreachable_tolerance_is_recorded_not_hidden():
     assert trace["met"] is False and trace["disagreement"] == 1.0
 
 
+def test_when_every_bit_hurts_the_least_harmful_is_taken():
+    # From (4, 4): an extra bit on layer 0 gives 3.5 %, on layer 1 3.2 % (both above the
+    # 3.0 % now): layer 1, the smaller rise, though layer 0 is no finer. Then (4, 5) → 0 via
+    # layer 0 (any bits on it >= 5 fix everything).
+    table = {(4, 4): 3.0, (5, 4): 3.5, (4, 5): 3.2, (5, 5): 0.0, (4, 6): 3.3}
+    bits, trace = bit_selection.select_bits([4, 4], [10, 10], lambda b: table[tuple(b)],
+                                            tolerance=0.0)
+    assert [step["layer"] for step in trace["steps"]] == ["1", "0"] and bits == [5, 5]
+
+
 @pytest.mark.parametrize("tolerance", [-0.1, float("nan"), float("inf")])
 def test_bad_tolerance_is_refused(tolerance):
     with pytest.raises(ValueError, match="tolerance"):
@@ -117,3 +128,15 @@ def test_run_raises_bits_until_the_rounded_network_agrees(smoke_cfg, tmp_path):
     # run is re-evaluated so (the bit tolerance, like the thresholds, is not a training setting).
     plain = variational.run(smoke_cfg("lenet300_ghs", *overrides, "method.bits=null"), tmp_path)
     assert plain["bit_selection"] is None and plain["bits_per_layer"] == [3, 0, 0]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method.bits=0.1", "must be null"),
+    ("+method.bits.tol=0.1", "has keys \\['tol', 'tolerance'\\]"),
+    ("method.bits.tolerance=-1", "method.bits.tolerance=-1"),
+])
+def test_bad_bit_settings_are_refused_before_training(smoke_cfg, override, message):
+    from bayescomp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        runs.check_settings(smoke_cfg("lenet300_ghs", override))

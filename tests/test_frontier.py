@@ -85,25 +85,28 @@ def test_a_study_runs_sweep_is_labelled_with_its_study(results):
 
 
 def test_a_sweep_finds_its_run_published_under_another_directory(tmp_path):
-    # The run was swept as .../lenet5_bc_ghs/seed1 and published (renamed recipe) under
-    # lenet5_bc_ghs_published/seed1: its experiment, seed and commit still identify it. A second
-    # run with the same three (seed 2's sweep) is ambiguous, and its sweep stays unattached.
+    # The run was swept as .../lenet5_bc_ghs/seed1 and published (renamed recipe), with its
+    # sweep, under lenet5_bc_ghs_published/seed1: the sweep's own place names the run. A study
+    # run of the same experiment, seed and commit must not take it.
     root = tmp_path / "results"
     _run(root, ("fashion_mnist", "lenet5_dense", "seed0"), method="dense", seed=0,
          weights_total=FULL, pruning=1.0, error=8.0)
     _run(root, ("fashion_mnist", "lenet5_bc_ghs_published", "seed1"), method="bc_ghs", seed=1,
          weights_total=FULL, pruning=5.0, error=9.0, commit="c1", experiment="lenet5_bc_ghs")
-    for variant in ("a", "b"):
-        _run(root, ("studies", "fashion_mnist", "s", variant, "seed2"), method="bc_ghs", seed=2,
-             weights_total=FULL, pruning=5.0, error=9.0, commit="c1",
-             experiment="lenet5_bc_ghs")
-    for seed in (1, 2):
-        _sweep(root, f"/home/u/runs/fashion_mnist/lenet5_bc_ghs/seed{seed}", [
-            {"threshold": -3.0, "architecture_string": "5-30-346-119",
-             "quantized_test_error": 8.9, "compression": {"pruning": 40.0}}],
-            commit="c1", seed=seed)
+    _run(root, ("studies", "fashion_mnist", "s", "a", "seed1"), method="bc_ghs", seed=1,
+         weights_total=FULL, pruning=5.0, error=9.0, commit="c1", experiment="lenet5_bc_ghs")
+    _sweep(root, "/home/u/runs/fashion_mnist/lenet5_bc_ghs/seed1", [
+        {"threshold": -3.0, "architecture_string": "5-30-346-119",
+         "quantized_test_error": 8.9, "compression": {"pruning": 40.0}}],
+        commit="c1", seed=1, experiment="lenet5_bc_ghs_published")
+    # Published elsewhere than either run: attached to neither.
+    _sweep(root, "/home/u/runs/fashion_mnist/lenet5_bc_ghs/seed1", [
+        {"threshold": -2.0, "architecture_string": "5-30-346-119",
+         "quantized_test_error": 8.9, "compression": {"pruning": 30.0}}],
+        commit="c1", seed=1, experiment="elsewhere")
     points, _ = frontier.collect([root], "lenet5", "fashion_mnist")
-    assert [p["seed"] for p in points if p["source"] == "sweep"] == [1]
+    sweeps = [p for p in points if p["source"] == "sweep"]
+    assert [(p["variant"], p["pruning"]) for p in sweeps] == [("threshold -3", 40.0)]
 
 
 def test_report_names_the_target_and_the_best_point_past_it(results):

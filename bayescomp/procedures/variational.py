@@ -329,9 +329,15 @@ def selected_bits(cfg: DictConfig, model, dataset, evaluator: Evaluator,
                                       agree_with=(kernels, biases))
     posterior = bit_precision(means, variances, mask_list).bits_per_layer
 
+    rounded: dict[tuple[int, int], np.ndarray] = {}  # (layer, bits) -> kernel: each made once
+
+    def kernel(index: int, bits: int) -> np.ndarray:
+        if (index, bits) not in rounded:
+            rounded[index, bits] = quantize_lib.rounded_kernel(means[index], mask_list[index], bits)
+        return rounded[index, bits]
+
     def rounded_disagreement(bits) -> float:
-        return disagreement_of([quantize_lib.rounded_kernel(mean, mask, b)
-                                for mean, mask, b in zip(means, mask_list, bits)], biases)
+        return disagreement_of([kernel(i, b) for i, b in enumerate(bits)], biases)
 
     return bit_selection.select_bits(
         posterior, [int(mask.sum()) for mask in mask_list], rounded_disagreement,

@@ -232,6 +232,11 @@ NEUTRAL_SETTINGS = {
     "optimizer.warmup_epochs": 0,
     "trainer.batch_norm.momentum": 0.1,
     "trainer.batch_norm.epsilon": 1e-5,
+    # The group horseshoe's options of issue 23, added with the published recipe's behaviour
+    # as their values (results/studies/lenet5_ghs_cause.md: the old code path, bit for bit).
+    "method.posterior_init.scale_init": "global",
+    "method.posterior_init.prune_statistic": "z_dropout",
+    "method.posterior_init.scale_lr_multiplier": 1.0,
 }
 
 #: Settings that never change what a finished run computed: a check that can only refuse to
@@ -313,7 +318,8 @@ def _recipe_labels(recipes: list[tuple]) -> list[tuple[str, tuple]]:
 
     labelled = []
     for d in dicts:
-        values = [json.loads(d[k]) if k in d else None for k in keys]
+        # A setting left out at its neutral value (or predating it) ran as that value.
+        values = [json.loads(d[k]) if k in d else NEUTRAL_SETTINGS.get(k) for k in keys]
         label = ", ".join(f"{k}={'–' if v is None else v}" for k, v in zip(keys, values))
         labelled.append((label, tuple(order(v) for v in values)))
     return labelled

@@ -202,3 +202,16 @@ def test_multiply_adds_come_from_counting_or_from_the_runs_model_bcz(tmp_path):
     # Structural: seed 0's 6.8K (39.1×, its own count) and seed 1's 3.4K (78.3×, from its file).
     assert (f"| 5.1 ± 2.4K / {dense / 1e3:,.1f}K (58.7 ± 27.7×) | 3.4K "
             f"({dense / pruned:.1f}×) |") in text
+
+
+def test_a_setting_that_predates_a_run_is_labelled_with_the_value_it_ran_as():
+    # The published-recipe BC-GHS runs predate scale_init (they ran as "global"); the later
+    # runs set it to "local". Their labels say so, not "–" (runs that do not record it).
+    old = {"config": {"method": {"name": "bc_ghs", "prune": {"select": {"tolerance": 0.5}}}}}
+    new = {"config": {"method": {"name": "bc_ghs", "posterior_init": {"scale_init": "local"},
+                                 "prune": {"select": {"tolerance": 0.1}}}}}
+    labels = [label for label, _ in tables._recipe_labels([tables.recipe(old),
+                                                             tables.recipe(new)])]
+    assert labels == [
+        "method.posterior_init.scale_init=global, method.prune.select.tolerance=0.5",
+        "method.posterior_init.scale_init=local, method.prune.select.tolerance=0.1"]

@@ -30,23 +30,27 @@ def _counting(disagreement):
     return disagreement_of, calls
 
 
-def test_raises_the_cheapest_helpful_layer_until_within_tolerance():
-    # Layer 0 (100 kept weights) adds 1 % of disagreement per missing bit below 6; layer 1
-    # (10,000 weights) adds 2 % per missing bit below 4. From (3, 2): 3 + 4 = 7 %.
-    # Step 1: +1 bit on layer 0 gains 1 %/100 weights, on layer 1 2 %/10,000: layer 0.
-    # Layer 0 keeps winning until it reaches 6 bits (4 % left); then only layer 1 helps.
-    # Tolerance 2 %: layer 1 goes to 3 bits (2 %), within tolerance, and the search stops.
+def test_each_layer_alone_then_the_cheapest_helpful_layer_together():
+    # Layer 0 (100 kept weights) alone changes 1 % of predictions per missing bit below 6,
+    # layer 1 (10,000 weights) 2 % per missing bit below 4; rounded together they change 1 %
+    # more while layer 0 has fewer than 7 bits. None: the layer unrounded.
     def disagreement(bits):
-        return 1.0 * max(0, 6 - bits[0]) + 2.0 * max(0, 4 - bits[1])
+        b0, b1 = bits
+        alone0 = 0.0 if b0 is None else max(0, 6 - b0)
+        alone1 = 0.0 if b1 is None else 2.0 * max(0, 4 - b1)
+        together = 1.0 if b0 is not None and b1 is not None and b0 < 7 else 0.0
+        return alone0 + alone1 + together
 
     disagreement_of, calls = _counting(disagreement)
     bits, trace = bit_selection.select_bits([3, 2], [100, 10_000], disagreement_of,
-                                            tolerance=2.0, names=["conv", "fc"])
-    assert bits == [6, 3]
-    assert [step["layer"] for step in trace["steps"]] == ["conv", "conv", "conv", "fc"]
-    assert trace["posterior_bits"] == [3, 2]
-    assert trace["posterior_disagreement"] == 7.0
-    assert trace["disagreement"] == 2.0 and trace["met"]
+                                            tolerance=0.9, names=["conv", "fc"])
+    # Budget 0.45 % a layer: alone, layer 0 needs 6 bits (5 leaves 1 %), layer 1 4 bits (3
+    # leaves 2 %). Together (6, 4) changes 1 % > 0.9: +1 bit on layer 0 gives 0 (gain 1 % per
+    # 100 weights), on layer 1 still 1 %: layer 0, to 7 bits.
+    assert trace["layers"]["conv"]["bits"] == 6 and trace["layers"]["fc"]["bits"] == 4
+    assert [step["layer"] for step in trace["steps"]] == ["conv"]
+    assert bits == [7, 4] and trace["disagreement"] == 0.0 and trace["met"]
+    assert trace["posterior_bits"] == [3, 2] and trace["posterior_disagreement"] == 8.0
     assert len(calls) == len(set(calls)) == trace["evaluations"]  # no network twice
 
 
@@ -58,11 +62,12 @@ def test_never_lowers_the_posterior_bits_and_stops_at_once_when_within():
 
 
 def test_flat_disagreement_refines_the_coarsest_layer():
-    # No single extra bit helps until both layers reach 8 bits: the coarsest layer (fewest
-    # bits, then fewest kept weights) is raised each time: (6, 5) → (6, 6) → (6, 7) [tie at 6
-    # bits: layer 1 has fewer weights] → (7, 7) → (7, 8) → (8, 8).
+    # Alone every layer is harmless (its posterior bits stand); together no single extra bit
+    # helps until both reach 8 bits: the coarsest layer (fewest bits, then fewest kept weights)
+    # is raised each time: (6, 5) → (6, 6) → (6, 7) [tie at 6 bits: layer 1 has fewer weights]
+    # → (7, 7) → (7, 8) → (8, 8).
     def disagreement(bits):
-        return 0.0 if min(bits) >= 8 else 5.0
+        return 0.0 if None in bits or min(bits) >= 8 else 5.0
 
     bits, trace = bit_selection.select_bits([6, 5], [50, 10], _counting(disagreement)[0],
                                             tolerance=0.5)
@@ -78,12 +83,13 @@ def test_unreachable_tolerance_is_recorded_not_hidden():
 
 
 def test_when_every_bit_hurts_the_least_harmful_is_taken():
-    # From (4, 4): an extra bit on layer 0 gives 3.5 %, on layer 1 3.2 % (both above the
+    # Each layer alone is harmless. From (4, 4) together: an extra bit on layer 0 gives 3.5 %,
+    # on layer 1 3.2 % (both above the
     # 3.0 % now): layer 1, the smaller rise, though layer 0 is no finer. Then (4, 5) → 0 via
     # layer 0 (any bits on it >= 5 fix everything).
     table = {(4, 4): 3.0, (5, 4): 3.5, (4, 5): 3.2, (5, 5): 0.0, (4, 6): 3.3}
-    bits, trace = bit_selection.select_bits([4, 4], [10, 10], lambda b: table[tuple(b)],
-                                            tolerance=0.0)
+    bits, trace = bit_selection.select_bits(
+        [4, 4], [10, 10], lambda b: 0.0 if None in b else table[tuple(b)], tolerance=0.0)
     assert [step["layer"] for step in trace["steps"]] == ["1", "0"] and bits == [5, 5]
 
 

@@ -331,7 +331,9 @@ def selected_bits(cfg: DictConfig, model, dataset, evaluator: Evaluator,
 
     rounded: dict[tuple[int, int], np.ndarray] = {}  # (layer, bits) -> kernel: each made once
 
-    def kernel(index: int, bits: int) -> np.ndarray:
+    def kernel(index: int, bits: int | None) -> np.ndarray:
+        if bits is None:  # this layer unrounded
+            return kernels[index]
         if (index, bits) not in rounded:
             rounded[index, bits] = quantize_lib.rounded_kernel(means[index], mask_list[index], bits)
         return rounded[index, bits]

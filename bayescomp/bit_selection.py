@@ -43,6 +43,12 @@ entry per layer: its bits, or ``None`` for the layer unrounded.
    leaves the smallest disagreement (among equals the coarsest: fewest bits, then fewest kept
    weights), until the bound holds or every layer has 23 bits.
 
+3. *Trim*: the bound met, each layer in turn (most kept weights first: a bit there saves the
+   most) gives back one bit at a time, down to its posterior bits, while the combined rounding
+   stays within ``tolerance``: step 1's even split is conservative (layers rarely add up their
+   budgets), and this spends what is left where it saves most. Every accepted step meets the
+   bound, so noise in the subset can cost bits here but never the bound.
+
 No network is evaluated twice. At 23 bits the rounding step is ``2^-23``, float32's own spacing at
 magnitude 1; a search that still ends above the bound is recorded, not hidden: ``met`` is false
 in the trace.
@@ -90,9 +96,9 @@ def select_bits(
     Returns:
         ``(bits, trace)``: the selected bits per layer and ``{"posterior_bits", "bits",
         "tolerance", "posterior_disagreement", "disagreement", "met", "evaluations",
-        "layers", "steps"}``: ``layers`` maps each layer to its step-1 search (``bits``,
-        ``disagreement`` alone, ``budget``), ``steps`` lists each step-2 raise as
-        ``{"layer", "bits", "disagreement"}``.
+        "layers", "steps", "trims"}``: ``layers`` maps each layer to its step-1 search
+        (``bits``, ``disagreement`` alone, ``budget``), ``steps`` and ``trims`` list each
+        step-2 raise and step-3 return as ``{"layer", "bits", "disagreement"}``.
 
     Raises:
         ValueError: If the lists differ in length or the tolerance is negative or not finite.
@@ -151,11 +157,22 @@ def select_bits(
         bits = bits[:layer] + (bits[layer] + 1,) + bits[layer + 1:]
         current = tried[layer]
         steps.append({"layer": names[layer], "bits": list(bits), "disagreement": current})
+    trims = []
+    if current <= tolerance:  # step 3: give back what the even split did not need
+        for i in sorted(stored, key=lambda i: (-kept_weights[i], i)):
+            while bits[i] > floor[i]:
+                trial = bits[:i] + (bits[i] - 1,) + bits[i + 1:]
+                disagreement = evaluate(trial)
+                if disagreement > tolerance:
+                    break
+                bits, current = trial, disagreement
+                trims.append({"layer": names[i], "bits": list(bits),
+                              "disagreement": current})
     log.info("bit selection: %s bits (posterior rule: %s); rounding changes %.2f %% of the "
              "subset's predictions (tolerance %.2f %%)", list(bits), list(floor), current,
              tolerance)
     trace = {"posterior_bits": list(floor), "bits": list(bits),
              "tolerance": float(tolerance), "posterior_disagreement": first,
              "disagreement": current, "met": current <= tolerance, "evaluations": len(seen),
-             "layers": layers, "steps": steps}
+             "layers": layers, "steps": steps, "trims": trims}
     return list(bits), trace

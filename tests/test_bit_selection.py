@@ -54,6 +54,21 @@ def test_each_layer_alone_then_the_cheapest_helpful_layer_together():
     assert len(calls) == len(set(calls)) == trace["evaluations"]  # no network twice
 
 
+def test_the_even_split_is_trimmed_back_within_the_tolerance():
+    # Additive: layer 0 alone 1 % per missing bit below 6, layer 1 2 % below 4. Tolerance 2 %,
+    # budget 1 % a layer: alone, layer 0 gets 5 bits (1 %), layer 1 4 (3 would be 2 %);
+    # together 1 %. Trim, the larger layer first: layer 1 to 3 bits gives 3 % > 2: kept; layer 0
+    # to 4 bits gives 2 %: taken; to 3 bits 3 %: not.
+    def disagreement(bits):
+        b0, b1 = bits
+        return (0.0 if b0 is None else max(0, 6 - b0)) + (
+            0.0 if b1 is None else 2.0 * max(0, 4 - b1))
+
+    bits, trace = bit_selection.select_bits([3, 2], [100, 10_000], disagreement, tolerance=2.0)
+    assert [t["bits"] for t in trace["trims"]] == [[4, 4]]
+    assert bits == [4, 4] and trace["disagreement"] == 2.0 and trace["met"]
+
+
 def test_never_lowers_the_posterior_bits_and_stops_at_once_when_within():
     disagreement_of, calls = _counting(lambda bits: 0.0)
     bits, trace = bit_selection.select_bits([9, 4, 2], [5, 5, 5], disagreement_of,

@@ -191,30 +191,31 @@ SELECT_KEYS = ("tolerance", "examples")
 
 def _check_select(cfg: DictConfig) -> None:
     """``method.prune.select`` is null (fixed thresholds) or ``{tolerance, examples}``."""
-    select = OmegaConf.select(cfg, "method.prune.select", default=None,
-                              throw_on_missing=False)
-    if select is None:
-        return
-    usage = ("null (the fixed thresholds method.prune.threshold / per_layer) or "
-             "{tolerance: POINTS, examples: N} (thresholds chosen on training data)")
-    if not isinstance(select, DictConfig):
-        raise ConfigError(f"method.prune.select={select!r} must be {usage}")
-    unknown = sorted(set(select) - set(SELECT_KEYS))
-    if unknown:
-        raise ConfigError(f"method.prune.select has unknown keys {unknown}; it must be {usage}")
-    if select.get("tolerance") is None:
-        raise ConfigError(f"method.prune.select.tolerance must be set: select must be {usage}")
+    _check_tolerance_setting(
+        cfg, "method.prune.select", SELECT_KEYS,
+        "null (the fixed thresholds method.prune.threshold / per_layer) or "
+        "{tolerance: POINTS, examples: N} (thresholds chosen on training data)")
 
 
 def _check_bits(cfg: DictConfig) -> None:
     """``method.bits`` is null (the posterior rule's bits) or ``{tolerance: PERCENT}``
     (:mod:`bayescomp.bit_selection`); its number is checked with :data:`SCHEMA`."""
-    bits = OmegaConf.select(cfg, "method.bits", default=None, throw_on_missing=False)
-    if bits is None:
+    _check_tolerance_setting(
+        cfg, "method.bits", ("tolerance",),
+        "null (the posterior rule's bits) or {tolerance: PERCENT} (bits raised until "
+        "rounding changes at most PERCENT % of the training subset's predictions)")
+
+
+def _check_tolerance_setting(cfg: DictConfig, key: str, allowed: tuple[str, ...],
+                             usage: str) -> None:
+    """``key`` is null or a mapping of ``allowed`` keys with its ``tolerance`` set."""
+    node = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+    if node is None:
         return
-    usage = ("null (the posterior rule's bits) or {tolerance: PERCENT} (bits raised until "
-             "rounding changes at most PERCENT % of the training subset's predictions)")
-    if not isinstance(bits, DictConfig):
-        raise ConfigError(f"method.bits={bits!r} must be {usage}")
-    if sorted(bits) != ["tolerance"] or bits.get("tolerance") is None:
-        raise ConfigError(f"method.bits has keys {sorted(bits)}; it must be {usage}")
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{key}={node!r} must be {usage}")
+    unknown = sorted(set(node) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{key} has unknown keys {unknown}; it must be {usage}")
+    if node.get("tolerance") is None:
+        raise ConfigError(f"{key}.tolerance must be set: it must be {usage}")

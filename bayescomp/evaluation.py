@@ -37,15 +37,20 @@ def make_evaluate(graphdef, batch_size: int) -> Callable:
 
     def evaluate_error(state, x, y) -> float:
         n = x.shape[0]
-        n_batches = math.ceil(n / batch_size)
-        pad = n_batches * batch_size - n
-        xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+        x_batches, pad = _batches(x, batch_size)
         yp = jnp.concatenate([y, -jnp.ones((pad,), y.dtype)]) if pad else y
-        correct = count_correct(state, xp.reshape(n_batches, batch_size, *x.shape[1:]),
-                                yp.reshape(n_batches, batch_size))
+        correct = count_correct(state, x_batches, yp.reshape(x_batches.shape[:2]))
         return 100.0 * (1.0 - float(correct) / n)
 
     return evaluate_error
+
+
+def _batches(x, batch_size: int):
+    """``x`` zero-padded to whole batches, as ``(batches, batch_size, ...)``, and the pad."""
+    n_batches = math.ceil(x.shape[0] / batch_size)
+    pad = n_batches * batch_size - x.shape[0]
+    xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+    return xp.reshape(n_batches, batch_size, *x.shape[1:]), pad
 
 
 def make_predict(graphdef, batch_size: int) -> Callable:
@@ -59,12 +64,7 @@ def make_predict(graphdef, batch_size: int) -> Callable:
         return jax.lax.map(lambda xb: jnp.argmax(model(xb), -1), x_batches)
 
     def predict(state, x):
-        n = x.shape[0]
-        n_batches = math.ceil(n / batch_size)
-        pad = n_batches * batch_size - n
-        xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-        return np.asarray(classes(state, xp.reshape(n_batches, batch_size, *x.shape[1:]))
-                          ).reshape(-1)[:n]
+        return np.asarray(classes(state, _batches(x, batch_size)[0])).reshape(-1)[:x.shape[0]]
 
     return predict
 

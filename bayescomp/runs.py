@@ -153,8 +153,9 @@ def load_trained_model(run_dir: str | os.PathLike) -> tuple[DictConfig, nnx.Modu
 
 #: Settings a resumed run may change: where the data is found, logging and evaluation, the run's
 #: name, pruning and bit widths (applied to the trained posterior, so a finished run can be
-#: re-evaluated at new thresholds or bit tolerances), ``method.pretrained_run`` and ``method.start_from`` (compared as resolved
-#: paths by the training loop, so ``~/x`` and ``/root/x`` are the same run) and, for the
+#: re-evaluated at new thresholds or bit tolerances), ``method.pretrained_run`` and
+#: ``method.start_from`` (compared as resolved paths by the training loop, so ``~/x`` and
+#: ``/root/x`` are the same run) and, for the
 #: variational procedure, the number of epochs (to train a finished run for longer; a warning says when the
 #: learning-rate schedule depends on it), and the devices a batch is split over (the same
 #: trajectory up to the order of float sums). Every other setting shapes the trajectory and must

@@ -9,9 +9,9 @@ channel groups (:mod:`bayescomp.models.graph`).
 * **Variational CNN pruning** (Zhao et al., "Variational Convolutional Neural Network Pruning",
   CVPR 2019): remove channel c when its saliency mean is small, |μ_c| < τ, and where θ is given
   also σ_c < θ, the paper's "concentrated at zero" (:func:`vcnn_keep`; why θ is optional:
-  :mod:`bayescomp.procedures.vcnn`). The paper does not print the values of τ and θ used for
-  its tables; τ = 0.02 is the only public implementation's, a third-party drop-in BatchNorm
-  (keep if |μ| > 0.02 or σ > 0.01).
+  :mod:`bayescomp.procedures.vcnn`); or, scale-free, when |μ_c|/σ_c < τ (:func:`vcnn_score`).
+  The paper does not print the values of τ and θ used for its tables; τ = 0.02 is the only
+  public implementation's, a third-party drop-in BatchNorm (keep if |μ| > 0.02 or σ > 0.01).
 * **Network slimming** (Liu et al., "Learning Efficient Convolutional Networks through Network
   Slimming", ICCV 2017): one global threshold over the |γ| of every BatchNorm, the value below
   which a fraction ``percent`` of all scales lies (:func:`slimming_keep`).
@@ -23,7 +23,7 @@ channel groups (:mod:`bayescomp.models.graph`).
 
 **No layer is emptied.** A layer with no channel left cuts the network: everything after it sees
 a constant. Every rule keeps at least ``min_keep`` channels per entry (default 1), the ones with
-the largest score (|γ| for slimming, |μ| for VCNN), lower index first among equal scores.
+the largest score (|γ| for slimming, |μ| or |μ|/σ for VCNN), lower index first among equal scores.
 """
 
 from __future__ import annotations
@@ -87,17 +87,47 @@ def per_group(values: Mapping[str, np.ndarray], norms_by_group: Mapping[str, Seq
             for group, norms in norms_by_group.items() if norms}
 
 
+#: What VCNN thresholds and ranks (``method.prune.statistic``): ``mean``, the paper's |μ|, or
+#: ``snr``, the signal-to-noise ratio |μ|/σ (:func:`vcnn_score`).
+VCNN_STATISTICS = ("mean", "snr")
+
+
+def vcnn_score(mu: np.ndarray, log_var: np.ndarray, statistic: str = "mean") -> np.ndarray:
+    r"""The per-channel value VCNN compares with τ: |μ| (``mean``) or |μ|/σ (``snr``).
+
+    |μ|/σ is the inverse of the square root of the dropout rate α = σ²/μ² that sparse
+    variational dropout thresholds (Molchanov, Ashukha & Vetrov, ICML 2017). Unlike |μ| it does
+    not change when one module's μ and σ are scaled together by c > 0, which a BatchNorm (or any
+    positively homogeneous path) after the channel's consumer divides away
+    (:mod:`bayescomp.procedures.vcnn`), so one global threshold compares like with like.
+
+    Args:
+        mu: Saliency means.
+        log_var: Saliency log-variances log σ², same shape.
+        statistic: ``"mean"`` or ``"snr"`` (:data:`VCNN_STATISTICS`).
+    """
+    if statistic not in VCNN_STATISTICS:
+        raise ConfigError(f"unknown method.prune.statistic {statistic!r}; known: "
+                          f"{', '.join(VCNN_STATISTICS)} (conf/method/vcnn.yaml)")
+    magnitude = np.abs(np.asarray(mu, np.float64))
+    if statistic == "mean":
+        return magnitude
+    return magnitude * np.exp(-0.5 * np.asarray(log_var, np.float64))
+
+
 def vcnn_keep(means: Mapping[str, np.ndarray], log_vars: Mapping[str, np.ndarray], *,
               tau: float = VCNN_TAU, theta: float | None = None,
-              min_keep: int = 1) -> dict[str, np.ndarray]:
-    """VCNN: keep channel c unless |μ_c| < τ (and σ_c < θ where θ is given).
+              min_keep: int = 1, statistic: str = "mean") -> dict[str, np.ndarray]:
+    """VCNN: keep channel c unless its score (|μ_c|, or |μ_c|/σ_c: :func:`vcnn_score`) is below
+    τ (and σ_c < θ where θ is given).
 
     Args:
         means: μ per channel, by name.
         log_vars: log σ² per channel, same names.
-        tau: Threshold τ on |μ|.
+        tau: Threshold τ on the score.
         theta: Threshold θ on σ; ``None``: no condition on σ.
-        min_keep: Channels kept at least per entry (largest |μ| first).
+        min_keep: Channels kept at least per entry (largest score first).
+        statistic: ``"mean"`` (|μ|, the paper's) or ``"snr"`` (|μ|/σ).
     """
     means, log_vars = _vectors(means, "saliency means"), _vectors(log_vars, "log-variances")
     if set(means) != set(log_vars):
@@ -106,10 +136,11 @@ def vcnn_keep(means: Mapping[str, np.ndarray], log_vars: Mapping[str, np.ndarray
     keep = {}
     for name, mu in means.items():
         sigma = np.exp(0.5 * log_vars[name])
-        concentrated_at_zero = np.abs(mu) < tau
+        score = vcnn_score(mu, log_vars[name], statistic)
+        concentrated_at_zero = score < tau
         if theta is not None:
             concentrated_at_zero &= sigma < theta
-        keep[name] = _at_least(~concentrated_at_zero, np.abs(mu), min_keep)
+        keep[name] = _at_least(~concentrated_at_zero, score, min_keep)
     return keep
 
 

@@ -123,6 +123,7 @@ SCHEMA = {
     "method.prune.theta": Number(low=0, optional=True),
     "method.prune.percent": Number(low=0, high=0.999999),
     "method.prune.groups": Choice(("internal", "all")),
+    "method.prune.statistic": Choice(("mean", "snr")),
     "method.finetune.epochs": Number(low=0, integer=True, optional=True),
     "method.finetune.lr": Number(low=0, open_low=True, optional=True),
     "method.channel.alpha0": Number(low=0, open_low=True),

@@ -237,6 +237,8 @@ NEUTRAL_SETTINGS = {
     "method.posterior_init.scale_init": "global",
     "method.posterior_init.prune_statistic": "z_dropout",
     "method.posterior_init.scale_lr_multiplier": 1.0,
+    # VCNN's pruning statistic (bayescomp/procedures/vcnn.py), |mu| before it had the option.
+    "method.prune.statistic": "mean",
 }
 
 #: Settings that never change what a finished run computed: a check that can only refuse to

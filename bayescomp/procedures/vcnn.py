@@ -58,9 +58,14 @@ Zhao, Ni, Zhang, Zhao, Zhang & Tian, "Variational Convolutional Neural Network P
    scaling one BatchNorm's μ and σ by c > 0 changes neither the likelihood (ReLU is positively
    homogeneous, the next BatchNorm divides c away) nor the tied KL μ²/(2σ²). Nothing in the
    objective ties the layers' scales together; they share their start (μ = 1) and drift apart
-   by training alone, so a global τ (fixed, selected, or ``allocate: global``) compares
-   scales the model does not pin down. ``metrics.json`` keeps every μ, so a finished run can be
-   re-evaluated with a per-group rule (``method.budget.allocate=uniform``) without retraining.
+   by training alone, so a global τ on |μ| (fixed, selected, or ``allocate: global``) compares
+   scales the model does not pin down. Two ways out, both without retraining (``metrics.json``
+   keeps every μ and σ, and a finished run can be re-evaluated): a per-group rule
+   (``method.budget.allocate=uniform``), or a statistic the scaling leaves alone,
+   ``method.prune.statistic=snr``: τ then thresholds (and budgets rank) the signal-to-noise
+   ratio |μ|/σ, which is c|μ|/(cσ) (:func:`bayescomp.channel_selection.vcnn_score`; sparse
+   variational dropout prunes on the same ratio, as log α = log σ²/μ²). The default stays the
+   paper's |μ|.
 
 3. **No retraining** (the paper's claim): the pruned network is the trained one's posterior-mean
    network, saliencies folded into plain BatchNorms (scale μ, shift μβ̃) or into the
@@ -134,6 +139,16 @@ def thresholds(cfg: DictConfig) -> tuple[float, float | None]:
     return tau, theta
 
 
+def statistic(cfg: DictConfig) -> str:
+    """``method.prune.statistic``: what τ thresholds and budgets rank, ``mean`` (|μ|, the
+    paper's; the default) or ``snr`` (|μ|/σ) (:func:`bayescomp.channel_selection.vcnn_score`)."""
+    value = (cfg.method.get("prune") or {}).get("statistic") or "mean"
+    if value not in channel_selection.VCNN_STATISTICS:
+        raise ConfigError(f"unknown method.prune.statistic {value!r}; known: "
+                          f"{', '.join(channel_selection.VCNN_STATISTICS)} (conf/method/vcnn.yaml)")
+    return value
+
+
 def saliencies(factors: Mapping[str, Mapping[str, nnx.Module]]
                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """μ and log σ² of every saliency module of the prunable groups, by module path."""
@@ -145,17 +160,26 @@ def saliencies(factors: Mapping[str, Mapping[str, nnx.Module]]
     return means, log_vars
 
 
-def decide(graph, factors, tau: float, theta: float | None) -> dict[str, np.ndarray]:
+def scores(factors, statistic_name: str = "mean") -> dict[str, np.ndarray]:
+    """The statistic τ thresholds (|μ| or |μ|/σ), by saliency module path."""
+    means, log_vars = saliencies(factors)
+    return {p: channel_selection.vcnn_score(means[p], log_vars[p], statistic_name)
+            for p in means}
+
+
+def decide(graph, factors, tau: float, theta: float | None, statistic_name: str = "mean"
+           ) -> dict[str, np.ndarray]:
     """Keep vectors by group at (τ, θ): per module :func:`~bayescomp.channel_selection.
     vcnn_keep`, combined per group by :func:`~bayescomp.procedures.channel_pruning.group_keep`."""
     means, log_vars = saliencies(factors)
-    per_module = channel_selection.vcnn_keep(means, log_vars, tau=tau, theta=theta)
+    per_module = channel_selection.vcnn_keep(means, log_vars, tau=tau, theta=theta,
+                                             statistic=statistic_name)
     return cp.group_keep(graph, {group: {path: per_module[path] for path in modules}
                                  for group, modules in factors.items()})
 
 
-def select_tau(graph, factors, theta: float | None, error_of, tolerance: float
-               ) -> tuple[float, dict[str, Any]]:
+def select_tau(graph, factors, theta: float | None, error_of, tolerance: float,
+               statistic_name: str = "mean") -> tuple[float, dict[str, Any]]:
     """The largest τ (at fixed θ) whose pruned network's selection error is within
     ``tolerance`` points of the unpruned one's (module docstring).
 
@@ -165,13 +189,15 @@ def select_tau(graph, factors, theta: float | None, error_of, tolerance: float
         theta: θ (``None``: every channel is eligible).
         error_of: ``keep by group -> selection-subset error (%)``.
         tolerance: Allowed rise in percentage points.
+        statistic_name: What τ thresholds: ``"mean"`` (|μ|) or ``"snr"`` (|μ|/σ).
 
     Returns:
         ``(τ, trace)``; τ = 0 prunes nothing.
     """
-    means, log_vars = saliencies(factors)
-    eligible = np.concatenate([np.abs(means[p])[np.exp(0.5 * log_vars[p]) < theta]
-                               if theta is not None else np.abs(means[p]) for p in means])
+    _, log_vars = saliencies(factors)
+    score = scores(factors, statistic_name)
+    eligible = np.concatenate([score[p][np.exp(0.5 * log_vars[p]) < theta]
+                               if theta is not None else score[p] for p in score])
     everything = {group: np.ones(graph.sizes[group], bool) for group in factors}
     reference = float(error_of(everything))
     values = np.unique(eligible)
@@ -183,17 +209,19 @@ def select_tau(graph, factors, theta: float | None, error_of, tolerance: float
     lo, hi, best_error, evaluations = 0, len(candidates) - 1, reference, 1
     while lo < hi:  # the last candidate meeting the bound; candidate 0 always does
         mid = (lo + hi + 1) // 2
-        err = float(error_of(decide(graph, factors, float(candidates[mid]), theta)))
+        err = float(error_of(decide(graph, factors, float(candidates[mid]), theta,
+                                    statistic_name)))
         evaluations += 1
         if err <= bound:
             lo, best_error = mid, err
         else:
             hi = mid - 1
     tau = float(candidates[lo])
-    log.info("τ selection: τ = %.4g (θ = %s), selection error %.3f %% (unpruned %.3f %%, "
-             "bound %.3f %%, %d evaluations)", tau, theta, best_error, reference, bound,
-             evaluations)
-    return tau, {"reference_error": reference, "tolerance": float(tolerance), "bound": bound,
+    log.info("τ selection (%s): τ = %.4g (θ = %s), selection error %.3f %% (unpruned %.3f %%, "
+             "bound %.3f %%, %d evaluations)", statistic_name, tau, theta, best_error, reference,
+             bound, evaluations)
+    return tau, {"statistic": statistic_name,
+                 "reference_error": reference, "tolerance": float(tolerance), "bound": bound,
                  "tau": tau, "error": best_error, "evaluations": evaluations}
 
 
@@ -224,7 +252,8 @@ def subset_error_of(cfg: DictConfig, plain: nnx.Module, dataset, evaluator, exam
 #: saliencies (:meth:`bayescomp.nn.factory.LayerFactory.norm`), so a checkpoint trained under one
 #: value has other parameters than the model built under the other.
 RESUMABLE_CHANGES = tuple(k for k in cp.RESUMABLE_CHANGES if k != "method.prune.") + tuple(
-    f"method.prune.{key}{suffix}" for key in ("threshold", "per_layer", "tau", "theta", "select")
+    f"method.prune.{key}{suffix}"
+    for key in ("threshold", "per_layer", "tau", "theta", "select", "statistic")
     for suffix in ("", "."))
 
 #: Training images the diagnostic re-estimation of BatchNorm statistics uses (module docstring).
@@ -273,6 +302,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
                           "and/or method.channel.kind=vcnn (LeNet-5) (conf/method/vcnn.yaml)")
     mode = cp.group_mode(cfg)
     tau, theta = thresholds(cfg)
+    statistic_name = statistic(cfg)
     dataset = runs.load_run_dataset(cfg)
     model = runs.build_model(cfg, dataset.x_train.shape[1:], dataset.num_classes, int(cfg.seed))
     factors = cp.prunable_factors(model, SALIENCY_TYPES, mode)
@@ -282,7 +312,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError("method.budget.macs and method.prune.select both choose what VCNN "
                           "prunes; set one of them to null")
     if budget is not None and theta is not None:
-        raise ConfigError(f"method.budget.macs ranks channels by |mu| alone, so "
+        raise ConfigError(f"method.budget.macs ranks channels by their statistic alone, so "
                           f"method.prune.theta={theta} would be ignored; set it to null")
     cp.check_budget(cfg, model, input_shape, factors)
     started = pretrained.start_from(cfg, model)
@@ -310,14 +340,14 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
             tau, selection = select_tau(
                 graph, factors, theta,
                 subset_error_of(cfg, plain, dataset, training.evaluator, examples),
-                float(select.tolerance))
+                float(select.tolerance), statistic_name)
         if budget is None:
-            keep = decide(graph, factors, tau, theta)
-        else:  # |μ| ranked against a multiply-add budget instead of the threshold τ
-            means, _ = saliencies(factors)
+            keep = decide(graph, factors, tau, theta, statistic_name)
+        else:  # the statistic ranked against a multiply-add budget instead of the threshold τ
+            score = scores(factors, statistic_name)
             tau = theta = None
             keep = cp.budget_keep(cfg, plain, input_shape, {
-                group: np.max(np.stack([np.abs(means[p]) for p in modules]), axis=0)
+                group: np.max(np.stack([score[p] for p in modules]), axis=0)
                 for group, modules in factors.items()})
         masks = cp.pruned_masks(plain, keep)
         restat_before = reestimated_error(cfg, plain, dataset, training)
@@ -342,6 +372,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         "groups": mode,
         "prior": type(next(iter(next(iter(factors.values())).values())).prior).__name__,
         "start_from": start,
+        "statistic": statistic_name,
         "tau": tau,
         "theta": theta,
         "selection": selection,

@@ -271,3 +271,13 @@ def test_select_tau_takes_the_largest_tau_within_tolerance():
     keep = vcnn.decide(graph, factors, tau, 0.01)
     assert int((~keep["conv1"]).sum()) == 5 and trace["error"] == 5.0
     assert trace["evaluations"] < 10
+    # On |μ|/σ with σ growing faster than μ along the channels the order reverses: the five
+    # with the smallest ratio are the last five, which |μ| alone would keep.
+    for module in factors["conv1"].values():
+        module.saliency_log_var[...] = jnp.asarray(2 * np.log(np.linspace(1e-3, 1.0, 20)),
+                                                   jnp.float32)
+    tau, trace = vcnn.select_tau(graph, factors, None, error_of, tolerance=5.0,
+                                 statistic_name="snr")
+    keep = vcnn.decide(graph, factors, tau, None, "snr")
+    assert trace["statistic"] == "snr" and trace["error"] == 5.0
+    assert keep["conv1"].tolist() == [True] * 15 + [False] * 5

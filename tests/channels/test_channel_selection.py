@@ -13,6 +13,7 @@ from bayescomp.channel_selection import (
     slimming_threshold,
     top_k_keep,
     vcnn_keep,
+    vcnn_score,
 )
 from bayescomp.errors import ConfigError
 
@@ -119,6 +120,26 @@ def test_vcnn_prunes_small_saliencies_and_with_theta_only_those_concentrated_at_
     np.testing.assert_array_equal(vcnn_keep({"bn": mu0}, {"bn": lv0})["bn"],
                                   [False, True, False])
     assert not vcnn_keep({"bn": mu0}, {"bn": lv0}, min_keep=0)["bn"].any()
+
+
+def test_vcnn_snr_statistic_is_scale_free_and_differs_from_the_mean_rule():
+    mu = np.asarray([0.02, 0.5, 0.3, -0.05])
+    sigma = np.asarray([0.001, 1.0, 0.01, 0.5])
+    log_var = 2 * np.log(sigma)
+    # |μ|/σ = 20, 0.5, 30, 0.1: the two noisy channels go at τ = 1, not the small precise one.
+    np.testing.assert_allclose(vcnn_score(mu, log_var, "snr"), [20, 0.5, 30, 0.1], rtol=1e-12)
+    keep = vcnn_keep({"bn": mu}, {"bn": log_var}, tau=1.0, statistic="snr")
+    np.testing.assert_array_equal(keep["bn"], [True, False, True, False])
+    np.testing.assert_array_equal(vcnn_keep({"bn": mu}, {"bn": log_var}, tau=0.1)["bn"],
+                                  [False, True, True, False])
+    # Scaling one module's μ and σ by c (log σ² by 2 log c), which the next BatchNorm divides
+    # away, moves |μ| across a fixed τ but leaves |μ|/σ and the decision unchanged.
+    for c in (1e-3, 7.0):
+        scaled = vcnn_keep({"bn": c * mu}, {"bn": log_var + 2 * np.log(c)}, tau=1.0,
+                           statistic="snr")
+        np.testing.assert_array_equal(scaled["bn"], keep["bn"])
+    with pytest.raises(ConfigError, match="statistic"):
+        vcnn_score(mu, log_var, "median")
 
 
 def test_per_group_combines_the_batch_norms_of_a_residual_group():

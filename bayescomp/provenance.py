@@ -110,14 +110,16 @@ def runtime() -> dict[str, Any]:
 
     Returns:
         ``{"jax_backend", "jax_version", "jaxlib_version", "flax_version", "device_kind",
-        "device_count", "cpu_conv_kernel"}``; the last is ``"onednn"`` or ``"xla"`` on CPU
-        (:func:`bayescomp.nn.onednn_conv.cpu_conv_kernel`: the two differ in float32 rounding),
-        ``None`` elsewhere.
+        "device_count", "cpu_conv_kernel", "allocator"}``; ``cpu_conv_kernel`` is
+        ``"onednn"`` or ``"xla"`` on CPU (:func:`bayescomp.nn.onednn_conv.cpu_conv_kernel`: the
+        two differ in float32 rounding), ``None`` elsewhere; ``allocator`` is
+        :func:`bayescomp.allocator.description` (speed only: it changes no number).
     """
     import flax  # Imported here: provenance itself needs no JAX (tests use it without).
     import jax
     import jaxlib
 
+    from bayescomp import allocator
     from bayescomp.nn import onednn_conv
 
     devices = jax.devices()
@@ -130,4 +132,5 @@ def runtime() -> dict[str, Any]:
         "device_count": len(devices),
         "cpu_conv_kernel": (onednn_conv.cpu_conv_kernel() if jax.default_backend() == "cpu"
                             else None),
+        "allocator": allocator.description(),
     }

@@ -423,7 +423,12 @@ def entry_check(argv: list[str]) -> str | None:
 
 
 def main() -> None:
-    """``python -m bayescomp.run``: the entry check, then Hydra's run of the job(s)."""
+    """``python -m bayescomp.run``: the allocator's settings (:mod:`bayescomp.allocator`: the
+    process re-executes itself once with them), the entry check, then Hydra's run of the
+    job(s)."""
+    from bayescomp import allocator
+
+    allocator.reexec_with_tuned_allocator()
     problem = entry_check(sys.argv[1:])
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)

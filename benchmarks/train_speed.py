@@ -34,7 +34,11 @@ momentum and weight decay, or Adam for LeNet-5) in a worker subprocess under ``-
 (PyTorch is never a dependency of bayescomp), kept alive and told to run ``--steps`` steps
 between our calls, the order alternating by round. It prints both sides' images per second,
 seconds per epoch and memory, and the ratio of our images per second to PyTorch's per round
-(median, min-max). ``--torch-modes eager compile`` adds ``torch.compile``::
+(median, min-max). ``--torch-modes eager compile`` adds ``torch.compile``, and
+``--torch-allocators default tuned`` (the default: both) runs each PyTorch mode once with glibc's
+default allocator and once with the tunables bayescomp's own processes use
+(:mod:`bayescomp.allocator`, which this script applies to itself as ``python -m bayescomp.run``
+does), so that PyTorch is compared at its best of the two::
 
     TORCH_PYTHON=/path/to/venv/bin/python python benchmarks/train_speed.py \
         --experiments resnet20_dense --batch-size 128 --steps 2 --repeats 7 --torch
@@ -68,7 +72,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from bayescomp import optim, runs, step  # noqa: E402
+from bayescomp import allocator, optim, runs, step  # noqa: E402
 from bayescomp.data import augment as augment_lib  # noqa: E402
 from bayescomp.loop import train_view  # noqa: E402
 
@@ -119,6 +123,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         choices=["eager", "compile"],
                         help="PyTorch variants to time, each in its own worker: channels-last "
                              "eager, torch.compile (default: %(default)s)")
+    parser.add_argument("--torch-allocators", nargs="+", default=["default", "tuned"],
+                        choices=["default", "tuned"],
+                        help="glibc allocator settings of the PyTorch workers, each a worker "
+                             "per mode: glibc's defaults, or bayescomp.allocator's tunables "
+                             "(default: %(default)s)")
     parser.add_argument("--torch-omp-wait", choices=["passive", "active"], default="passive",
                         help="OMP_WAIT_POLICY of the PyTorch worker (default: %(default)s: on "
                              "a loaded 2-core machine OpenMP's spinning threads make PyTorch's "
@@ -243,7 +252,8 @@ def time_experiments(names: list[str], steps: int, batch_size: int | None, repea
                      loop: str = "auto", profile_dir: str | None = None,
                      torch_python: str | None = None,
                      torch_modes: tuple[str, ...] = ("eager",),
-                     torch_omp_wait: str = "passive") -> list[dict]:
+                     torch_omp_wait: str = "passive",
+                     torch_allocators: tuple[str, ...] = ("default",)) -> list[dict]:
     """Compile every experiment, then time ``repeats`` rounds of one call each, round-robin.
 
     Each result also holds ``vs_dense``: the median over rounds of this step's time divided by
@@ -261,13 +271,15 @@ def time_experiments(names: list[str], steps: int, batch_size: int | None, repea
         for timer in timers:
             references[timer.name] = {}
             for mode in torch_modes:
-                try:
-                    references[timer.name][mode] = TorchReference(
-                        torch_python, timer.model_name, timer.batch_size, mode,
-                        torch_omp_wait)
-                except RuntimeError as error:  # e.g. torch.compile without a working toolchain
-                    print(f"  {timer.name}: PyTorch {mode} unavailable: {error}",
-                          file=sys.stderr, flush=True)
+                for malloc in torch_allocators:
+                    label = mode if malloc == "default" else f"{mode}+{malloc}"
+                    try:
+                        references[timer.name][label] = TorchReference(
+                            torch_python, timer.model_name, timer.batch_size, mode,
+                            torch_omp_wait, malloc)
+                    except RuntimeError as error:  # e.g. torch.compile without a toolchain
+                        print(f"  {timer.name}: PyTorch {label} unavailable: {error}",
+                              file=sys.stderr, flush=True)
             print(f"  {timer.name}: PyTorch reference built", file=sys.stderr, flush=True)
     for r in range(repeats):
         for timer in timers:
@@ -315,15 +327,21 @@ class TorchReference:
         batch_size: Images per step.
         mode: ``"eager"`` (channels-last) or ``"compile"`` (``torch.compile`` of the step).
         omp_wait: The worker's ``OMP_WAIT_POLICY``.
+        malloc: ``"default"``: glibc's allocator as it starts; ``"tuned"``:
+            :data:`bayescomp.allocator.TUNABLES` (this process's own settings).
 
     Raises:
         RuntimeError: The worker could not build the network (its message).
     """
 
     def __init__(self, python: str, model: str, batch_size: int, mode: str,
-                 omp_wait: str = "passive"):
+                 omp_wait: str = "passive", malloc: str = "default"):
         self.mode = mode
-        env = dict(os.environ, OMP_WAIT_POLICY=omp_wait.upper())
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("GLIBC_TUNABLES", allocator.MARK, allocator.SWITCH)}
+        env["OMP_WAIT_POLICY"] = omp_wait.upper()
+        if malloc == "tuned":
+            env = allocator.tuned_environment(env) or env
         self.process = subprocess.Popen(
             [python, str(pathlib.Path(__file__).with_name("torch_reference.py"))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
@@ -403,16 +421,20 @@ def xla_op_times(trace_dir: pathlib.Path, steps: int) -> dict[str, float]:
 
 
 def main(argv=None) -> None:
+    if argv is None:  # as a command: with the allocator a run gets (bayescomp/allocator.py)
+        allocator.reexec_with_tuned_allocator()
     args = parse_args(argv)
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
-          f"{os.cpu_count()} CPUs; batch {args.batch_size or 'of each recipe'}, "
+          f"{os.cpu_count()} CPUs, allocator {allocator.description()}; "
+          f"batch {args.batch_size or 'of each recipe'}, "
           f"{args.steps} steps per call, "
           f"median of {args.repeats} calls", flush=True)
     rows = time_experiments(args.experiments, args.steps, args.batch_size, args.repeats,
                             args.loop, args.profile,
                             torch_python=args.torch_python if args.torch else None,
                             torch_modes=tuple(args.torch_modes),
-                            torch_omp_wait=args.torch_omp_wait)
+                            torch_omp_wait=args.torch_omp_wait,
+                            torch_allocators=tuple(args.torch_allocators))
     # "first call s": the warm-up call, tracing and compilation plus one call's steps.
     header = (f"{'experiment':<18} {'batch':>5} {'ms/step':>9} {'images/s':>10} "
               f"{'s/epoch':>17} {'vs dense':>9} {'first call s':>13} {'loop':>7} "

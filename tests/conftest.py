@@ -21,6 +21,10 @@ import shutil
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The CLI subprocesses keep glibc's default allocator: re-executing each of them with the tuned
+# one (bayescomp/allocator.py) adds a Python start to every command and changes no number; the
+# re-execution itself is tested with this unset (tests/test_allocator.py).
+os.environ.setdefault("BAYESCOMP_ALLOCATOR", "system")
 # The controller process makes the directory; the xdist workers and the subprocesses inherit
 # the variables (so they find them already set). Thresholds at 0: the tests' programs are
 # small and compile in well under JAX's default 1 s minimum, yet there are hundreds of them.

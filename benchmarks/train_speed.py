@@ -453,7 +453,7 @@ def main(argv=None) -> None:
               f"{args.torch_omp_wait}), alternated with ours round by round; "
               "ratio = our images/s over PyTorch's, per round: median (min-max)")
         header = (f"{'experiment':<18} {'batch':>5} {'ours img/s':>10} {'s/epoch':>8} "
-                  f"{'ours MiB':>9} {'torch':>8} {'img/s':>7} {'s/epoch':>8} {'MiB':>6} "
+                  f"{'ours MiB':>9} {'torch':>11} {'img/s':>7} {'s/epoch':>8} {'MiB':>6} "
                   f"{'ratio':>6} {'min-max':>11}")
         print(header)
         print("-" * len(header))
@@ -463,7 +463,7 @@ def main(argv=None) -> None:
                 print(f"{r['experiment']:<18} {r['batch_size']:>5} "
                       f"{r['images_per_second']:>10.0f} "
                       f"{steps_per_epoch * r['step_seconds']:>8.1f} "
-                      f"{r['step_mib']:>9.0f} {mode:>8} {t['images_per_second']:>7.0f} "
+                      f"{r['step_mib']:>9.0f} {mode:>11} {t['images_per_second']:>7.0f} "
                       f"{steps_per_epoch * t['step_seconds']:>8.1f} "
                       f"{t.get('maxrss_mib', float('nan')):>6.0f} {t['ratio']:>6.2f} "
                       f"{t['ratio_range'][0]:>5.2f}-{t['ratio_range'][1]:<5.2f}")

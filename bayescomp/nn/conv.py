@@ -89,9 +89,17 @@ class VariationalConv(VariationalLayer):
             rng_collection=rng_collection,
         )
 
-    def contract(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-        if onednn_conv.applies(x, kernel, self.strides, self.padding):
-            return onednn_conv.conv(x, kernel, self.strides, self.padding)
+    def contract(self, x: jax.Array, kernel: jax.Array,
+                 bias: jax.Array | None = None) -> jax.Array:
+        """``conv(x, kernel)`` (``(batch, h', w', out)``), plus ``bias`` where given: inside
+        oneDNN's call where it applies (:func:`bayescomp.nn.onednn_conv.conv`), else added."""
+        if onednn_conv.applies(x, kernel, self.strides, self.padding) and (
+                bias is None or (bias.dtype == jnp.float32 and bias.shape == kernel.shape[3:])):
+            return onednn_conv.conv(x, kernel, self.strides, self.padding, bias=bias)
+        y = self._contract(x, kernel)
+        return y if bias is None else y + bias
+
+    def _contract(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         if _patch_matmul_is_faster(x.shape, kernel.shape, self.strides, self.padding):
             return conv_as_matmul(x, kernel, self.strides, self.padding)
         padding = self.padding if isinstance(self.padding, str) else tuple(

@@ -52,5 +52,7 @@ class VariationalDense(VariationalLayer):
             rng_collection=rng_collection,
         )
 
-    def contract(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-        return x @ kernel  # (batch, in) @ (in, out) -> (batch, out)
+    def contract(self, x: jax.Array, kernel: jax.Array,
+                 bias: jax.Array | None = None) -> jax.Array:
+        y = x @ kernel  # (batch, in) @ (in, out) -> (batch, out)
+        return y if bias is None else y + bias

@@ -79,8 +79,10 @@ class VariationalLayer(nnx.Module):
         if pruned is not None:
             self.pruned = pruned
 
-    # The contraction and its kernel layout are what dense and conv layers define.
-    def contract(self, x: jax.Array, kernel: jax.Array) -> jax.Array:  # pragma: no cover
+    # The contraction and its kernel layout are what dense and conv layers define:
+    # ``contract(x, kernel)``, plus ``bias`` where given (``posteriors.base.Contraction``).
+    def contract(self, x: jax.Array, kernel: jax.Array,
+                 bias: jax.Array | None = None) -> jax.Array:  # pragma: no cover
         raise NotImplementedError
 
     def keep_mask(self) -> jax.Array | None:

@@ -61,6 +61,8 @@ _TARGETS = {
     "forward": "BayescompOnednnConvForward",
     "input_gradient": "BayescompOnednnConvInputGradient",
     "kernel_gradient": "BayescompOnednnConvKernelGradient",
+    "forward_bias": "BayescompOnednnConvForwardBias",
+    "kernel_gradient_bias": "BayescompOnednnConvKernelGradientBias",
 }
 
 
@@ -224,8 +226,9 @@ def _load_once() -> None:
 
 
 def _self_check() -> None:
-    """One strided, asymmetrically padded convolution and both gradients against a float64
-    NumPy evaluation of the three sums in the module docstring.
+    """One strided, asymmetrically padded convolution and both gradients, without and with a
+    bias (and its gradient), against a float64 NumPy evaluation of the sums in the module
+    docstring.
 
     NumPy, not XLA, is the reference so that the check costs one small compilation per process
     (it runs in every process that trains a conv net, subprocesses of the tests included). The
@@ -263,17 +266,23 @@ def _compare_with_numpy() -> None:
     ho, wo = output_hw(x.shape[1:3], kernel.shape[:2], strides, pads)
     cotangent = rng.standard_normal((2, ho, wo, 4)).astype(np.float32)
 
+    bias = rng.standard_normal(4).astype(np.float32)
+
     @jax.jit
-    def ours(x, kernel, cotangent):
+    def ours(x, kernel, bias, cotangent):
         y, vjp = jax.vjp(lambda a, b: _conv(a, b, strides, pads), x, kernel)
-        return (y, *vjp(cotangent))
+        y_b, vjp_b = jax.vjp(lambda a, b, c: _conv_bias(a, b, c, strides, pads), x, kernel, bias)
+        return (y, *vjp(cotangent), y_b, *vjp_b(cotangent))
 
     try:
-        got = jax.device_get(ours(x, kernel, cotangent))
+        got = jax.device_get(ours(x, kernel, bias, cotangent))
     except Exception as error:  # the runtime failed (no OpenCL CPU device, a missing library)
         raise OnednnUnavailable(f"running the oneDNN convolution failed: {error}") from error
-    want = _numpy_reference(x, kernel, cotangent, strides, pads)
-    for name, ours_, theirs in zip(("output", "input gradient", "kernel gradient"), got, want):
+    y, d_x, d_kernel = _numpy_reference(x, kernel, cotangent, strides, pads)
+    want = (y, d_x, d_kernel, y + bias, d_x, d_kernel, cotangent.sum(axis=(0, 1, 2)))
+    names = ("output", "input gradient", "kernel gradient", "output with bias",
+             "input gradient with bias", "kernel gradient with bias", "bias gradient")
+    for name, ours_, theirs in zip(names, got, want):
         scale = float(np.max(np.abs(theirs)))
         error = float(np.max(np.abs(ours_ - theirs)))
         if not error <= 1e-4 * scale:
@@ -364,9 +373,11 @@ def _attributes(strides, pads) -> dict[str, np.ndarray]:
 
 
 def _call(target: str, shape, *operands, strides, pads):
+    """The custom call ``target``; ``shape`` is the result's, or a list of the results'."""
+    results = (jax.ShapeDtypeStruct(tuple(shape), jnp.float32) if not isinstance(shape, list)
+               else [jax.ShapeDtypeStruct(tuple(s), jnp.float32) for s in shape])
     # vmap (sampling several weight draws at once) runs the call once per element.
-    return jax.ffi.ffi_call(f"bayescomp_onednn_conv_{target}",
-                            jax.ShapeDtypeStruct(tuple(shape), jnp.float32),
+    return jax.ffi.ffi_call(f"bayescomp_onednn_conv_{target}", results,
                             vmap_method="sequential")(*operands, **_attributes(strides, pads))
 
 
@@ -392,19 +403,51 @@ def _backward(strides, pads, residuals, cotangent):
 _conv.defvjp(_forward, _backward)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv_bias(x, kernel, bias, strides, pads):
+    return _forward_bias(x, kernel, bias, strides, pads)[0]
+
+
+def _forward_bias(x, kernel, bias, strides, pads):
+    ho, wo = output_hw(x.shape[1:3], kernel.shape[:2], strides, pads)
+    y = _call("forward_bias", (x.shape[0], ho, wo, kernel.shape[3]), x, kernel, bias,
+              strides=strides, pads=pads)
+    return y, (x, kernel)
+
+
+def _backward_bias(strides, pads, residuals, cotangent):
+    x, kernel = residuals
+    d_x = _call("input_gradient", x.shape, cotangent, kernel, strides=strides, pads=pads)
+    d_kernel, d_bias = _call("kernel_gradient_bias", [kernel.shape, kernel.shape[3:]], x,
+                             cotangent, strides=strides, pads=pads)
+    return d_x, d_kernel, d_bias
+
+
+_conv_bias.defvjp(_forward_bias, _backward_bias)
+
+
 def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
-         padding: str | Sequence[tuple[int, int]] = "VALID") -> jax.Array:
-    """``lax.conv_general_dilated(x, kernel, strides, padding)`` (NHWC, HWIO, float32) by oneDNN.
+         padding: str | Sequence[tuple[int, int]] = "VALID",
+         bias: jax.Array | None = None) -> jax.Array:
+    """``lax.conv_general_dilated(x, kernel, strides, padding)`` (NHWC, HWIO, float32) by oneDNN,
+    plus ``bias`` where given.
+
+    With a bias, oneDNN adds it while writing the output, and sums its gradient, Σ over batch
+    and positions of the output gradient, in the same pass as the kernel gradient: a
+    ResNet-20 step then makes no separate pass over 19 activations for the add and 19 for the
+    sum (``benchmarks/README.md``).
 
     Args:
         x: Inputs ``(n, h, w, c)``, float32.
         kernel: ``(kh, kw, c, out)``, float32.
         strides: ``(sh, sw)``.
         padding: ``"VALID"``, ``"SAME"`` or ``(low, high)`` per spatial axis, non-negative.
+        bias: ``(out,)`` float32, or ``None``.
 
     Returns:
-        ``(n, h', w', out)``; reverse-mode differentiable in ``x`` and ``kernel`` once
-        (oneDNN's gradients; no ``jvp``, no gradient of a gradient: training needs neither).
+        ``(n, h', w', out)``; reverse-mode differentiable in ``x``, ``kernel`` (and ``bias``)
+        once (oneDNN's gradients; no ``jvp``, no gradient of a gradient: training needs
+        neither).
 
     Raises:
         OnednnUnavailable: oneDNN cannot be built or loaded here.
@@ -417,4 +460,9 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
                          f"channels, non-negative padding and a non-empty output; got {x.shape} "
                          f"{x.dtype}, {kernel.shape} {kernel.dtype}, padding {padding}")
     pads = explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
-    return _conv(x, kernel, strides, pads)
+    if bias is None:
+        return _conv(x, kernel, strides, pads)
+    if bias.shape != kernel.shape[3:] or bias.dtype != jnp.float32:
+        raise ValueError(f"the oneDNN convolution's bias must be float32 of shape "
+                         f"{kernel.shape[3:]}, got {bias.shape} {bias.dtype}")
+    return _conv_bias(x, kernel, bias, strides, pads)

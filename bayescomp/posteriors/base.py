@@ -24,7 +24,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-Contraction = Callable[[jax.Array, jax.Array], jax.Array]
+#: The layer's contraction ``contract(x, kernel, bias=None)``: ``x @ kernel`` or a convolution,
+#: plus ``bias`` where given (a conv on CPU adds it inside the oneDNN call that writes the output,
+#: :func:`bayescomp.nn.onednn_conv.conv`, instead of in another pass over it).
+Contraction = Callable[..., jax.Array]
 
 #: Added to pre-activation variances before the square root, as the reference code does
 #: (``sqrt(var + 1e-8)``): keeps the gradient finite where a variance underflows to 0.
@@ -158,4 +161,4 @@ class Posterior(nnx.Module, abc.ABC):
             kernel = jnp.where(keep, kernel, 0.0)
             if self.masks_bias:
                 bias = jnp.where(keep.reshape(-1, kernel.shape[-1]).any(0), bias, 0.0)
-        return contract(x, kernel) + bias
+        return contract(x, kernel, bias)

@@ -62,4 +62,4 @@ class SharedCodebook(Posterior):
 
     def sample_preactivation(self, x, contract: Contraction, bias, key) -> jax.Array:
         del key  # nothing is random
-        return contract(x, self.mean()) + bias
+        return contract(x, self.mean(), bias)

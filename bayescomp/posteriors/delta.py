@@ -43,4 +43,4 @@ class Delta(Posterior):
 
     def sample_preactivation(self, x, contract: Contraction, bias, key) -> jax.Array:
         del key  # nothing is random
-        return contract(x, self.weight[...]) + bias
+        return contract(x, self.weight[...], bias)

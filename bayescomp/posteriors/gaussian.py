@@ -90,7 +90,7 @@ class FactorizedGaussian(Posterior):
                                        *self.log_alpha_clip)
 
     def sample_preactivation(self, x, contract: Contraction, bias, key) -> jax.Array:
-        mean = contract(x, self.theta[...]) + bias  # (batch, ..., out)
+        mean = contract(x, self.theta[...], bias)  # (batch, ..., out)
         var = contract(x * x, self.variance())
         noise = standard_normal(key, mean.shape, mean.dtype)
         return mean + jnp.sqrt(var + VARIANCE_EPS) * noise

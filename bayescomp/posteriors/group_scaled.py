@@ -146,11 +146,11 @@ class GroupScaledGaussian(Posterior):
         z = self.sample_z(z_key, x.shape[0])  # (batch, groups)
         if self.group_axis == -2:  # scale the inputs: x is (batch, ..., in)
             xz = x * z.reshape(z.shape[0], *([1] * (x.ndim - 2)), z.shape[1])
-            mean = contract(xz, self.w_mean[...]) + bias
+            mean = contract(xz, self.w_mean[...], bias)
             var = contract(xz * xz, self.weight_variance())
             return mean + jnp.sqrt(var + VARIANCE_EPS) * standard_normal(
                 noise_key, mean.shape, mean.dtype)
-        mean = contract(x, self.w_mean[...]) + bias  # (batch, ..., out)
+        mean = contract(x, self.w_mean[...], bias)  # (batch, ..., out)
         var = contract(x * x, self.weight_variance())
         sample = mean + jnp.sqrt(var + VARIANCE_EPS) * standard_normal(
             noise_key, mean.shape, mean.dtype)

@@ -65,6 +65,23 @@ def test_values_and_gradients_equal_xlas(shape, kernel_hw, out, strides, padding
     assert _relative(d_x, d_x_ref) < RTOL
     assert _relative(d_kernel, d_kernel_ref) < RTOL
 
+    # With a bias: added inside the call, its gradient summed beside the kernel's.
+    bias = jax.random.normal(jax.random.key(4), (out,))
+
+    @jax.jit
+    def ours_bias(x, kernel, bias, cotangent):
+        y, vjp = jax.vjp(lambda a, b, c: onednn_conv.conv(a, b, strides, padding, bias=c),
+                         x, kernel, bias)
+        return y, vjp(cotangent)
+
+    y_b, (d_x_b, d_kernel_b, d_bias) = ours_bias(x, kernel, bias, cotangent)
+    assert _relative(y_b, y_ref + bias) < RTOL
+    assert _relative(d_x_b, d_x_ref) < RTOL
+    assert _relative(d_kernel_b, d_kernel_ref) < RTOL
+    assert _relative(d_bias, jnp.sum(cotangent, axis=(0, 1, 2))) < RTOL
+    with pytest.raises(ValueError, match="bias"):
+        onednn_conv.conv(x, kernel, strides, padding, bias=bias[:-1])
+
 
 def test_vmap_and_a_chain_of_two_convolutions():
     """Under ``vmap`` (several weight draws) the call runs per element; a loss through two
@@ -204,7 +221,8 @@ def test_a_resnet_trains_the_same_with_either_kernel(monkeypatch):
 
     traced = []
     real_conv = onednn_conv.conv
-    monkeypatch.setattr(onednn_conv, "conv", lambda *args: traced.append(1) or real_conv(*args))
+    monkeypatch.setattr(onednn_conv, "conv", lambda *args, **kwargs: traced.append(
+        kwargs.get("bias") is not None) or real_conv(*args, **kwargs))
 
     def loss_and_grads(kernel):
         monkeypatch.setenv(onednn_conv.KERNEL_ENV, kernel)
@@ -224,8 +242,9 @@ def test_a_resnet_trains_the_same_with_either_kernel(monkeypatch):
 
     try:
         loss_onednn, grads_onednn = loss_and_grads("onednn")
-        # the stem and two per block (three; the shortcuts subsample and pad, no conv)
-        assert len(traced) == 7
+        # the stem and two per block (three; the shortcuts subsample and pad, no conv), each
+        # with its bias added inside the call
+        assert traced == [True] * 7
         loss_xla, grads_xla = loss_and_grads("xla")
         assert len(traced) == 7  # none more
     finally:

@@ -6,7 +6,10 @@
 // Each handler looks up (or creates once) the oneDNN primitive for its shapes. Activations stay
 // in XLA's NHWC buffers (oneDNN's nhwc format, read and written in place); the kernel, whose
 // HWIO layout the fast implementations do not take, is reordered into the primitive's own
-// layout on the way in (forward, input gradient) and out (kernel gradient). One mutex serialises
+// layout on the way in (forward, input gradient) and out (kernel gradient). The forward and the
+// kernel gradient also come with a bias: the forward adds it as it writes the output, the kernel
+// gradient sums the bias gradient in the same pass over the output gradient (no separate pass of
+// XLA over either activation). One mutex serialises
 // the calls: a primitive's execution already uses every core, and the cached weight buffers are
 // shared.
 #include <cstdint>
@@ -16,6 +19,7 @@
 #include <string>
 #include <stdexcept>
 #include <tuple>
+#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -27,7 +31,13 @@ namespace {
 using dnnl::memory;
 using tag = memory::format_tag;
 
-enum Kind : int64_t { kForward = 0, kInputGradient = 1, kKernelGradient = 2 };
+enum Kind : int64_t {
+  kForward = 0,
+  kInputGradient = 1,
+  kKernelGradient = 2,
+  kForwardBias = 3,         // y = x * W + b
+  kKernelGradientBias = 4,  // dW and db = sum of dy over batch and positions
+};
 
 // kind, n, h, w, c, o, kh, kw, stride h, stride w, pad top, bottom, left, right
 using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
@@ -72,14 +82,22 @@ Primitive* lookup(Kind kind, const Geometry& g) {
   memory::dims kernel_dims{g.o, g.c, g.kh, g.kw};
   auto user_kernel = memory::desc(kernel_dims, memory::data_type::f32, tag::hwio);
   auto any_kernel = memory::desc(kernel_dims, memory::data_type::f32, tag::any);
+  auto bias = memory::desc({g.o}, memory::data_type::f32, tag::a);
+  const bool with_bias = kind == kForwardBias || kind == kKernelGradientBias;
   memory::dims strides{g.sh, g.sw}, pad_low{g.pt, g.pl}, pad_high{g.pb, g.pr};
-  auto forward = dnnl::convolution_forward::primitive_desc(
-      s.engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
-      any_kernel, dst, strides, pad_low, pad_high);
+  auto forward =
+      with_bias ? dnnl::convolution_forward::primitive_desc(
+                      s.engine, dnnl::prop_kind::forward_training,
+                      dnnl::algorithm::convolution_direct, src, any_kernel, bias, dst, strides,
+                      pad_low, pad_high)
+                : dnnl::convolution_forward::primitive_desc(
+                      s.engine, dnnl::prop_kind::forward_training,
+                      dnnl::algorithm::convolution_direct, src, any_kernel, dst, strides,
+                      pad_low, pad_high);
 
   auto p = std::make_unique<Primitive>();
   p->user_kernel = user_kernel;
-  if (kind == kForward) {
+  if (kind == kForward || kind == kForwardBias) {
     p->conv = dnnl::convolution_forward(forward);
     p->native_kernel = forward.weights_desc();
   } else if (kind == kInputGradient) {
@@ -88,6 +106,12 @@ Primitive* lookup(Kind kind, const Geometry& g) {
         pad_high, forward);
     p->conv = dnnl::convolution_backward_data(backward);
     p->native_kernel = backward.weights_desc();
+  } else if (kind == kKernelGradientBias) {
+    auto backward = dnnl::convolution_backward_weights::primitive_desc(
+        s.engine, dnnl::algorithm::convolution_direct, src, any_kernel, bias, dst, strides,
+        pad_low, pad_high, forward);
+    p->conv = dnnl::convolution_backward_weights(backward);
+    p->native_kernel = backward.diff_weights_desc();
   } else {
     auto backward = dnnl::convolution_backward_weights::primitive_desc(
         s.engine, dnnl::algorithm::convolution_direct, src, any_kernel, dst, strides, pad_low,
@@ -98,7 +122,7 @@ Primitive* lookup(Kind kind, const Geometry& g) {
   p->reorder_kernel = p->native_kernel != user_kernel;
   if (p->reorder_kernel) {
     p->native_kernel_buffer = memory(p->native_kernel, s.engine);
-    if (kind == kKernelGradient) {
+    if (kind == kKernelGradient || kind == kKernelGradientBias) {
       p->reorder = dnnl::reorder(dnnl::reorder::primitive_desc(
           s.engine, p->native_kernel, s.engine, user_kernel));
     } else {
@@ -129,8 +153,10 @@ ffi::Error geometry(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> ke
 }
 
 // Runs `kind` with the activations `x` (source or its gradient) and `y` (destination or its
-// gradient) and the kernel buffer `kernel` (HWIO; read, or written for the kernel gradient).
-ffi::Error run(Kind kind, const Geometry& g, float* x, float* kernel, float* y) {
+// gradient), the kernel buffer `kernel` (HWIO; read, or written for the kernel gradient) and,
+// for the two bias kinds, the bias buffer `bias` (read, or written with its gradient).
+ffi::Error run(Kind kind, const Geometry& g, float* x, float* kernel, float* y,
+               float* bias = nullptr) {
   static std::mutex mutex;
   std::lock_guard<std::mutex> lock(mutex);
   try {
@@ -140,17 +166,25 @@ ffi::Error run(Kind kind, const Geometry& g, float* x, float* kernel, float* y) 
     memory y_mem(activation(g.n, g.o, g.oh, g.ow), s.engine, y);
     memory user_kernel(p->user_kernel, s.engine, kernel);
     memory native = p->reorder_kernel ? p->native_kernel_buffer : user_kernel;
-    if (kind == kForward) {
+    memory bias_mem;
+    if (bias != nullptr) {
+      bias_mem = memory(memory::desc({g.o}, memory::data_type::f32, tag::a), s.engine, bias);
+    }
+    if (kind == kForward || kind == kForwardBias) {
       if (p->reorder_kernel) p->reorder.execute(s.stream, user_kernel, native);
-      p->conv.execute(s.stream, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, native},
-                                 {DNNL_ARG_DST, y_mem}});
+      std::unordered_map<int, memory> args{
+          {DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, native}, {DNNL_ARG_DST, y_mem}};
+      if (kind == kForwardBias) args.emplace(DNNL_ARG_BIAS, bias_mem);
+      p->conv.execute(s.stream, args);
     } else if (kind == kInputGradient) {
       if (p->reorder_kernel) p->reorder.execute(s.stream, user_kernel, native);
       p->conv.execute(s.stream, {{DNNL_ARG_DIFF_SRC, x_mem}, {DNNL_ARG_WEIGHTS, native},
                                  {DNNL_ARG_DIFF_DST, y_mem}});
     } else {
-      p->conv.execute(s.stream, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_DIFF_WEIGHTS, native},
-                                 {DNNL_ARG_DIFF_DST, y_mem}});
+      std::unordered_map<int, memory> args{
+          {DNNL_ARG_SRC, x_mem}, {DNNL_ARG_DIFF_WEIGHTS, native}, {DNNL_ARG_DIFF_DST, y_mem}};
+      if (kind == kKernelGradientBias) args.emplace(DNNL_ARG_DIFF_BIAS, bias_mem);
+      p->conv.execute(s.stream, args);
       if (p->reorder_kernel) p->reorder.execute(s.stream, native, user_kernel);
     }
     s.stream.wait();
@@ -195,10 +229,48 @@ ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   return run(kKernelGradient, g, x.typed_data(), dkernel->typed_data(), dy.typed_data());
 }
 
+ffi::Error bias_shape(ffi::Span<const int64_t> bias_dims, const Geometry& g) {
+  if (bias_dims.size() != 1 || bias_dims[0] != g.o) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "onednn conv: the bias must have one entry per output channel");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ForwardBias(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                       ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
+                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
+  Geometry g;
+  if (auto e = geometry(x.dimensions(), kernel.dimensions(), y->dimensions(), strides, padding, &g);
+      e.failure()) {
+    return e;
+  }
+  if (auto e = bias_shape(bias.dimensions(), g); e.failure()) return e;
+  return run(kForwardBias, g, x.typed_data(), kernel.typed_data(), y->typed_data(),
+             bias.typed_data());
+}
+
+ffi::Error KernelGradientBias(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                              ffi::ResultBuffer<ffi::F32> dkernel,
+                              ffi::ResultBuffer<ffi::F32> dbias,
+                              ffi::Span<const int64_t> strides,
+                              ffi::Span<const int64_t> padding) {
+  Geometry g;
+  if (auto e = geometry(x.dimensions(), dkernel->dimensions(), dy.dimensions(), strides,
+                        padding, &g);
+      e.failure()) {
+    return e;
+  }
+  if (auto e = bias_shape(dbias->dimensions(), g); e.failure()) return e;
+  return run(kKernelGradientBias, g, x.typed_data(), dkernel->typed_data(), dy.typed_data(),
+             dbias->typed_data());
+}
+
 }  // namespace
 
-// The three handlers' common signature: two float32 operands, one float32 result, the strides
-// and the (top, bottom, left, right) padding.
+// The signature of the three handlers without a bias: two float32 operands, one float32 result,
+// the strides and the (top, bottom, left, right) padding. The two with a bias add an operand
+// (forward) or a result (kernel gradient).
 auto ConvBinding() {
   return ffi::Ffi::Bind()
       .Arg<ffi::Buffer<ffi::F32>>()
@@ -211,3 +283,19 @@ auto ConvBinding() {
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BayescompOnednnConvForward, Forward, ConvBinding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BayescompOnednnConvInputGradient, InputGradient, ConvBinding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BayescompOnednnConvKernelGradient, KernelGradient, ConvBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BayescompOnednnConvForwardBias, ForwardBias,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BayescompOnednnConvKernelGradientBias, KernelGradientBias,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding"));

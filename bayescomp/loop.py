@@ -69,6 +69,10 @@ class Phase:
             ``"running"`` (normalise by the running averages, which stay frozen).
         record: ``model -> {name: float}`` added to each epoch's history record.
         pruned_eval_every: Also evaluate the pruned view every this many epochs and at the end.
+        resumable: Settings this phase's checkpoints may be resumed under changed, in place of
+            the run's (``TrainingRun(resumable=...)``); ``None``: the run's. A phase whose
+            trajectory does not depend on a later phase's settings lists them (the channel
+            methods' training phase and ``method.finetune``).
     """
 
     name: str
@@ -82,6 +86,7 @@ class Phase:
     batch_norm: str = "batch_stats"
     record: Callable[[nnx.Module], Mapping[str, float]] | None = None
     pruned_eval_every: int | None = None
+    resumable: tuple[str, ...] | None = None
 
 
 def train_view(model: nnx.Module, batch_norm: str) -> nnx.Module:
@@ -322,8 +327,8 @@ class TrainingRun:
                 f"{'from ' + self.start_from if self.start_from else 'from scratch'} "
                 "(method.start_from); run in a new output directory (hydra.run.dir=...) or "
                 "delete those checkpoints to start over")
-        runs.resume_checks(meta, self.cfg, checkpointer.directory, self.workdir, self.resumable,
-                           phase_epochs=int(phase.epochs))
+        runs.resume_checks(meta, self.cfg, checkpointer.directory, self.workdir,
+                           self._resumable(phase), phase_epochs=int(phase.epochs))
         (model_state, opt_state, key_data), meta = checkpointer.restore(
             latest, (nnx.state(model), opt_state, jax.random.key_data(phase.key)))
         nnx.update(model, model_state)
@@ -428,11 +433,14 @@ class TrainingRun:
         self.history.append(record)
         return record
 
+    def _resumable(self, phase: Phase) -> tuple[str, ...]:
+        return self.resumable if phase.resumable is None else phase.resumable
+
     def _checkpoint_meta(self, phase: Phase, phase_epoch: int) -> dict:
         meta = dict(phase=phase.name, phase_epoch=phase_epoch, epoch=len(self.history) - 1,
                     epochs=int(phase.epochs), history=self.history,
                     train_seconds=self.train_seconds,
-                    config=runs.trajectory_config(self.cfg, self.resumable))
+                    config=runs.trajectory_config(self.cfg, self._resumable(phase)))
         if self.pretrained_run is not None:
             meta["pretrained_run"] = self.pretrained_run
         if self.start_from is not None:

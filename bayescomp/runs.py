@@ -203,9 +203,13 @@ def trajectory_config(cfg: DictConfig, resumable: tuple[str, ...] = RESUMABLE_CH
     for key in WARMUP_KEYS:
         if key in flat and run_epochs is not None:
             flat[key] = objectives.warmup_epoch(flat[key], int(run_epochs))
-    return {key: value for key, value in flat.items()
-            if not any(key == skip or (skip.endswith(".") and key.startswith(skip))
-                       for skip in resumable)}
+    return {key: value for key, value in flat.items() if not is_resumable(key, resumable)}
+
+
+def is_resumable(key: str, resumable: tuple[str, ...]) -> bool:
+    """Whether the flat setting ``key`` is one of ``resumable`` (a key ending in "." covers its
+    subtree)."""
+    return any(key == skip or (skip.endswith(".") and key.startswith(skip)) for skip in resumable)
 
 
 #: The KL warm-up's ends (epochs, or fractions of the run).
@@ -295,6 +299,8 @@ def resume_checks(meta: dict, cfg: DictConfig, directory, workdir,
     if saved is not None and "data.augment" in saved:  # stored unresolved before 2026-12-05
         saved = {**saved, "data.augment": augment_lib.resolved_setting(
             saved["data.augment"], saved.get("data.name"))}
+    if saved is not None:  # stored before a key became resumable: not compared either
+        saved = {k: v for k, v in saved.items() if not is_resumable(k, resumable)}
     only_one_side = check_same_config(
         saved, trajectory_config(cfg, resumable, warmup_run_epochs=saved_run_epochs),
         directory, pathlib.Path(workdir) / "config.yaml")

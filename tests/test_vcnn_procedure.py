@@ -197,6 +197,33 @@ def test_a_multiply_add_budget_replaces_tau(lenet_run, smoke_cfg, tmp_path):
                            "method.prune.theta=0.01"), run_dir)
 
 
+def test_a_finished_run_is_fine_tuned_anew_and_ranked_by_snr_without_training_again(
+        lenet_run, smoke_cfg, tmp_path):
+    cfg, lenet_dir, metrics = lenet_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(lenet_dir, run_dir)
+    trained = len(metrics["history"])
+    # Fine-tuning settings shape only the later phase: the training phase is restored, not
+    # retrained (its checkpoint was written with finetune.epochs = 0).
+    tuned = vcnn.run(smoke_cfg("lenet5_vcnn", NARROW_LENET, "method.budget.macs=100000",
+                               "method.prune.statistic=snr", "method.finetune.epochs=1"),
+                     run_dir)
+    assert tuned["history"][:trained] == metrics["history"]
+    assert len(tuned["history"]) > trained  # the fine-tuning's epoch
+    info = tuned["vcnn"]
+    assert info["statistic"] == "snr" and info["finetune_epochs"] == 1
+    assert info["error_after_finetuning"] is not None
+    # The channels kept are the largest |μ|/σ of each group.
+    for group, channels in info["kept_channels"].items():
+        path = next(p for p in info["saliency_means"] if p.startswith(group))
+        snr = np.abs(np.asarray(info["saliency_means"][path])) / np.asarray(
+            info["saliency_stds"][path])
+        assert snr[channels].min() >= np.delete(snr, channels).max(initial=0)
+    with pytest.raises(ConfigError, match="method.prune.statistic"):
+        vcnn.run(smoke_cfg("lenet5_vcnn", NARROW_LENET, "method.prune.statistic=median"),
+                 run_dir)
+
+
 @pytest.mark.parametrize("name", ["resnet20", "resnet164", "vgg16"])
 @pytest.mark.parametrize("groups", ["internal", "all"])
 def test_saliencies_sit_exactly_on_the_channels_the_method_prunes(name, groups):

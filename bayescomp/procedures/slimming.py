@@ -148,6 +148,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         training.fit(model, Phase(
             cp.TRAIN_PHASE, epochs, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
             key=cp.phase_key(cfg, cp.TRAIN_PHASE), kl_weight=lambda epoch: 1.0,
+            resumable=cp.RESUMABLE_CHANGES + cp.LATER_PHASE_SETTINGS,
             record=_record))
         trained_error = training.error(model)
         # 2. One global threshold; the scales folded into a plain network, channels cut.

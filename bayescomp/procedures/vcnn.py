@@ -328,6 +328,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         training.fit(model, Phase(
             cp.TRAIN_PHASE, epochs, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
             key=cp.phase_key(cfg, cp.TRAIN_PHASE), kl_weight=_kl_weight(cfg, epochs),
+            resumable=RESUMABLE_CHANGES + cp.LATER_PHASE_SETTINGS,
             record=_record))
         trained_error = training.error(model)
         # 2. The decision, on the posterior-mean network folded into a plain one.

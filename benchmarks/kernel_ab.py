@@ -1,7 +1,7 @@
 """A/B timing of one experiment's train step with and without bayescomp's XLA:CPU kernel choices.
 
-Four switches select how a CPU train step is written (``conv``, ``norm`` and, where it loads,
-``onednn`` on by default in the library):
+Five switches select how a CPU train step is written (``conv``, ``norm`` and, where it loads,
+``onednn`` and ``bias`` on by default in the library):
 
 * ``conv``: :data:`bayescomp.nn.conv.MATERIALIZE_KERNEL_GRADIENT_OPERANDS`, the conv whose
   kernel gradient reads materialised operands (no BatchNorm/ReLU recomputation fused into the
@@ -12,7 +12,9 @@ Four switches select how a CPU train step is written (``conv``, ``norm`` and, wh
   :data:`bayescomp.nn.conv.PATCH_MATMUL_MAX_POSITIONS` unlimited; off: the library's 2x2 limit).
   Off by default in the library beyond 2x2 maps; the switch is there to re-measure that choice.
 * ``onednn``: convolutions through oneDNN (:mod:`bayescomp.nn.onednn_conv`; off: XLA's own),
-  set through ``$BAYESCOMP_CPU_CONV`` while the step is traced.
+  set through ``$BAYESCOMP_CPU_CONV`` while the step is traced;
+* ``bias``: with ``onednn``, each conv's bias added inside oneDNN's call and its gradient summed
+  by the kernel-gradient primitive (:data:`bayescomp.nn.conv.ONEDNN_BIAS`; off: added after).
 
 The step is built twice in one process, exactly as ``benchmarks/train_speed.py`` does, once with
 the switches of ``--a`` and once with those of ``--b``, and the two are called alternately, one
@@ -26,6 +28,7 @@ Usage::
     python benchmarks/kernel_ab.py lenet5_dense --a none --b conv --steps 10 --rounds 7
     python benchmarks/kernel_ab.py lenet5_ghs --a none --b patch --steps 10 --rounds 7
     python benchmarks/kernel_ab.py resnet20_dense --a conv,norm --b conv,norm,onednn --rounds 5
+    python benchmarks/kernel_ab.py resnet20_dense --a conv,norm,onednn --b conv,norm,onednn,bias
     python benchmarks/kernel_ab.py resnet20_dense --rounds 3 --profile /tmp/kernel_ab_trace
 """
 
@@ -43,11 +46,12 @@ import jax
 import jax.numpy as jnp
 from train_speed import ExperimentTimer  # importing it puts the checkout on sys.path
 
+from bayescomp import allocator
 from bayescomp.nn import conv as conv_lib
 from bayescomp.nn import norm as norm_lib
 from bayescomp.nn import onednn_conv
 
-SWITCHES = ("conv", "norm", "patch", "onednn")
+SWITCHES = ("conv", "norm", "patch", "onednn", "bias")
 
 
 def switch_set(text: str) -> frozenset[str]:
@@ -62,8 +66,9 @@ def switch_set(text: str) -> frozenset[str]:
 def build(name: str, switches: frozenset[str], steps: int, rounds: int) -> ExperimentTimer:
     """The experiment's timer, its step traced with exactly ``switches`` on."""
     saved = (conv_lib.MATERIALIZE_KERNEL_GRADIENT_OPERANDS, norm_lib.DOT_SUMS,
-             conv_lib.PATCH_MATMUL_MAX_POSITIONS)
+             conv_lib.PATCH_MATMUL_MAX_POSITIONS, conv_lib.ONEDNN_BIAS)
     conv_lib.MATERIALIZE_KERNEL_GRADIENT_OPERANDS = "conv" in switches
+    conv_lib.ONEDNN_BIAS = "bias" in switches
     norm_lib.DOT_SUMS = "norm" in switches
     if "patch" in switches:
         conv_lib.PATCH_MATMUL_MAX_POSITIONS = sys.maxsize
@@ -74,7 +79,7 @@ def build(name: str, switches: frozenset[str], steps: int, rounds: int) -> Exper
         return ExperimentTimer(name, steps, None, rounds)  # traces and compiles here
     finally:
         (conv_lib.MATERIALIZE_KERNEL_GRADIENT_OPERANDS, norm_lib.DOT_SUMS,
-         conv_lib.PATCH_MATMUL_MAX_POSITIONS) = saved
+         conv_lib.PATCH_MATMUL_MAX_POSITIONS, conv_lib.ONEDNN_BIAS) = saved
         if saved_kernel is None:
             os.environ.pop(onednn_conv.KERNEL_ENV, None)
         else:
@@ -99,6 +104,8 @@ def largest_differences(a: ExperimentTimer, b: ExperimentTimer, count: int = 3) 
 
 
 def main(argv=None) -> None:
+    if argv is None:  # as a command: with the allocator a run gets (bayescomp/allocator.py)
+        allocator.reexec_with_tuned_allocator()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", help="conf/experiment name")
     parser.add_argument("--a", default="none", help="switches of A (default: %(default)s)")

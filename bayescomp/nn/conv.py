@@ -93,8 +93,11 @@ class VariationalConv(VariationalLayer):
                  bias: jax.Array | None = None) -> jax.Array:
         """``conv(x, kernel)`` (``(batch, h', w', out)``), plus ``bias`` where given: inside
         oneDNN's call where it applies (:func:`bayescomp.nn.onednn_conv.conv`), else added."""
-        if onednn_conv.applies(x, kernel, self.strides, self.padding) and (
-                bias is None or (bias.dtype == jnp.float32 and bias.shape == kernel.shape[3:])):
+        if onednn_conv.applies(x, kernel, self.strides, self.padding):
+            if bias is None or not (ONEDNN_BIAS and bias.dtype == jnp.float32
+                                    and bias.shape == kernel.shape[3:]):
+                y = onednn_conv.conv(x, kernel, self.strides, self.padding)
+                return y if bias is None else y + bias
             return onednn_conv.conv(x, kernel, self.strides, self.padding, bias=bias)
         y = self._contract(x, kernel)
         return y if bias is None else y + bias
@@ -168,6 +171,11 @@ conv_with_materialized_gradient_operands.defvjp(_conv_forward, _conv_backward)
 #: Whether convs on XLA:CPU use :func:`conv_with_materialized_gradient_operands` (a switch for
 #: ``benchmarks/kernel_ab.py``; the results are identical either way).
 MATERIALIZE_KERNEL_GRADIENT_OPERANDS = True
+
+#: Whether a conv's bias goes into oneDNN's call (:meth:`VariationalConv.contract`) rather than
+#: being added after it (a switch for ``benchmarks/kernel_ab.py``; the values agree to float32
+#: rounding).
+ONEDNN_BIAS = True
 
 #: Largest output map (positions) that :class:`VariationalConv` computes as a patch matmul on CPU.
 PATCH_MATMUL_MAX_POSITIONS = 4

@@ -26,12 +26,19 @@ be set from inside. So the command-line entries (``python -m bayescomp.run``,
 ``benchmarks/train_speed.py``) call :func:`reexec_with_tuned_allocator` first: on Linux with
 glibc, where the settings are not yet in place, it replaces the process with the same command
 and the tunables added (``os.execve``; once: the environment marks it). Tunables a user has set
-in ``GLIBC_TUNABLES`` are kept and win over these. ``BAYESCOMP_ALLOCATOR=system`` turns it off.
-Elsewhere (macOS, musl, a library import) nothing happens.
+in ``GLIBC_TUNABLES`` are kept and win over these. ``BAYESCOMP_ALLOCATOR=system`` turns it off
+(in a process started with the tunables already set, e.g. a child of a tuned one, it cannot undo
+them: unset ``GLIBC_TUNABLES`` there). Nothing happens elsewhere: macOS or musl; a process
+whose command cannot be replayed (a script read from stdin, an interactive interpreter, a
+Jupyter kernel, a debugger or profiler attached); or where a GPU plugin for JAX is installed and
+``JAX_PLATFORMS`` does not name ``cpu`` first, since the settings were measured for CPU training
+only (on the 2-core development VM; one arena serialises the threads' ``malloc`` calls, which a
+host feeding accelerators may not want).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import sys
@@ -58,11 +65,33 @@ def _is_glibc_linux() -> bool:
     return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
+#: JAX's GPU plugins; with one installed JAX picks the GPU unless JAX_PLATFORMS says cpu.
+_GPU_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin")
+
+
+def _may_use_an_accelerator(environ: Mapping[str, str]) -> bool:
+    platforms = environ.get("JAX_PLATFORMS", "").strip().lower()
+    if platforms:
+        return platforms.split(",")[0].strip() != "cpu"
+    return any(importlib.util.find_spec(name) is not None for name in _GPU_PLUGINS)
+
+
+def _replayable() -> bool:
+    """Whether this process's command can be run again as it was: not a script read from stdin
+    (it has been read), an interactive session, a Jupyter kernel, or a traced process."""
+    argv = getattr(sys, "orig_argv", None)
+    if not argv or len(argv) < 2 or not sys.executable:
+        return False
+    if argv[1] == "-" or sys.flags.interactive or sys.gettrace() is not None:
+        return False
+    return "ipykernel" not in sys.modules and "IPython" not in sys.modules
+
+
 def tuned_environment(environ: Mapping[str, str]) -> dict[str, str] | None:
     """The environment to re-execute with, or ``None`` when there is nothing to do.
 
     Nothing to do: ``BAYESCOMP_ALLOCATOR=system``, the settings already in place (:data:`MARK`),
-    or not Linux with glibc.
+    not Linux with glibc, or a GPU JAX may use (module docstring).
 
     Raises:
         ValueError: ``BAYESCOMP_ALLOCATOR`` is neither ``tuned`` nor ``system``.
@@ -71,7 +100,8 @@ def tuned_environment(environ: Mapping[str, str]) -> dict[str, str] | None:
     if choice not in CHOICES:
         raise ValueError(f"{SWITCH}={environ[SWITCH]!r} is not one of {', '.join(CHOICES)}; "
                          f"unset it or set {SWITCH}=system to keep glibc's defaults")
-    if choice == "system" or environ.get(MARK) == "1" or not _is_glibc_linux():
+    if (choice == "system" or environ.get(MARK) == "1" or not _is_glibc_linux()
+            or _may_use_an_accelerator(environ)):
         return None
     # The user's own tunables last: glibc keeps the last value of a tunable named twice.
     own = environ.get("GLIBC_TUNABLES", "")
@@ -91,14 +121,24 @@ def reexec_with_tuned_allocator() -> None:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    argv = getattr(sys, "orig_argv", None)
-    if env is None or not argv or not sys.executable:
+    if env is None or not _replayable():
         return
+    argv = sys.orig_argv
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *argv[1:]], env)
 
 
-def description() -> str:
-    """What this process runs with, for ``metrics.json``: ``glibc tuned`` or ``default``."""
-    return "glibc tuned" if os.environ.get(MARK) == "1" else "default"
+def description(environ: Mapping[str, str] | None = None) -> str:
+    """What this process runs with, for ``metrics.json``: ``glibc tuned`` where the process's
+    ``GLIBC_TUNABLES`` set every one of :data:`TUNABLES` to its value (the last setting of a
+    name counts, as in glibc), else ``default``."""
+    environ = os.environ if environ is None else environ
+    if not _is_glibc_linux():
+        return "default"
+    settings = {}
+    for entry in environ.get("GLIBC_TUNABLES", "").split(":"):
+        name, _, value = entry.partition("=")
+        settings[name] = value
+    wanted = dict(entry.partition("=")[::2] for entry in TUNABLES)
+    return "glibc tuned" if all(settings.get(k) == v for k, v in wanted.items()) else "default"

@@ -341,7 +341,10 @@ class TorchReference:
                if k not in ("GLIBC_TUNABLES", allocator.MARK, allocator.SWITCH)}
         env["OMP_WAIT_POLICY"] = omp_wait.upper()
         if malloc == "tuned":
-            env = allocator.tuned_environment(env) or env
+            tuned = allocator.tuned_environment(env)
+            if tuned is None:
+                raise RuntimeError("glibc tunables need Linux with glibc (and no GPU JAX)")
+            env = tuned
         self.process = subprocess.Popen(
             [python, str(pathlib.Path(__file__).with_name("torch_reference.py"))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)

@@ -222,6 +222,9 @@ def test_a_finished_run_is_fine_tuned_anew_and_ranked_by_snr_without_training_ag
     with pytest.raises(ConfigError, match="method.prune.statistic"):
         vcnn.run(smoke_cfg("lenet5_vcnn", NARROW_LENET, "method.prune.statistic=median"),
                  run_dir)
+    with pytest.raises(ConfigError, match="theta=0.01 compares sigma in absolute units"):
+        vcnn.run(smoke_cfg("lenet5_vcnn", NARROW_LENET, "method.prune.statistic=snr",
+                           "method.prune.theta=0.01"), run_dir)
 
 
 @pytest.mark.parametrize("name", ["resnet20", "resnet164", "vgg16"])

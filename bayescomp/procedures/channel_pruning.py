@@ -66,8 +66,9 @@ RESUMABLE_CHANGES = runs.RESUMABLE_CHANGES_RETRAINING + ("method.budget.",)
 #: What the training phase of a method that prunes after it (VCNN, slimming) may also be resumed
 #: under changed: the fine-tuning's settings, which shape only the later phase (whose own
 #: checkpoints still compare them, :func:`finetune_phase`). So a finished run can be fine-tuned
-#: anew, or for longer, without training again.
-LATER_PHASE_SETTINGS = ("method.finetune.",)
+#: with other settings without training again (a fine-tuning of the same channels already
+#: checkpointed under other settings is refused: delete its ``checkpoints/finetune-*``).
+LATER_PHASE_SETTINGS = ("method.finetune", "method.finetune.")
 
 
 # --------------------------------------------------------------------------------------------

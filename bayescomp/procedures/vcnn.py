@@ -311,6 +311,9 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     if budget is not None and (method.get("prune") or {}).get("select") is not None:
         raise ConfigError("method.budget.macs and method.prune.select both choose what VCNN "
                           "prunes; set one of them to null")
+    if statistic_name == "snr" and theta is not None:
+        raise ConfigError(f"method.prune.theta={theta} compares sigma in absolute units, which "
+                          "method.prune.statistic=snr is meant to be free of; set theta to null")
     if budget is not None and theta is not None:
         raise ConfigError(f"method.budget.macs ranks channels by their statistic alone, so "
                           f"method.prune.theta={theta} would be ignored; set it to null")

@@ -105,6 +105,18 @@ def test_vmap_and_a_chain_of_two_convolutions():
     g_ref = jax.grad(lambda k: loss(_reference, k))(kernels[0])
     assert _relative(g, g_ref) < RTOL
 
+    # With a bias shared by the draws: the two-result kernel-gradient call runs per element and
+    # the unbatched bias's gradient is summed over them.
+    bias = jax.random.normal(jax.random.key(5), (5,))
+
+    def drawn(conv_fn, bias):
+        return jnp.sum(jnp.tanh(jax.vmap(lambda k: conv_fn(x, k, bias))(kernels)))
+
+    ours = jax.grad(drawn, argnums=1)(
+        lambda a, k, b: onednn_conv.conv(a, k, (1, 1), pad, bias=b), bias)
+    theirs = jax.grad(drawn, argnums=1)(lambda a, k, b: _reference(a, k, (1, 1), pad) + b, bias)
+    assert _relative(ours, theirs) < RTOL
+
 
 def test_supports_only_what_it_can_do():
     f32 = jax.ShapeDtypeStruct

@@ -43,6 +43,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from bayescomp import allocator  # noqa: E402
 from bayescomp.compression import codec  # noqa: E402
 from bayescomp.compression.export import export_decoded  # noqa: E402
 from bayescomp.errors import BayescompError  # noqa: E402
@@ -150,6 +151,8 @@ def bench_file(path: pathlib.Path, batch_sizes, repeats: int, calls: int,
 
 
 def main(argv=None) -> int:
+    if argv is None:  # as a command: with the allocator a run gets (bayescomp/allocator.py)
+        allocator.reexec_with_tuned_allocator()
     args = parse_args(argv)
     files = args.files or sorted(REPO_ROOT.glob("results/**/model.bcz"))
     if not files:

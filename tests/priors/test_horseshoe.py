@@ -165,13 +165,16 @@ def test_gamma_scale_tau0_gives_half_cauchy_sqrt_tau0():
 # --- 3. The posterior ------------------------------------------------------------------------
 
 
-def _dense_contract(x, kernel):
-    return x @ kernel
+# Contractions as the layers define them (posteriors.base.Contraction): the bias optional.
+def _dense_contract(x, kernel, bias=None):
+    y = x @ kernel
+    return y if bias is None else y + bias
 
 
-def _conv_contract(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+def _conv_contract(x, kernel, bias=None):
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y if bias is None else y + bias
 
 
 # (kernel shape, group axis, contraction, input of one example)

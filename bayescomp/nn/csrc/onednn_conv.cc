@@ -51,6 +51,7 @@ struct Primitive {
   dnnl::primitive conv;
   memory::desc user_kernel;    // HWIO, as XLA stores it
   memory::desc native_kernel;  // the primitive's layout
+  memory::desc bias;           // the bias (or its gradient), for the two bias kinds
   memory native_kernel_buffer;
   bool reorder_kernel = false;
   dnnl::reorder reorder;  // user -> native (forward, input gradient), native -> user
@@ -100,6 +101,7 @@ Primitive* lookup(Kind kind, const Geometry& g) {
   if (kind == kForward || kind == kForwardBias) {
     p->conv = dnnl::convolution_forward(forward);
     p->native_kernel = forward.weights_desc();
+    p->bias = forward.bias_desc();
   } else if (kind == kInputGradient) {
     auto backward = dnnl::convolution_backward_data::primitive_desc(
         s.engine, dnnl::algorithm::convolution_direct, src, any_kernel, dst, strides, pad_low,
@@ -112,6 +114,7 @@ Primitive* lookup(Kind kind, const Geometry& g) {
         pad_low, pad_high, forward);
     p->conv = dnnl::convolution_backward_weights(backward);
     p->native_kernel = backward.diff_weights_desc();
+    p->bias = backward.diff_bias_desc();
   } else {
     auto backward = dnnl::convolution_backward_weights::primitive_desc(
         s.engine, dnnl::algorithm::convolution_direct, src, any_kernel, dst, strides, pad_low,
@@ -166,10 +169,12 @@ ffi::Error run(Kind kind, const Geometry& g, float* x, float* kernel, float* y,
     memory y_mem(activation(g.n, g.o, g.oh, g.ow), s.engine, y);
     memory user_kernel(p->user_kernel, s.engine, kernel);
     memory native = p->reorder_kernel ? p->native_kernel_buffer : user_kernel;
-    memory bias_mem;
-    if (bias != nullptr) {
-      bias_mem = memory(memory::desc({g.o}, memory::data_type::f32, tag::a), s.engine, bias);
+    const bool with_bias = kind == kForwardBias || kind == kKernelGradientBias;
+    if (with_bias != (bias != nullptr)) {
+      return ffi::Error(ffi::ErrorCode::kInternal, "onednn conv: bias buffer and kind disagree");
     }
+    memory bias_mem;
+    if (with_bias) bias_mem = memory(p->bias, s.engine, bias);
     if (kind == kForward || kind == kForwardBias) {
       if (p->reorder_kernel) p->reorder.execute(s.stream, user_kernel, native);
       std::unordered_map<int, memory> args{

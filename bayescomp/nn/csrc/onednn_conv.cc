@@ -20,6 +20,7 @@
 #include <stdexcept>
 #include <tuple>
 #include <unordered_map>
+#include <utility>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -273,34 +274,26 @@ ffi::Error KernelGradientBias(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 
 }  // namespace
 
-// The signature of the three handlers without a bias: two float32 operands, one float32 result,
-// the strides and the (top, bottom, left, right) padding. The two with a bias add an operand
-// (forward) or a result (kernel gradient).
-auto ConvBinding() {
-  return ffi::Ffi::Bind()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Ret<ffi::Buffer<ffi::F32>>()
-      .Attr<ffi::Span<const int64_t>>("strides")
-      .Attr<ffi::Span<const int64_t>>("padding");
+// The handlers' signatures: two float32 operands, then one float32 result (the three without a
+// bias), an operand and a result (the forward with a bias) or two results (the kernel gradient
+// with the bias gradient); then the strides and the (top, bottom, left, right) padding.
+using F32Buffer = ffi::Buffer<ffi::F32>;
+
+auto TwoOperands() { return ffi::Ffi::Bind().Arg<F32Buffer>().Arg<F32Buffer>(); }
+
+template <typename Binding>
+auto WithGeometry(Binding binding) {
+  return std::move(binding)
+      .template Attr<ffi::Span<const int64_t>>("strides")
+      .template Attr<ffi::Span<const int64_t>>("padding");
 }
+
+auto ConvBinding() { return WithGeometry(TwoOperands().Ret<F32Buffer>()); }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BayescompOnednnConvForward, Forward, ConvBinding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BayescompOnednnConvInputGradient, InputGradient, ConvBinding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BayescompOnednnConvKernelGradient, KernelGradient, ConvBinding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BayescompOnednnConvForwardBias, ForwardBias,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("padding"));
+                              WithGeometry(TwoOperands().Arg<F32Buffer>().Ret<F32Buffer>()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BayescompOnednnConvKernelGradientBias, KernelGradientBias,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("padding"));
+                              WithGeometry(TwoOperands().Ret<F32Buffer>().Ret<F32Buffer>()));

@@ -200,15 +200,41 @@ ffi::Error run(Kind kind, const Geometry& g, float* x, float* kernel, float* y,
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
-                   ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
-                   ffi::Span<const int64_t> padding) {
+ffi::Error bias_shape(ffi::Span<const int64_t> bias_dims, const Geometry& g) {
+  if (bias_dims.size() != 1 || bias_dims[0] != g.o) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "onednn conv: the bias must have one entry per output channel");
+  }
+  return ffi::Error::Success();
+}
+
+// The forward pass, adding `bias` where it is given.
+ffi::Error forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                   ffi::Buffer<ffi::F32>* bias, ffi::ResultBuffer<ffi::F32> y,
+                   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
   Geometry g;
   if (auto e = geometry(x.dimensions(), kernel.dimensions(), y->dimensions(), strides, padding, &g);
       e.failure()) {
     return e;
   }
-  return run(kForward, g, x.typed_data(), kernel.typed_data(), y->typed_data());
+  if (bias == nullptr) {
+    return run(kForward, g, x.typed_data(), kernel.typed_data(), y->typed_data());
+  }
+  if (auto e = bias_shape(bias->dimensions(), g); e.failure()) return e;
+  return run(kForwardBias, g, x.typed_data(), kernel.typed_data(), y->typed_data(),
+             bias->typed_data());
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                   ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+                   ffi::Span<const int64_t> padding) {
+  return forward(x, kernel, nullptr, y, strides, padding);
+}
+
+ffi::Error ForwardBias(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                       ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
+                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
+  return forward(x, kernel, &bias, y, strides, padding);
 }
 
 ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
@@ -223,37 +249,29 @@ ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
   return run(kInputGradient, g, dx->typed_data(), kernel.typed_data(), dy.typed_data());
 }
 
-ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                          ffi::ResultBuffer<ffi::F32> dkernel, ffi::Span<const int64_t> strides,
-                          ffi::Span<const int64_t> padding) {
+// The kernel gradient, and the bias gradient where `dbias` is given.
+ffi::Error kernel_gradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                           ffi::ResultBuffer<ffi::F32> dkernel,
+                           ffi::ResultBuffer<ffi::F32>* dbias, ffi::Span<const int64_t> strides,
+                           ffi::Span<const int64_t> padding) {
   Geometry g;
   if (auto e = geometry(x.dimensions(), dkernel->dimensions(), dy.dimensions(), strides,
                         padding, &g);
       e.failure()) {
     return e;
   }
-  return run(kKernelGradient, g, x.typed_data(), dkernel->typed_data(), dy.typed_data());
+  if (dbias == nullptr) {
+    return run(kKernelGradient, g, x.typed_data(), dkernel->typed_data(), dy.typed_data());
+  }
+  if (auto e = bias_shape((*dbias)->dimensions(), g); e.failure()) return e;
+  return run(kKernelGradientBias, g, x.typed_data(), dkernel->typed_data(), dy.typed_data(),
+             (*dbias)->typed_data());
 }
 
-ffi::Error bias_shape(ffi::Span<const int64_t> bias_dims, const Geometry& g) {
-  if (bias_dims.size() != 1 || bias_dims[0] != g.o) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "onednn conv: the bias must have one entry per output channel");
-  }
-  return ffi::Error::Success();
-}
-
-ffi::Error ForwardBias(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
-                       ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
-                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
-  Geometry g;
-  if (auto e = geometry(x.dimensions(), kernel.dimensions(), y->dimensions(), strides, padding, &g);
-      e.failure()) {
-    return e;
-  }
-  if (auto e = bias_shape(bias.dimensions(), g); e.failure()) return e;
-  return run(kForwardBias, g, x.typed_data(), kernel.typed_data(), y->typed_data(),
-             bias.typed_data());
+ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                          ffi::ResultBuffer<ffi::F32> dkernel, ffi::Span<const int64_t> strides,
+                          ffi::Span<const int64_t> padding) {
+  return kernel_gradient(x, dy, dkernel, nullptr, strides, padding);
 }
 
 ffi::Error KernelGradientBias(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
@@ -261,15 +279,7 @@ ffi::Error KernelGradientBias(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                               ffi::ResultBuffer<ffi::F32> dbias,
                               ffi::Span<const int64_t> strides,
                               ffi::Span<const int64_t> padding) {
-  Geometry g;
-  if (auto e = geometry(x.dimensions(), dkernel->dimensions(), dy.dimensions(), strides,
-                        padding, &g);
-      e.failure()) {
-    return e;
-  }
-  if (auto e = bias_shape(dbias->dimensions(), g); e.failure()) return e;
-  return run(kKernelGradientBias, g, x.typed_data(), dkernel->typed_data(), dy.typed_data(),
-             dbias->typed_data());
+  return kernel_gradient(x, dy, dkernel, &dbias, strides, padding);
 }
 
 }  // namespace

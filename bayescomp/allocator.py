@@ -23,7 +23,8 @@ not change (allocation decides where buffers live, not what is computed).
 
 **How.** glibc reads tunables once, when a process starts, from ``GLIBC_TUNABLES``; they cannot
 be set from inside. So the command-line entries (``python -m bayescomp.run``,
-``benchmarks/train_speed.py``) call :func:`reexec_with_tuned_allocator` first: on Linux with
+``benchmarks/train_speed.py``, ``kernel_ab.py``, ``inference_speed.py``) call
+:func:`reexec_with_tuned_allocator` first: on Linux with
 glibc, where the settings are not yet in place, it replaces the process with the same command
 and the tunables added (``os.execve``; once: the environment marks it). Tunables a user has set
 in ``GLIBC_TUNABLES`` are kept and win over these. ``BAYESCOMP_ALLOCATOR=system`` turns it off

@@ -159,7 +159,8 @@ def main(argv=None) -> int:
         print("no model.bcz files found; run `python -m bayescomp.compress RUN_DIR` first")
         return 1
     print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
-          f"{len(jax.devices())} device(s); {args.repeats} rounds of {args.calls} calls, full-size "
+          f"{len(jax.devices())} device(s), allocator {allocator.description()}; "
+          f"{args.repeats} rounds of {args.calls} calls, full-size "
           "and exported models alternated; speed-up = median within-round ratio [min-max]")
     header = (f"{'run':<44} {'batch':>5} {'pad':>3} {'full img/s':>11} {'pruned img/s':>12} "
               f"{'speed-up':>8} {'range':>11} "

@@ -94,12 +94,12 @@ class VariationalConv(VariationalLayer):
         """``conv(x, kernel)`` (``(batch, h', w', out)``), plus ``bias`` where given: inside
         oneDNN's call where it applies (:func:`bayescomp.nn.onednn_conv.conv`), else added."""
         if onednn_conv.applies(x, kernel, self.strides, self.padding):
-            if bias is None or not (ONEDNN_BIAS and bias.dtype == jnp.float32
-                                    and bias.shape == kernel.shape[3:]):
-                y = onednn_conv.conv(x, kernel, self.strides, self.padding)
-                return y if bias is None else y + bias
-            return onednn_conv.conv(x, kernel, self.strides, self.padding, bias=bias)
-        y = self._contract(x, kernel)
+            if (bias is not None and ONEDNN_BIAS and bias.dtype == jnp.float32
+                    and bias.shape == kernel.shape[3:]):
+                return onednn_conv.conv(x, kernel, self.strides, self.padding, bias=bias)
+            y = onednn_conv.conv(x, kernel, self.strides, self.padding)
+        else:
+            y = self._contract(x, kernel)
         return y if bias is None else y + bias
 
     def _contract(self, x: jax.Array, kernel: jax.Array) -> jax.Array:

@@ -85,7 +85,20 @@ def _replayable() -> bool:
         return False
     if argv[1] == "-" or sys.flags.interactive or sys.gettrace() is not None:
         return False
-    return "ipykernel" not in sys.modules and "IPython" not in sys.modules
+    return not _inside_ipython()
+
+
+def _inside_ipython() -> bool:
+    """Whether an IPython shell or a Jupyter kernel runs this process.
+
+    Asked of IPython's ``get_ipython()``, which returns the running shell (``None`` outside
+    one). That IPython is merely imported says nothing: flax imports treescope, which imports
+    IPython wherever it is installed, so every command that imports flax before re-executing
+    (the benchmarks) would be taken for a notebook."""
+    if "ipykernel" in sys.modules:
+        return True
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    return get_ipython is not None and get_ipython() is not None
 
 
 def tuned_environment(environ: Mapping[str, str]) -> dict[str, str] | None:

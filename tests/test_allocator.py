@@ -75,6 +75,31 @@ def test_reexec_replaces_the_process_once_with_the_tunables():
     assert len(off.stdout.splitlines()) == 1
 
 
+def test_an_imported_ipython_is_not_a_notebook_but_a_running_shell_is(monkeypatch):
+    """flax imports treescope, which imports IPython where it is installed: a benchmark that
+    imports flax before re-executing must still re-execute (it did not, and ran untuned)."""
+    import types
+
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "bench.py"], raising=False)
+    monkeypatch.setattr(sys, "gettrace", lambda: None)  # under a coverage tracer too
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    shell = types.SimpleNamespace(get_ipython=lambda: None)
+    monkeypatch.setitem(sys.modules, "IPython", shell)
+    assert allocator._replayable()
+    shell.get_ipython = lambda: object()  # a running IPython shell or Jupyter kernel
+    assert not allocator._replayable()
+
+
+@needs_glibc
+def test_a_command_that_imports_flax_first_still_reexecutes():
+    code = ("import os, flax.nnx; from bayescomp import allocator; "
+            "allocator.reexec_with_tuned_allocator(); print(allocator.description())")
+    result = subprocess.run([sys.executable, "-c", code], env=_clean_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "glibc tuned"
+
+
 def test_a_bad_switch_ends_the_command_with_one_line_and_status_2():
     result = subprocess.run([sys.executable, "-m", "bayescomp.run", "+experiment=lenet5_dense"],
                             env=_clean_env(**{allocator.SWITCH: "fast"}), capture_output=True,

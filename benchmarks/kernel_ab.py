@@ -1,7 +1,7 @@
 """A/B timing of one experiment's train step with and without bayescomp's XLA:CPU kernel choices.
 
-Five switches select how a CPU train step is written (``conv``, ``norm`` and, where it loads,
-``onednn`` and ``bias`` on by default in the library):
+Six switches select how a CPU train step is written (``conv``, ``norm`` and, where it loads,
+``onednn``, ``bias`` and ``bnorm`` on by default in the library):
 
 * ``conv``: :data:`bayescomp.nn.conv.MATERIALIZE_KERNEL_GRADIENT_OPERANDS`, the conv whose
   kernel gradient reads materialised operands (no BatchNorm/ReLU recomputation fused into the
@@ -14,7 +14,10 @@ Five switches select how a CPU train step is written (``conv``, ``norm`` and, wh
 * ``onednn``: convolutions through oneDNN (:mod:`bayescomp.nn.onednn_conv`; off: XLA's own),
   set through ``$BAYESCOMP_CPU_CONV`` while the step is traced;
 * ``bias``: with ``onednn``, each conv's bias added inside oneDNN's call and its gradient summed
-  by the kernel-gradient primitive (:data:`bayescomp.nn.conv.ONEDNN_BIAS`; off: added after).
+  by the kernel-gradient primitive (:data:`bayescomp.nn.conv.ONEDNN_BIAS`; off: added after);
+* ``bnorm``: with ``onednn``, batch-statistics BatchNorm and the ReLU after it by oneDNN
+  (:data:`bayescomp.nn.norm.ONEDNN`, :mod:`bayescomp.nn.onednn_batch_norm`; off: ``norm``'s
+  choice).
 
 The step is built twice in one process, exactly as ``benchmarks/train_speed.py`` does, once with
 the switches of ``--a`` and once with those of ``--b``, and the two are called alternately, one
@@ -29,6 +32,8 @@ Usage::
     python benchmarks/kernel_ab.py lenet5_ghs --a none --b patch --steps 10 --rounds 7
     python benchmarks/kernel_ab.py resnet20_dense --a conv,norm --b conv,norm,onednn --rounds 5
     python benchmarks/kernel_ab.py resnet20_dense --a conv,norm,onednn --b conv,norm,onednn,bias
+    python benchmarks/kernel_ab.py resnet20_dense --a conv,norm,onednn,bias \
+        --b conv,norm,onednn,bias,bnorm
     python benchmarks/kernel_ab.py resnet20_dense --rounds 3 --profile /tmp/kernel_ab_trace
 """
 
@@ -51,7 +56,7 @@ from bayescomp.nn import conv as conv_lib
 from bayescomp.nn import norm as norm_lib
 from bayescomp.nn import onednn_conv
 
-SWITCHES = ("conv", "norm", "patch", "onednn", "bias")
+SWITCHES = ("conv", "norm", "patch", "onednn", "bias", "bnorm")
 
 
 def switch_set(text: str) -> frozenset[str]:
@@ -66,10 +71,11 @@ def switch_set(text: str) -> frozenset[str]:
 def build(name: str, switches: frozenset[str], steps: int, rounds: int) -> ExperimentTimer:
     """The experiment's timer, its step traced with exactly ``switches`` on."""
     saved = (conv_lib.MATERIALIZE_KERNEL_GRADIENT_OPERANDS, norm_lib.DOT_SUMS,
-             conv_lib.PATCH_MATMUL_MAX_POSITIONS, conv_lib.ONEDNN_BIAS)
+             conv_lib.PATCH_MATMUL_MAX_POSITIONS, conv_lib.ONEDNN_BIAS, norm_lib.ONEDNN)
     conv_lib.MATERIALIZE_KERNEL_GRADIENT_OPERANDS = "conv" in switches
     conv_lib.ONEDNN_BIAS = "bias" in switches
     norm_lib.DOT_SUMS = "norm" in switches
+    norm_lib.ONEDNN = "bnorm" in switches
     if "patch" in switches:
         conv_lib.PATCH_MATMUL_MAX_POSITIONS = sys.maxsize
     saved_kernel = os.environ.get(onednn_conv.KERNEL_ENV)
@@ -79,7 +85,7 @@ def build(name: str, switches: frozenset[str], steps: int, rounds: int) -> Exper
         return ExperimentTimer(name, steps, None, rounds)  # traces and compiles here
     finally:
         (conv_lib.MATERIALIZE_KERNEL_GRADIENT_OPERANDS, norm_lib.DOT_SUMS,
-         conv_lib.PATCH_MATMUL_MAX_POSITIONS, conv_lib.ONEDNN_BIAS) = saved
+         conv_lib.PATCH_MATMUL_MAX_POSITIONS, conv_lib.ONEDNN_BIAS, norm_lib.ONEDNN) = saved
         if saved_kernel is None:
             os.environ.pop(onednn_conv.KERNEL_ENV, None)
         else:

@@ -53,11 +53,14 @@ def _flat(state) -> dict[tuple[str, ...], jax.Array]:
 
 def _written_out_forward(model: ResNet20, x: jax.Array, inner_scales=None) -> jax.Array:
     """ResNet's forward as it was before the channel hook, written out over the same layers;
-    ``inner_scales[i]`` (if given) multiplies block i's relu(bn1(conv1(x))) channel-wise."""
-    x = jax.nn.relu(model.stem_bn(model.stem(x)))
+    ``inner_scales[i]`` (if given) multiplies block i's relu(bn1(conv1(x))) channel-wise. The
+    ReLUs after a BatchNorm are the BatchNorm's (``relu=True``), as the model asks for them: on
+    oneDNN they are applied in the normalisation's pass, equal to ``jax.nn.relu`` of its output
+    only to float32 rounding (``tests/nn/test_onednn_batch_norm.py``)."""
+    x = model.stem_bn(model.stem(x), relu=True)
     blocks = [block for stage in (model.stage1, model.stage2, model.stage3) for block in stage]
     for i, block in enumerate(blocks):
-        h = jax.nn.relu(block.bn1(block.conv1(x)))
+        h = block.bn1(block.conv1(x), relu=True)
         if inner_scales is not None:
             h = h * inner_scales[i]
         h = block.bn2(block.conv2(h))

@@ -149,7 +149,7 @@ class BasicBlock(nnx.Module):
         self.stride = stride
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-        h = jax.nn.relu(self.bn1(self.conv1(x, rngs=rngs), rngs=rngs))
+        h = self.bn1(self.conv1(x, rngs=rngs), rngs=rngs, relu=True)
         if self.conv1_switch is not None:
             h = self.conv1_switch(h, rngs=rngs)
         h = self.bn2(self.conv2(h, rngs=rngs), rngs=rngs)
@@ -224,7 +224,7 @@ class ResNet(nnx.Module):
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """Logits ``(batch, num_classes)`` for images ``(batch, h, w, c)``."""
-        x = jax.nn.relu(self.stem_bn(self.stem(x, rngs=rngs), rngs=rngs))
+        x = self.stem_bn(self.stem(x, rngs=rngs), rngs=rngs, relu=True)
         for stage in (self.stage1, self.stage2, self.stage3):
             for block in stage:
                 x = block(x, rngs=rngs)
@@ -323,11 +323,11 @@ class Bottleneck(nnx.Module):
         self.conv2_switch = layers.channel(f"{prefix}.conv2", inner[1], after_norm=True)
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-        h = self.conv1(jax.nn.relu(self.bn1(x, rngs=rngs)), rngs=rngs)
-        h = jax.nn.relu(self.bn2(h, rngs=rngs))
+        h = self.conv1(self.bn1(x, rngs=rngs, relu=True), rngs=rngs)
+        h = self.bn2(h, rngs=rngs, relu=True)
         if self.conv1_switch is not None:
             h = self.conv1_switch(h, rngs=rngs)
-        h = jax.nn.relu(self.bn3(self.conv2(h, rngs=rngs), rngs=rngs))
+        h = self.bn3(self.conv2(h, rngs=rngs), rngs=rngs, relu=True)
         if self.conv2_switch is not None:
             h = self.conv2_switch(h, rngs=rngs)
         h = self.conv3(h, rngs=rngs)
@@ -402,7 +402,7 @@ class PreActResNet(nnx.Module):
         for stage in (self.stage1, self.stage2, self.stage3):
             for block in stage:
                 x = block(x, rngs=rngs)
-        return self.fc(global_average_pool(jax.nn.relu(self.bn(x, rngs=rngs))), rngs=rngs)
+        return self.fc(global_average_pool(self.bn(x, rngs=rngs, relu=True)), rngs=rngs)
 
     def channel_groups(self) -> tuple[ChannelGroup, ...]:
         """The stem's channels, the three streams, each block's two inner groups."""

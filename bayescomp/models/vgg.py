@@ -135,8 +135,8 @@ class VGG(nnx.Module):
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """Logits ``(batch, num_classes)`` for images ``(batch, h, w, c)``."""
         for i in range(1, sum(self.blocks) + 1):
-            x = getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x, rngs=rngs), rngs=rngs)
-            x = jax.nn.relu(x)
+            x = getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x, rngs=rngs), rngs=rngs,
+                                        relu=True)
             if i in self.pool_after:
                 x = max_pool_2x2(x)
             switch = getattr(self, f"conv{i}_switch")
@@ -145,7 +145,7 @@ class VGG(nnx.Module):
         if self.global_pool:
             return self.fc(global_average_pool(x), rngs=rngs)
         x = x.reshape(x.shape[0], -1)  # NHWC flatten: channel is the fastest-varying index
-        x = jax.nn.relu(self.bn_fc1(self.fc1(x, rngs=rngs), rngs=rngs))
+        x = self.bn_fc1(self.fc1(x, rngs=rngs), rngs=rngs, relu=True)
         if self.fc1_switch is not None:
             x = self.fc1_switch(x, rngs=rngs)
         return self.fc2(x, rngs=rngs)

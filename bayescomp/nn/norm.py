@@ -28,9 +28,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bayescomp.nn import onednn_batch_norm
+
 #: Whether batch-statistics BatchNorm on XLA:CPU uses :func:`batch_norm_with_dot_sums` (a switch
 #: for ``benchmarks/kernel_ab.py``; the two agree up to float32 summation order).
 DOT_SUMS = True
+
+#: Whether batch-statistics BatchNorm (and its ReLU) goes to oneDNN where
+#: :func:`bayescomp.nn.onednn_batch_norm.applies` (a switch for ``benchmarks/kernel_ab.py``;
+#: equal to the others up to float32 summation order).
+ONEDNN = True
 
 
 class NormScale(nnx.Param):
@@ -72,16 +79,23 @@ class BatchNorm(nnx.Module):
         if use_running_average is not None:
             self.use_running_average = use_running_average
 
-    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """Normalise ``x`` (``(..., channels)``); in a batch-statistics view also update the
-        running averages in place. ``rngs`` is accepted and unused, so a model may pass its
-        noise streams to whatever normalisation its method gives it (a saliency BatchNorm
-        samples)."""
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None,
+                 relu: bool = False) -> jax.Array:
+        """Normalise ``x`` (``(..., channels)``), then ``max(·, 0)`` where ``relu``; in a
+        batch-statistics view also update the running averages in place. ``rngs`` is accepted
+        and unused, so a model may pass its noise streams to whatever normalisation its method
+        gives it (a saliency BatchNorm samples). ``relu`` lets a model hand over the ReLU that
+        follows, which oneDNN applies in the same pass (:mod:`bayescomp.nn.onednn_batch_norm`)."""
         del rngs
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
-            return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
-        if DOT_SUMS and jax.default_backend() == "cpu":
+            y = (x - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+            return jax.nn.relu(y) if relu else y
+        if ONEDNN and jax.default_backend() == "cpu" and onednn_batch_norm.applies(x):
+            y, mean, var = onednn_batch_norm.batch_norm(x, self.scale[...], self.bias[...],
+                                                        self.epsilon, relu=relu)
+            relu = False  # applied
+        elif DOT_SUMS and jax.default_backend() == "cpu":
             y, mean, var = batch_norm_with_dot_sums(x, self.scale[...], self.bias[...],
                                                     self.epsilon)
         else:
@@ -94,7 +108,7 @@ class BatchNorm(nnx.Module):
         m = self.momentum
         self.mean[...] = (1.0 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
         self.var[...] = (1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased)
-        return y
+        return jax.nn.relu(y) if relu else y
 
 
 def reestimate_statistics(model: nnx.Module, x: jax.Array) -> int:

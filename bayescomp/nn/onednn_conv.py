@@ -24,7 +24,9 @@ oneDNN comes from PyPI (``pip install 'bayescomp[onednn]'``: the ``onednn`` whee
 CPU engine runs through SYCL on Intel's OpenCL CPU runtime, and ``onednn-devel``'s headers).
 The handlers are compiled once with the system's C++ compiler against those headers and
 jaxlib's XLA FFI headers, into ``$XDG_CACHE_HOME/bayescomp`` (``~/.cache/bayescomp``), keyed by
-a hash of the source and both versions. Whether the library is used is
+a hash of the sources and both versions; the same library holds the batch normalisation of
+:mod:`bayescomp.nn.onednn_batch_norm` (``csrc/onednn_batch_norm.cc``), checked with the
+convolution when it loads. Whether the library is used is
 :func:`cpu_conv_kernel`'s answer; anything it cannot do (no wheel, no compiler, a failed self
 check) leaves XLA's convolution in place, with the reason in :func:`unavailable_reason`.
 """
@@ -56,13 +58,21 @@ log = logging.getLogger(__name__)
 KERNEL_ENV = "BAYESCOMP_CPU_CONV"
 KERNELS = ("auto", "onednn", "xla")
 
-_SOURCE = Path(__file__).with_name("csrc") / "onednn_conv.cc"
+#: The C++ sources of the one library: these convolutions, and the batch normalisation of
+#: :mod:`bayescomp.nn.onednn_batch_norm`, which loads it through :func:`_load` too.
+_SOURCES = (Path(__file__).with_name("csrc") / "onednn_conv.cc",
+            Path(__file__).with_name("csrc") / "onednn_batch_norm.cc")
+#: XLA target name -> exported handler symbol.
 _TARGETS = {
-    "forward": "BayescompOnednnConvForward",
-    "input_gradient": "BayescompOnednnConvInputGradient",
-    "kernel_gradient": "BayescompOnednnConvKernelGradient",
-    "forward_bias": "BayescompOnednnConvForwardBias",
-    "kernel_gradient_bias": "BayescompOnednnConvKernelGradientBias",
+    "bayescomp_onednn_conv_forward": "BayescompOnednnConvForward",
+    "bayescomp_onednn_conv_input_gradient": "BayescompOnednnConvInputGradient",
+    "bayescomp_onednn_conv_kernel_gradient": "BayescompOnednnConvKernelGradient",
+    "bayescomp_onednn_conv_forward_bias": "BayescompOnednnConvForwardBias",
+    "bayescomp_onednn_conv_kernel_gradient_bias": "BayescompOnednnConvKernelGradientBias",
+    "bayescomp_onednn_batch_norm_forward": "BayescompOnednnBatchNormForward",
+    "bayescomp_onednn_batch_norm_forward_relu": "BayescompOnednnBatchNormForwardRelu",
+    "bayescomp_onednn_batch_norm_backward": "BayescompOnednnBatchNormBackward",
+    "bayescomp_onednn_batch_norm_backward_relu": "BayescompOnednnBatchNormBackwardRelu",
 }
 
 
@@ -116,7 +126,8 @@ BUILD_TIMEOUT_S = 600
 
 
 def _build(include: Path, lib: Path) -> Path:
-    """Compiles ``csrc/onednn_conv.cc`` once per source, jaxlib, oneDNN, compiler and flags.
+    """Compiles :data:`_SOURCES` into one library once per source, jaxlib, oneDNN, compiler and
+    flags.
 
     Raises:
         OnednnUnavailable: a missing header or compiler, a failed or timed-out build, or a cache
@@ -135,8 +146,9 @@ def _build(include: Path, lib: Path) -> Path:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                                  timeout=60, check=False).stdout
         fingerprint = hashlib.sha256()
-        for part in (_SOURCE.read_bytes(), jaxlib.__version__, version_header.read_bytes(),
-                     str(lib.resolve()), compiler, version, " ".join(flags)):
+        for part in (*(source.read_bytes() for source in _SOURCES), jaxlib.__version__,
+                     version_header.read_bytes(), str(lib.resolve()), compiler, version,
+                     " ".join(flags)):
             fingerprint.update(part if isinstance(part, bytes) else part.encode())
     except (OSError, subprocess.SubprocessError) as error:
         raise OnednnUnavailable(f"cannot read what the oneDNN convolution is built from "
@@ -150,7 +162,7 @@ def _build(include: Path, lib: Path) -> Path:
         # building at once each produce a whole file, and the last rename wins.
         with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
             built = Path(scratch) / target.name
-            command = [compiler, str(_SOURCE), *flags, "-o", str(built)]
+            command = [compiler, *map(str, _SOURCES), *flags, "-o", str(built)]
             try:
                 result = subprocess.run(command, capture_output=True, text=True,
                                         timeout=BUILD_TIMEOUT_S, check=False)
@@ -173,6 +185,7 @@ def _build(include: Path, lib: Path) -> Path:
 # unregistered, and a second library's could not be registered under the same names), and the
 # outcome of the last attempt (None: usable), so that a failure is not retried on every call.
 _REGISTERED: Path | None = None
+_LIBRARY: ctypes.CDLL | None = None
 _OUTCOME: list[OnednnUnavailable | None] = []
 _LOCK = threading.Lock()
 
@@ -201,8 +214,19 @@ def _forget() -> None:
         _OUTCOME.clear()
 
 
+def exported_function(name: str):
+    """The library's C function ``name`` (ctypes), loading the library first.
+
+    Raises:
+        OnednnUnavailable: the library cannot be used here.
+    """
+    if _LIBRARY is None:  # (not _load() while it runs: the self check asks for these too)
+        _load()
+    return getattr(_LIBRARY, name)
+
+
 def _load_once() -> None:
-    global _REGISTERED
+    global _REGISTERED, _LIBRARY
     if jax.default_backend() != "cpu":
         raise OnednnUnavailable(f"the default backend is {jax.default_backend()}, not cpu")
     include, lib = _find_onednn()
@@ -216,12 +240,12 @@ def _load_once() -> None:
         try:
             library = ctypes.CDLL(str(path))
             for name, symbol in _TARGETS.items():
-                jax.ffi.register_ffi_target(f"bayescomp_onednn_conv_{name}",
+                jax.ffi.register_ffi_target(name,
                                             jax.ffi.pycapsule(getattr(library, symbol)),
                                             platform="cpu")
         except Exception as error:  # a library that does not load, a rejected registration
             raise OnednnUnavailable(f"loading {path} into XLA failed: {error}") from error
-        _REGISTERED = path
+        _REGISTERED, _LIBRARY = path, library
     _self_check()
 
 
@@ -234,8 +258,11 @@ def _self_check() -> None:
     (it runs in every process that trains a conv net, subprocesses of the tests included). The
     tolerance, 1e-4 of the largest value, is far above float32 rounding of these 18-term sums
     (~1e-6) and far below any indexing or padding fault (O(1))."""
+    from bayescomp.nn import onednn_batch_norm  # (it imports this module)
+
     with jax.ensure_compile_time_eval():  # also when first asked while a step is traced
         _compare_with_numpy()
+        onednn_batch_norm.compare_with_numpy()
 
 
 def _numpy_reference(x, kernel, cotangent, strides, pads):

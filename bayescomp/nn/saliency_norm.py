@@ -33,8 +33,8 @@ KL. ``kl()`` is Σ_c KL(q(γ_c) ‖ p(γ_c)) with one of two zero-mean Gaussian 
 
 * :class:`~bayescomp.priors.tied_gaussian.TiedGaussian` (**default**): the prior variance tied to
   σ², KL = μ²/(2σ²). It is the form the paper simplifies its KL to (Zhao et al., CVPR 2019,
-  §3.2: a term proportional to μ²/σ²), it depends on the signal-to-noise ratio μ/σ only (no prior scale to tune per network),
-  and a channel the likelihood does not need goes to μ = 0, where the KL no longer acts on σ: the
+  §3.2: a term proportional to μ²/σ²), it depends on the signal-to-noise ratio μ/σ only (no
+  prior scale to tune per network), and a channel the likelihood does not need goes to μ = 0, where the KL no longer acts on σ: the
   likelihood alone sets σ there, and in practice leaves it near or above its start (LeNet-5 on
   Fashion-MNIST: σ ≥ 0.065 for all 166 fc1 channels at μ ≈ 0), so the pruning rule tests
   |μ| < τ and the paper's σ < θ is an option (:mod:`bayescomp.procedures.vcnn`).
@@ -183,17 +183,21 @@ class SaliencyBatchNorm(BatchNorm):
         self.mean[...] = norm.mean[...]
         self.var[...] = norm.var[...]
 
-    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """``γ (x̂ + β̃)`` over the last axis of ``x`` (``(batch, ..., C)``).
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None,
+                 relu: bool = False) -> jax.Array:
+        """``γ (x̂ + β̃)`` over the last axis of ``x`` (``(batch, ..., C)``), through a ReLU where
+        ``relu`` (as :class:`~bayescomp.nn.norm.BatchNorm` takes it; applied here after the
+        saliency, by XLA).
 
         Args:
             x: Activations.
             rngs: Random streams; required in the sampling view (``deterministic=False``).
+            relu: Whether the output goes through ``max(·, 0)``.
         """
         shifted = self.standardize(x) + self.bias[...]
         mu = self.saliency_mean[...]
         if self.deterministic:
-            return shifted * mu
+            return jax.nn.relu(shifted * mu) if relu else shifted * mu
         if rngs is None:
             raise ValueError(
                 "SaliencyBatchNorm samples its saliencies in training mode and needs `rngs`; "
@@ -201,7 +205,7 @@ class SaliencyBatchNorm(BatchNorm):
         eps = jax.random.normal(rngs[self.rng_collection](), (x.shape[0], self.num_features))
         eps = eps.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (self.num_features,))
         gamma = mu + jnp.exp(0.5 * self.saliency_log_var[...]) * eps
-        return shifted * gamma
+        return jax.nn.relu(shifted * gamma) if relu else shifted * gamma
 
     def kl(self) -> jax.Array:
         """Σ_c KL(N(μ_c, σ_c²) ‖ prior) (nats), see the module docstring."""

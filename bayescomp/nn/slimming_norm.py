@@ -46,10 +46,12 @@ class SlimmingBatchNorm(BatchNorm):
         self.scale[...] = jnp.full((num_features,), init_scale, jnp.float32)
         self.prior = prior
 
-    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """BatchNorm's output; ``rngs`` is accepted (and unused) so models pass it uniformly."""
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None,
+                 relu: bool = False) -> jax.Array:
+        """BatchNorm's output (through a ReLU where ``relu``); ``rngs`` is accepted (and unused)
+        so models pass it uniformly."""
         del rngs
-        return super().__call__(x)
+        return super().__call__(x, relu=relu)
 
     def kl(self) -> jax.Array:
         """−log p(γ) up to a constant: Σ|γ| / b (nats; N·s·Σ|γ| for ``matching_l1(s, N)``)."""

@@ -231,7 +231,7 @@ def test_a_failed_build_is_reported_with_the_compiler_output(monkeypatch, tmp_pa
         pytest.skip(str(error))
     broken = tmp_path / "broken.cc"
     broken.write_text("this is not C++\n")
-    monkeypatch.setattr(onednn_conv, "_SOURCE", broken)
+    monkeypatch.setattr(onednn_conv, "_SOURCES", (broken,))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.raises(onednn_conv.OnednnUnavailable, match="building the oneDNN convolution "
                                                             "failed"):

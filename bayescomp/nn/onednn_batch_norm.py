@@ -193,8 +193,8 @@ def compare_with_numpy() -> None:
     def ours(x, scale, bias, cotangent):
         out = []
         for relu in (False, True):
-            outputs, vjp = jax.vjp(lambda a, b, c: _batch_norm(a, b, c, epsilon, relu), x, scale,
-                                   bias)
+            outputs, vjp = jax.vjp(lambda a, b, c, r=relu: _batch_norm(a, b, c, epsilon, r), x,
+                                   scale, bias)
             zero = jnp.zeros(shape[-1:], jnp.float32)
             out.append((*outputs, *vjp((cotangent, zero, zero))))
         return out

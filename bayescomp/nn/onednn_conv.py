@@ -62,6 +62,8 @@ KERNELS = ("auto", "onednn", "xla")
 #: :mod:`bayescomp.nn.onednn_batch_norm`, which loads it through :func:`_load` too.
 _SOURCES = (Path(__file__).with_name("csrc") / "onednn_conv.cc",
             Path(__file__).with_name("csrc") / "onednn_batch_norm.cc")
+#: What both include: the shared engine, stream and lock (part of the build's fingerprint).
+_HEADERS = (Path(__file__).with_name("csrc") / "onednn_runtime.h",)
 #: XLA target name -> exported handler symbol.
 _TARGETS = {
     "bayescomp_onednn_conv_forward": "BayescompOnednnConvForward",
@@ -146,7 +148,8 @@ def _build(include: Path, lib: Path) -> Path:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                                  timeout=60, check=False).stdout
         fingerprint = hashlib.sha256()
-        for part in (*(source.read_bytes() for source in _SOURCES), jaxlib.__version__,
+        for part in (*(source.read_bytes() for source in (*_SOURCES, *_HEADERS)),
+                     jaxlib.__version__,
                      version_header.read_bytes(), str(lib.resolve()), compiler, version,
                      " ".join(flags)):
             fingerprint.update(part if isinstance(part, bytes) else part.encode())

@@ -14,31 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from onednn_helpers import need_onednn as _need_onednn  # tests/nn is on sys.path
 
 from bayescomp.nn import onednn_conv
 
 RTOL = 1e-5
-
-
-#: Failures of our own code rather than of the machine (no wheel, compiler, OpenCL device): the
-#: source does not compile, the self check's numbers are wrong, XLA cannot decode a handler's
-#: binding, or a handler refuses the shapes it is given (bayescomp/nn/onednn_conv.py,
-#: csrc/onednn_conv.cc). Matched on their messages.
-BROKEN = ("building the oneDNN convolution failed", "differs from the reference",
-          "Wrong number of", "Failed to decode", "operand shapes disagree",
-          "expected NHWC/HWIO operands", "bias must have one entry", "bias buffer and kind")
-
-
-def _need_onednn():
-    """Skip where oneDNN's convolution cannot run here (no wheel, compiler or CPU runtime); fail
-    where our source no longer compiles against it or the self check finds wrong numbers, so
-    that neither can hide behind skipped tests."""
-    reason = onednn_conv.unavailable_reason()
-    if reason is None:
-        return
-    if any(marker in reason for marker in BROKEN):
-        pytest.fail(f"oneDNN's convolution is broken: {reason}")
-    pytest.skip(f"oneDNN convolution unavailable here: {reason}")
 
 
 def _reference(x, kernel, strides, padding):

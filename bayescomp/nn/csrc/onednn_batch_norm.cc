@@ -8,8 +8,8 @@
 // (n, c, 1, 1). The forward writes y, the batch mean and the biased batch variance; with the
 // ReLU it also writes a workspace (a bit per element, oneDNN's own format) that the backward
 // reads to mask the output gradient. The backward writes the input, scale and shift gradients.
-// Primitives are created once per shape, epsilon and ReLU flag; one mutex serialises the calls
-// (each execution already uses every core).
+// Primitives are created once per shape, epsilon and ReLU flag; the calls hold the library's one
+// lock with the convolutions' (onednn_runtime.h).
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "oneapi/dnnl/dnnl.hpp"
+#include "onednn_runtime.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -39,20 +40,10 @@ struct Primitives {
   memory::desc data, channel, workspace;
 };
 
-struct State {
-  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-  dnnl::stream stream{engine};
-  std::map<Key, std::unique_ptr<Primitives>> cache;
-};
-
-State& state() {
-  static State* s = new State();  // never destroyed: XLA may call us during interpreter exit
-  return *s;
-}
-
-std::mutex& mutex() {
-  static std::mutex* m = new std::mutex();
-  return *m;
+// The primitives made so far (under the library's lock).
+std::map<Key, std::unique_ptr<Primitives>>& cache() {
+  static auto* c = new std::map<Key, std::unique_ptr<Primitives>>();  // never destroyed
+  return *c;
 }
 
 struct Shape {
@@ -72,12 +63,12 @@ bool shape_of(ffi::Span<const int64_t> dims, Shape* s) {
 }
 
 Primitives* lookup(bool relu, const Shape& shape, float epsilon) {
-  State& s = state();
+  bayescomp::Runtime& s = bayescomp::runtime();
   uint32_t epsilon_bits;
   std::memcpy(&epsilon_bits, &epsilon, sizeof epsilon_bits);
   Key key{relu, shape.n, shape.c, shape.h, shape.w, epsilon_bits};
-  auto found = s.cache.find(key);
-  if (found != s.cache.end()) return found->second.get();
+  auto found = cache().find(key);
+  if (found != cache().end()) return found->second.get();
   auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
   if (relu) flags = flags | dnnl::normalization_flags::fuse_norm_relu;
   auto p = std::make_unique<Primitives>();
@@ -92,7 +83,7 @@ Primitives* lookup(bool relu, const Shape& shape, float epsilon) {
   p->backward = dnnl::batch_normalization_backward(backward);
   p->workspace = forward.workspace_desc();
   Primitives* raw = p.get();
-  s.cache.emplace(key, std::move(p));
+  cache().emplace(key, std::move(p));
   return raw;
 }
 
@@ -125,9 +116,9 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
   if (y->dimensions().size() != x.dimensions().size() || y->element_count() != x.element_count()) {
     return invalid("the output must have the input's shape");
   }
-  std::lock_guard<std::mutex> lock(mutex());
+  std::lock_guard<std::mutex> lock(bayescomp::runtime_mutex());
   try {
-    State& s = state();
+    bayescomp::Runtime& s = bayescomp::runtime();
     Primitives* p = lookup(Relu, shape, epsilon);
     if (auto e = check(shape, {scale.element_count(), shift.element_count(),
                                mean->element_count(), variance->element_count()},
@@ -165,9 +156,9 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> mean,
   if (dy.element_count() != x.element_count() || dx->element_count() != x.element_count()) {
     return invalid("the gradients must have the input's shape");
   }
-  std::lock_guard<std::mutex> lock(mutex());
+  std::lock_guard<std::mutex> lock(bayescomp::runtime_mutex());
   try {
-    State& s = state();
+    bayescomp::Runtime& s = bayescomp::runtime();
     Primitives* p = lookup(Relu, shape, epsilon);
     if (auto e = check(shape, {mean.element_count(), variance.element_count(),
                                scale.element_count(), dscale->element_count(),
@@ -203,7 +194,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> mean,
 // from Python (ctypes) while a step is traced.
 extern "C" int64_t BayescompOnednnBatchNormWorkspaceBytes(int64_t n, int64_t h, int64_t w,
                                                           int64_t c, float epsilon) {
-  std::lock_guard<std::mutex> lock(mutex());
+  std::lock_guard<std::mutex> lock(bayescomp::runtime_mutex());
   try {
     return static_cast<int64_t>(lookup(true, Shape{n, c, h, w}, epsilon)->workspace.get_size());
   } catch (const std::exception&) {

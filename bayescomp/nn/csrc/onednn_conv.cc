@@ -9,9 +9,8 @@
 // layout on the way in (forward, input gradient) and out (kernel gradient). The forward and the
 // kernel gradient also come with a bias: the forward adds it as it writes the output, the kernel
 // gradient sums the bias gradient in the same pass over the output gradient (no separate pass of
-// XLA over either activation). One mutex serialises
-// the calls: a primitive's execution already uses every core, and the cached weight buffers are
-// shared.
+// XLA over either activation). The calls hold the library's one lock (onednn_runtime.h): a
+// primitive's execution already uses every core, and the cached weight buffers are shared.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -23,6 +22,7 @@
 #include <utility>
 
 #include "oneapi/dnnl/dnnl.hpp"
+#include "onednn_runtime.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -58,15 +58,10 @@ struct Primitive {
   dnnl::reorder reorder;  // user -> native (forward, input gradient), native -> user
 };
 
-struct State {
-  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-  dnnl::stream stream{engine};
-  std::map<Key, std::unique_ptr<Primitive>> cache;
-};
-
-State& state() {
-  static State* s = new State();  // never destroyed: XLA may call us during interpreter exit
-  return *s;
+// The primitives made so far, by shape (under the library's lock).
+std::map<Key, std::unique_ptr<Primitive>>& cache() {
+  static auto* c = new std::map<Key, std::unique_ptr<Primitive>>();  // never destroyed
+  return *c;
 }
 
 memory::desc activation(int64_t n, int64_t c, int64_t h, int64_t w) {
@@ -74,10 +69,10 @@ memory::desc activation(int64_t n, int64_t c, int64_t h, int64_t w) {
 }
 
 Primitive* lookup(Kind kind, const Geometry& g) {
-  State& s = state();
+  bayescomp::Runtime& s = bayescomp::runtime();
   Key key{kind, g.n, g.h, g.w, g.c, g.o, g.kh, g.kw, g.sh, g.sw, g.pt, g.pb, g.pl, g.pr};
-  auto found = s.cache.find(key);
-  if (found != s.cache.end()) return found->second.get();
+  auto found = cache().find(key);
+  if (found != cache().end()) return found->second.get();
 
   auto src = activation(g.n, g.c, g.h, g.w);
   auto dst = activation(g.n, g.o, g.oh, g.ow);
@@ -135,7 +130,7 @@ Primitive* lookup(Kind kind, const Geometry& g) {
     }
   }
   Primitive* raw = p.get();
-  s.cache.emplace(key, std::move(p));
+  cache().emplace(key, std::move(p));
   return raw;
 }
 
@@ -161,10 +156,10 @@ ffi::Error geometry(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> ke
 // for the two bias kinds, the bias buffer `bias` (read, or written with its gradient).
 ffi::Error run(Kind kind, const Geometry& g, float* x, float* kernel, float* y,
                float* bias = nullptr) {
-  static std::mutex mutex;
-  std::lock_guard<std::mutex> lock(mutex);
+  std::lock_guard<std::mutex> lock(bayescomp::runtime_mutex());
   try {
-    State& s = state();  // creates the engine on first use, which can fail (no OpenCL device)
+    // creates the engine on first use, which can fail (no OpenCL device)
+    bayescomp::Runtime& s = bayescomp::runtime();
     Primitive* p = lookup(kind, g);
     memory x_mem(activation(g.n, g.c, g.h, g.w), s.engine, x);
     memory y_mem(activation(g.n, g.o, g.oh, g.ow), s.engine, y);

@@ -110,9 +110,12 @@ def runtime() -> dict[str, Any]:
 
     Returns:
         ``{"jax_backend", "jax_version", "jaxlib_version", "flax_version", "device_kind",
-        "device_count", "cpu_conv_kernel", "allocator"}``; ``cpu_conv_kernel`` is
-        ``"onednn"`` or ``"xla"`` on CPU (:func:`bayescomp.nn.onednn_conv.cpu_conv_kernel`: the
-        two differ in float32 rounding), ``None`` elsewhere; ``allocator`` is
+        "device_count", "cpu_conv_kernel", "cpu_batch_norm", "allocator"}``;
+        ``cpu_conv_kernel`` is ``"onednn"`` or ``"xla"`` on CPU
+        (:func:`bayescomp.nn.onednn_conv.cpu_conv_kernel`: the two differ in float32 rounding),
+        ``None`` elsewhere; ``cpu_batch_norm`` the same for batch-statistics BatchNorm (and its
+        ReLU) in training (:mod:`bayescomp.nn.onednn_batch_norm`; ``"onednn"`` since it was
+        added, absent before); ``allocator`` is
         :func:`bayescomp.allocator.description` (speed only: it changes no number).
     """
     import flax  # Imported here: provenance itself needs no JAX (tests use it without).
@@ -120,7 +123,7 @@ def runtime() -> dict[str, Any]:
     import jaxlib
 
     from bayescomp import allocator
-    from bayescomp.nn import onednn_conv
+    from bayescomp.nn import norm, onednn_conv
 
     devices = jax.devices()
     return {
@@ -132,5 +135,7 @@ def runtime() -> dict[str, Any]:
         "device_count": len(devices),
         "cpu_conv_kernel": (onednn_conv.cpu_conv_kernel() if jax.default_backend() == "cpu"
                             else None),
+        "cpu_batch_norm": (("onednn" if norm.ONEDNN and onednn_conv.cpu_conv_kernel() == "onednn"
+                            else "xla") if jax.default_backend() == "cpu" else None),
         "allocator": allocator.description(),
     }

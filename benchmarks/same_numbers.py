@@ -63,7 +63,7 @@ IGNORED_KEYS = frozenset({
     "code_history",
     # bayescomp.provenance.runtime(): the software and device of the process
     "jax_backend", "jax_version", "jaxlib_version", "flax_version", "device_kind",
-    "device_count", "cpu_conv_kernel", "allocator",
+    "device_count", "cpu_conv_kernel", "cpu_batch_norm", "allocator",
     # paths of this run's inputs and outputs
     "data_source", "pretrained_run", "figure", "hydra",
 })

@@ -92,12 +92,16 @@ def test_an_imported_ipython_is_not_a_notebook_but_a_running_shell_is(monkeypatc
 
 @needs_glibc
 def test_a_command_that_imports_flax_first_still_reexecutes():
-    code = ("import os, flax.nnx; from bayescomp import allocator; "
+    code = ("import sys, flax.nnx; from bayescomp import allocator; "
+            "print('IPython' in sys.modules, flush=True); "
             "allocator.reexec_with_tuned_allocator(); print(allocator.description())")
     result = subprocess.run([sys.executable, "-c", code], env=_clean_env(),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "glibc tuned"
+    lines = result.stdout.splitlines()
+    if lines[0] != "True":  # (printed before and after the re-execution)
+        pytest.skip("IPython is not installed here: flax imports no IPython to mistake")
+    assert lines == ["True", "True", "glibc tuned"]
 
 
 def test_a_bad_switch_ends_the_command_with_one_line_and_status_2():

@@ -116,9 +116,17 @@ def test_experiment_trains_two_steps(experiment, smoke_cfg, tmp_path, pretrained
                      "trainer.batch_size=64", "trainer.chunk_steps=8")
         cfg = smoke_cfg(experiment, *overrides)
     procedure = str(cfg.method.get("procedure", "variational"))
+    method_overrides = ()
+    if narrow is not None and cfg.method.get("widths") is not None:
+        # kept widths given for the full-width network (vgg16_dirichlet: the paper's): half of
+        # each narrowed group's instead
+        assert len(cfg.method.widths) == len(narrow), "one width per group, as the model's"
+        method_overrides = (f"method.widths=[{','.join(str(max(1, w // 2)) for w in narrow)}]",)
+        cfg = smoke_cfg(experiment, *overrides, *method_overrides)
     if "pretrained_run" in cfg.method:  # retraining methods start from a finished dense run
         pretrained = pretrained_dense_run(cfg.model.name, *overrides)
-        cfg = smoke_cfg(experiment, *overrides, f"method.pretrained_run={pretrained}")
+        cfg = smoke_cfg(experiment, *overrides, *method_overrides,
+                        f"method.pretrained_run={pretrained}")
     dataset = "synthetic" if narrow is None else "synthetic_cifar"
     assert cfg.data.name == dataset and cfg.trainer.epochs == 1
     metrics = procedures.get(procedure)(cfg, tmp_path)

@@ -54,13 +54,13 @@ def _flat(state) -> dict[tuple[str, ...], jax.Array]:
 def _written_out_forward(model: ResNet20, x: jax.Array, inner_scales=None) -> jax.Array:
     """ResNet's forward as it was before the channel hook, written out over the same layers;
     ``inner_scales[i]`` (if given) multiplies block i's relu(bn1(conv1(x))) channel-wise. The
-    ReLUs after a BatchNorm are the BatchNorm's (``relu=True``), as the model asks for them: on
-    oneDNN they are applied in the normalisation's pass, equal to ``jax.nn.relu`` of its output
+    ReLUs are ``jax.nn.relu`` here; the model hands them to its BatchNorms (``relu=True``),
+    which with batch statistics on oneDNN apply them in the normalisation's pass, equal to this
     only to float32 rounding (``tests/nn/test_onednn_batch_norm.py``)."""
-    x = model.stem_bn(model.stem(x), relu=True)
+    x = jax.nn.relu(model.stem_bn(model.stem(x)))
     blocks = [block for stage in (model.stage1, model.stage2, model.stage3) for block in stage]
     for i, block in enumerate(blocks):
-        h = block.bn1(block.conv1(x), relu=True)
+        h = jax.nn.relu(block.bn1(block.conv1(x)))
         if inner_scales is not None:
             h = h * inner_scales[i]
         h = block.bn2(block.conv2(h))
@@ -100,10 +100,13 @@ def test_a_resnet20_without_channel_modules_computes_what_it_did(key):
     evaluated = nnx.view(dense, use_running_average=True, raise_if_not_found=False)
     np.testing.assert_array_equal(np.asarray(evaluated(x)),
                                   np.asarray(_written_out_forward(evaluated, x)))
-    # Batch statistics too (they update the running averages: compare on copies).
+    # Batch statistics too (they update the running averages: compare on copies); the fused
+    # ReLU's batch-statistics BatchNorm rounds differently from the separate one (see above):
+    # float32 rounding of 8x8x4-position sums through 19 layers, far below a wrong layer (O(1)).
     training, written_out = nnx.clone(dense), nnx.clone(dense)
-    np.testing.assert_array_equal(np.asarray(training(x)),
-                                  np.asarray(_written_out_forward(written_out, x)))
+    np.testing.assert_allclose(np.asarray(training(x)),
+                               np.asarray(_written_out_forward(written_out, x)),
+                               rtol=1e-4, atol=1e-5)
 
     # With switches: one per block's inner group, the only new Variables, each scaling
     # relu(bn1(conv1(x))) by C·E[s] in the mean view.

@@ -97,3 +97,6 @@ def test_runtime_names_the_backend_and_versions():
     assert isinstance(info["device_kind"], str) and info["device_kind"]
     assert info["cpu_conv_kernel"] in (("onednn", "xla") if jax.default_backend() == "cpu"
                                        else (None,))
+    # BatchNorm goes to oneDNN only with oneDNN's convolutions (one library, one choice).
+    assert info["cpu_batch_norm"] in ((info["cpu_conv_kernel"], "xla")
+                                      if jax.default_backend() == "cpu" else (None,))

@@ -194,8 +194,9 @@ _LOCK = threading.Lock()
 
 
 def _load() -> None:
-    """Builds, loads and registers the handlers, then checks one convolution and its gradients
-    against XLA's: once per process, the outcome remembered (:func:`_forget` starts over).
+    """Builds, loads and registers the handlers, then checks the convolution and the batch
+    normalisation and their gradients against NumPy (:func:`_self_check`): once per process, the
+    outcome remembered (:func:`_forget` starts over). One outcome for both: the library is one.
 
     Raises:
         OnednnUnavailable: why the library cannot be used here (the same each time).
@@ -255,7 +256,8 @@ def _load_once() -> None:
 def _self_check() -> None:
     """One strided, asymmetrically padded convolution and both gradients, without and with a
     bias (and its gradient), against a float64 NumPy evaluation of the sums in the module
-    docstring.
+    docstring; then the batch normalisation
+    (:func:`bayescomp.nn.onednn_batch_norm.compare_with_numpy`).
 
     NumPy, not XLA, is the reference so that the check costs one small compilation per process
     (it runs in every process that trains a conv net, subprocesses of the tests included). The

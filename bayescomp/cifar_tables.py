@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import json
 import pathlib
 
 import yaml
@@ -198,7 +199,42 @@ OUR_HEADER = (
     "| Network | Method | n | Epochs | Test error %: trained / pruned / fine-tuned | Prunable "
     "channels removed % | Parameters: dense → pruned (× fewer) | Multiply-adds, structural: "
     "dense → pruned (× fewer) | Multiply-adds, nonzero weights (× fewer) | `.bcz` file bytes | "
-    "Error of the decoded file % | s / epoch (as trained) | Training time, min (as trained) |")
+    "Error of the decoded file % | Exported network, CPU speed-up over the full-size one | "
+    "s / epoch (as trained) | Training time, min (as trained) |")
+
+#: Written beside a run's ``model.bcz`` by ``benchmarks/inference_speed.py --record``.
+SPEED_RECORD = "inference_speed.json"
+
+
+def _speedup(run: dict) -> str | None:
+    """The run's recorded export speed-up (:data:`SPEED_RECORD`, no channel padding), e.g.
+    ``1.21× (0.78–2.10) at batch 1000``, each batch size; ``None`` where nothing was recorded.
+
+    Raises:
+        ConfigError: a record that is not the benchmark's JSON (one line saying what to do).
+    """
+    path = pathlib.Path(run["_path"]) / SPEED_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        rows = [r for r in record["rows"] if r["channel_multiple"] == 1]
+        cells = [f"{float(r['speedup']):.2f}× ({float(r['speedup_min']):.2f}–"
+                 f"{float(r['speedup_max']):.2f}) at batch {int(r['batch'])}" for r in rows]
+        device = record["runtime"]["device_kind"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        model = pathlib.Path(run["_path"]) / "model.bcz"
+        raise ConfigError(f"{path} is not a benchmark record ({error!r}); rerun python "
+                          f"benchmarks/inference_speed.py {model} --channel-multiple 1 "
+                          "--record") from None
+    if not cells:
+        return None
+    return f"{'; '.join(cells)} ({device}, `{str(record.get('git_commit', '?'))[:7]}`)"
+
+
+def _speedup_cell(runs: list[dict]) -> str:
+    cells = [_speedup(r) for r in runs]
+    return " / ".join(c or "–" for c in cells) if any(cells) else "–"
 
 
 def _our_rows(runs: list[dict]) -> list[str]:
@@ -227,6 +263,7 @@ def _our_rows(runs: list[dict]) -> list[str]:
                 f"{_count_cell(counts, 'macs', 'macs_ratio')} | {_nonzero_cell(counts)} | "
                 f"{tables._mean_std([r.get('compressed_bytes') for r in rs], '.0f')} | "
                 f"{tables._mean_std([r.get('compressed_test_error') for r in rs], '.2f')} | "
+                f"{_speedup_cell(rs)} | "
                 f"{tables._per_device(rs, 'seconds_per_epoch', '.2f')} | "
                 f"{tables._per_device([tables._with_minutes(r) for r in rs], 'train_minutes', '.1f')}"
                 " |")
@@ -438,7 +475,12 @@ def render(runs: list[dict], papers: list[dict], louizos: dict | None,
         "per example from each run's `counting` (`bayescomp/counting.py`): *structural* counts the",
         "network export builds (kept channels), *nonzero* the kept weights times their output",
         "positions; × fewer = dense / pruned. *`.bcz` file bytes*: the file written by",
-        "`python -m bayescomp.compress`, whose decoded network gives the next column. *Epochs*:",
+        "`python -m bayescomp.compress`, whose decoded network gives the next column. *Exported",
+        "network, CPU speed-up*: images per second of the physically smaller network the export",
+        "builds over the full-size one, both from the `.bcz` file, median over alternated rounds",
+        "(range), as `benchmarks/inference_speed.py --record` measured it (device and commit",
+        "named; `benchmarks/README.md` has the conditions), beside the multiply-add ratio.",
+        "*Epochs*:",
         "all phases. *s / epoch* and *training time* as in `lenet.md` (the run's own, per device",
         "where seeds ran on different ones). Seeds are averaged only when their configs agree",
         "(`bayescomp/tables.py`); other recipes of a method get their own labelled row. `–`: the",

@@ -26,11 +26,20 @@ Usage::
     python benchmarks/inference_speed.py results/fashion_mnist/lenet300_svd/seed0/model.bcz
     python benchmarks/inference_speed.py --batch-size 1000 100 --repeats 7 --calls 20
     python benchmarks/inference_speed.py RUN/model.bcz --batch-size 8 --repeats 2 --calls 1  # smoke
+    python benchmarks/inference_speed.py RUN/model.bcz --channel-multiple 1 --record
+
+``--record`` writes what was measured beside each file, ``inference_speed.json`` (:data:`RECORD`:
+the speed-ups, images per second, the command, the commit, the device and the load before the
+timing), which ``python -m bayescomp.tables`` puts beside the run's multiply-add ratio in
+``cifar.md``. It refuses a checkout with local changes (the commit must say what was timed).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
 import pathlib
 import statistics
 import sys
@@ -43,7 +52,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bayescomp import allocator  # noqa: E402
+from bayescomp import allocator, atomic, provenance  # noqa: E402
 from bayescomp.compression import codec  # noqa: E402
 from bayescomp.compression.export import export_decoded  # noqa: E402
 from bayescomp.errors import BayescompError  # noqa: E402
@@ -62,7 +71,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--channel-multiple", type=int, nargs="+", default=[1, 8],
                         help="export with conv channels zero-padded to these multiples, one "
                              "row each; 1 = no padding (default: %(default)s)")
+    parser.add_argument("--record", action="store_true",
+                        help=f"write {RECORD} beside each file (a clean checkout only)")
     return parser.parse_args(argv)
+
+
+#: The file ``--record`` writes beside each ``model.bcz``.
+RECORD = "inference_speed.json"
+
+
+def record(path: pathlib.Path, rows: list[dict], args: argparse.Namespace, commit: str,
+           load: tuple[float, float, float]) -> pathlib.Path:
+    """Write ``rows`` (one file's) to :data:`RECORD` beside ``path``, atomically."""
+    target = path.parent / RECORD
+    atomic.write_text(target, json.dumps({
+        "benchmark": "benchmarks/inference_speed.py",
+        "command": " ".join(["python", "benchmarks/inference_speed.py",
+                             *map(str, sys.argv[1:])]),
+        "git_commit": commit,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "runtime": provenance.runtime(),
+        "cpu_count": os.cpu_count(),
+        "load_average_before": [round(v, 2) for v in load],
+        "repeats": args.repeats, "calls": args.calls,
+        "rows": [{"batch": r["batch"], "channel_multiple": r["multiple"],
+                  "full_images_per_second": round(r["full_ips"], 1),
+                  "exported_images_per_second": round(r["pruned_ips"], 1),
+                  "speedup": round(r["speedup"], 4),
+                  "speedup_min": round(r["speedup_range"][0], 4),
+                  "speedup_max": round(r["speedup_range"][1], 4),
+                  "max_rel_diff": r["max_rel_diff"]} for r in rows],
+    }, indent=1) + "\n")
+    return target
 
 
 def jitted_forward(model: nnx.Module):
@@ -158,6 +198,11 @@ def main(argv=None) -> int:
     if not files:
         print("no model.bcz files found; run `python -m bayescomp.compress RUN_DIR` first")
         return 1
+    commit = provenance.git_commit()
+    if args.record and commit.endswith("-dirty"):
+        print(f"error: --record needs a clean checkout (local changes: "
+              f"{', '.join(provenance.dirty_files())}); commit or stash them", file=sys.stderr)
+        return 2
     print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
           f"{len(jax.devices())} device(s), allocator {allocator.description()}; "
           f"{args.repeats} rounds of {args.calls} calls, full-size "
@@ -175,6 +220,7 @@ def main(argv=None) -> int:
             label = str(path)
         label = label.removeprefix("results/").removesuffix("/model.bcz")
         arch = {}
+        load = os.getloadavg()
         try:
             rows = bench_file(pathlib.Path(path), args.batch_size, args.repeats, args.calls,
                               args.channel_multiple)
@@ -192,6 +238,13 @@ def main(argv=None) -> int:
                   f"{row['kept_weights']:>7,} {row['max_rel_diff']:>12.1e}")
         for multiple, kernels in arch.items():
             print(f"{'':<44} exported kernels (pad {multiple}): {kernels}")
+        if args.record:
+            try:
+                written = record(pathlib.Path(path), rows, args, commit, load)
+                print(f"{'':<44} recorded in {written}")
+            except OSError as error:
+                print(f"error: cannot write {RECORD} beside {path}: {error}", file=sys.stderr)
+                return 2
     return status
 
 

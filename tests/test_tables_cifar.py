@@ -124,8 +124,9 @@ def test_our_rows_aggregate_seeds_with_counts_from_the_metrics(tmp_path):
     assert cells[7] == "40.55M → 30.00M (1.4×)"
     # The file of the one seed that has one; CPU and GPU times kept apart.
     assert cells[9:11] == ["1000", "9.40"]
-    assert cells[11] == "5.00 (NVIDIA H100) / 100.00 (cpu)"
-    assert cells[12] == "10.0 (NVIDIA H100) / 66.7 (cpu)"
+    assert cells[11] == "–"  # no export speed recorded (next test)
+    assert cells[12] == "5.00 (NVIDIA H100) / 100.00 (cpu)"
+    assert cells[13] == "10.0 (NVIDIA H100) / 66.7 (cpu)"
     runs = [line for line in section.splitlines() if line.startswith("- `")]
     assert len(runs) == 2 and all("resnet20_vcnn_cpu, seed" in line for line in runs)
     # A fine-tuned slimming run: its three errors; a dense run: nothing pruned.
@@ -269,3 +270,35 @@ def test_vcnn_statistics_section_lists_both_errors_only_where_recorded(tmp_path)
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     assert len(rows) == 1 and "seed1" in rows[0]
     assert rows[0].endswith("| 1 | 2,000 | 8.50 / 8.12 | 12.25 / 10.50 |")
+
+
+def _speed_record(run_dir, rows, **changes) -> None:
+    record = {"benchmark": "benchmarks/inference_speed.py", "git_commit": "0123456789abcdef",
+              "runtime": {"device_kind": "cpu"}, "rows": rows}
+    record.update(changes)
+    (run_dir / cifar_tables.SPEED_RECORD).write_text(json.dumps(record))
+
+
+def test_a_recorded_export_speed_up_sits_beside_the_multiply_add_ratio(tmp_path):
+    """benchmarks/inference_speed.py --record writes it beside model.bcz; the row shows each
+    batch size's median (range) of the unpadded export, the device and the commit."""
+    first = _cifar_run(tmp_path, 0)
+    _cifar_run(tmp_path, 1)
+    row = {"batch": 1000, "channel_multiple": 1, "speedup": 1.2149, "speedup_min": 0.78,
+           "speedup_max": 2.1, "full_images_per_second": 3000.0,
+           "exported_images_per_second": 3700.0, "max_rel_diff": 0.0}
+    padded = dict(row, channel_multiple=8, speedup=9.0)
+    _speed_record(first, [row, dict(row, batch=100, speedup=1.25, speedup_min=1.09,
+                                    speedup_max=1.32), padded])
+    cells = _row(_render(tmp_path), "ResNet-20")
+    assert cells[7] == "40.55M → 30.00M (1.4×)"
+    assert cells[11] == ("1.21× (0.78–2.10) at batch 1000; 1.25× (1.09–1.32) at batch 100 "
+                         "(cpu, `0123456`) / –")  # seed 1 has none
+    # A record that is not the benchmark's: one line naming the file and what to rerun.
+    (first / cifar_tables.SPEED_RECORD).write_text("{not json")
+    with pytest.raises(tables.ConfigError, match=r"inference_speed.json is not a benchmark "
+                                                 r"record .*--record"):
+        _render(tmp_path)
+    _speed_record(first, [{"batch": 1000}])
+    with pytest.raises(tables.ConfigError, match="not a benchmark record"):
+        _render(tmp_path)

@@ -1,7 +1,9 @@
-"""Running ``python -m bayescomp.run`` as a user would, for the command-line tests."""
+"""Running ``python -m bayescomp.run`` as a user would, for the command-line tests; loading a
+``benchmarks/`` script as a module."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -27,3 +29,11 @@ def run_cli(run_dir: pathlib.Path, *overrides: str, timeout: float = 300):
     return subprocess.run(
         [sys.executable, "-m", "bayescomp.run", *overrides, f"hydra.run.dir={run_dir}"],
         cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` imported as a module (the folder is no package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

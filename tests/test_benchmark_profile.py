@@ -2,21 +2,15 @@
 and the within-round step-time ratio."""
 
 import gzip
-import importlib.util
 import json
-import pathlib
 
 import pytest
-
-SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "train_speed.py"
+from cli_helpers import load_benchmark  # tests/ is on sys.path (pytest rootdir)
 
 
 @pytest.fixture(scope="module")
 def train_speed():
-    spec = importlib.util.spec_from_file_location("train_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("train_speed")
 
 
 def test_self_time_subtracts_nested_events(train_speed, tmp_path):

@@ -2,23 +2,17 @@
 ``cifar.md`` reads back, and a checkout with local changes records nothing."""
 
 import argparse
-import importlib.util
 import json
-import pathlib
 
 import pytest
+from cli_helpers import load_benchmark  # tests/ is on sys.path (pytest rootdir)
 
 from bayescomp import cifar_tables
-
-SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "inference_speed.py"
 
 
 @pytest.fixture(scope="module")
 def inference_speed():
-    spec = importlib.util.spec_from_file_location("inference_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("inference_speed")
 
 
 def test_the_record_is_what_the_table_reads(inference_speed, tmp_path):

@@ -9,7 +9,8 @@
 # script resumes unfinished runs from their checkpoints and re-evaluates finished ones.
 #
 # Retraining experiments (Deep Compression *_dc, soft weight-sharing *_sws, Dirichlet pruning
-# *_dirichlet) start from the finished dense run of their model and seed, which must have run first:
+# *_dirichlet, *_dirichlet_*) start from the finished dense run of their model and seed, which
+# must have run first:
 # lenet300_* from $runs_root/fashion_mnist/lenet300_dense/seed<seed>, lenet5_* from lenet5_dense.
 #
 # Usage: [SEEDS="0 1 2"] bash experiments/fashion_mnist/run_lenet.sh [EXPERIMENT ...]
@@ -21,7 +22,7 @@ if [ ${#experiments[@]} -eq 0 ]; then
   # Every experiment behind results/fashion_mnist/; each retraining after its dense run.
   experiments=(lenet300_dense lenet300_svd lenet300_gnj lenet5_dense lenet300_ghs lenet5_svd
                lenet5_gnj lenet5_ghs lenet300_dc lenet300_sws lenet5_dc lenet5_sws
-               lenet5_vcnn lenet5_slimming lenet5_dirichlet)
+               lenet5_vcnn lenet5_slimming lenet5_dirichlet lenet5_dirichlet_8_25_200)
 fi
 seeds=${SEEDS:-0}
 for experiment in "${experiments[@]}"; do
@@ -30,7 +31,7 @@ for experiment in "${experiments[@]}"; do
     published="results/fashion_mnist/$experiment/seed$seed"
     extra=()
     case "$experiment" in
-      *_dc|*_sws|*_dirichlet)  # the model's dense run: lenet300_dc -> lenet300_dense
+      *_dc|*_sws|*_dirichlet|*_dirichlet_*)  # the model's dense run: lenet300_dc -> lenet300_dense
         extra=("method.pretrained_run=$runs_root/fashion_mnist/${experiment%%_*}_dense/seed$seed") ;;
     esac
     if python -m bayescomp.run +experiment="$experiment" data=fashion_mnist seed="$seed" \

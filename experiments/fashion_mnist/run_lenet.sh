@@ -19,7 +19,8 @@ cd "$(dirname "$0")/../.."
 runs_root=${BAYESCOMP_RUNS:-$HOME/bayescomp-runs}
 experiments=("$@")
 if [ ${#experiments[@]} -eq 0 ]; then
-  # Every experiment behind results/fashion_mnist/; each retraining after its dense run.
+  # Every experiment of results/fashion_mnist/ (lenet5_dirichlet_8_25_200: not yet published);
+  # each retraining after its dense run.
   experiments=(lenet300_dense lenet300_svd lenet300_gnj lenet5_dense lenet300_ghs lenet5_svd
                lenet5_gnj lenet5_ghs lenet300_dc lenet300_sws lenet5_dc lenet5_sws
                lenet5_vcnn lenet5_slimming lenet5_dirichlet lenet5_dirichlet_8_25_200)

@@ -2,7 +2,8 @@
 # Several Fashion-MNIST runs at once, for a machine with spare capacity (a GPU: one LeNet run
 # uses a small part of it). Each run is the same command as in run_lenet.sh, in the same run
 # directory, so it resumes from its checkpoints and is published the same way when it finishes.
-# Retraining runs (*_dc, *_sws, *_dirichlet) wait until the dense run of their model and seed has finished.
+# Retraining runs (*_dc, *_sws, *_dirichlet, *_dirichlet_*) wait until the dense run of their
+# model and seed has finished.
 #
 # Usage: [PARALLEL=4] [EXTRA="override ..."] bash experiments/fashion_mnist/run_parallel.sh \
 #            EXPERIMENT:SEED ...
@@ -22,7 +23,7 @@ run_one() {  # run_one EXPERIMENT SEED: train (or resume), then publish
   local experiment=$1 seed=$2 run_dir pretrained=()
   run_dir="$runs_root/fashion_mnist/$experiment/seed$seed"
   case "$experiment" in
-    *_dc|*_sws|*_dirichlet)
+    *_dc|*_sws|*_dirichlet|*_dirichlet_*)
       local dense="$runs_root/fashion_mnist/${experiment%%_*}_dense/seed$seed"
       while [ ! -f "$dense/metrics.json" ]; do  # its dense run is still training (or queued)
         if [ -f "$dense.failed" ]; then
@@ -55,7 +56,7 @@ for spec in "${specs[@]}"; do
   if [[ "$spec" != *:* ]]; then echo "expected EXPERIMENT:SEED, got '$spec'" >&2; exit 2; fi
   experiment=${spec%%:*} seed=${spec##*:}
   case "$experiment" in
-    *_dc|*_sws|*_dirichlet)  # its dense run must be finished or in this list
+    *_dc|*_sws|*_dirichlet|*_dirichlet_*)  # its dense run must be finished or in this list
       dense=${experiment%%_*}_dense
       if [ ! -f "$runs_root/fashion_mnist/$dense/seed$seed/metrics.json" ] \
           && [[ " ${specs[*]} " != *" $dense:$seed "* ]]; then

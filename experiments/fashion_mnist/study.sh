@@ -65,10 +65,10 @@
 #                       below the 520,120 of BC-GHS's fewest within a point of the dense error):
 #                       the experiment's retraining (Adam 1e-3, no weight decay) and the same with
 #                       an L2 penalty of 5e-4 on the weights (optimizer.weight_decay, the
-#                       reference's retraining value). Why: under the experiment's recipe every
-#                       pruned LeNet-5 reaches training accuracy 100 % and a loss near 3e-5 by the
-#                       end of retraining (keep_0.5, budget_600k_*), an overfitting that a penalty
-#                       on the weights may curb.
+#                       reference's retraining value, there under SGD). Why: under the
+#                       experiment's recipe the wider pruned LeNet-5s reach training accuracy
+#                       100 % and a loss below 1e-4 by the end of retraining (keep_0.5,
+#                       budget_600k_*), an overfitting that a penalty on the weights may curb.
 #   lenet5_vcnn_start   lenet5_vcnn (trained from scratch with the dense recipe; its conv
 #                       saliencies all stay near 1) started from the seed's lenet5_dense run as
 #                       the paper does (method.start_from), and with a proper Gaussian prior

@@ -280,6 +280,8 @@ def recipe(run: dict) -> tuple:
     for key in runs.WARMUP_KEYS:
         if key in flat and flat.get("trainer.epochs") is not None:
             flat[key] = objectives.warmup_epoch(flat[key], int(flat["trainer.epochs"]))
+        if flat.get("method.name") == "dense":
+            flat.pop(key, None)  # a dense run has no KL term: its warm-up weighs nothing
     # Augmentation by what it resolved to (null is the dataset's default); its details matter
     # only where it is on.
     augmented = _augmented(flat)

@@ -173,6 +173,21 @@ def test_settings_added_later_at_their_neutral_value_keep_the_recipe():
     assert len({tables.recipe(before), *budgets}) == 3
 
 
+def test_a_dense_runs_kl_warm_up_is_no_recipe():
+    # The warm-up is set in fractions of the run, so a 40- and a 100-epoch run differ in it; it
+    # weighs a KL term a dense run does not have, so only their lengths tell them apart. A
+    # variational run's warm-up stays part of its recipe.
+    def run(method, epochs, start, end):
+        return {"config": {"seed": 0, "method": {"name": method}, "trainer": {
+            "epochs": epochs, "kl_warmup": {"start_epoch": start, "end_epoch": end}}}}
+
+    dense = [run("dense", 40, 0.025, 0.1), run("dense", 100, 0.025, 0.1)]
+    labels = [label for label, _ in tables._recipe_labels([tables.recipe(r) for r in dense])]
+    assert labels == ["trainer.epochs=40", "trainer.epochs=100"]
+    assert tables.recipe(run("dense", 40, 0.025, 0.1)) == tables.recipe(run("dense", 40, 5, 20))
+    assert tables.recipe(run("gnj", 200, 0.025, 0.1)) != tables.recipe(run("gnj", 200, 0, 0.1))
+
+
 def test_multiply_adds_come_from_counting_or_from_the_runs_model_bcz(tmp_path):
     """Seed 0 has ``counting`` in its metrics.json; seed 1, written before it, only a model.bcz
     (LeNet-300-100 keeping 100 inputs → 30 units → 10 → 10 classes)."""

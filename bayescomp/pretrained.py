@@ -3,9 +3,15 @@
 Deep Compression (Han, Mao & Dally, ICLR 2016) and soft weight-sharing (Ullrich, Meeds &
 Welling, ICLR 2017) compress a network that was first trained dense. :func:`load_pretrained`
 finds that run, checks that it is a finished dense run of the same model on the same data and
-preprocessing, and rebuilds its network. :func:`start_from` loads such a run into a network
-with other posteriors or channel modules (``method.start_from``: variational CNN pruning, and
-Bayesian Compression's VGG-like runs, which start from a pretrained network).
+preprocessing, and rebuilds its network: from its last checkpoint, or, where the run directory
+holds no checkpoints (a published run: ``config.yaml``, ``metrics.json`` and ``model.bcz``), from
+its ``model.bcz``, the artifact every finished run writes. A dense run's file keeps every
+weight, rounded to a multiple of 2^-23 (point weights have zero variance, so they get the full
+23 significand bits: at most 6e-8 from the trained value), its biases and BatchNorms as float32,
+so it decodes to the network the run tested up to that rounding; the procedures measure its test
+error again before they start (``pretrained_test_error``). :func:`start_from` loads such a run
+into a network with other posteriors or channel modules (``method.start_from``: variational CNN
+pruning, and Bayesian Compression's VGG-like runs, which start from a pretrained network).
 """
 
 from __future__ import annotations
@@ -13,12 +19,13 @@ from __future__ import annotations
 import copy
 import pathlib
 
+import numpy as np
 from flax import nnx
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
 from bayescomp import metrics, runs
-from bayescomp.errors import ConfigError
+from bayescomp.errors import CompressedFileError, ConfigError
 from bayescomp.nn import fold
 
 
@@ -32,8 +39,10 @@ def load_pretrained(cfg: DictConfig) -> tuple[nnx.Module, dict]:
 
     Returns:
         ``(model, pretrained_metrics)``: the model with the trained point weights (built by
-        :func:`bayescomp.runs.load_trained_model` from the run's last checkpoint) and that
-        run's ``metrics.json``.
+        :func:`bayescomp.runs.load_trained_model` from the run's last checkpoint, or by
+        :func:`load_compressed` from its ``model.bcz`` where it has no checkpoints) and that
+        run's ``metrics.json``, with ``loaded_from`` added: ``"checkpoint"`` or the path of
+        the ``.bcz`` file.
 
     Raises:
         ConfigError: No run given, a path that is not a finished run, or a run of another model,
@@ -54,8 +63,13 @@ def load_pretrained(cfg: DictConfig) -> tuple[nnx.Module, dict]:
     run_dir = pathlib.Path(str(run)).expanduser()
     if not run_dir.is_dir():
         raise ConfigError(f"method.pretrained_run={run_dir} is not a directory; {hint}")
+    compressed = run_dir / COMPRESSED_FILE
+    from_file = not (run_dir / "checkpoints" / runs.TRAIN_PHASE).is_dir() and compressed.is_file()
     try:
-        pretrained_cfg, model, _ = runs.load_trained_model(run_dir)
+        if from_file:
+            pretrained_cfg, model = load_compressed(run_dir, compressed)
+        else:
+            pretrained_cfg, model, _ = runs.load_trained_model(run_dir)
     except ConfigError as error:
         raise ConfigError(f"method.pretrained_run={run_dir}: {error}; or {hint}") from None
     found = (str(pretrained_cfg.model.name), str(pretrained_cfg.data.name),
@@ -76,7 +90,53 @@ def load_pretrained(cfg: DictConfig) -> tuple[nnx.Module, dict]:
     if not metrics_path.is_file():
         raise ConfigError(f"method.pretrained_run={run_dir} has not finished (no metrics.json); "
                           f"rerun its command to finish it, or {hint}")
-    return model, metrics.read_metrics(run_dir)
+    pretrained_metrics = dict(metrics.read_metrics(run_dir))
+    pretrained_metrics["loaded_from"] = str(compressed.resolve()) if from_file else "checkpoint"
+    return model, pretrained_metrics
+
+
+#: The compressed network a finished run writes into its directory (``bayescomp.compress``).
+COMPRESSED_FILE = "model.bcz"
+
+
+def load_compressed(run_dir: pathlib.Path, path: pathlib.Path) -> tuple[DictConfig, nnx.Module]:
+    """A finished dense run's network rebuilt from its ``.bcz`` file and its ``config.yaml``.
+
+    The decoded point network (:func:`bayescomp.compression.codec.load`) is loaded into the
+    model the run's config builds (:func:`bayescomp.nn.fold.load_plain`), so the model has the
+    run's own layers and BatchNorm settings, as :func:`bayescomp.runs.load_trained_model`'s.
+
+    Raises:
+        ConfigError: The file cannot be decoded, is another model's, dataset's or
+            preprocessing's, or removes weights (a pruned network is no dense starting point).
+    """
+    from bayescomp import data as data_lib  # late: the data stack is only needed here
+    from bayescomp.compression import codec  # late: codec pulls in the model stack
+
+    cfg = runs.read_run_config(run_dir)
+    try:
+        decoded, network = codec.load(path)
+    except CompressedFileError as error:
+        raise ConfigError(f"it has no checkpoints and its {path.name} cannot be read "
+                          f"({error})") from None
+    recorded = {"model": (network.model_name, str(cfg.model.name)),
+                "dataset": (network.dataset, str(cfg.data.name)),
+                "preprocess": (network.preprocess, str(cfg.data.get("preprocess", "reference")))}
+    for field, (in_file, in_config) in recorded.items():
+        if in_file is not None and in_file != in_config:
+            raise ConfigError(f"its {path.name} holds a network of {field} {in_file}, its "
+                              f"config.yaml says {in_config}; the file is not this run's")
+    if not all(bool(np.all(mask)) for mask in network.masks):
+        raise ConfigError(f"its {path.name} removes weights, so it is not the dense network "
+                          "the run trained")
+    spec = data_lib.REGISTRY[cfg.data.name]
+    model = runs.build_model(cfg, spec.image_shape, spec.num_classes, int(cfg.seed))
+    try:
+        fold.load_plain(model, decoded)
+    except ValueError as error:
+        raise ConfigError(f"its {path.name} does not fit the model its config.yaml builds "
+                          f"({error})") from None
+    return cfg, model
 
 
 def start_from(cfg: DictConfig, model: nnx.Module) -> dict | None:
@@ -94,7 +154,7 @@ def start_from(cfg: DictConfig, model: nnx.Module) -> dict | None:
 
     Returns:
         ``None`` without ``method.start_from``; else ``{"run": path, "test_error": the dense
-        run's test error}``.
+        run's test error, "loaded_from": as in load_pretrained}``.
 
     Raises:
         ConfigError: As :func:`load_pretrained` (with ``method.start_from`` named), or a dense
@@ -117,7 +177,8 @@ def start_from(cfg: DictConfig, model: nnx.Module) -> dict | None:
         raise ConfigError(f"method.start_from={start} does not fit this model ({error}); "
                           "start from a dense run with the same model.widths") from None
     return {"run": str(pathlib.Path(str(start)).expanduser().resolve()),
-            "test_error": dense_metrics.get("test_error")}
+            "test_error": dense_metrics.get("test_error"),
+            "loaded_from": dense_metrics["loaded_from"]}
 
 
 def check_start(started: dict, error: float) -> float:

@@ -373,6 +373,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         # procedure prunes to its own targets and measures the result itself.
         "pruning_check": None,
         "pretrained_run": str(method.pretrained_run),
+        "pretrained_loaded_from": pretrained_metrics["loaded_from"],
         "pretrained_test_error": dense_error,  # measured here, as soft weight-sharing does
         "deep_compression": {
             "keep_target": settings["keep"], "bits": settings["bits"], "rounds": rounds,

@@ -381,6 +381,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     extra = {
         "pruning_check": None,  # no log α thresholds: the switches decide
         "pretrained_run": str(method.pretrained_run),
+        "pretrained_loaded_from": pretrained_metrics["loaded_from"],
         "pretrained_test_error": dense_error,
         "dirichlet": {
             "mode": str(method.channel.mode),

@@ -575,11 +575,13 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     finally:
         training.close()
     return _post_process_and_report(cfg, workdir, training, root, settings, dense_error,
-                                    pretrained_flat, point_error, dataset)
+                                    pretrained_flat, point_error, dataset,
+                                    pretrained_metrics["loaded_from"])
 
 
 def _post_process_and_report(cfg, workdir, training, root, settings, dense_error,
-                             pretrained_flat, point_error, dataset) -> dict[str, Any]:
+                             pretrained_flat, point_error, dataset,
+                             loaded_from: str) -> dict[str, Any]:
     """Merge the mixture, quantise the retrained weights, evaluate, write the results."""
     prior = settings.prior
     names, kernels, biases = _layer_arrays(root.network)
@@ -614,6 +616,7 @@ def _post_process_and_report(cfg, workdir, training, root, settings, dense_error
         # mixture decides what is pruned.
         extra={"pruning_check": None, "sws": {
             "pretrained_run": str(cfg.method.pretrained_run),
+            "pretrained_loaded_from": loaded_from,
             "pretrained_test_error": dense_error,
             "retrained_test_error": retrained_error,
             "tau": settings.tau,

@@ -11,7 +11,9 @@
 # Retraining experiments (Deep Compression *_dc, soft weight-sharing *_sws, Dirichlet pruning
 # *_dirichlet, *_dirichlet_*) start from the finished dense run of their model and seed, which
 # must have run first:
-# lenet300_* from $runs_root/fashion_mnist/lenet300_dense/seed<seed>, lenet5_* from lenet5_dense.
+# lenet300_* from $runs_root/fashion_mnist/lenet300_dense/seed<seed>, lenet5_* from lenet5_dense;
+# where that directory is absent, from the published results/fashion_mnist/<model>_dense/seed<seed>
+# (no checkpoints there: the retraining starts from its model.bcz).
 #
 # Usage: [SEEDS="0 1 2"] bash experiments/fashion_mnist/run_lenet.sh [EXPERIMENT ...]
 set -uo pipefail  # one failed run does not stop the others
@@ -33,7 +35,9 @@ for experiment in "${experiments[@]}"; do
     extra=()
     case "$experiment" in
       *_dc|*_sws|*_dirichlet|*_dirichlet_*)  # the model's dense run: lenet300_dc -> lenet300_dense
-        extra=("method.pretrained_run=$runs_root/fashion_mnist/${experiment%%_*}_dense/seed$seed") ;;
+        dense="$runs_root/fashion_mnist/${experiment%%_*}_dense/seed$seed"
+        [ -d "$dense" ] || dense="$PWD/results/fashion_mnist/${experiment%%_*}_dense/seed$seed"
+        extra=("method.pretrained_run=$dense") ;;
     esac
     if python -m bayescomp.run +experiment="$experiment" data=fashion_mnist seed="$seed" \
         trainer.progress_bar=false hydra.run.dir="$run_dir" "${extra[@]}"; then

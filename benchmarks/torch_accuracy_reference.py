@@ -16,7 +16,7 @@ Run it under an interpreter with a CPU build of PyTorch that also sees bayescomp
 ``--system-site-packages``; PyTorch is never a dependency of bayescomp)::
 
     /tmp/torchenv/bin/python benchmarks/torch_accuracy_reference.py \\
-        --dataset cifar10_jpeg --data-dir ~/data --epochs 5 --seed 0
+        --dataset cifar10_jpeg --data-dir ~/data --epochs 5 --seed 0 [--checkpoint FILE]
 
 and compare with ``python -m bayescomp.run +experiment=resnet20_dense_cpu data=cifar10_jpeg
 trainer.epochs=5`` (the same schedule over the same number of epochs). ``benchmarks/README.md``
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -58,6 +59,9 @@ def main(argv=None) -> None:
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--schedule", choices=["cosine", "step"], default="cosine")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint", default=None,
+                        help="file to save the state to after every epoch and resume from if it "
+                             "exists (the same arguments; a resumed run draws what it would have)")
     args = parser.parse_args(argv)
 
     from bayescomp.data import load_dataset
@@ -79,10 +83,21 @@ def main(argv=None) -> None:
                                 weight_decay=args.weight_decay)
     steps_per_epoch = len(x_train) // args.batch_size  # the last partial batch dropped
     total = steps_per_epoch * args.epochs
-    step = 0
+    step, first_epoch = 0, 0
+    settings = {k: v for k, v in vars(args).items() if k != "checkpoint"}
+    checkpoint = pathlib.Path(args.checkpoint).expanduser() if args.checkpoint else None
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        if state["settings"] != settings:
+            sys.exit(f"error: {checkpoint} was written with {state['settings']}, not "
+                     f"{settings}; pass the same arguments or another --checkpoint")
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        step, first_epoch = state["step"], state["epoch"] + 1
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                      **vars(args)}), flush=True)
-    for epoch in range(args.epochs):
+                      **vars(args), "resumed_at_epoch": first_epoch}), flush=True)
+    for epoch in range(first_epoch, args.epochs):
         start = time.perf_counter()
         net.train()
         order = torch.randperm(len(x_train))
@@ -112,6 +127,12 @@ def main(argv=None) -> None:
             "train_accuracy": round(correct / (steps_per_epoch * args.batch_size), 4),
             "test_error": round(100.0 * wrong / len(x_test), 2),
             "seconds": round(time.perf_counter() - start, 1)}), flush=True)
+        if checkpoint is not None:  # written whole, then renamed: a kill leaves the last one
+            partial = checkpoint.with_name(checkpoint.name + ".partial")
+            torch.save({"settings": settings, "net": net.state_dict(),
+                        "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+                        "step": step, "epoch": epoch}, partial)
+            os.replace(partial, checkpoint)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,15 @@ Welling, ICLR 2017) compress a network that was first trained dense. :func:`load
 finds that run, checks that it is a finished dense run of the same model on the same data and
 preprocessing, and rebuilds its network: from its last checkpoint, or, where the run directory
 holds no checkpoints (a published run: ``config.yaml``, ``metrics.json`` and ``model.bcz``), from
-its ``model.bcz``, the artifact every finished run writes. A dense run's file keeps every
-weight, rounded to a multiple of 2^-23 (point weights have zero variance, so they get the full
-23 significand bits: at most 6e-8 from the trained value), its biases and BatchNorms as float32,
-so it decodes to the network the run tested up to that rounding; the procedures measure its test
-error again before they start (``pretrained_test_error``). :func:`start_from` loads such a run
-into a network with other posteriors or channel modules (``method.start_from``: variational CNN
-pruning, and Bayesian Compression's VGG-like runs, which start from a pretrained network).
+its ``model.bcz`` (written by ``python -m bayescomp.compress``, which publishing a run runs). A
+dense run's file keeps every weight, rounded to a multiple of 2^-23 (point weights have zero
+variance, so they get the full 23 significand bits: at most 6e-8 from the trained value), its
+biases and BatchNorms as float32, so it decodes to the network the run tested up to that
+rounding; the procedures measure its test error again before they start
+(``pretrained_test_error``, checked against the run's own by :func:`check_loaded`).
+:func:`start_from` loads such a run into a network with other posteriors or channel modules
+(``method.start_from``: variational CNN pruning, and Bayesian Compression's VGG-like runs, which
+start from a pretrained network).
 """
 
 from __future__ import annotations
@@ -64,10 +66,16 @@ def load_pretrained(cfg: DictConfig) -> tuple[nnx.Module, dict]:
     if not run_dir.is_dir():
         raise ConfigError(f"method.pretrained_run={run_dir} is not a directory; {hint}")
     compressed = run_dir / COMPRESSED_FILE
-    from_file = not (run_dir / "checkpoints" / runs.TRAIN_PHASE).is_dir() and compressed.is_file()
+    checkpoints = run_dir / "checkpoints" / runs.TRAIN_PHASE
+    from_file = compressed.is_file() and not (checkpoints.is_dir() and any(checkpoints.iterdir()))
     try:
         if from_file:
             pretrained_cfg, model = load_compressed(run_dir, compressed)
+        elif not checkpoints.is_dir() and any(
+                (run_dir / name).is_file() for name in ("config.yaml", ".hydra/config.yaml")):
+            raise ConfigError(f"it has neither {checkpoints.relative_to(run_dir)} nor "
+                              f"{COMPRESSED_FILE}: rerun its command to train it, or copy the "
+                              f"run's {COMPRESSED_FILE} into it")
         else:
             pretrained_cfg, model, _ = runs.load_trained_model(run_dir)
     except ConfigError as error:
@@ -91,8 +99,39 @@ def load_pretrained(cfg: DictConfig) -> tuple[nnx.Module, dict]:
         raise ConfigError(f"method.pretrained_run={run_dir} has not finished (no metrics.json); "
                           f"rerun its command to finish it, or {hint}")
     pretrained_metrics = dict(metrics.read_metrics(run_dir))
+    if from_file and pretrained_metrics.get("compressed_bytes") not in (
+            None, compressed.stat().st_size):
+        raise ConfigError(f"method.pretrained_run={run_dir}: its {COMPRESSED_FILE} has "
+                          f"{compressed.stat().st_size} bytes, its metrics.json records "
+                          f"{pretrained_metrics['compressed_bytes']}, so the file is not the "
+                          f"one the run wrote; restore the run's own file, or {hint}")
     pretrained_metrics["loaded_from"] = str(compressed.resolve()) if from_file else "checkpoint"
     return model, pretrained_metrics
+
+
+def check_loaded(pretrained_metrics: dict, error: float) -> float:
+    """``error``, the test error of the network :func:`load_pretrained` returned, measured by
+    the procedure, after checking that a network loaded from a ``.bcz`` file is the run's own.
+
+    The file records no seed, and the files of a model's seeds have the same size, so another
+    seed's file in the directory would pass every check of :func:`load_compressed`; its error
+    would not be the one the run measured on its file (``compressed_test_error``). Up to 0.05
+    points (five CIFAR-10 test images) is allowed, as :func:`check_start` allows: the same
+    network on other hardware may flip a near tie.
+
+    Raises:
+        ConfigError: It differs by more than 0.05 points.
+    """
+    recorded = pretrained_metrics.get("compressed_test_error",
+                                      pretrained_metrics.get("test_error"))
+    if pretrained_metrics.get("loaded_from", "checkpoint") == "checkpoint" or recorded is None:
+        return error
+    if abs(float(recorded) - error) > 0.05:
+        raise ConfigError(f"{pretrained_metrics['loaded_from']} scores {error:.2f} % test error "
+                          f"here but {float(recorded):.2f} % in its own run, so it is not that "
+                          "run's network (or not this data: data.dir, data.preprocess); restore "
+                          "the run's own file")
+    return error
 
 
 #: The compressed network a finished run writes into its directory (``bayescomp.compress``).
@@ -108,27 +147,41 @@ def load_compressed(run_dir: pathlib.Path, path: pathlib.Path) -> tuple[DictConf
 
     Raises:
         ConfigError: The file cannot be decoded, is another model's, dataset's or
-            preprocessing's, or removes weights (a pruned network is no dense starting point).
+            preprocessing's, removes weights (a pruned network is no dense starting point) or
+            holds weights rounded to fewer than 23 bits or shared values (a quantized network).
+            The file's size is checked against ``metrics.json`` by :func:`load_pretrained`,
+            its test error by :func:`check_loaded`.
     """
     from bayescomp import data as data_lib  # late: the data stack is only needed here
-    from bayescomp.compression import codec  # late: codec pulls in the model stack
+    from bayescomp.bit_precision import MAX_SIGNIFICAND_BITS
+    from bayescomp.compression import codec, container  # late: codec pulls in the model stack
 
     cfg = runs.read_run_config(run_dir)
+    restore = (f"restore the run's own {path.name} (a published run's is in git), or write it "
+               "again with python -m bayescomp.compress on the run's training directory")
     try:
         decoded, network = codec.load(path)
     except CompressedFileError as error:
-        raise ConfigError(f"it has no checkpoints and its {path.name} cannot be read "
-                          f"({error})") from None
+        what = str(error).removesuffix(f"; {container.HINT}")
+        raise ConfigError(f"it has no checkpoints and its {path.name} cannot be read ({what}); "
+                          f"{restore}") from None
     recorded = {"model": (network.model_name, str(cfg.model.name)),
                 "dataset": (network.dataset, str(cfg.data.name)),
                 "preprocess": (network.preprocess, str(cfg.data.get("preprocess", "reference")))}
     for field, (in_file, in_config) in recorded.items():
         if in_file is not None and in_file != in_config:
             raise ConfigError(f"its {path.name} holds a network of {field} {in_file}, its "
-                              f"config.yaml says {in_config}; the file is not this run's")
+                              f"config.yaml says {in_config}, so the file is not this run's; "
+                              f"{restore}")
     if not all(bool(np.all(mask)) for mask in network.masks):
         raise ConfigError(f"its {path.name} removes weights, so it is not the dense network "
-                          "the run trained")
+                          f"the run trained; {restore}")
+    bits = network.precision.bits_per_layer
+    if network.codebooks is not None or min(bits) < MAX_SIGNIFICAND_BITS:
+        # A dense run's point weights have zero variance: every layer gets 23 bits.
+        raise ConfigError(f"its {path.name} holds quantized weights ("
+                          f"{'shared values' if network.codebooks is not None else bits} "
+                          f"bits), not the dense network the run trained; {restore}")
     spec = data_lib.REGISTRY[cfg.data.name]
     model = runs.build_model(cfg, spec.image_shape, spec.num_classes, int(cfg.seed))
     try:

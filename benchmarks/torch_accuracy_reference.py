@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     settings = {k: v for k, v in vars(args).items() if k != "checkpoint"}
     checkpoint = pathlib.Path(args.checkpoint).expanduser() if args.checkpoint else None
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=True)  # tensors and plain values only
         if state["settings"] != settings:
             sys.exit(f"error: {checkpoint} was written with {state['settings']}, not "
                      f"{settings}; pass the same arguments or another --checkpoint")

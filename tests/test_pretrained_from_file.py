@@ -10,6 +10,8 @@ biases and BatchNorm parameters stored as float32 (equal).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 
 import jax
@@ -26,7 +28,7 @@ NARROW = ("data=synthetic_cifar", "model=resnet8", "model.widths=[4,8,8]")
 
 
 def _flat(model) -> dict:
-    return {path: np.asarray(value) for path, value in
+    return {path: np.asarray(value[...]) for path, value in
             nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))}
 
 
@@ -87,8 +89,30 @@ def test_a_file_that_is_not_the_runs_is_refused(smoke_cfg, published, pretrained
     with pytest.raises(ConfigError, match="no checkpoints and its model.bcz cannot be read"):
         pretrained.load_pretrained(cfg)
     (other / "model.bcz").unlink()
-    with pytest.raises(ConfigError, match="no checkpoints/train directory"):
+    with pytest.raises(ConfigError, match="neither checkpoints/train nor model.bcz"):
         pretrained.load_pretrained(cfg)
+
+
+def test_another_file_of_the_same_network_is_refused(smoke_cfg, published, tmp_path):
+    # Seeds of one model write files of the same size; metrics.json's record tells them apart
+    # by size where it can, and by the test error of the decoded network where it cannot.
+    _, published_dir = published
+    other = tmp_path / "other"
+    shutil.copytree(published_dir, other)
+    written = json.loads((other / "metrics.json").read_text())
+    written["compressed_bytes"] += 1
+    (other / "metrics.json").write_text(json.dumps(written))
+    cfg = smoke_cfg("resnet20_dirichlet_cpu", *NARROW, f"method.pretrained_run={other}")
+    with pytest.raises(ConfigError, match="bytes, its metrics.json records .*restore the run's"):
+        pretrained.load_pretrained(cfg)
+    _, recorded = pretrained.load_pretrained(
+        smoke_cfg("resnet20_dirichlet_cpu", *NARROW, f"method.pretrained_run={published_dir}"))
+    error = recorded["test_error"]
+    assert pretrained.check_loaded(recorded, error + 0.05) == error + 0.05
+    with pytest.raises(ConfigError, match="not that run's network"):
+        pretrained.check_loaded(recorded, error + 0.06)
+    # A network loaded from its checkpoint is the run's own: nothing to check.
+    assert pretrained.check_loaded({**recorded, "loaded_from": "checkpoint"}, 50.0) == 50.0
 
 
 def test_a_pruned_file_is_no_dense_start(smoke_cfg, published, tmp_path, monkeypatch):
@@ -107,6 +131,16 @@ def test_a_pruned_file_is_no_dense_start(smoke_cfg, published, tmp_path, monkeyp
     monkeypatch.setattr(codec, "load", load_pruned)
     cfg = smoke_cfg("resnet20_dirichlet_cpu", *NARROW, f"method.pretrained_run={pruned}")
     with pytest.raises(ConfigError, match="removes weights, so it is not the dense network"):
+        pretrained.load_pretrained(cfg)
+
+    def load_rounded(path):  # every weight kept, rounded to 8 bits: a quantized network
+        model, network = load(path)
+        network.precision = dataclasses.replace(
+            network.precision, bits_per_layer=[8] * len(network.precision.bits_per_layer))
+        return model, network
+
+    monkeypatch.setattr(codec, "load", load_rounded)
+    with pytest.raises(ConfigError, match=r"holds quantized weights \(\[8, 8"):
         pretrained.load_pretrained(cfg)
 
 

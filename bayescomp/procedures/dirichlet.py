@@ -344,7 +344,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
                     macs_of_widths)
     training = TrainingRun(cfg, workdir, dataset, resumable=runs.RESUMABLE_CHANGES_RETRAINING,
                            pretrained_run=str(method.pretrained_run))
-    dense_error = training.error(dense)
+    dense_error = pretrained.check_loaded(pretrained_metrics, training.error(dense))
     log.info("pretrained %s: test error %.2f %% (its run reported %.2f %%)",
              method.pretrained_run, dense_error, pretrained_metrics.get("test_error", math.nan))
     try:

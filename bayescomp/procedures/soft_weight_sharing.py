@@ -547,7 +547,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
     dataset = runs.load_run_dataset(cfg)
     training = TrainingRun(cfg, workdir, dataset, resumable=runs.RESUMABLE_CHANGES_RETRAINING,
                            pretrained_run=str(cfg.method.pretrained_run))
-    dense_error = training.error(model)
+    dense_error = pretrained.check_loaded(pretrained_metrics, training.error(model))
     log.info("pretrained %s: test error %.2f %% (its run reported %.2f %%)",
              cfg.method.pretrained_run, dense_error,
              pretrained_metrics.get("test_error", math.nan))

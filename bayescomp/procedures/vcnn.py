@@ -373,6 +373,7 @@ def run(cfg: DictConfig, workdir: str | os.PathLike) -> dict[str, Any]:
         "groups": mode,
         "prior": type(next(iter(next(iter(factors.values())).values())).prior).__name__,
         "start_from": start,
+        "start_loaded_from": None if started is None else started["loaded_from"],
         "statistic": statistic_name,
         "tau": tau,
         "theta": theta,

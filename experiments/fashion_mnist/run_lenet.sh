@@ -36,7 +36,8 @@ for experiment in "${experiments[@]}"; do
     case "$experiment" in
       *_dc|*_sws|*_dirichlet|*_dirichlet_*)  # the model's dense run: lenet300_dc -> lenet300_dense
         dense="$runs_root/fashion_mnist/${experiment%%_*}_dense/seed$seed"
-        [ -d "$dense" ] || dense="$PWD/results/fashion_mnist/${experiment%%_*}_dense/seed$seed"
+        published_dense="$PWD/results/fashion_mnist/${experiment%%_*}_dense/seed$seed"
+        [ ! -d "$dense" ] && [ -d "$published_dense" ] && dense=$published_dense
         extra=("method.pretrained_run=$dense") ;;
     esac
     if python -m bayescomp.run +experiment="$experiment" data=fashion_mnist seed="$seed" \

@@ -86,13 +86,15 @@ DEEPER_COPIES = {"resnet56_dense", "vgg19_dense", "resnet20_dense_cpu", "resnet2
 # its posterior loads a dense VGG-like start in test_start_from.py (~40 s saved);
 # resnet20_vcnn_finetune40_cpu is resnet20_vcnn_finetune_cpu (two-step run kept) with two
 # numbers changed, resnet20_dirichlet_point_cpu100 resnet20_dirichlet_point_cpu with three,
-# lenet5_dirichlet_8_25_200 lenet5_dirichlet with two.
+# resnet20_dirichlet_point_retrain40_cpu the same with three, lenet5_dirichlet_8_25_200
+# lenet5_dirichlet with two.
 COVERED_END_TO_END = {"vgg_like_gnj", "lenet5_dirichlet", "lenet5_dc", "lenet300_dc",
                       "resnet20_vcnn_cpu", "resnet20_slimming_cpu", "resnet20_dirichlet_cpu",
                       "lenet300_ghs", "lenet300_sws", "lenet300_dense", "lenet5_dense",
                       "resnet20_dense", "lenet300_svd", "lenet300_gnj", "lenet5_vcnn",
                       "lenet5_slimming", "resnet20_vcnn_finetune40_cpu",
-                      "resnet20_dirichlet_point_cpu100", "lenet5_dirichlet_8_25_200"}
+                      "resnet20_dirichlet_point_cpu100", "lenet5_dirichlet_8_25_200",
+                      "resnet20_dirichlet_point_retrain40_cpu"}
 
 # The full-recipe channel experiments for a GPU (VGG-16 and ResNet-56 with VCNN, Dirichlet and
 # slimming; VGG-19 and ResNet-164 with slimming): each is its dense recipe plus a method whose

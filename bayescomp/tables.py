@@ -249,6 +249,13 @@ CHECKS_ONLY = ("method.prune.max_error_rise",)
 AUGMENT_DETAILS = ("data.augment_pad", "data.augment_padding", "data.augment_flip")
 
 
+#: Procedures that never read ``trainer.kl_warmup``: Deep Compression, soft weight-sharing and
+#: network slimming weigh no KL term, Dirichlet pruning anneals its switches' KL per epoch of its
+#: own phase (``method.switches.anneal_epochs``). A dense run (the variational procedure with
+#: point weights) has no KL term either.
+IGNORE_KL_WARMUP = ("deep_compression", "soft_weight_sharing", "slimming", "dirichlet")
+
+
 def recipe(run: dict) -> tuple:
     """The run's resolved config without the seed and :data:`WHERE_NOT_WHAT`, hashable.
 
@@ -280,8 +287,9 @@ def recipe(run: dict) -> tuple:
     for key in runs.WARMUP_KEYS:
         if key in flat and flat.get("trainer.epochs") is not None:
             flat[key] = objectives.warmup_epoch(flat[key], int(flat["trainer.epochs"]))
-        if flat.get("method.name") == "dense":
-            flat.pop(key, None)  # a dense run has no KL term: its warm-up weighs nothing
+        if (flat.get("method.name") == "dense"
+                or flat.get("method.procedure") in IGNORE_KL_WARMUP):
+            flat.pop(key, None)  # weighs no KL term: not part of the recipe
     # Augmentation by what it resolved to (null is the dataset's default); its details matter
     # only where it is on.
     augmented = _augmented(flat)

@@ -177,15 +177,22 @@ def test_a_dense_runs_kl_warm_up_is_no_recipe():
     # The warm-up is set in fractions of the run, so a 40- and a 100-epoch run differ in it; it
     # weighs a KL term a dense run does not have, so only their lengths tell them apart. A
     # variational run's warm-up stays part of its recipe.
-    def run(method, epochs, start, end):
-        return {"config": {"seed": 0, "method": {"name": method}, "trainer": {
-            "epochs": epochs, "kl_warmup": {"start_epoch": start, "end_epoch": end}}}}
+    def run(method, epochs, start, end, procedure=None):
+        return {"config": {"seed": 0, "method": {"name": method, "procedure": procedure},
+                           "trainer": {"epochs": epochs,
+                                       "kl_warmup": {"start_epoch": start, "end_epoch": end}}}}
 
     dense = [run("dense", 40, 0.025, 0.1), run("dense", 100, 0.025, 0.1)]
     labels = [label for label, _ in tables._recipe_labels([tables.recipe(r) for r in dense])]
     assert labels == ["trainer.epochs=40", "trainer.epochs=100"]
     assert tables.recipe(run("dense", 40, 0.025, 0.1)) == tables.recipe(run("dense", 40, 5, 20))
     assert tables.recipe(run("gnj", 200, 0.025, 0.1)) != tables.recipe(run("gnj", 200, 0, 0.1))
+    # Dirichlet pruning anneals its switches per epoch of their phase, never by the warm-up.
+    dirichlet = [run("dirichlet", 10, 0.025, 0.1, "dirichlet"),
+                 run("dirichlet", 10, 0.1, 0.4, "dirichlet")]
+    assert tables.recipe(dirichlet[0]) == tables.recipe(dirichlet[1])
+    assert tables.recipe(run("vcnn", 40, 0.025, 0.1, "vcnn")) != tables.recipe(
+        run("vcnn", 40, 0.1, 0.4, "vcnn"))
 
 
 def test_multiply_adds_come_from_counting_or_from_the_runs_model_bcz(tmp_path):

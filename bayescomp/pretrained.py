@@ -134,7 +134,7 @@ def check_loaded(pretrained_metrics: dict, error: float) -> float:
     return error
 
 
-#: The compressed network a finished run writes into its directory (``bayescomp.compress``).
+#: The compressed network ``python -m bayescomp.compress`` writes into a run's directory.
 COMPRESSED_FILE = "model.bcz"
 
 
@@ -179,9 +179,9 @@ def load_compressed(run_dir: pathlib.Path, path: pathlib.Path) -> tuple[DictConf
     bits = network.precision.bits_per_layer
     if network.codebooks is not None or min(bits) < MAX_SIGNIFICAND_BITS:
         # A dense run's point weights have zero variance: every layer gets 23 bits.
-        raise ConfigError(f"its {path.name} holds quantized weights ("
-                          f"{'shared values' if network.codebooks is not None else bits} "
-                          f"bits), not the dense network the run trained; {restore}")
+        how = "shared values" if network.codebooks is not None else f"{bits} bits"
+        raise ConfigError(f"its {path.name} holds quantized weights ({how}), not the dense "
+                          f"network the run trained; {restore}")
     spec = data_lib.REGISTRY[cfg.data.name]
     model = runs.build_model(cfg, spec.image_shape, spec.num_classes, int(cfg.seed))
     try:

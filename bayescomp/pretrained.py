@@ -26,6 +26,7 @@ from flax import nnx
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
+from bayescomp import data as data_lib
 from bayescomp import metrics, runs
 from bayescomp.errors import CompressedFileError, ConfigError
 from bayescomp.nn import fold
@@ -152,7 +153,6 @@ def load_compressed(run_dir: pathlib.Path, path: pathlib.Path) -> tuple[DictConf
             The file's size is checked against ``metrics.json`` by :func:`load_pretrained`,
             its test error by :func:`check_loaded`.
     """
-    from bayescomp import data as data_lib  # late: the data stack is only needed here
     from bayescomp.bit_precision import MAX_SIGNIFICAND_BITS
     from bayescomp.compression import codec, container  # late: codec pulls in the model stack
 

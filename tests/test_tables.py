@@ -173,10 +173,10 @@ def test_settings_added_later_at_their_neutral_value_keep_the_recipe():
     assert len({tables.recipe(before), *budgets}) == 3
 
 
-def test_a_dense_runs_kl_warm_up_is_no_recipe():
+def test_a_kl_warm_up_nothing_reads_is_no_recipe():
     # The warm-up is set in fractions of the run, so a 40- and a 100-epoch run differ in it; it
     # weighs a KL term a dense run does not have, so only their lengths tell them apart. A
-    # variational run's warm-up stays part of its recipe.
+    # variational (or VCNN) run's warm-up stays part of its recipe.
     def run(method, epochs, start, end, procedure=None):
         return {"config": {"seed": 0, "method": {"name": method, "procedure": procedure},
                            "trainer": {"epochs": epochs,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import pathlib
@@ -25,7 +26,7 @@ import numpy as np
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
-from bayescomp import (atomic, metrics, models, objectives, provenance, settings,
+from bayescomp import (atomic, compiled_init, metrics, models, objectives, provenance, settings,
                        threshold_selection)
 from bayescomp import data as data_lib
 from bayescomp.data import augment as augment_lib
@@ -41,18 +42,31 @@ TRAIN_PHASE = "train"
 
 
 def build_model(cfg: DictConfig, input_shape, num_classes: int, seed: int) -> nnx.Module:
-    """Instantiate ``cfg.model`` with the layers of ``cfg.method``."""
+    """Instantiate ``cfg.model`` with the layers of ``cfg.method``, initialised from ``seed``.
+
+    The initialisation is one compiled program per model, layers and shapes
+    (:func:`bayescomp.compiled_init.initialize`); the module is the one eager construction
+    builds, up to float32 rounding of the initial values.
+    """
+    method = OmegaConf.to_container(cfg.method, resolve=True)
     batch_norm = cfg.trainer.get("batch_norm")
-    factory = bnn.from_config(OmegaConf.to_container(cfg.method, resolve=True),
-                              None if batch_norm is None else OmegaConf.to_container(batch_norm))
+    batch_norm = None if batch_norm is None else OmegaConf.to_container(batch_norm, resolve=True)
+    factory = bnn.from_config(method, batch_norm)
     model_cls = models.get(cfg.model.name)
+    factory.check_layer_names(model_cls.layer_names)
     widths = cfg.model.get("widths")
     extra = {} if widths is None else {"widths": OmegaConf.to_object(widths)
                                        if OmegaConf.is_config(widths) else widths}
-    model = model_cls(factory, rngs=nnx.Rngs(params=seed), input_shape=tuple(input_shape),
-                      num_classes=num_classes, **extra)
-    factory.check_layer_names(model_cls.layer_names)
-    return model
+    input_shape = tuple(int(d) for d in input_shape)
+
+    def construct(key):
+        return model_cls(bnn.from_config(method, batch_norm), rngs=nnx.Rngs(params=key),
+                         input_shape=input_shape, num_classes=num_classes, **extra)
+
+    key = ("build_model", cfg.model.name, json.dumps(method, sort_keys=True),
+           json.dumps(batch_norm, sort_keys=True), input_shape, int(num_classes),
+           repr(extra.get("widths")))  # as given: the model checks them (a list, or a mistake)
+    return compiled_init.initialize(key, construct, int(seed))
 
 
 def load_run_dataset(cfg: DictConfig) -> "data_lib.Dataset":

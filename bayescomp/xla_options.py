@@ -1,5 +1,5 @@
-r"""XLA compile options for training steps: on CPU, leave dots and convolutions to XLA's own
-emitters instead of YNNPACK library fusions.
+r"""XLA compile options: for training steps on CPU, leave dots and convolutions to XLA's own
+emitters instead of YNNPACK library fusions; for a model's initialisation on CPU, LLVM at -O2.
 
 Recent XLA:CPU hands dots, convolutions, reductions and max-pools to YNNPACK (the successor of
 XNNPACK) as "library fusions" (``xla_cpu_experimental_ynn_fusion_type``). For the small
@@ -16,9 +16,17 @@ process and called alternately, 5–21 rounds, several runs):
 Evaluation is left as XLA chooses: the forward pass of the posterior-mean LeNet-5 over 10,000
 test images at batch 1,000 is faster with YNNPACK (0.65 against 0.77 s).
 
-The option is a debug option of XLA and may disappear; :func:`train_step_compiler_options`
-checks once that the running XLA accepts it and otherwise returns no options. Other backends
-get none.
+A model's initialisation (:mod:`bayescomp.compiled_init`) is compiled with
+``xla_backend_optimization_level=2`` instead of XLA's default 3. Its programs are threefry
+hashes and the normal and truncated-normal transforms, whose LLVM -O3 compilation takes 1-3 s
+per weight shape on the 2-core development CPU; at -O2 it is several times faster, and the
+numbers are the same bit for bit (no option here turns on fast-math, and -O2 and -O3 differ in
+which passes run, not in floating-point semantics; ``tests/test_compiled_init.py`` checks
+equality against the uncompiled construction). Training steps keep -O3.
+
+The options are debug options of XLA and may disappear; :func:`train_step_compiler_options`
+and :func:`init_compiler_options` check once that the running XLA accepts them and otherwise
+return no options. Other backends get none.
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ import jax.numpy as jnp
 #: library fusions off; dots and convolutions then use XLA's Eigen-backed kernels.
 CPU_TRAIN_STEP_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
+#: Options of a model's compiled initialisation on XLA:CPU (see the module).
+CPU_INIT_OPTIONS: dict[str, int] = {"xla_backend_optimization_level": 2}
+
 
 @functools.cache
 def _cpu_accepts(options: tuple[tuple[str, str], ...]) -> bool:
@@ -45,13 +56,23 @@ def _cpu_accepts(options: tuple[tuple[str, str], ...]) -> bool:
     return True
 
 
-def train_step_compiler_options() -> dict[str, str]:
-    """The compile options of a training step on the default backend (see the module)."""
+def _cpu_options(options: dict) -> dict:
+    """``options`` on XLA:CPU where it accepts them, else none."""
     if jax.default_backend() != "cpu":
         return {}
-    if not _cpu_accepts(tuple(sorted(CPU_TRAIN_STEP_OPTIONS.items()))):
+    if not _cpu_accepts(tuple(sorted(options.items()))):
         return {}
-    return dict(CPU_TRAIN_STEP_OPTIONS)
+    return dict(options)
+
+
+def train_step_compiler_options() -> dict[str, str]:
+    """The compile options of a training step on the default backend (see the module)."""
+    return _cpu_options(CPU_TRAIN_STEP_OPTIONS)
+
+
+def init_compiler_options() -> dict[str, int]:
+    """The compile options of a model's initialisation on the default backend (see the module)."""
+    return _cpu_options(CPU_INIT_OPTIONS)
 
 
 def jit_train_step(fn: Callable, **jit_kwargs) -> Callable:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bayescomp import atomic
+from bayescomp import atomic, compiled_init
 from bayescomp.bit_precision import BitPrecision, bit_precision, round_to_bits
 from bayescomp.models import hidden_widths
 from bayescomp.models.graph import batch_norms, channel_graph, weight_layers
@@ -200,9 +200,15 @@ def point_model(model_cls, kernels, biases, *, input_shape, num_classes, norms=N
         ValueError: ``norms`` does not name exactly the model's BatchNorms with their channel
             counts, or the kernels do not fit.
     """
-    widths = hidden_widths(kernels) if widths is None else tuple(widths)
-    model = model_cls(LayerFactory(), rngs=nnx.Rngs(params=0), input_shape=tuple(input_shape),
-                      num_classes=num_classes, widths=widths)
+    widths = hidden_widths(kernels) if widths is None else tuple(int(w) for w in widths)
+    input_shape = tuple(int(d) for d in input_shape)
+    # The initial values are overwritten below; one compiled program per architecture builds
+    # them (bayescomp.compiled_init) instead of one small XLA program per weight shape.
+    model = compiled_init.initialize(
+        ("point_model", model_cls, input_shape, int(num_classes), widths),
+        lambda key: model_cls(LayerFactory(), rngs=nnx.Rngs(params=key), input_shape=input_shape,
+                              num_classes=num_classes, widths=widths),
+        0)
     layers = weight_layers(model)
     if len(layers) != len(kernels):
         raise ValueError(f"{model_cls.__name__} has {len(layers)} layers, got {len(kernels)} kernels")

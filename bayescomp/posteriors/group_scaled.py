@@ -64,7 +64,11 @@ class GroupScaledGaussian(Posterior):
             jax.random.normal(rngs.params(), self.kernel_shape) / jnp.sqrt(fan_in))
         self.w_log_var = PosteriorLogVar(
             weight_log_var_init + 0.01 * jax.random.normal(rngs.params(), self.kernel_shape))
-        self.max_log_var = None if max_weight_var is None else float(jnp.log(max_weight_var))
+        # a Python constant of the layer, computed as it always was (float32 XLA log) also when
+        # the model is built under jit (bayescomp.compiled_init)
+        with jax.ensure_compile_time_eval():
+            self.max_log_var = (None if max_weight_var is None
+                                else float(jnp.log(max_weight_var)))
 
     # --- q(z): what subclasses define -------------------------------------------------------
 

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 import numpy as np
 from flax import nnx
 
-from bayescomp import atomic
+from bayescomp import histogram_figure
 from bayescomp.errors import ConfigError
 from bayescomp.models.graph import ChannelGraph, ChannelGroup, channel_graph, weight_layers
 from bayescomp.nn.layer import VariationalLayer
@@ -253,11 +253,6 @@ def save_log_alpha_histograms(model: nnx.Module, directory: str | pathlib.Path) 
     Returns:
         The paths written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -266,20 +261,15 @@ def save_log_alpha_histograms(model: nnx.Module, directory: str | pathlib.Path) 
         if log_alpha is None:
             continue
         values = np.asarray(log_alpha).ravel()
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.hist(values, bins=100, color="tab:blue")
-        ax.set_yscale("log")
-        ax.set_xlabel("log α")
-        ax.set_ylabel("count (weights or groups)")
+        fig, ax = histogram_figure.log_count_axes(title=f"{name}", xlabel="log α",
+                                                  ylabel="count (weights or groups)")
+        histogram_figure.add_histogram(ax, values, 100, color="tab:blue")
         if layer.prune_threshold is not None:
             kept = int((values < layer.prune_threshold).sum())
             ax.axvline(layer.prune_threshold, color="tab:red", linestyle="--",
                        label=f"threshold {layer.prune_threshold:g}: {kept}/{values.size} kept")
             ax.legend(fontsize=8)
-        ax.set_title(f"{name}")
-        fig.tight_layout()
         path = directory / f"log_alpha_{name}.png"
-        atomic.save_figure(fig, path, dpi=100)  # a full disk leaves no truncated image
-        plt.close(fig)
+        histogram_figure.save(fig, path)
         paths.append(str(path))
     return paths

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from bayescomp import atomic, metrics, models, objectives, pretrained, runs
+from bayescomp import histogram_figure, metrics, models, objectives, pretrained, runs
 from bayescomp.bit_precision import codebook_precision
 from bayescomp.compression import quantize as quantize_lib
 from bayescomp.compression.quantize import QuantizedNetwork
@@ -395,26 +395,19 @@ def _save_weight_plots(directory: pathlib.Path, names, pretrained: Mapping[str, 
     Han et al. (2016), Fig. 4 shows the same view (weight distribution with the linearly
     initialised and the fine-tuned centroids).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     directory.mkdir(parents=True, exist_ok=True)
     for name, mask, codebook in zip(quantized.names, quantized.masks, quantized.codebooks):
         weights = pretrained[name].ravel()
-        fig, ax = plt.subplots(figsize=(5, 3.2))
+        fig, ax = histogram_figure.log_count_axes(
+            title=f"{name}: {codebook.size} shared values (red)", xlabel="weight",
+            ylabel="count")
         bins = np.linspace(weights.min(), weights.max(), 120)
-        ax.hist(weights, bins=bins, color="tab:gray", alpha=0.6, label="pretrained")
-        ax.hist(pretrained[name][mask], bins=bins, color="tab:blue", alpha=0.8,
-                label=f"kept by pruning ({100 * mask.mean():.1f} %)")
+        histogram_figure.add_histogram(ax, weights, bins, color="tab:gray", alpha=0.6,
+                                       label="pretrained")
+        histogram_figure.add_histogram(ax, pretrained[name][mask], bins, color="tab:blue",
+                                       alpha=0.8,
+                                       label=f"kept by pruning ({100 * mask.mean():.1f} %)")
         for value in codebook:
             ax.axvline(value, color="tab:red", linewidth=0.5, alpha=0.7)
-        ax.set_yscale("log")
-        ax.set_xlabel("weight")
-        ax.set_ylabel("count")
-        ax.set_title(f"{name}: {codebook.size} shared values (red)")
-        ax.legend(fontsize=8, loc="upper right")  # "best" scans every bar: slow
-        fig.tight_layout()
-        atomic.save_figure(fig, directory / f"weights_{name}.png", dpi=100)  # never truncated
-        plt.close(fig)
+        ax.legend(fontsize=8, loc="upper right")  # "best" scans every patch: slow
+        histogram_figure.save(fig, directory / f"weights_{name}.png")

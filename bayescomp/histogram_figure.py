@@ -1,0 +1,62 @@
+"""Per-layer histogram figures (log α, weights), drawn cheaply enough to write at every run's end.
+
+Every variational run saves one histogram per layer, Deep Compression one per layer too. Drawn
+the obvious way (``ax.hist`` of every value, one rectangle per bin, then ``tight_layout``) a
+figure took 0.25-0.4 s on the 2-core development CPU, half of a short run's end and minutes of
+the test suite. Here the counts come from :func:`numpy.histogram`, each histogram is one
+``stairs`` patch, and the axes sit at fixed margins sized for these figures' labels: about
+0.12 s a figure, most of it PNG rendering.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from bayescomp import atomic
+
+#: Figure size (inches) and the axes' rectangle in figure fractions (left, bottom, width,
+#: height): room for log-scale tick labels, an axis label on each side and a title.
+FIGSIZE = (5.0, 3.2)
+AXES_RECT = (0.14, 0.16, 0.82, 0.74)
+
+
+def log_count_axes(*, title: str, xlabel: str, ylabel: str):
+    """A new figure with one axes: log-scaled counts, fixed margins.
+
+    Returns:
+        ``(fig, ax)``; :func:`save` writes and closes the figure.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=FIGSIZE)
+    ax = fig.add_axes(AXES_RECT)
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return fig, ax
+
+
+def add_histogram(ax, values: np.ndarray, bins, **style) -> None:
+    """Draw the histogram of ``values`` over ``bins`` (a count or the edges) as one patch.
+
+    The same counts as ``ax.hist(values, bins)``; empty bins are left out of the log scale.
+    """
+    counts, edges = np.histogram(np.asarray(values).ravel(), bins=bins)
+    ax.stairs(counts, edges, fill=True, **style)
+
+
+def save(fig, path: str | pathlib.Path) -> None:
+    """Write ``fig`` to ``path`` as PNG (atomically: a full disk leaves no truncated image)
+    and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        atomic.save_figure(fig, path, dpi=100)
+    finally:
+        plt.close(fig)

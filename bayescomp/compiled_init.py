@@ -3,12 +3,14 @@ r"""A model's initial state computed in one compiled program, reused across seed
 Constructing an NNX module eagerly runs each initializer as its own small XLA program:
 ``jax.random.normal`` and ``jax.random.truncated_normal`` are compiled once per weight shape,
 and on XLA:CPU each compilation (a threefry hash and the inverse-error-function transform, at
-LLVM -O3) takes 1-3 s on the 2-core development CPU: 15 s to build a ResNet-20, most of a short
-run's start. :func:`initialize` instead traces the constructor once, under ``jax.jit``, with
+LLVM -O3) takes seconds: most of a short run's start goes to building its model.
+:func:`initialize` instead traces the constructor once, under ``jax.jit``, with
 the seed as an argument (made a key inside the program), and compiles the whole initialisation
 as one program with :func:`bayescomp.xla_options.init_compiler_options` (-O2 on CPU). The
 program is kept per ``key`` for the life of the process, so building the same model again
-(another seed, a fresh start of a phase) only runs it.
+(another seed, a fresh start of a phase) only runs it. Measured in fresh processes, the build
+takes 0.38-0.47 of the eager one's time (``benchmarks/model_init_speed.py``,
+``benchmarks/README.md``).
 
 The result is the module the constructor builds eagerly up to float32 rounding: the same
 threefry keys drawn in the same order (:class:`flax.nnx.Rngs` counts its draws in traced state

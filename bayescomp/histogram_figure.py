@@ -1,11 +1,11 @@
 """Per-layer histogram figures (log α, weights), drawn cheaply enough to write at every run's end.
 
 Every variational run saves one histogram per layer, Deep Compression one per layer too. Drawn
-the obvious way (``ax.hist`` of every value, one rectangle per bin, then ``tight_layout``) a
-figure took 0.25-0.4 s on the 2-core development CPU, half of a short run's end and minutes of
-the test suite. Here the counts come from :func:`numpy.histogram`, each histogram is one
-``stairs`` patch, and the axes sit at fixed margins sized for these figures' labels: about
-0.12 s a figure, most of it PNG rendering.
+the obvious way (``ax.hist`` of every value, one rectangle per bin, then ``tight_layout``) these
+figures took half of a short run's end and minutes of the test suite. Here the counts come from
+:func:`numpy.histogram`, each histogram is one ``stairs`` patch, and the axes sit at fixed
+margins sized for these figures' labels: 0.46 of the time a figure (``benchmarks/
+model_init_speed.py``, ``benchmarks/README.md``), most of what is left PNG rendering.
 """
 
 from __future__ import annotations

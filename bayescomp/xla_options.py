@@ -18,11 +18,11 @@ test images at batch 1,000 is faster with YNNPACK (0.65 against 0.77 s).
 
 A model's initialisation (:mod:`bayescomp.compiled_init`) is compiled with
 ``xla_backend_optimization_level=2`` instead of XLA's default 3. Its programs are threefry
-hashes and the normal and truncated-normal transforms, whose LLVM -O3 compilation takes 1-3 s
-per weight shape on the 2-core development CPU; at -O2 it is several times faster, and the
-numbers are the same bit for bit (no option here turns on fast-math, and -O2 and -O3 differ in
-which passes run, not in floating-point semantics; ``tests/test_compiled_init.py`` checks
-equality against the uncompiled construction). Training steps keep -O3.
+hashes and the normal and truncated-normal transforms, whose LLVM -O3 compilation is slow (the
+unrolled hash rounds); at -O2 it is several times faster and computes the same numbers (no
+option here turns on fast-math; -O2 and -O3 differ in which passes run, not in floating-point
+semantics). A training step keeps -O3: its compile time hardly changes at -O2 (ResNet-20) and
+its run time may.
 
 The options are debug options of XLA and may disappear; :func:`train_step_compiler_options`
 and :func:`init_compiler_options` check once that the running XLA accepts them and otherwise

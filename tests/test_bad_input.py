@@ -150,13 +150,14 @@ def test_non_positive_trainer_settings(tmp_path):
     assert _snapshot(run_dir) == before
 
 
-def test_a_failed_reevaluation_leaves_the_plots_of_the_metrics_it_keeps(tmp_path):
+def test_a_failed_reevaluation_leaves_the_plots_of_the_metrics_it_keeps(tmp_path,
+                                                                        finished_smoke_run):
     # Rerunning a finished run at thresholds that remove every weight is refused (an emptied
     # layer, bayescomp.threshold_selection.ruin); the log α histograms must still describe the
-    # metrics left behind.
+    # metrics left behind. The finished run is the shared two-step run of these SMOKE settings
+    # (trained in process; test_diagnose.py reads it too), copied.
     run_dir = tmp_path / "run"
-    first = run_cli(run_dir, "+experiment=lenet300_gnj", *SMOKE)
-    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.copytree(finished_smoke_run("lenet300_gnj")[0], run_dir)
     before = _snapshot(run_dir)
     assert any(name.startswith("plots/log_alpha_") for name in before)
     result = run_cli(run_dir, "+experiment=lenet300_gnj", *SMOKE,

@@ -45,9 +45,15 @@ def log_count_axes(*, title: str, xlabel: str, ylabel: str):
 def add_histogram(ax, values: np.ndarray, bins, **style) -> None:
     """Draw the histogram of ``values`` over ``bins`` (a count or the edges) as one patch.
 
-    The same counts as ``ax.hist(values, bins)``; empty bins are left out of the log scale.
+    The counts of ``ax.hist(values, bins)`` over the finite values (a log α of −∞, a group
+    whose variance underflowed, has no bin; with no finite value nothing is drawn). An empty
+    bin draws nothing on the log scale.
     """
-    counts, edges = np.histogram(np.asarray(values).ravel(), bins=bins)
+    values = np.asarray(values, np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return
+    counts, edges = np.histogram(values, bins=bins)
     ax.stairs(counts, edges, fill=True, **style)
 
 

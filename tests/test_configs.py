@@ -69,29 +69,30 @@ def test_experiment_composes(experiment, compose):
 # the schedule). Their compilation alone takes 10-60 s on 2 cores, so their two-step runs are in
 # the slow set (pytest -m slow); they still compose above.
 DEEPER_COPIES = {"resnet56_dense", "vgg19_dense", "resnet20_dense_cpu", "resnet20_dense_cpu100"}
-# Experiments whose procedure is run end to end on the same model family by its own test file
-# in the default run (tests/test_dirichlet_procedure.py, test_deep_compression.py,
+# Experiments whose procedure is run end to end on the same model family by its own test file in
+# the default run (tests/test_dirichlet_procedure.py, test_deep_compression.py,
 # test_vcnn_procedure.py, test_slimming_procedure.py): their two-step runs (25-50 s each on a
-# loaded 2-core CPU) are in the slow set, which keeps the default run under 10 minutes; they
-# still compose above.
+# loaded 2-core CPU) are in the slow set, which keeps the default run under 10 minutes; they still
+# compose above.
 # lenet5_vcnn and lenet5_slimming (narrowed) train end to end in test_vcnn_procedure.py and
 # test_slimming_procedure.py; lenet300_ghs in tests/test_pruning_guard.py and
-# test_threshold_selection.py, lenet300_sws in test_soft_weight_sharing.py (through the CLI), lenet300_dense in every CLI
-# test, lenet5_dense as the pretrained run of the Dirichlet tests (conftest.pretrained_dense_run),
-# and resnet20_dense's recipe (SGD, step decay, BatchNorm, augmentation) in vgg16_dense's
-# two-step run below and ResNet-20 itself in the model, export and procedure tests;
-# lenet300_svd is quick_look's model and method (quick_look's two-step run stays), lenet300_gnj
-# trains in test_diagnose.py's and test_bad_input.py's runs; vgg_like_gnj is vgg_like_dense's
-# wiring (model, data, recipe) with lenet5_gnj's method, both of whose two-step runs stay, and
-# its posterior loads a dense VGG-like start in test_start_from.py (~40 s saved);
-# resnet20_vcnn_finetune40_cpu is resnet20_vcnn_finetune_cpu (two-step run kept) with two
-# numbers changed, resnet20_dirichlet_point_cpu100 resnet20_dirichlet_point_cpu with three,
+# test_threshold_selection.py, lenet300_sws in test_soft_weight_sharing.py (through the CLI),
+# lenet300_dense in every CLI test, lenet5_dense as the pretrained run of the Dirichlet tests
+# (conftest.pretrained_dense_run), and resnet20_dense's recipe (SGD, step decay, BatchNorm,
+# augmentation) in vgg16_dense's two-step run below and ResNet-20 itself in the model, export and
+# procedure tests; lenet300_svd is quick_look's model and method (quick_look's two-step run
+# stays), lenet300_gnj trains in test_diagnose.py's and test_bad_input.py's runs; vgg_like_gnj is
+# vgg_like_dense's model and data with lenet5_gnj's method and Adam (decay_start 0, a schedule
+# setting tests/test_optim.py covers), both of whose two-step runs stay, and its posterior loads a
+# dense VGG-like start in test_start_from.py (~40 s saved); resnet20_vcnn_finetune40_cpu is
+# resnet20_vcnn_finetune_cpu (two-step run kept) with two numbers changed,
+# resnet20_dirichlet_point_cpu100 resnet20_dirichlet_point_cpu with three,
 # resnet20_dirichlet_point_retrain40_cpu the same with three, lenet5_dirichlet_8_25_200
-# lenet5_dirichlet with two; vgg_like_ghs (50-60 s, most of it selecting thresholds and bits
-# over 15 layers) is vgg_like_dense's wiring (two-step run kept) with lenet5_ghs's method (kept;
-# the selections are tested in test_threshold_selection.py and test_bit_selection.py), its
-# layers load a dense VGG-like start in test_start_from.py; lenet5_ghs_published (~24 s) is
-# lenet5_ghs's model and method with lenet300_ghs_published's settings (both kept).
+# lenet5_dirichlet with two; vgg_like_ghs (50-60 s, most of it selecting thresholds and bits over
+# 15 layers) is the same with lenet5_ghs's method (two-step run kept; the selections are tested in
+# test_threshold_selection.py and test_bit_selection.py), its layers load a dense VGG-like start
+# in test_start_from.py; lenet5_ghs_published (~24 s) is lenet5_ghs's model and method with
+# lenet300_ghs_published's settings (both kept).
 COVERED_END_TO_END = {"vgg_like_gnj", "vgg_like_ghs", "lenet5_ghs_published",
                       "lenet5_dirichlet", "lenet5_dc", "lenet300_dc",
                       "resnet20_vcnn_cpu", "resnet20_slimming_cpu", "resnet20_dirichlet_cpu",

@@ -27,7 +27,7 @@ import threading
 from typing import Callable, Hashable, TypeVar
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from bayescomp import xla_options
@@ -47,7 +47,8 @@ def initialize(key: Hashable, construct: Callable[[jax.Array], M], seed: int) ->
             must mean constructors that build the same module from the same seed. Hashable.
         construct: Builds the module from a PRNG key (``jax.random.key(seed)``, traced: pass
             it on to :class:`flax.nnx.Rngs`, never to Python control flow).
-        seed: The seed, ``0 <= seed < 2**31``.
+        seed: The seed, ``0 <= seed < 2**32`` (the range ``settings`` accepts), passed as a
+            uint32: ``jax.random.key`` of it is the eager key of the Python int.
 
     Returns:
         The module ``construct(seed)`` would build eagerly, its Variables on the default device.
@@ -56,8 +57,9 @@ def initialize(key: Hashable, construct: Callable[[jax.Array], M], seed: int) ->
         entry = _PROGRAMS.get(key)
         if entry is None:
             graphdef = nnx.graphdef(nnx.eval_shape(lambda: construct(jax.random.key(0))))
+            # the lock stays held while tracing: constructors must not call initialize
             program = jax.jit(lambda s: nnx.state(construct(jax.random.key(s))),
                               compiler_options=xla_options.init_compiler_options())
             entry = _PROGRAMS[key] = (graphdef, program)
     graphdef, program = entry
-    return nnx.merge(graphdef, program(jnp.int32(seed)))
+    return nnx.merge(graphdef, program(np.uint32(seed)))

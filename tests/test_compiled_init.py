@@ -67,9 +67,13 @@ def test_compiled_build_is_the_eager_one_to_float32_rounding(experiment, compose
     cfg = compose([f"+experiment={experiment}", *overrides])
     if experiment.startswith("resnet20_slimming"):  # the slimming procedure sets N (its L1)
         cfg = channel_pruning.with_n_train(cfg, 512)
-    for seed in (0, 3):
-        want = _leaves(_eager(cfg, input_shape, seed))
+    for seed in (0, 3, 2**32 - 1):  # the largest seed settings accept
+        eager = _eager(cfg, input_shape, seed)
+        want = _leaves(eager)
         got_model = runs.build_model(cfg, input_shape, 10, seed)
+        # the static half too (thresholds, clips, prior settings): from the cached graph
+        # definition, which must be this configuration's
+        assert nnx.graphdef(got_model) == nnx.graphdef(eager)
         got = _leaves(got_model)
         assert got.keys() == want.keys()
         for path in want:
@@ -81,7 +85,20 @@ def test_compiled_build_is_the_eager_one_to_float32_rounding(experiment, compose
         assert type(got_model) is models.get(cfg.model.name)
 
 
-def test_the_program_is_traced_once_per_key_and_run_per_seed():
+def test_settings_that_only_change_static_attributes_get_their_own_program(compose):
+    # Same shapes, another fixed threshold and weight-variance clip: a key that left them out
+    # would hand back the first configuration's graph definition.
+    base = compose(["+experiment=lenet5_gnj"])
+    other = compose(["+experiment=lenet5_gnj", "method.prune.threshold=-1.5",
+                     "method.posterior_init.max_weight_var=0.5"])
+    eager = {id(cfg): nnx.graphdef(_eager(cfg, (28, 28, 1), 0)) for cfg in (base, other)}
+    assert eager[id(base)] != eager[id(other)]  # the premise: the two differ in static state
+    for cfg in (base, other, base):
+        assert nnx.graphdef(runs.build_model(cfg, (28, 28, 1), 10, 0)) == eager[id(cfg)]
+
+
+def test_the_program_is_traced_once_per_key_and_run_per_seed(monkeypatch):
+    monkeypatch.setattr(compiled_init, "_PROGRAMS", {})  # a fresh cache, however often run
     traces = []
 
     def construct(key):

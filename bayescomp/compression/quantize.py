@@ -200,12 +200,13 @@ def point_model(model_cls, kernels, biases, *, input_shape, num_classes, norms=N
         ValueError: ``norms`` does not name exactly the model's BatchNorms with their channel
             counts, or the kernels do not fit.
     """
-    widths = hidden_widths(kernels) if widths is None else tuple(int(w) for w in widths)
+    widths = hidden_widths(kernels) if widths is None else tuple(widths)
     input_shape = tuple(int(d) for d in input_shape)
     # The initial values are overwritten below; one compiled program per architecture builds
-    # them (bayescomp.compiled_init) instead of one small XLA program per weight shape.
+    # them (bayescomp.compiled_init) instead of one small XLA program per weight shape. The
+    # widths go to the model as given (it checks them); the key holds their repr.
     model = compiled_init.initialize(
-        ("point_model", model_cls, input_shape, int(num_classes), widths),
+        ("point_model", model_cls, input_shape, int(num_classes), repr(widths)),
         lambda key: model_cls(LayerFactory(), rngs=nnx.Rngs(params=key), input_shape=input_shape,
                               num_classes=num_classes, widths=widths),
         0)

@@ -9,7 +9,8 @@ the seed as an argument (made a key inside the program), and compiles the whole 
 as one program with :func:`bayescomp.xla_options.init_compiler_options` (-O2 on CPU). The
 program is kept per ``key`` for the life of the process, so building the same model again
 (another seed, a fresh start of a phase) only runs it. Measured in fresh processes, the build
-takes 0.38-0.47 of the eager one's time (``benchmarks/model_init_speed.py``,
+takes 0.38-0.83 of the eager one's time, least gained where many draws share a shape (eager code
+compiles each shape once; one program compiles every draw) (``benchmarks/model_init_speed.py``,
 ``benchmarks/README.md``).
 
 The result is the module the constructor builds eagerly up to float32 rounding: the same

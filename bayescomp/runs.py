@@ -60,8 +60,8 @@ def build_model(cfg: DictConfig, input_shape, num_classes: int, seed: int) -> nn
     input_shape = tuple(int(d) for d in input_shape)
 
     def construct(key):
-        return model_cls(bnn.from_config(method, batch_norm), rngs=nnx.Rngs(params=key),
-                         input_shape=input_shape, num_classes=num_classes, **extra)
+        return model_cls(factory, rngs=nnx.Rngs(params=key), input_shape=input_shape,
+                         num_classes=num_classes, **extra)
 
     key = ("build_model", cfg.model.name, json.dumps(method, sort_keys=True),
            json.dumps(batch_norm, sort_keys=True), input_shape, int(num_classes),

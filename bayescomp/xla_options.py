@@ -26,12 +26,14 @@ its run time may.
 
 The options are debug options of XLA and may disappear; :func:`train_step_compiler_options`
 and :func:`init_compiler_options` check once that the running XLA accepts them and otherwise
-return no options. Other backends get none.
+return no options. Other backends get none, and so does an initialisation where ``XLA_FLAGS``
+set the optimisation level.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable
 
 import jax
@@ -71,7 +73,13 @@ def train_step_compiler_options() -> dict[str, str]:
 
 
 def init_compiler_options() -> dict[str, int]:
-    """The compile options of a model's initialisation on the default backend (see the module)."""
+    """The compile options of a model's initialisation on the default backend (see the module).
+
+    None where the process's ``XLA_FLAGS`` choose an optimisation level themselves
+    (``--xla_backend_optimization_level``, as the test suite does): the caller's level wins.
+    """
+    if "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
+        return {}
     return _cpu_options(CPU_INIT_OPTIONS)
 
 

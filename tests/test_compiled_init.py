@@ -10,6 +10,8 @@ passes through at most two (the scale, then the offset); the bound is 4 ulps, tw
 Anything beyond it (another key, another draw order, a wrong scale) is off by many thousands.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,6 +120,10 @@ def test_the_program_is_traced_once_per_key_and_run_per_seed(monkeypatch):
 
 
 def test_the_initialisation_compiles_at_o2_on_cpu(monkeypatch):
+    # the test run chooses its own level in XLA_FLAGS (conftest), which the options leave alone
+    assert "xla_backend_optimization_level" in os.environ["XLA_FLAGS"]
+    assert xla_options.init_compiler_options() == {}
+    monkeypatch.setenv("XLA_FLAGS", "")
     if jax.default_backend() != "cpu":
         assert xla_options.init_compiler_options() == {}
         return

@@ -61,7 +61,9 @@ SCRIPT = textwrap.dedent("""
 def runs_on_two_devices(tmp_path_factory):
     # BAYESCOMP_CPU_CONV=auto: a test run that insists on oneDNN (=onednn) would refuse two
     # devices, where the oneDNN call has no sharding rule and XLA's convolution is used.
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    # the test run's XLA_FLAGS (its optimisation level, conftest) kept, two devices added
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    env = {**os.environ, "XLA_FLAGS": flags,
            "JAX_PLATFORMS": "cpu", "BAYESCOMP_CPU_CONV": "auto"}
     out = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=str(TESTS)),
                           str(tmp_path_factory.mktemp("sharding"))],

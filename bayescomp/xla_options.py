@@ -75,7 +75,7 @@ def train_step_compiler_options() -> dict[str, str]:
 def init_compiler_options() -> dict[str, int]:
     """The compile options of a model's initialisation on the default backend (see the module).
 
-    None where the process's ``XLA_FLAGS`` choose an optimisation level themselves
+    No options where the process's ``XLA_FLAGS`` choose an optimisation level themselves
     (``--xla_backend_optimization_level``, as the test suite does): the caller's level wins.
     """
     if "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
